@@ -1,0 +1,56 @@
+"""sutazai_hwopt: let many AI agent processes share one CPU-only Linux host well.
+
+This module only re-exports. The classes are imported lazily on first attribute access (PEP 562), so
+``import sutazai_hwopt`` stays light and starts no thread; each part lives in its own subpackage.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+from .errors import (
+    AccessDeniedError,
+    CapacityError,
+    ConfigError,
+    CorruptionError,
+    HwoptError,
+    NotFoundError,
+    PoolExhaustedError,
+)
+
+#: public name -> module that defines it.
+_LAZY: dict[str, str] = {
+    "load_config": "sutazai_hwopt.config",
+    "HwoptConfig": "sutazai_hwopt.config",
+}
+
+if TYPE_CHECKING:
+    from .config import HwoptConfig, load_config
+
+__all__ = [
+    "AccessDeniedError",
+    "CapacityError",
+    "ConfigError",
+    "CorruptionError",
+    "HwoptConfig",
+    "HwoptError",
+    "NotFoundError",
+    "PoolExhaustedError",
+    "__version__",
+    "load_config",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sutazai_hwopt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

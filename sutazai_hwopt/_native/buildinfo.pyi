@@ -1,0 +1,4 @@
+DEBUG_BUILD: bool
+CYTHON_VERSION: str
+
+def is_compiled() -> bool: ...

@@ -1,0 +1,335 @@
+"""Typed, validated configuration: the reference keys, per-component sections and the three modes.
+
+A configuration directory holds up to four JSON files, each optional::
+
+    hardware_optimization.json   the top-level keys (max_cpu_usage, cache_size_mb, ...) and "mode"
+    cache_system.json            CacheSection
+    load_balancer.json           BalancerSection
+    bottleneck_eliminator.json   EliminatorSection
+
+Values are resolved in this order, later winning: the built-in defaults, the preset of the chosen mode
+(``conservative`` / ``balanced`` / ``aggressive``, see :data:`MODES`), then the files, then keyword overrides.
+Every value is checked against its declared type and range; an unknown key, a wrong type, an out-of-range value
+or an unreadable file raises :class:`~sutazai_hwopt.errors.ConfigError` naming the file, the key and what is
+allowed. Validation is hand-written over dataclass field metadata rather than pydantic, to keep
+``import sutazai_hwopt`` light and dependency-free for embedding agents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from .errors import ConfigError
+
+__all__ = [
+    "MODES",
+    "SECTION_FILES",
+    "BalancerSection",
+    "CacheSection",
+    "EliminatorSection",
+    "HardwareConfig",
+    "HwoptConfig",
+    "load_config",
+]
+
+_T = TypeVar("_T", bound="_Section")
+
+
+def _opt(default: Any, *, lo: float | None = None, hi: float | None = None,
+         choices: tuple[Any, ...] | None = None, doc: str = "") -> Any:
+    """A dataclass field with validation metadata (range or choices) and a one-line meaning."""
+    meta = {"lo": lo, "hi": hi, "choices": choices, "doc": doc}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _type_name(tp: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+@dataclass(frozen=True)
+class _Section:
+    """Base of every config section: validation of types, ranges and choices from field metadata."""
+
+    FILE: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_value(type(self), f, getattr(self, f.name), file=None)
+
+    @classmethod
+    def from_mapping(cls: type[_T], data: Mapping[str, Any], *, file: str | None = None,
+                     base: _T | None = None, prefix: str = "") -> _T:
+        """Build a section from a JSON object, starting from ``base`` (or the defaults)."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"expected a JSON object, got {type(data).__name__}", file=file,
+                              key=prefix.rstrip(".") or None)
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        values = dataclasses.asdict(base) if base is not None else {}
+        for key, value in data.items():
+            if key not in known:
+                allowed = ", ".join(sorted(known))
+                raise ConfigError(f"unknown key; allowed keys are: {allowed}", file=file, key=prefix + str(key))
+            values[key] = _check_value(cls, known[key], value, file=file, prefix=prefix)
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            raise ConfigError(exc.reason, file=file, key=exc.key) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_value(cls: type, f: dataclasses.Field[Any], value: Any, *, file: str | None,
+                 prefix: str = "") -> Any:
+    key = prefix + f.name
+    expected = cls.__annotations__.get(f.name, "")
+    # Annotations are strings under `from __future__ import annotations`.
+    tp = {"bool": bool, "int": int, "float": float, "str": str}.get(str(expected).split("|")[0].strip())
+    nullable = "None" in str(expected)
+    if value is None:
+        if nullable:
+            return None
+        raise ConfigError(f"must not be null; expected {_type_name(tp)}", file=file, key=key)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"expected a boolean (true/false), got {value!r}", file=file, key=key)
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"expected an integer, got {value!r}", file=file, key=key)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"expected a number, got {value!r}", file=file, key=key)
+        if not math.isfinite(value):
+            raise ConfigError(f"expected a finite number, got {value!r}", file=file, key=key)
+        value = float(value)
+    if tp is str and not isinstance(value, str):
+        raise ConfigError(f"expected a string, got {value!r}", file=file, key=key)
+    lo, hi, choices = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{value!r} is not one of {', '.join(map(repr, choices))}", file=file, key=key)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise ConfigError(f"{value!r} is out of range; allowed {rng}", file=file, key=key)
+    return value
+
+
+SCHEDULER_POLICIES = ("SCHED_OTHER", "SCHED_BATCH", "SCHED_IDLE", "SCHED_FIFO", "SCHED_RR")
+MODE_NAMES = ("conservative", "balanced", "aggressive")
+
+
+@dataclass(frozen=True)
+class HardwareConfig(_Section):
+    """Top-level keys of ``hardware_optimization.json`` (the reference config)."""
+
+    FILE: ClassVar[str] = "hardware_optimization.json"
+
+    mode: str = _opt("balanced", choices=MODE_NAMES, doc="named preset applied before the files")
+    max_cpu_usage: float = _opt(85.0, lo=1.0, hi=100.0, doc="host CPU %% above which the eliminator acts")
+    max_memory_usage: float = _opt(85.0, lo=1.0, hi=100.0, doc="host memory %% above which it acts")
+    cache_size_mb: int = _opt(256, lo=1, hi=1 << 20, doc="total cache budget, all levels")
+    shared_memory_size_mb: int = _opt(1024, lo=1, hi=1 << 22, doc="default shared pool size")
+    prefetch_depth: int = _opt(3, lo=0, hi=64, doc="keys prefetched after each access")
+    enable_numa: bool = _opt(True, doc="keep an agent's cores and memory on one NUMA node")
+    enable_transparent_hugepages: bool = _opt(False, doc="per-process THP through prctl")
+    scheduler_policy: str = _opt("SCHED_OTHER", choices=SCHEDULER_POLICIES, doc="policy for agents")
+    allow_realtime: bool = _opt(False, doc="permit SCHED_FIFO/RR (never implied by a mode)")
+    oversubscription: float = _opt(2.0, lo=1.0, hi=64.0, doc="max shared-pool demand / supply")
+    exclusive_priority: int = _opt(8, lo=0, hi=10, doc="priority at or above which cores are exclusive")
+    nice_min: int = _opt(-5, lo=-20, hi=19, doc="nice given to the highest priority")
+    nice_max: int = _opt(10, lo=-20, hi=19, doc="nice given to the lowest priority")
+    sample_interval_s: float = _opt(1.0, lo=0.05, hi=3600.0, doc="profiler sampling period")
+    bind_host: str = _opt("127.0.0.1", doc="address the coordinator's HTTP API listens on")
+    port: int = _opt(0, lo=0, hi=65535, doc="HTTP port (0: pick a free one)")
+    log_dir: str | None = _opt(None, doc="directory for <component>.log files; None: no files")
+    log_level: str = _opt("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), doc="log level")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.nice_min > self.nice_max:
+            raise ConfigError(f"nice_min ({self.nice_min}) must be <= nice_max ({self.nice_max})",
+                              key="nice_min")
+
+
+@dataclass(frozen=True)
+class CacheSection(_Section):
+    """``cache_system.json``: the multi-level cache."""
+
+    FILE: ClassVar[str] = "cache_system.json"
+
+    namespace: str = _opt("sutazai", doc="processes with the same namespace share L2/L3")
+    l1_size: int = _opt(64 * 1024**2, lo=0, hi=1 << 44, doc="L1 bytes per process")
+    l2_size: int = _opt(256 * 1024**2, lo=0, hi=1 << 44, doc="L2 bytes, shared")
+    l3_size: int = _opt(1024**3, lo=0, hi=1 << 46, doc="L3 bytes, shared, compressed")
+    policy: str = _opt("adaptive", choices=("lru", "lfu", "arc", "s3fifo", "sieve", "wtinylfu", "lirs",
+                                             "adaptive"), doc="L1 eviction policy")
+    enable_prefetch: bool = _opt(True, doc="learned prefetching")
+    prefetch_depth: int = _opt(3, lo=0, hi=64, doc="keys prefetched per access")
+    compression: str = _opt("lz4", choices=("lz4", "zlib", "none"), doc="L3 codec")
+    l3_directory: str | None = _opt(None, doc="back L3 by this directory so it survives restarts")
+    redis_url: str | None = _opt(None, doc="remote tier shared by several hosts")
+
+
+@dataclass(frozen=True)
+class BalancerSection(_Section):
+    """``load_balancer.json``: the client-side load balancer."""
+
+    FILE: ClassVar[str] = "load_balancer.json"
+
+    algorithm: str = _opt("adaptive", choices=("round_robin", "weighted_round_robin", "least_connections",
+                                                "p2c", "p2c_ewma", "latency_predicting", "adaptive",
+                                                "consistent_hash"), doc="default routing algorithm")
+    health_check_interval_s: float = _opt(5.0, lo=0.05, hi=3600.0, doc="active check period")
+    health_check_timeout_s: float = _opt(1.0, lo=0.01, hi=600.0, doc="active check timeout")
+    healthy_threshold: int = _opt(2, lo=1, hi=100, doc="passes to mark healthy")
+    unhealthy_threshold: int = _opt(3, lo=1, hi=100, doc="failures to mark unhealthy")
+    consecutive_failures: int = _opt(5, lo=1, hi=10000, doc="passive ejection trigger")
+    failure_rate_threshold: float = _opt(0.5, lo=0.0, hi=1.0, doc="passive ejection by window failure rate")
+    base_ejection_s: float = _opt(1.0, lo=0.01, hi=3600.0, doc="first ejection period, grows per ejection")
+    max_ejection_percent: float = _opt(50.0, lo=0.0, hi=100.0, doc="panic threshold")
+    session_affinity: bool = _opt(True, doc="route a session id to the same backend")
+
+
+@dataclass(frozen=True)
+class EliminatorSection(_Section):
+    """``bottleneck_eliminator.json``: automatic bottleneck elimination."""
+
+    FILE: ClassVar[str] = "bottleneck_eliminator.json"
+
+    mode: str = _opt("balanced", choices=MODE_NAMES, doc="which risk levels run automatically")
+    auto_fix: bool = _opt(False, doc="apply allowed actions, not only recommend them")
+    prediction_enabled: bool = _opt(True, doc="act on predicted exhaustion")
+    validation_window_s: float = _opt(10.0, lo=0.0, hi=3600.0, doc="measure this long after an action")
+    rollback_threshold: float = _opt(0.05, lo=0.0, hi=10.0, doc="relative worsening that rolls back")
+
+
+#: Mode presets: the values each mode sets before the files are read. docs/modes.md shows the same table.
+MODES: dict[str, dict[str, dict[str, Any]]] = {
+    "conservative": {
+        "hardware": {"max_cpu_usage": 75.0, "max_memory_usage": 75.0, "oversubscription": 1.0,
+                     "nice_min": 0, "nice_max": 5, "scheduler_policy": "SCHED_OTHER",
+                     "enable_transparent_hugepages": False, "exclusive_priority": 10,
+                     "cache_size_mb": 128, "shared_memory_size_mb": 512},
+        "eliminator": {"mode": "conservative", "auto_fix": False},
+        "cache": {"l1_size": 32 * 1024**2, "l2_size": 128 * 1024**2, "l3_size": 256 * 1024**2,
+                  "prefetch_depth": 1},
+    },
+    "balanced": {
+        "hardware": {"max_cpu_usage": 85.0, "max_memory_usage": 85.0, "oversubscription": 2.0,
+                     "nice_min": -5, "nice_max": 10, "scheduler_policy": "SCHED_OTHER",
+                     "enable_transparent_hugepages": False, "exclusive_priority": 8,
+                     "cache_size_mb": 256, "shared_memory_size_mb": 1024},
+        "eliminator": {"mode": "balanced", "auto_fix": True},
+        "cache": {"l1_size": 64 * 1024**2, "l2_size": 256 * 1024**2, "l3_size": 1024**3,
+                  "prefetch_depth": 3},
+    },
+    "aggressive": {
+        "hardware": {"max_cpu_usage": 95.0, "max_memory_usage": 92.0, "oversubscription": 4.0,
+                     "nice_min": -10, "nice_max": 19, "scheduler_policy": "SCHED_BATCH",
+                     "enable_transparent_hugepages": True, "exclusive_priority": 7,
+                     "cache_size_mb": 1024, "shared_memory_size_mb": 4096},
+        "eliminator": {"mode": "aggressive", "auto_fix": True},
+        "cache": {"l1_size": 256 * 1024**2, "l2_size": 1024**3, "l3_size": 4 * 1024**3,
+                  "prefetch_depth": 5},
+    },
+}
+
+#: Section attribute -> (section class, file name).
+SECTION_FILES: dict[str, type[_Section]] = {
+    "hardware": HardwareConfig,
+    "cache": CacheSection,
+    "balancer": BalancerSection,
+    "eliminator": EliminatorSection,
+}
+
+
+@dataclass(frozen=True)
+class HwoptConfig:
+    """The whole configuration: one validated section per component."""
+
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    cache: CacheSection = field(default_factory=CacheSection)
+    balancer: BalancerSection = field(default_factory=BalancerSection)
+    eliminator: EliminatorSection = field(default_factory=EliminatorSection)
+
+    @property
+    def mode(self) -> str:
+        return self.hardware.mode
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: getattr(self, name).to_dict() for name in SECTION_FILES}
+
+    @classmethod
+    def for_mode(cls, mode: str) -> HwoptConfig:
+        """Defaults with the preset of ``mode`` applied."""
+        if mode not in MODES:
+            raise ConfigError(f"{mode!r} is not one of {', '.join(map(repr, MODE_NAMES))}", key="mode")
+        preset = MODES[mode]
+        sections: dict[str, Any] = {}
+        for name, section_cls in SECTION_FILES.items():
+            values = dict(preset.get(name, {}))
+            if name == "hardware":
+                values["mode"] = mode
+            sections[name] = section_cls.from_mapping(values)
+        return cls(**sections)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read file: {exc.strerror or exc}", file=str(path)) from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
+                          file=str(path)) from exc
+
+
+def load_config(config_dir: str | os.PathLike[str] | None = None, *, mode: str | None = None,
+                overrides: Mapping[str, Mapping[str, Any]] | None = None) -> HwoptConfig:
+    """Resolve the configuration: defaults, then the mode preset, then the files, then ``overrides``.
+
+    Args:
+        config_dir: directory holding any of the section files; ``None`` reads no file. A directory that
+            does not exist is an error (a typo should not silently mean "defaults").
+        mode: preset to start from; ``None`` takes ``mode`` from ``hardware_optimization.json``, else
+            ``"balanced"``.
+        overrides: ``{"hardware": {...}, "cache": {...}, ...}`` applied last (for CLI flags).
+
+    Raises:
+        ConfigError: unknown key, wrong type, out-of-range value, unreadable or invalid file.
+    """
+    raw: dict[str, tuple[Any, str]] = {}
+    if config_dir is not None:
+        base = Path(config_dir)
+        if not base.is_dir():
+            raise ConfigError("config directory does not exist or is not a directory", file=str(base))
+        for name, section_cls in SECTION_FILES.items():
+            path = base / section_cls.FILE
+            if path.exists():
+                raw[name] = (_read_json(path), str(path))
+    file_mode = None
+    if "hardware" in raw and isinstance(raw["hardware"][0], Mapping):
+        file_mode = raw["hardware"][0].get("mode")
+    chosen = mode or file_mode or "balanced"
+    if not isinstance(chosen, str) or chosen not in MODES:
+        raise ConfigError(f"{chosen!r} is not one of {', '.join(map(repr, MODE_NAMES))}",
+                          file=raw["hardware"][1] if "hardware" in raw else None, key="mode")
+    config = HwoptConfig.for_mode(chosen)
+    sections = {name: getattr(config, name) for name in SECTION_FILES}
+    for name, (data, path) in raw.items():
+        if name == "hardware" and isinstance(data, Mapping) and mode is not None:
+            data = {**data, "mode": mode}
+        sections[name] = SECTION_FILES[name].from_mapping(data, file=path, base=sections[name])
+    for name, values in (overrides or {}).items():
+        if name not in SECTION_FILES:
+            raise ConfigError(f"unknown section; allowed: {', '.join(SECTION_FILES)}", key=name)
+        sections[name] = SECTION_FILES[name].from_mapping(values, base=sections[name], prefix=f"{name}.")
+    return HwoptConfig(**sections)
