@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up a fresh machine for sutazai_hwopt: the Python package (compiled in place, editable) and, with --test,
+# everything the test suite needs (test extras and the Debian packages its integration tests drive).
+# Safe to run again: every step is idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_tests=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) want_tests=1 ;;
+    *) echo "usage: $0 [--test]" >&2; exit 2 ;;
+  esac
+done
+
+PY=${PYTHON:-python3}
+APT_PACKAGES=()
+if [ "$want_tests" = 1 ]; then
+  # Debian packages the integration tests drive (servers, a browser).
+  APT_PACKAGES+=()  # filled as integration tests need servers or a browser
+fi
+if [ ${#APT_PACKAGES[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
+extras="server"
+[ "$want_tests" = 1 ] && extras="server,redis,test"
+"$PY" -m pip install -q --disable-pip-version-check -e ".[${extras}]"
+# Editable installs build the extensions in a temporary tree; build them in place too so that running from the
+# source tree (python -m pytest from the checkout) imports the compiled modules.
+"$PY" setup.py -q build_ext --inplace >/dev/null

@@ -1,0 +1,168 @@
+"""Configuration: defaults, mode presets, files, and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sutazai_hwopt.config import MODES, SECTION_FILES, HwoptConfig, load_config
+from sutazai_hwopt.errors import ConfigError, HwoptError
+
+
+def write(d: Path, name: str, data: object) -> Path:
+    path = d / name
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_defaults_are_balanced() -> None:
+    """With no directory and no mode the balanced preset applies."""
+    cfg = load_config()
+    assert cfg.mode == "balanced"
+    assert cfg.hardware.max_cpu_usage == MODES["balanced"]["hardware"]["max_cpu_usage"]
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_each_mode_applies_its_preset(mode: str) -> None:
+    """Every value a preset names is the value the resolved config holds."""
+    cfg = load_config(mode=mode)
+    for section, values in MODES[mode].items():
+        for key, value in values.items():
+            assert getattr(getattr(cfg, section), key) == value, (mode, section, key)
+
+
+def test_files_override_the_mode(tmp_path: Path) -> None:
+    """A key in a file wins over the preset; keys it does not name keep the preset value."""
+    write(tmp_path, "hardware_optimization.json", {"mode": "aggressive", "max_cpu_usage": 50})
+    write(tmp_path, "cache_system.json", {"l1_size": 1024})
+    cfg = load_config(tmp_path)
+    assert cfg.mode == "aggressive"
+    assert cfg.hardware.max_cpu_usage == 50.0
+    assert cfg.hardware.scheduler_policy == MODES["aggressive"]["hardware"]["scheduler_policy"]
+    assert cfg.cache.l1_size == 1024
+
+
+def test_explicit_mode_beats_the_file_mode(tmp_path: Path) -> None:
+    """`mode=` given in code (the CLI's --mode) wins over the file's mode key."""
+    write(tmp_path, "hardware_optimization.json", {"mode": "aggressive"})
+    assert load_config(tmp_path, mode="conservative").mode == "conservative"
+
+
+def test_overrides_apply_last(tmp_path: Path) -> None:
+    """Overrides (CLI flags) win over files."""
+    write(tmp_path, "load_balancer.json", {"health_check_interval_s": 2})
+    cfg = load_config(tmp_path, overrides={"balancer": {"health_check_interval_s": 9.5}})
+    assert cfg.balancer.health_check_interval_s == 9.5
+
+
+@pytest.mark.parametrize(
+    ("filename", "data", "key", "fragment"),
+    [
+        ("hardware_optimization.json", {"max_cpu_usage": 150}, "max_cpu_usage", "out of range"),
+        ("hardware_optimization.json", {"max_cpu_usage": "high"}, "max_cpu_usage", "expected a number"),
+        ("hardware_optimization.json", {"enable_numa": 1}, "enable_numa", "expected a boolean"),
+        ("hardware_optimization.json", {"prefetch_depth": 2.5}, "prefetch_depth", "expected an integer"),
+        ("hardware_optimization.json", {"cache_size_mb": True}, "cache_size_mb", "expected an integer"),
+        ("hardware_optimization.json", {"scheduler_policy": "FAST"}, "scheduler_policy", "not one of"),
+        ("hardware_optimization.json", {"mode": "turbo"}, "mode", "not one of"),
+        ("hardware_optimization.json", {"max_cpu": 50}, "max_cpu", "unknown key"),
+        ("cache_system.json", {"l1_size": -1}, "l1_size", "out of range"),
+        ("cache_system.json", {"policy": "fifo"}, "policy", "not one of"),
+        ("load_balancer.json", {"algorithm": "random"}, "algorithm", "not one of"),
+        ("bottleneck_eliminator.json", {"auto_fix": "yes"}, "auto_fix", "expected a boolean"),
+        ("bottleneck_eliminator.json", {"rollback_threshold": float("nan")}, "rollback_threshold", "finite"),
+    ],
+)
+def test_bad_values_name_file_key_and_reason(tmp_path: Path, filename: str, data: dict, key: str,
+                                             fragment: str) -> None:
+    """Each kind of bad value raises ConfigError carrying the file, the key and what is allowed."""
+    path = tmp_path / filename
+    path.write_text(json.dumps(data, allow_nan=True))
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    err = info.value
+    assert err.file == str(path)
+    assert err.key == key
+    assert fragment in err.reason
+    assert str(path) in str(err) and key in str(err)
+    assert isinstance(err, ValueError) and isinstance(err, HwoptError)
+
+
+def test_invalid_json_names_line(tmp_path: Path) -> None:
+    """A syntax error reports the file and the line."""
+    path = write(tmp_path, "cache_system.json", '{\n  "l1_size": ,\n}')
+    with pytest.raises(ConfigError, match="line 2") as info:
+        load_config(tmp_path)
+    assert info.value.file == str(path)
+
+
+def test_non_object_file(tmp_path: Path) -> None:
+    """A file holding a list instead of an object is rejected."""
+    write(tmp_path, "load_balancer.json", [1, 2])
+    with pytest.raises(ConfigError, match="expected a JSON object"):
+        load_config(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read a 0000 file")
+def test_unreadable_file(tmp_path: Path) -> None:  # pragma: no cover - CI runs as root
+    """A file that cannot be read raises ConfigError naming it."""
+    path = write(tmp_path, "cache_system.json", {})
+    path.chmod(0)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path)
+
+
+def test_unreadable_file_directory_in_place_of_file(tmp_path: Path) -> None:
+    """A directory where a config file should be is unreadable and reported as such."""
+    (tmp_path / "cache_system.json").mkdir()
+    with pytest.raises(ConfigError, match="cannot read") as info:
+        load_config(tmp_path)
+    assert info.value.file and info.value.file.endswith("cache_system.json")
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    """A config directory that does not exist is an error, not silent defaults."""
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope")
+
+
+def test_unknown_override_section() -> None:
+    """Overrides for a section that does not exist are rejected."""
+    with pytest.raises(ConfigError, match="unknown section"):
+        load_config(overrides={"gpu": {}})
+
+
+def test_cross_field_check() -> None:
+    """nice_min above nice_max is rejected."""
+    with pytest.raises(ConfigError, match="nice_min"):
+        load_config(overrides={"hardware": {"nice_min": 10, "nice_max": 0}})
+
+
+def test_roundtrip_through_files(tmp_path: Path) -> None:
+    """Writing every section of a resolved config to files and loading them gives the same config."""
+    cfg = load_config(mode="aggressive")
+    for name, section_cls in SECTION_FILES.items():
+        write(tmp_path, section_cls.FILE, getattr(cfg, name).to_dict())
+    assert load_config(tmp_path) == cfg
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_range_check_matches_bounds(value: float) -> None:
+    """max_cpu_usage is accepted exactly when it lies in [1, 100]."""
+    try:
+        cfg = load_config(overrides={"hardware": {"max_cpu_usage": value}})
+    except ConfigError:
+        assert not 1.0 <= value <= 100.0
+    else:
+        assert 1.0 <= value <= 100.0 and cfg.hardware.max_cpu_usage == value
+
+
+def test_for_mode_rejects_unknown() -> None:
+    """HwoptConfig.for_mode refuses a mode that is not one of the three."""
+    with pytest.raises(ConfigError):
+        HwoptConfig.for_mode("fast")
