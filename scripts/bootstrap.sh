@@ -30,7 +30,6 @@ fi
 
 extras="server"
 [ "$want_tests" = 1 ] && extras="server,redis,test"
+# Editable install: pip builds the Cython cores in an isolated build environment and leaves the compiled
+# modules in the source tree, so running from the checkout imports them.
 "$PY" -m pip install -q --disable-pip-version-check -e ".[${extras}]"
-# Editable installs build the extensions in a temporary tree; build them in place too so that running from the
-# source tree (python -m pytest from the checkout) imports the compiled modules.
-"$PY" setup.py -q build_ext --inplace >/dev/null
