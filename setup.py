@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import numpy
+import Cython
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -30,7 +31,10 @@ DIRECTIVES = {
 
 
 def native_extensions() -> list[Extension]:
-    macros: list[tuple[str, str | None]] = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+    macros: list[tuple[str, str | None]] = [
+        ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+        ("SUTAZAI_HWOPT_CYTHON_VERSION", f'"{Cython.__version__}"'),
+    ]
     compile_args = ["-O3", "-fno-strict-aliasing"]
     undef: list[str] = []
     if DEBUG:

@@ -6,13 +6,14 @@ any heavy core, that the extension modules were really compiled and whether this
 
 from debug cimport HWOPT_DEBUG
 
-import Cython
+cdef extern from *:
+    const char* CYTHON_VERSION_STR "SUTAZAI_HWOPT_CYTHON_VERSION"
 
 #: True when built with ``SUTAZAI_HWOPT_DEBUG=1`` (asserts, invariant checks, resource counters on).
 DEBUG_BUILD = bool(HWOPT_DEBUG)
 
 #: The Cython version that generated the C code.
-CYTHON_VERSION = Cython.__version__
+CYTHON_VERSION = CYTHON_VERSION_STR.decode("ascii")
 
 
 def is_compiled() -> bool:
