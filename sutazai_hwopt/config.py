@@ -324,10 +324,10 @@ def load_config(config_dir: str | os.PathLike[str] | None = None, *, mode: str |
                           file=raw["hardware"][1] if "hardware" in raw else None, key="mode")
     config = HwoptConfig.for_mode(chosen)
     sections = {name: getattr(config, name) for name in SECTION_FILES}
-    for name, (data, path) in raw.items():
+    for name, (data, source) in raw.items():
         if name == "hardware" and isinstance(data, Mapping) and mode is not None:
             data = {**data, "mode": mode}
-        sections[name] = SECTION_FILES[name].from_mapping(data, file=path, base=sections[name])
+        sections[name] = SECTION_FILES[name].from_mapping(data, file=source, base=sections[name])
     for name, values in (overrides or {}).items():
         if name not in SECTION_FILES:
             raise ConfigError(f"unknown section; allowed: {', '.join(SECTION_FILES)}", key=name)
