@@ -101,3 +101,25 @@ def test_cli_without_command_prints_help(capsys: pytest.CaptureFixture[str]) -> 
     """Running with no subcommand prints usage and exits 2."""
     assert cli.main([]) == 2
     assert "usage" in capsys.readouterr().out
+
+
+def test_debug_build_switch(tmp_path: Path) -> None:
+    """SUTAZAI_HWOPT_DEBUG=1 at build time yields a module that reports a debug build."""
+    repo = Path(__file__).resolve().parents[2]
+    if not (repo / "setup.py").exists():
+        pytest.skip("needs the source tree")
+    pytest.importorskip("Cython")
+    env = {**__import__("os").environ, "SUTAZAI_HWOPT_DEBUG": "1", "SUTAZAI_HWOPT_ONLY": "buildinfo"}
+    subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp_path / "lib"),
+         "--build-temp", str(tmp_path / "tmp")],
+        cwd=repo, env=env, check=True, capture_output=True,
+    )
+    built = next((tmp_path / "lib" / "sutazai_hwopt" / "_native").glob("buildinfo*.so"))
+    code = (
+        "import importlib.util, sys; "
+        f"spec = importlib.util.spec_from_file_location('sutazai_hwopt._native.buildinfo', {str(built)!r}); "
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); print(m.DEBUG_BUILD)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"
