@@ -24,10 +24,12 @@ from .errors import (
 _LAZY: dict[str, str] = {
     "load_config": "sutazai_hwopt.config",
     "HwoptConfig": "sutazai_hwopt.config",
+    "PerformanceProfiler": "sutazai_hwopt.profiler",
 }
 
 if TYPE_CHECKING:
     from .config import HwoptConfig, load_config
+    from .profiler import PerformanceProfiler
 
 __all__ = [
     "AccessDeniedError",
@@ -37,6 +39,7 @@ __all__ = [
     "HwoptConfig",
     "HwoptError",
     "NotFoundError",
+    "PerformanceProfiler",
     "PoolExhaustedError",
     "__version__",
     "load_config",
