@@ -140,6 +140,18 @@ class HardwareConfig(_Section):
     enable_transparent_hugepages: bool = _opt(False, doc="per-process THP through prctl")
     scheduler_policy: str = _opt("SCHED_OTHER", choices=SCHEDULER_POLICIES, doc="policy for agents")
     allow_realtime: bool = _opt(False, doc="permit SCHED_FIFO/RR (never implied by a mode)")
+    affinity_strategy: str = _opt("static", choices=("none", "shared", "static"),
+                                  doc="none: leave affinity; shared: NUMA-local shared pool only; "
+                                      "static: exclusive pool for high priority + shared pool")
+    manage_nice: bool = _opt(True, doc="set nice from priority (nice_min..nice_max)")
+    manage_ionice: bool = _opt(True, doc="set I/O priority (best-effort level) from priority")
+    idle_priority_max: int = _opt(-1, lo=-1, hi=10, doc="agents at or below this priority get SCHED_IDLE "
+                                                        "and idle I/O class; -1: none")
+    exclusive_pool_fraction: float = _opt(0.5, lo=0.0, hi=1.0, doc="max share of cores given exclusively")
+    shared_pool_min_cores: int = _opt(1, lo=1, hi=4096, doc="physical cores always left to the shared pool")
+    use_cgroups: bool = _opt(False, doc="also write cgroup knobs (cpu weight/quota, cpuset) where permitted")
+    cgroup_name: str = _opt("sutazai_hwopt", doc="parent group created under each writable hierarchy")
+    state_dir: str | None = _opt(None, doc="journal directory; None: $XDG_STATE_HOME/sutazai_hwopt")
     oversubscription: float = _opt(2.0, lo=1.0, hi=64.0, doc="max shared-pool demand / supply")
     exclusive_priority: int = _opt(8, lo=0, hi=10, doc="priority at or above which cores are exclusive")
     nice_min: int = _opt(-5, lo=-20, hi=19, doc="nice given to the highest priority")
@@ -189,11 +201,17 @@ class BalancerSection(_Section):
     health_check_timeout_s: float = _opt(1.0, lo=0.01, hi=600.0, doc="active check timeout")
     healthy_threshold: int = _opt(2, lo=1, hi=100, doc="passes to mark healthy")
     unhealthy_threshold: int = _opt(3, lo=1, hi=100, doc="failures to mark unhealthy")
-    consecutive_failures: int = _opt(5, lo=1, hi=10000, doc="passive ejection trigger")
+    consecutive_failures: int = _opt(2, lo=1, hi=10000, doc="passive ejection trigger")
     failure_rate_threshold: float = _opt(0.5, lo=0.0, hi=1.0, doc="passive ejection by window failure rate")
     base_ejection_s: float = _opt(1.0, lo=0.01, hi=3600.0, doc="first ejection period, grows per ejection")
     max_ejection_percent: float = _opt(50.0, lo=0.0, hi=100.0, doc="panic threshold")
     session_affinity: bool = _opt(True, doc="route a session id to the same backend")
+    failure_window: int = _opt(32, lo=1, hi=100000, doc="outcomes in the passive failure-rate window")
+    failure_min_requests: int = _opt(10, lo=1, hi=100000, doc="outcomes needed before the rate can eject")
+    max_ejection_s: float = _opt(30.0, lo=0.01, hi=86400.0, doc="cap of the growing ejection period")
+    half_open_probes: int = _opt(1, lo=1, hi=1000, doc="requests admitted to a backend after its ejection")
+    ewma_tau_s: float = _opt(1.0, lo=0.001, hi=3600.0, doc="decay time of the peak-EWMA latency")
+    failure_penalty_s: float = _opt(1.0, lo=0.0, hi=3600.0, doc="latency a failed request counts as")
 
 
 @dataclass(frozen=True)
