@@ -25,11 +25,13 @@ _LAZY: dict[str, str] = {
     "load_config": "sutazai_hwopt.config",
     "HwoptConfig": "sutazai_hwopt.config",
     "PerformanceProfiler": "sutazai_hwopt.profiler",
+    "ResourcePoolCoordinator": "sutazai_hwopt.resources",
 }
 
 if TYPE_CHECKING:
     from .config import HwoptConfig, load_config
     from .profiler import PerformanceProfiler
+    from .resources import ResourcePoolCoordinator
 
 __all__ = [
     "AccessDeniedError",
@@ -41,6 +43,7 @@ __all__ = [
     "NotFoundError",
     "PerformanceProfiler",
     "PoolExhaustedError",
+    "ResourcePoolCoordinator",
     "__version__",
     "load_config",
 ]

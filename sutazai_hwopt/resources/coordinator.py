@@ -1,0 +1,322 @@
+"""ResourcePoolCoordinator: registers agent processes, plans their placement and enforces it through the kernel.
+
+Everything it changes goes through one :class:`~.transactions.Transactor` and the write-ahead
+:class:`~.journal.Journal`, so ``rollback()`` — here, or on a new coordinator after this process was killed —
+restores every previous value. Other components (the bottleneck eliminator) use the same path through
+:meth:`ResourcePoolCoordinator.apply_change`. Planning is in :mod:`.allocation` and :mod:`.strategies`,
+verification in :mod:`.verify`.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TextIO
+
+from ..config import HardwareConfig, HwoptConfig
+from ..errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from ..logs import get_logger
+from .identity import AgentProcess
+from .journal import Journal
+from .knobs import AVAILABLE, Knob, default_knobs
+from .registry import Agent, AgentRegistry, Requirements
+from .topology import Topology, read_topology
+from .transactions import Change, ChangeHandle, KnobResult, Transactor
+
+__all__ = ["ResourcePoolCoordinator"]
+
+log = get_logger("resources")
+
+
+class ResourcePoolCoordinator:
+    """Place agent processes on this host's CPUs and undo every change it made.
+
+    Args:
+        config: the whole config or its ``hardware`` section (``None``: defaults, mode ``balanced``).
+        topology: the machine to plan for (``None``: read this host).
+        state_dir: journal directory (overrides ``config.state_dir``; ``None``: per-user default).
+        knobs: extra knobs (name -> object with the :class:`~.knobs.Knob` protocol).
+        load_source: ``f(agents) -> {agent_id: cores}`` measured CPU load for ``strategy="load_based"``
+            (``None``: the built-in /proc sampler, see :mod:`.strategies`).
+        clock: monotonic clock (tests pass :class:`~sutazai_hwopt.testing.FakeClock`).
+        gpu: override GPU detection (tests).
+
+    Example:
+        >>> coord = ResourcePoolCoordinator(state_dir=tmp)                     # doctest: +SKIP
+        >>> coord.register_agent("agent_001", {"cpu_cores": 2, "priority": 8}, pid=pid)  # doctest: +SKIP
+        >>> plan = coord.rebalance_resources(strategy="priority")            # doctest: +SKIP
+        >>> coord.rollback()                                                  # doctest: +SKIP
+    """
+
+    def __init__(self, config: HwoptConfig | HardwareConfig | None = None, *, topology: Topology | None = None,
+                 state_dir: str | None = None, knobs: Mapping[str, Knob] | None = None,
+                 load_source: Callable[[Sequence[Agent]], Mapping[str, float]] | None = None,
+                 clock: Callable[[], float] = time.monotonic, gpu: bool | None = None) -> None:
+        if isinstance(config, HwoptConfig):
+            config = config.hardware
+        self.config: HardwareConfig = config if config is not None else HardwareConfig()
+        if self.config.scheduler_policy in ("SCHED_FIFO", "SCHED_RR") and not self.config.allow_realtime:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"scheduler_policy {self.config.scheduler_policy!r} is real-time; set "
+                              "allow_realtime=true to permit it", key="scheduler_policy")
+        self.topology = topology if topology is not None else read_topology()
+        self.journal = Journal(state_dir if state_dir is not None else self.config.state_dir)
+        table = default_knobs(self.config.allow_realtime)
+        table.update(knobs or {})
+        self.transactor = Transactor(self.journal, table)
+        self.registry = AgentRegistry(self.topology, gpu=gpu)
+        self.clock = clock
+        self._load_source = load_source
+        self._lock = threading.RLock()
+        self._allocators: dict[str, Any] = {}
+        self._schedulers: dict[str, Any] = {}
+        self._expected: dict[tuple[str, int | None, str | None], tuple[str | None, Any]] = {}
+        self._last_plan: Any = None
+        from .strategies import builtin_allocators, builtin_schedulers
+
+        self._allocators.update(builtin_allocators())
+        self._schedulers.update(builtin_schedulers())
+
+    # -- registry ------------------------------------------------------------------------------------------
+    def register_agent(self, agent_id: str, requirements: Mapping[str, Any] | Requirements | None = None,
+                       *, pid: int) -> Agent:
+        """Register process ``pid`` as agent ``agent_id``; nothing is changed on the process yet.
+
+        Raises:
+            InvalidArgumentError: unknown/negative/impossible requirement (the message names the field).
+            AlreadyExistsError: ``agent_id`` is taken. NotFoundError: ``pid`` is not a live process.
+        """
+        agent = self.registry.register(agent_id, requirements, pid)
+        log.info("registered %s pid %d %s", agent_id, agent.pid, agent.requirements.to_dict())
+        return agent
+
+    def unregister_agent(self, agent_id: str, *, restore: bool = True) -> Agent:
+        """Forget an agent; with ``restore`` (default) first roll back what was changed on its process."""
+        agent = self.registry.get(agent_id)
+        if restore:
+            ids = [e.id for e in self.journal.active() if e.agent_id == agent_id and e.pid == agent.pid]
+            if ids:
+                self.transactor.rollback(ids=ids)
+        with self._lock:
+            self._expected = {k: v for k, v in self._expected.items() if v[0] != agent_id}
+        return self.registry.unregister(agent_id)
+
+    def agents(self) -> list[Agent]:
+        """Registered agents (snapshots) in registration order."""
+        return self.registry.all()
+
+    def agent(self, agent_id: str) -> Agent:
+        """One agent. Raises :class:`NotFoundError` for an unknown id."""
+        return self.registry.get(agent_id)
+
+    def update_requirements(self, agent_id: str, requirements: Mapping[str, Any] | Requirements) -> Agent:
+        """Change what an agent asks for; the next rebalance resizes it in place (no restart)."""
+        return self.registry.set_requirements(agent_id, requirements)
+
+    def prune_dead(self) -> list[str]:
+        """Unregister agents whose process exited; returns their ids."""
+        gone = [a.agent_id for a in self.registry.dead()]
+        for agent_id in gone:
+            self.unregister_agent(agent_id, restore=True)
+        return gone
+
+    # -- generic, journaled changes (also for other components) --------------------------------------------
+    def register_knob(self, knob: Knob) -> None:
+        """Add a custom knob (must also be registered in a process that rolls it back)."""
+        if knob.name in self.transactor.knobs:
+            raise AlreadyExistsError(f"knob {knob.name!r} is already registered")
+        self.transactor.knobs[knob.name] = knob
+
+    def apply_change(self, change: Change, *, dry_run: bool = False) -> ChangeHandle:
+        """Apply one journaled change; ``handle.rollback()`` undoes exactly it. See :meth:`apply_changes`."""
+        return self.apply_changes([change], dry_run=dry_run)
+
+    def apply_changes(self, changes: Iterable[Change], *, dry_run: bool = False) -> ChangeHandle:
+        """Apply changes all-or-nothing through the journal (knobs not permitted/available are reported).
+
+        Raises:
+            InvalidArgumentError, NotFoundError, KernelPermissionError, PlatformError: see
+            :meth:`.transactions.Transactor.apply`; on any of them no change of the set remains applied.
+        """
+        handle = self.transactor.apply(changes, dry_run=dry_run)
+        if not dry_run:
+            self._remember(handle.results)
+        return handle
+
+    def _remember(self, results: Sequence[KnobResult]) -> None:
+        with self._lock:
+            for r in results:
+                if r.status in ("applied", "unchanged"):
+                    self._expected[(r.knob, r.pid, r.path)] = (r.agent_id, r.new)
+
+    def rollback(self, *, owner: str | None = None, txn: str | None = None,
+                 agent_id: str | None = None) -> list[KnobResult]:
+        """Restore every previous value still in the journal (all, or one owner's / transaction's / agent's).
+
+        Works on a new coordinator after the one that applied the changes was killed: the journal is on disk.
+        Raises :class:`~sutazai_hwopt.errors.PlatformError` if some values could not be restored.
+        """
+        ids = None
+        if agent_id is not None:
+            ids = [e.id for e in self.journal.active() if e.agent_id == agent_id]
+        results = self.transactor.rollback(ids=ids, owner=owner, txn=txn)
+        with self._lock:
+            undone = {(r.knob, r.pid, r.path) for r in results}
+            self._expected = {k: v for k, v in self._expected.items() if k not in undone}
+        return results
+
+    # -- capabilities --------------------------------------------------------------------------------------
+    def knob_report(self, pid: int | None = None) -> dict[str, dict[str, str]]:
+        """Per knob: ``available`` / ``not permitted`` / ``not available`` on this host, with the reason.
+
+        ``pid``: probe against that process (default: a registered agent if any, else this process).
+        """
+        from .cgroups_plan import cgroup_report
+
+        if pid is None:
+            agents = self.agents()
+            pid = agents[0].pid if agents else None
+        proc = AgentProcess.of(pid) if pid is not None else None
+        out: dict[str, dict[str, str]] = {}
+        for name in ("affinity", "nice", "sched_policy", "ionice", "thp_disabled"):
+            knob = self.transactor.knobs[name]
+            if proc is None:
+                out[name] = {"status": AVAILABLE, "reason": "no process given to probe"}
+                continue
+            status, why = knob.probe(proc, None)
+            out[name] = {"status": status, "reason": why}
+        out.update(cgroup_report(self.topology.cgroups, self.config))
+        return out
+
+    # -- planning and applying -----------------------------------------------------------------------------
+    def register_custom_allocator(self, name: str, allocator: Any) -> None:
+        """Add an allocation strategy usable as ``rebalance_resources(strategy=name)``.
+
+        ``allocator`` follows :class:`~.strategies.Allocator`: ``allocate(topology, demands, config)`` returns
+        an :class:`~.allocation.Allocation`. Its result is validated (CPUs allowed, none empty, exclusive CPUs
+        not shared) before anything is applied.
+        """
+        from .strategies import Allocator
+
+        self._register(self._allocators, "allocator", name, allocator, Allocator)
+
+    def register_custom_scheduler(self, name: str, scheduler: Any) -> None:
+        """Add a scheduling strategy (nice / policy / I/O class per agent), chosen by ``scheduler=name``.
+
+        ``scheduler`` follows :class:`~.strategies.Scheduler`: ``settings(demand, placement, config)`` returns
+        :class:`~.strategies.SchedSettings`.
+        """
+        from .strategies import Scheduler
+
+        self._register(self._schedulers, "scheduler", name, scheduler, Scheduler)
+
+    @staticmethod
+    def _register(table: dict[str, Any], kind: str, name: str, obj: Any, proto: Any) -> None:
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(f"{kind} name must be a non-empty string, got {name!r}")
+        if name in table:
+            raise AlreadyExistsError(f"{kind} {name!r} is already registered")
+        if not isinstance(obj, proto):
+            raise InvalidArgumentError(f"{kind} {name!r} ({type(obj).__name__}) does not follow the "
+                                       f"{proto.__name__} protocol")
+        table[name] = obj
+
+    def strategies(self) -> dict[str, list[str]]:
+        """Names of the allocators and schedulers available."""
+        return {"allocators": sorted(self._allocators), "schedulers": sorted(self._schedulers)}
+
+    def plan(self, strategy: str = "priority", *, scheduler: str = "priority") -> Any:
+        """Compute a :class:`~.planning.Plan` for the registered agents without touching anything."""
+        from .planning import make_plan
+
+        if strategy not in self._allocators:
+            raise InvalidArgumentError(f"strategy {strategy!r} is unknown; known: "
+                                       f"{', '.join(sorted(self._allocators))}")
+        if scheduler not in self._schedulers:
+            raise InvalidArgumentError(f"scheduler {scheduler!r} is unknown; known: "
+                                       f"{', '.join(sorted(self._schedulers))}")
+        agents = self.agents()
+        loads = self.measure_loads(agents) if getattr(self._allocators[strategy], "needs_load", False) else {}
+        return make_plan(self, agents, self._allocators[strategy], self._schedulers[scheduler], loads)
+
+    def measure_loads(self, agents: Sequence[Agent] | None = None) -> dict[str, float]:
+        """Measured CPU load per agent in cores (from ``load_source`` or the built-in sampler)."""
+        agents = self.agents() if agents is None else agents
+        if self._load_source is not None:
+            return dict(self._load_source(agents))
+        from .strategies import ProcLoadSampler
+
+        sampler = getattr(self, "_sampler", None)
+        if sampler is None:
+            sampler = self._sampler = ProcLoadSampler(self.clock)
+        return sampler.sample(agents)
+
+    def apply(self, plan: Any, *, dry_run: bool = False, file: TextIO | None = None) -> Any:
+        """Apply a plan as one transaction; ``dry_run`` prints it (to ``file``, default stdout) and touches
+        nothing. Returns the plan with per-knob results filled in.
+        """
+        from .planning import apply_plan
+
+        if dry_run:
+            out = file if file is not None else sys.stdout
+            result = apply_plan(self, plan, dry_run=True)
+            print(result.format(), file=out)
+            return result
+        return apply_plan(self, plan, dry_run=False)
+
+    def rebalance_resources(self, strategy: str = "load_based", dry_run: bool = False, *,
+                            scheduler: str = "priority") -> Any:
+        """Compute a placement with ``strategy`` (``load_based``, ``priority``, ``numa`` or a registered
+        one) and apply it; with ``dry_run`` only return the plan (with what each knob would do).
+        """
+        plan = self.plan(strategy, scheduler=scheduler)
+        from .planning import apply_plan
+
+        return apply_plan(self, plan, dry_run=dry_run)
+
+    # -- verify / heal -------------------------------------------------------------------------------------
+    def verify(self) -> list[Any]:
+        """Per knob and agent: expected value, value the kernel holds now, and whether it drifted."""
+        from .verify import verify
+
+        return verify(self)
+
+    def heal(self) -> ChangeHandle | None:
+        """Re-apply every drifted knob (one journaled transaction); ``None`` when nothing drifted."""
+        from .verify import heal
+
+        return heal(self)
+
+    def expected_values(self) -> dict[tuple[str, int | None, str | None], tuple[str | None, Any]]:
+        """What the coordinator last applied: (knob, pid, path) -> (agent_id, value)."""
+        with self._lock:
+            return dict(self._expected)
+
+    def stats(self) -> dict[str, Any]:
+        """A JSON-ready summary: topology, agents, last plan, journal size."""
+        plan = self._last_plan
+        return {
+            "topology": self.topology.describe(),
+            "agents": [a.to_dict() for a in self.agents()],
+            "last_plan": None if plan is None else plan.summary(),
+            "journal_active_changes": len(self.journal.active()),
+            "mode": self.config.mode,
+        }
+
+    def close(self) -> None:
+        """Nothing to release today (the journal holds no open file); kept for symmetry with other parts."""
+
+    def __enter__(self) -> ResourcePoolCoordinator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _require_agent(self, agent_id: str) -> Agent:
+        try:
+            return self.registry.get(agent_id)
+        except NotFoundError:
+            raise
