@@ -1,0 +1,199 @@
+"""The coordinator's REST API, Prometheus endpoint and dashboard, as one Starlette application.
+
+Starlette rather than aiohttp: it is a small ASGI toolkit whose apps run under uvicorn and are tested in-process
+(its ``TestClient``, schemathesis' ASGI mode) without sockets; aiohttp would bring its own server and client
+stack we do not need. Reads are open to the user's local processes; every mutating call (POST/DELETE) needs
+``Authorization: Bearer <token>`` where the token is the one ``deploy`` wrote to the private runtime directory.
+A missing or wrong token is 401, a malformed body 422, an unknown id 404, a conflict 409 — and nothing changes.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from ..errors import (
+    AlreadyExistsError,
+    HwoptError,
+    InvalidArgumentError,
+    NotFoundError,
+    StateError,
+    UsageError,
+)
+from .openapi import openapi_document
+from .service import CoordinatorService
+
+__all__ = ["create_app"]
+
+_MAX_BODY = 64 * 1024
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status)
+
+
+def _status_for(exc: HwoptError) -> int:
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, AlreadyExistsError):
+        return 409
+    if isinstance(exc, StateError):
+        return 409
+    if isinstance(exc, (InvalidArgumentError, UsageError)):
+        return 422
+    return 500
+
+
+def create_app(service: CoordinatorService, token: str | None) -> Starlette:
+    """Build the ASGI app over ``service``; ``token`` guards mutating calls (``None`` refuses them all)."""
+
+    def authorized(request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        return token is not None and scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+
+    def mutating(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def guarded(request: Request) -> Response:
+            if not authorized(request):
+                return _error(401, "missing or wrong bearer token (see the token file in the runtime directory)")
+            return await handler(request)
+
+        guarded.__name__ = handler.__name__
+        return guarded
+
+    async def call(fn: Callable[..., Any], *args: Any) -> Response:
+        try:
+            result = await run_in_threadpool(fn, *args)
+        except HwoptError as exc:
+            return _error(_status_for(exc), str(exc))
+        return JSONResponse(result)
+
+    async def json_body(request: Request) -> dict[str, Any] | Response:
+        raw = await request.body()
+        if len(raw) > _MAX_BODY:
+            return _error(413, f"body larger than {_MAX_BODY} bytes")
+        if not raw:
+            return {}
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _error(422, f"body is not valid JSON: {exc}")
+        if not isinstance(data, dict):
+            return _error(422, f"body must be a JSON object, got {type(data).__name__}")
+        return data
+
+    async def status(request: Request) -> Response:
+        return await call(service.status)
+
+    async def metrics(request: Request) -> Response:
+        return await call(service.metrics)
+
+    async def agents(request: Request) -> Response:
+        return await call(service.agents)
+
+    async def dashboard_data(request: Request) -> Response:
+        return await call(service.dashboard_data)
+
+    async def bottlenecks(request: Request) -> Response:
+        return await call(service.bottlenecks)
+
+    @mutating
+    async def register_agent(request: Request) -> Response:
+        body = await json_body(request)
+        if isinstance(body, Response):
+            return body
+        unknown = set(body) - {"agent_id", "pid", "requirements"}
+        if unknown:
+            return _error(422, f"unknown field(s): {', '.join(sorted(unknown))}; allowed: agent_id, pid, requirements")
+        agent_id, pid, req = body.get("agent_id"), body.get("pid"), body.get("requirements", {})
+        if not isinstance(agent_id, str) or not agent_id or len(agent_id) > 128:
+            return _error(422, f"agent_id must be a non-empty string of at most 128 characters, got {agent_id!r}")
+        if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2**22:
+            return _error(422, f"pid must be a positive integer process id, got {pid!r}")
+        if not isinstance(req, dict):
+            return _error(422, f"requirements must be an object, got {type(req).__name__}")
+        try:
+            result = await run_in_threadpool(service.register_agent, agent_id, pid, req)
+        except HwoptError as exc:
+            return _error(_status_for(exc), str(exc))
+        return JSONResponse(result, status_code=201)
+
+    @mutating
+    async def unregister_agent(request: Request) -> Response:
+        return await call(service.unregister_agent, request.path_params["agent_id"])
+
+    @mutating
+    async def optimize(request: Request) -> Response:
+        body = await json_body(request)
+        if isinstance(body, Response):
+            return body
+        unknown = set(body) - {"dry_run", "strategy"}
+        if unknown:
+            return _error(422, f"unknown field(s): {', '.join(sorted(unknown))}; allowed: dry_run, strategy")
+        dry_run = body.get("dry_run", False)
+        strategy = body.get("strategy", "load_based")
+        if not isinstance(dry_run, bool):
+            return _error(422, f"dry_run must be a boolean, got {dry_run!r}")
+        if not isinstance(strategy, str):
+            return _error(422, f"strategy must be a string, got {strategy!r}")
+        return await call(service.optimize, strategy, dry_run)
+
+    @mutating
+    async def eliminate(request: Request) -> Response:
+        return await call(service.eliminate, request.path_params["bottleneck_id"])
+
+    async def prometheus(request: Request) -> Response:
+        body, content_type = await run_in_threadpool(service.prometheus)
+        return Response(body, media_type=content_type)
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    async def dashboard(request: Request) -> Response:
+        return HTMLResponse(service.dashboard_html(static=False))
+
+    async def plotly_js(request: Request) -> Response:
+        return Response(_plotly_js(), media_type="application/javascript",
+                        headers={"cache-control": "max-age=86400"})
+
+    routes = [
+        Route("/", dashboard, methods=["GET"]),
+        Route("/static/plotly.min.js", plotly_js, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+        Route("/api/status", status, methods=["GET"]),
+        Route("/api/metrics", metrics, methods=["GET"]),
+        Route("/api/dashboard", dashboard_data, methods=["GET"]),
+        Route("/api/bottlenecks", bottlenecks, methods=["GET"]),
+        Route("/api/agents", agents, methods=["GET"]),
+        Route("/api/agents", register_agent, methods=["POST"]),
+        Route("/api/agents/{agent_id}", unregister_agent, methods=["DELETE"]),
+        Route("/api/optimize", optimize, methods=["POST"]),
+        Route("/api/eliminate/{bottleneck_id}", eliminate, methods=["POST"]),
+    ]
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        service.log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error(500, f"internal error: {type(exc).__name__}")
+
+    return Starlette(routes=routes, exception_handlers={Exception: server_error})
+
+
+_PLOTLY: bytes | None = None
+
+
+def _plotly_js() -> bytes:
+    """plotly.min.js as shipped inside the plotly package (no CDN)."""
+    global _PLOTLY
+    if _PLOTLY is None:
+        _PLOTLY = resources.files("plotly").joinpath("package_data").joinpath("plotly.min.js").read_bytes()
+    return _PLOTLY

@@ -1,0 +1,75 @@
+"""How agents and the CLI talk to the coordinator: find it through the runtime directory, call its API.
+
+Standard-library HTTP only (``urllib``), so an agent that embeds the library needs no server extra to register.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from typing import Any
+
+from ..errors import AccessDeniedError, HwoptError, NotFoundError, StateError
+from .runtime import RuntimeDir
+
+__all__ = ["CoordinatorClient", "connect"]
+
+
+class CoordinatorClient:
+    """A small client of the coordinator's REST API (reads the endpoint and token from the runtime directory)."""
+
+    def __init__(self, runtime_dir: str | os.PathLike[str] | None = None, *, timeout: float = 10.0) -> None:
+        self.runtime = RuntimeDir(runtime_dir)
+        self.timeout = timeout
+        endpoint = self.runtime.read_endpoint() if self.runtime.running() else None
+        if endpoint is None:
+            raise StateError(f"no coordinator is running (runtime directory {self.runtime.path}); "
+                             "start one with `sutazai-hwopt deploy`")
+        self.url = str(endpoint["url"]).rstrip("/")
+        self.token = self.runtime.read_token()
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("content-type", "application/json")
+        if self.token and method != "GET":
+            req.add_header("authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+                ctype = resp.headers.get("content-type", "")
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            try:
+                detail = json.loads(detail).get("error", detail)
+            except ValueError:
+                pass
+            cls: type[HwoptError] = {401: AccessDeniedError, 404: NotFoundError}.get(exc.code, HwoptError)
+            raise cls(f"{method} {path}: HTTP {exc.code}: {detail}") from None
+        except OSError as exc:
+            raise StateError(f"coordinator at {self.url} is unreachable: {exc}") from None
+        return json.loads(raw) if "json" in ctype else raw.decode()
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, {} if body is None else body)
+
+
+def connect(agent_id: str, requirements: dict[str, Any] | None = None, *, pid: int | None = None,
+            runtime_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Register this process (or ``pid``) with the host's coordinator in one call.
+
+    Returns the agent record the coordinator keeps (placement included).
+
+    Raises:
+        StateError: no coordinator runs. AccessDeniedError: the token file is missing or wrong.
+        AlreadyExistsError-like HTTP 409 and validation errors arrive as :class:`HwoptError` with the message.
+    """
+    client = CoordinatorClient(runtime_dir)
+    result: dict[str, Any] = client.post("/api/agents", {"agent_id": agent_id, "pid": pid or os.getpid(),
+                                                         "requirements": requirements or {}})
+    return result

@@ -1,0 +1,303 @@
+"""CLI subcommands of the host coordinator: deploy, status, stop, profile, export-stats, dashboard.
+
+Exit codes: 0 success; 1 a library error; 3 nothing is running (``status``, ``stop``); 4 already running
+(``deploy``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..cli import command, runner
+from ..errors import StateError
+from .daemon import add_daemon_arguments, journal_dir
+from .runtime import RuntimeDir
+
+NOT_RUNNING = 3
+ALREADY_RUNNING = 4
+
+
+def _rollback_stale(runtime: RuntimeDir) -> int:
+    """Roll back what a killed daemon applied (its journal is on disk) and remove its pid file."""
+    from ..resources import ResourcePoolCoordinator
+
+    coordinator = ResourcePoolCoordinator(state_dir=journal_dir(runtime))
+    try:
+        restored = coordinator.rollback()
+    finally:
+        coordinator.close()
+    runtime.clear()
+    return len(restored)
+
+
+# -- deploy ---------------------------------------------------------------------------------------------------
+@command("deploy", "start the host coordinator daemon, establish the baseline and apply the mode")
+def _deploy_args(p: argparse.ArgumentParser) -> None:
+    add_daemon_arguments(p)
+    p.add_argument("--foreground", action="store_true", help="run in this process (for systemd/containers)")
+    p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the daemon to listen")
+
+
+_FORWARD = ("mode", "config", "log_dir", "host", "port", "l1_size", "l2_size", "prefetch_depth", "pool_size")
+_FLAGS = ("enable_all", "auto_fix", "enable_ml", "enable_compression")
+
+
+@runner("deploy")
+def _deploy(args: argparse.Namespace) -> int:
+    runtime = RuntimeDir(args.runtime_dir)
+    running = runtime.running()
+    if running is not None:
+        endpoint = runtime.read_endpoint() or {}
+        print(f"coordinator already running (pid {running.pid}) at {endpoint.get('url', '?')}; "
+              "use `sutazai-hwopt stop` first", file=sys.stderr)
+        return ALREADY_RUNNING
+    stale = runtime.stale()
+    if stale is not None:
+        n = _rollback_stale(runtime)
+        print(f"found the pid file of a dead coordinator (pid {stale.pid}); rolled back {n} settings it applied")
+    runtime.ensure()
+    runtime.new_token()
+    forwarded = ["--runtime-dir", str(runtime.path)]
+    for name in _FORWARD:
+        value = getattr(args, name)
+        if value is not None:
+            forwarded += [f"--{name.replace('_', '-')}", str(value)]
+    forwarded += [f"--{name.replace('_', '-')}" for name in _FLAGS if getattr(args, name)]
+    if args.foreground:
+        from .daemon import main as daemon_main
+
+        return daemon_main(forwarded)
+    fd = os.open(runtime.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        child = subprocess.Popen([sys.executable, "-m", "sutazai_hwopt.coordinator.daemon", *forwarded],
+                                 stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True,
+                                 close_fds=True)
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + args.wait
+    endpoint: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        endpoint = runtime.read_endpoint() or {}
+        if endpoint.get("pid") == child.pid:
+            break
+        if child.poll() is not None:
+            print(f"the coordinator exited during start-up (code {child.returncode}); log {runtime.log_file}:",
+                  file=sys.stderr)
+            print(_tail(runtime.log_file), file=sys.stderr)
+            return 1
+        time.sleep(0.05)
+    else:
+        print(f"the coordinator did not start listening within {args.wait:.0f} s; log: {runtime.log_file}",
+              file=sys.stderr)
+        return 1
+    print(f"coordinator running (pid {child.pid}, mode {args.mode or 'from config, else balanced'})")
+    print(f"dashboard: {endpoint['url']}")
+    print(f"api token: {runtime.token_file} (readable by you only)")
+    print(f"logs:      {args.log_dir or runtime.path / 'logs'}")
+    return 0
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# -- status ---------------------------------------------------------------------------------------------------
+@command("status", "show whether the coordinator runs, its agents, placement, cache and pool figures")
+def _status_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime-dir", metavar="DIR")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+@runner("status")
+def _status(args: argparse.Namespace) -> int:
+    from .client import CoordinatorClient
+
+    runtime = RuntimeDir(args.runtime_dir)
+    if runtime.running() is None:
+        stale = runtime.stale()
+        extra = f" (stale pid file of dead pid {stale.pid}; `stop` or `deploy` cleans it up)" if stale else ""
+        print(f"coordinator: not running{extra}")
+        return NOT_RUNNING
+    client = CoordinatorClient(runtime.path)
+    data = client.get("/api/dashboard")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    _print_status(data, client.url)
+    return 0
+
+
+def _print_status(data: dict[str, Any], url: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    st = data["status"]
+    console.print(f"[bold]coordinator[/] running · pid {st['pid']} · mode {st['mode']} · "
+                  f"up {st['uptime_s']:.0f} s · {url}")
+    services = Table(title="services")
+    services.add_column("service")
+    services.add_column("state")
+    for name, state in st["services"].items():
+        services.add_row(name, state)
+    console.print(services)
+    agents = Table(title=f"agents ({len(data['agents'])})")
+    for col in ("agent", "pid", "priority", "cpus", "CPU %", "RSS MiB"):
+        agents.add_column(col)
+    load = data.get("load") or {}
+    for a in data["agents"]:
+        p = load.get(a["agent_id"], {})
+        cpus = a.get("cpus") or a.get("assigned_cpus") or []
+        cpu = p.get("cpu_percent")
+        rss = p.get("rss_bytes")
+        agents.add_row(a["agent_id"], str(a.get("pid")), str(a.get("priority")), ",".join(map(str, cpus)),
+                       f"{cpu:.1f}" if isinstance(cpu, (int, float)) else "-",
+                       f"{rss / 2**20:.1f}" if isinstance(rss, (int, float)) else "-")
+    console.print(agents)
+    for title, figures in (("cache", data.get("cache")), ("pools", data.get("pools"))):
+        if figures:
+            console.print(f"[bold]{title}[/] {json.dumps(figures)}")
+    if data.get("bottlenecks"):
+        console.print(f"[bold]bottlenecks[/] {', '.join(b['type'] for b in data['bottlenecks'].values())}")
+
+
+# -- stop -----------------------------------------------------------------------------------------------------
+@command("stop", "stop the coordinator gracefully and roll back every setting it applied")
+def _stop_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime-dir", metavar="DIR")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds before SIGKILL")
+
+
+@runner("stop")
+def _stop(args: argparse.Namespace) -> int:
+    runtime = RuntimeDir(args.runtime_dir)
+    record = runtime.running()
+    if record is None:
+        stale = runtime.stale()
+        if stale is None:
+            print("coordinator: not running")
+            return NOT_RUNNING
+        n = _rollback_stale(runtime)
+        print(f"coordinator (pid {stale.pid}) had died; rolled back {n} settings it applied and removed its pid file")
+        return 0
+    os.kill(record.pid, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while record.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    forced = False
+    if record.alive():
+        os.kill(record.pid, signal.SIGKILL)
+        forced = True
+        while record.alive():
+            time.sleep(0.02)
+    n = _rollback_stale(runtime)  # after a graceful stop this finds nothing left to restore
+    how = "killed after the timeout" if forced else "stopped"
+    print(f"coordinator (pid {record.pid}) {how}; every setting it applied is rolled back"
+          + (f" ({n} restored from its journal)" if n else ""))
+    return 0
+
+
+# -- profile / export-stats / dashboard -------------------------------------------------------------------
+@command("profile", "profile the host and the registered agents for a while; optionally export a JSON report")
+def _profile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--duration", type=float, default=300.0, help="seconds")
+    p.add_argument("--interval", type=float, default=1.0, help="sampling period in seconds")
+    p.add_argument("--export-results", metavar="FILE", help="write the JSON report here")
+    p.add_argument("--runtime-dir", metavar="DIR")
+
+
+@runner("profile")
+def _profile(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rich.progress import Progress
+
+    from ..profiler import PerformanceProfiler
+
+    if not args.duration > 0:
+        raise StateError(f"--duration must be > 0, got {args.duration}")
+    agents = _agents_of_running(RuntimeDir(args.runtime_dir))
+    profiler = PerformanceProfiler(agents=agents, interval_s=args.interval)
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"profiling {len(agents)} agents", total=None)
+
+        def tick(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        report = asyncio.run(profiler.run_comprehensive_analysis(duration=args.duration, progress=tick))
+    profiler.close()
+    found = report.get("bottlenecks", [])
+    print(f"profiled {len(agents)} agents for {args.duration:g} s; {len(found)} bottleneck(s)")
+    for b in found:
+        print(f"  {b.get('type')} ({b.get('severity')}): {b.get('message', '')}")
+    if args.export_results:
+        Path(args.export_results).write_text(json.dumps(report, indent=2, default=str))
+        print(f"report written to {args.export_results}")
+    return 0
+
+
+def _agents_of_running(runtime: RuntimeDir) -> dict[str, int]:
+    if runtime.running() is None:
+        return {}
+    from .client import CoordinatorClient
+
+    return {a["agent_id"]: a["pid"] for a in CoordinatorClient(runtime.path).get("/api/agents")}
+
+
+@command("export-stats", "write the coordinator's (or, if none runs, this host's) figures to a JSON file")
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="output JSON file, e.g. system_metrics.json")
+    p.add_argument("--runtime-dir", metavar="DIR")
+
+
+@runner("export-stats")
+def _export(args: argparse.Namespace) -> int:
+    runtime = RuntimeDir(args.runtime_dir)
+    if runtime.running() is not None:
+        from .client import CoordinatorClient
+
+        client = CoordinatorClient(runtime.path)
+        data = {"dashboard": client.get("/api/dashboard"), "metrics": client.get("/api/metrics")}
+    else:
+        from ..profiler import PerformanceProfiler
+
+        profiler = PerformanceProfiler(agents={})
+        profiler.sample()
+        time.sleep(0.5)
+        data = {"metrics": {"system": profiler.sample().system_metrics}, "coordinator": "not running"}
+        profiler.close()
+    Path(args.path).write_text(json.dumps(data, indent=2, default=str))
+    print(f"stats written to {args.path}")
+    return 0
+
+
+@command("dashboard", "export the dashboard as one self-contained HTML file (live data snapshot)")
+def _dash_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--export", metavar="FILE", required=True, help="e.g. optimization-dashboard.html")
+    p.add_argument("--runtime-dir", metavar="DIR")
+
+
+@runner("dashboard")
+def _dash(args: argparse.Namespace) -> int:
+    from .client import CoordinatorClient
+    from .dashboard import render_dashboard
+
+    runtime = RuntimeDir(args.runtime_dir)
+    if runtime.running() is None:
+        print("coordinator: not running")
+        return NOT_RUNNING
+    snapshot = CoordinatorClient(runtime.path).get("/api/dashboard")
+    Path(args.export).write_text(render_dashboard(snapshot, inline_js=True))
+    print(f"dashboard written to {args.export}")
+    return 0

@@ -1,0 +1,102 @@
+"""The OpenAPI 3.0 description of the coordinator's API (served at ``/openapi.json``).
+
+Written out by hand, next to the routes in ``api.py``, so the contract is explicit and a schemathesis run can
+check the server against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._version import __version__
+
+__all__ = ["openapi_document"]
+
+_ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_OBJ = {"application/json": {"schema": {"type": "object"}}}
+
+
+def _ok(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": schema or {"type": "object"}}}}
+
+
+def openapi_document() -> dict[str, Any]:
+    secured: list[dict[str, list[str]]] = [{"bearer": []}]
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "sutazai_hwopt coordinator", "version": __version__,
+                 "description": "Host coordinator of sutazai_hwopt. Mutating calls need the bearer token that "
+                                "`sutazai-hwopt deploy` wrote to the private runtime directory."},
+        "servers": [{"url": "/"}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error", "status"],
+                          "properties": {"error": {"type": "string"}, "status": {"type": "integer"}}},
+                "AgentRegistration": {
+                    "type": "object", "required": ["agent_id", "pid"], "additionalProperties": False,
+                    "properties": {
+                        "agent_id": {"type": "string", "minLength": 1, "maxLength": 128},
+                        "pid": {"type": "integer", "minimum": 1},
+                        "requirements": {
+                            "type": "object",
+                            "properties": {"cpu_cores": {"type": "number", "minimum": 0},
+                                           "memory_mb": {"type": "integer", "minimum": 0},
+                                           "priority": {"type": "integer", "minimum": 0, "maximum": 10},
+                                           "gpu_memory_mb": {"type": "integer", "minimum": 0}},
+                        },
+                    },
+                },
+                "OptimizeRequest": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {"dry_run": {"type": "boolean"},
+                                   "strategy": {"type": "string", "enum": ["load_based", "priority", "numa"]}},
+                },
+            },
+        },
+        "paths": {
+            "/api/status": {"get": {"summary": "Is the coordinator running; mode, uptime, agents, services",
+                                    "responses": {"200": _ok("status")}}},
+            "/api/metrics": {"get": {"summary": "Latest host and per-agent metrics",
+                                     "responses": {"200": _ok("metrics")}}},
+            "/api/dashboard": {"get": {"summary": "Everything the dashboard draws, in one object",
+                                       "responses": {"200": _ok("dashboard data")}}},
+            "/api/bottlenecks": {"get": {"summary": "Bottlenecks detected in the latest pass, by id",
+                                         "responses": {"200": _ok("bottlenecks")}}},
+            "/api/agents": {
+                "get": {"summary": "Registered agents with their placement",
+                        "responses": {"200": _ok("agents", {"type": "array", "items": {"type": "object"}})}},
+                "post": {"summary": "Register an agent process", "security": secured,
+                         "requestBody": {"required": True, "content": {"application/json": {
+                             "schema": {"$ref": "#/components/schemas/AgentRegistration"}}}},
+                         "responses": {"201": _ok("registered"), "401": _ERROR, "404": _ERROR, "409": _ERROR,
+                                       "422": _ERROR}},
+            },
+            "/api/agents/{agent_id}": {
+                "delete": {"summary": "Unregister an agent and restore its process's settings",
+                           "security": secured,
+                           "parameters": [{"name": "agent_id", "in": "path", "required": True,
+                                           "schema": {"type": "string"}}],
+                           "responses": {"200": _ok("unregistered"), "401": _ERROR, "404": _ERROR}},
+            },
+            "/api/optimize": {
+                "post": {"summary": "One optimization pass: placement plus bottleneck detection",
+                         "security": secured,
+                         "requestBody": {"required": False, "content": {"application/json": {
+                             "schema": {"$ref": "#/components/schemas/OptimizeRequest"}}}},
+                         "responses": {"200": _ok("actions taken or recommended"), "401": _ERROR,
+                                       "422": _ERROR}},
+            },
+            "/api/eliminate/{bottleneck_id}": {
+                "post": {"summary": "Apply the eliminator to one detected bottleneck; returns its validation",
+                         "security": secured,
+                         "parameters": [{"name": "bottleneck_id", "in": "path", "required": True,
+                                         "schema": {"type": "string"}}],
+                         "responses": {"200": _ok("result"), "401": _ERROR, "404": _ERROR, "409": _ERROR}},
+            },
+            "/metrics": {"get": {"summary": "Prometheus exposition format",
+                                 "responses": {"200": {"description": "metrics",
+                                                       "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        },
+    }

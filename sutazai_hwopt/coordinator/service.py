@@ -1,0 +1,282 @@
+"""The coordinator's state and behaviour, independent of HTTP: what the daemon owns for the whole host.
+
+It holds the :class:`~sutazai_hwopt.resources.ResourcePoolCoordinator` (agents, placement, journal), a
+:class:`~sutazai_hwopt.profiler.PerformanceProfiler` over those agents, and the bottleneck eliminator. ``tick()``
+is one 1 Hz pass: sample, keep a short history for the dashboard, detect bottlenecks and (with ``auto_fix``) let
+the eliminator act. Every method is safe to call from the HTTP thread pool while the sampler runs: one lock
+serialises them (each is short; none waits on I/O beyond /proc reads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..config import HwoptConfig
+from ..errors import HwoptError, NotFoundError, StateError
+from ..logs import get_logger
+
+__all__ = ["CoordinatorService"]
+
+_HISTORY = 600  # dashboard points (10 minutes at 1 Hz)
+
+
+def _finite(x: Any) -> Any:
+    """JSON has no NaN/inf: map them to None, recursively."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if hasattr(x, "item") and callable(x.item):  # numpy scalar
+        return _finite(x.item())
+    return x
+
+
+class CoordinatorService:
+    """Everything the host coordinator does, callable without a server (the tests drive it directly)."""
+
+    def __init__(self, config: HwoptConfig, *, auto_fix: bool | None = None, enable_all: bool = False,
+                 state_dir: str | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        from ..profiler import PerformanceProfiler
+        from ..resources import ResourcePoolCoordinator
+
+        self.config = config
+        self.log: logging.Logger = get_logger("master")
+        self.auto_fix = config.eliminator.auto_fix if auto_fix is None else auto_fix
+        self.enable_all = enable_all
+        self._clock = clock
+        self._lock = threading.RLock()
+        self.started_at = time.time()
+        self._t0 = clock()
+        self.coordinator = ResourcePoolCoordinator(config, state_dir=state_dir)
+        self.profiler = PerformanceProfiler(coordinator=self.coordinator)
+        self.eliminator = self._make_eliminator()
+        self.history: deque[dict[str, Any]] = deque(maxlen=_HISTORY)
+        self._bottlenecks: dict[str, dict[str, Any]] = {}
+        self.actions: deque[dict[str, Any]] = deque(maxlen=200)
+        self.ticks = 0
+        self.baseline: dict[str, Any] = {}
+        self.closed = False
+        self._placement_dirty = False
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    def _make_eliminator(self) -> Any:
+        try:
+            from ..eliminator import BottleneckEliminator
+        except ModuleNotFoundError:  # TEMP until the eliminator lands
+            return None
+
+        settings = {"mode": self.config.eliminator.mode, "auto_fix": self.auto_fix,
+                    "prediction_enabled": self.config.eliminator.prediction_enabled}
+        return BottleneckEliminator(settings, coordinator=self.coordinator, profiler=self.profiler)
+
+    def establish_baseline(self) -> dict[str, Any]:
+        """Take the first samples (rates need two passes) and remember them as the baseline."""
+        with self._lock:
+            self.tick(detect=False)
+            self.tick(detect=False)
+            self.baseline = _finite(self.profiler.system_metrics())
+            self.log.info("baseline established: %s", json.dumps(self._headline(self.baseline)))
+            return self.baseline
+
+    def apply_mode(self) -> dict[str, Any]:
+        """Place the registered agents as the mode says (a journaled, reversible change)."""
+        with self._lock:
+            if not self.coordinator.agents():
+                return {"applied": 0, "note": "no agents registered yet; placement happens on registration"}
+            return self.optimize("priority", False)
+
+    def close(self, *, rollback: bool = True) -> dict[str, Any]:
+        """Stop: roll back every setting this coordinator applied (unless told not to)."""
+        with self._lock:
+            if self.closed:
+                return {"rolled_back": 0}
+            self.closed = True
+            restored = 0
+            if rollback:
+                restored = len(self.coordinator.rollback() or [])
+            self.profiler.close()
+            self.coordinator.close()
+            self.log.info("coordinator closed; %d settings rolled back", restored)
+            return {"rolled_back": restored}
+
+    # -- the 1 Hz pass --------------------------------------------------------------------------------------
+    def tick(self, *, detect: bool = True) -> None:
+        with self._lock:
+            if self.closed:
+                raise StateError("the coordinator is stopped")
+            if self.coordinator.prune_dead():
+                self._placement_dirty = True
+            if self._placement_dirty and self.coordinator.agents():
+                self._placement_dirty = False
+                self.coordinator.rebalance_resources(strategy="priority", dry_run=False)
+            sample = self.profiler.sample()
+            metrics = sample.system_metrics
+            self.ticks += 1
+            self.history.append(_finite({"t": time.time(), **self._headline(metrics)}))
+            if detect and self.ticks >= 3:
+                found = self.profiler.detect_bottlenecks()
+                self._bottlenecks = {self._bottleneck_id(b): self._bottleneck_dict(b) for b in found}
+                if self.auto_fix and self._bottlenecks:
+                    self._auto_eliminate()
+
+    @staticmethod
+    def _headline(m: dict[str, Any]) -> dict[str, Any]:
+        """The few host figures the dashboard charts over time."""
+        cpu = m.get("cpu") or {}
+        mem = m.get("memory") or {}
+        psi = m.get("pressure") or {}
+        disk = m.get("disk") or {}
+        net = m.get("network") or {}
+        return {
+            "cpu_percent": cpu.get("utilization"), "iowait_percent": cpu.get("iowait"), "load1": cpu.get("load1"),
+            "memory_percent": mem.get("used_percent"),
+            "disk_read_bps": disk.get("read_bps"), "disk_write_bps": disk.get("write_bps"),
+            "net_rx_bps": net.get("rx_bps"), "net_tx_bps": net.get("tx_bps"),
+            "psi_cpu": (psi.get("cpu") or {}).get("some_avg10"),
+            "psi_memory": (psi.get("memory") or {}).get("some_avg10"),
+            "psi_io": (psi.get("io") or {}).get("some_avg10"),
+        }
+
+    @staticmethod
+    def _bottleneck_dict(b: Any) -> dict[str, Any]:
+        d = b.to_dict() if hasattr(b, "to_dict") else dict(b)
+        return _finite(d)
+
+    @classmethod
+    def _bottleneck_id(cls, b: Any) -> str:
+        d = cls._bottleneck_dict(b)
+        key = json.dumps([d.get("type"), sorted(d.get("agents") or [])])
+        return hashlib.blake2s(key.encode(), digest_size=6).hexdigest()
+
+    def _auto_eliminate(self) -> None:
+        for bid, finding in list(self._bottlenecks.items()):
+            try:
+                self.actions.append({"bottleneck_id": bid, "auto": True,
+                                     **_finite(self._run_eliminator(finding))})
+            except HwoptError as exc:
+                self.log.warning("auto elimination of %s (%s) skipped: %s", bid, finding.get("type"), exc)
+
+    def _run_eliminator(self, finding: dict[str, Any]) -> dict[str, Any]:
+        import asyncio
+
+        metrics = {**self.profiler.system_metrics(), "bottleneck": finding,
+                   "agents": finding.get("agents") or []}
+        result = asyncio.run(self.eliminator.eliminate_bottleneck(finding["type"], metrics))
+        return result.to_dict() if hasattr(result, "to_dict") else dict(result)
+
+    # -- API operations -------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return _finite({
+                "running": not self.closed, "pid": os.getpid(), "mode": self.config.mode,
+                "auto_fix": self.auto_fix, "uptime_s": self._clock() - self._t0, "started_at": self.started_at,
+                "agents": len(self.coordinator.agents()), "samples": self.ticks,
+                "bottlenecks": len(self._bottlenecks), "actions": len(self.actions),
+                "services": self.services(),
+            })
+
+    def services(self) -> dict[str, str]:
+        """Health of each component the coordinator runs."""
+        return {"coordinator": "ok" if not self.closed else "stopped",
+                "profiler": "ok" if self.ticks else "starting",
+                "eliminator": ("auto" if self.auto_fix else "recommend") if self.eliminator else "off"}
+
+    def metrics(self) -> dict[str, Any]:
+        with self._lock:
+            return _finite({"system": self.profiler.system_metrics(),
+                            "agents": self.profiler.agent_profiles(1) if self.ticks else {},
+                            "baseline": self.baseline})
+
+    def agents(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [_finite(a.to_dict()) for a in self.coordinator.agents()]
+
+    def register_agent(self, agent_id: str, pid: int, requirements: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            agent = self.coordinator.register_agent(agent_id, requirements, pid=pid)
+            self._placement_dirty = True  # placed by the next tick: one plan for a burst of registrations
+            self.log.info("agent %s registered (pid %d)", agent_id, pid)
+            return _finite(agent.to_dict())
+
+    def unregister_agent(self, agent_id: str) -> dict[str, Any]:
+        with self._lock:
+            agent = self.coordinator.unregister_agent(agent_id, restore=True)
+            return _finite(agent.to_dict())
+
+    def bottlenecks(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._bottlenecks)
+
+    def optimize(self, strategy: str, dry_run: bool) -> dict[str, Any]:
+        """One pass: a placement plan (applied unless ``dry_run``) plus detection and the eliminator's advice."""
+        with self._lock:
+            if self.closed:
+                raise StateError("the coordinator is stopped")
+            plan = self.coordinator.rebalance_resources(strategy=strategy, dry_run=dry_run)
+            found = self.profiler.detect_bottlenecks() if self.ticks >= 2 else []
+            self._bottlenecks = {self._bottleneck_id(b): self._bottleneck_dict(b) for b in found}
+            recommended = []
+            for bid, finding in self._bottlenecks.items():
+                advice = self._recommend(finding)
+                recommended.append({"bottleneck_id": bid, "type": finding.get("type"), "actions": advice})
+            placement = plan.to_dict() if hasattr(plan, "to_dict") else plan
+            return _finite({"strategy": strategy, "dry_run": dry_run, "placement": placement,
+                            "bottlenecks": self._bottlenecks, "recommended": recommended})
+
+    def _recommend(self, finding: dict[str, Any]) -> list[dict[str, Any]]:
+        try:
+            actions = self.eliminator.recommend(finding["type"], {**self.profiler.system_metrics(),
+                                                                  "bottleneck": finding,
+                                                                  "agents": finding.get("agents") or []})
+        except HwoptError as exc:
+            return [{"error": str(exc)}]
+        return [a.to_dict() if hasattr(a, "to_dict") else dict(a) for a in actions]
+
+    def eliminate(self, bottleneck_id: str) -> dict[str, Any]:
+        with self._lock:
+            finding = self._bottlenecks.get(bottleneck_id)
+            if finding is None:
+                raise NotFoundError(f"unknown bottleneck id {bottleneck_id!r}; GET /api/bottlenecks lists them")
+            result = {"bottleneck_id": bottleneck_id, "auto": False, **_finite(self._run_eliminator(finding))}
+            self.actions.append(result)
+            return result
+
+    # -- views ----------------------------------------------------------------------------------------------
+    def dashboard_data(self) -> dict[str, Any]:
+        with self._lock:
+            return _finite({
+                "status": self.status(), "history": list(self.history),
+                "agents": self.agents(), "load": self.profiler.agent_profiles(1) if self.ticks else {},
+                "bottlenecks": self._bottlenecks, "actions": list(self.actions)[-50:],
+                "cache": self._cache_figures(), "pools": self._pool_figures(),
+            })
+
+    def _cache_figures(self) -> dict[str, Any]:
+        return {}
+
+    def _pool_figures(self) -> dict[str, Any]:
+        return {}
+
+    def prometheus(self) -> tuple[bytes, str]:
+        from .metrics import render
+
+        with self._lock:
+            return render(self)
+
+    def dashboard_html(self, *, static: bool) -> str:
+        from .dashboard import render_dashboard
+
+        with self._lock:
+            return render_dashboard(self.dashboard_data() if static else None, inline_js=static)
