@@ -55,8 +55,8 @@ def _deploy(args: argparse.Namespace) -> int:
     runtime = RuntimeDir(args.runtime_dir)
     running = runtime.running()
     if running is not None:
-        endpoint = runtime.read_endpoint() or {}
-        print(f"coordinator already running (pid {running.pid}) at {endpoint.get('url', '?')}; "
+        url = (runtime.read_endpoint() or {}).get("url", "?")
+        print(f"coordinator already running (pid {running.pid}) at {url}; "
               "use `sutazai-hwopt stop` first", file=sys.stderr)
         return ALREADY_RUNNING
     stale = runtime.stale()
