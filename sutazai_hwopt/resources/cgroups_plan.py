@@ -3,7 +3,8 @@
 Layout: ``<mount>/<cgroup_name>/<agent_id>`` in every writable hierarchy that carries the controller.
 
 * v1 ``cpu``: ``cpu.shares`` = the agent's CFS weight (both use 1024 for nice 0) and ``cpu.cfs_quota_us`` =
-  its quota over a 100 ms period (``-1`` for exclusive agents: their cores are theirs anyway);
+  its quota over a 100 ms period (``-1`` for exclusive agents: their cores are theirs anyway); the parent
+  group's ``cpu.shares`` is the sum of its agents' weights, since it competes with root-level tasks as one;
 * v1 ``cpuset``: the parent gets every allowed CPU and memory node (v1 children start empty), the agent its CPUs
   and, with ``enable_numa``, only its node's memory (``cpuset.mems``), which is how an agent's memory is kept on
   its node without touching the agent's own code;
@@ -118,6 +119,10 @@ def cgroup_changes(topology: Topology, cfg: HardwareConfig, alloc: Allocation,
     if cpu_h is not None:
         base = os.path.join(cpu_h.mount, cfg.cgroup_name)
         ch("cgroup_dir", True, base)
+        # The parent group competes with root-level tasks as one entity: give it the agents' summed weight
+        # so that, together, they weigh what they would as separate processes.
+        total = sum(p.weight for p in alloc.placements.values())
+        ch("cgroup_file", str(max(2, min(262144, total))), os.path.join(base, "cpu.shares"))
     if set_h is not None:
         base = os.path.join(set_h.mount, cfg.cgroup_name)
         ch("cgroup_dir", True, base)
