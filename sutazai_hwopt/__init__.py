@@ -26,10 +26,12 @@ _LAZY: dict[str, str] = {
     "HwoptConfig": "sutazai_hwopt.config",
     "PerformanceProfiler": "sutazai_hwopt.profiler",
     "ResourcePoolCoordinator": "sutazai_hwopt.resources",
+    "HardwareOptimizationMaster": "sutazai_hwopt.master",
 }
 
 if TYPE_CHECKING:
     from .config import HwoptConfig, load_config
+    from .master import HardwareOptimizationMaster
     from .profiler import PerformanceProfiler
     from .resources import ResourcePoolCoordinator
 
@@ -38,6 +40,7 @@ __all__ = [
     "CapacityError",
     "ConfigError",
     "CorruptionError",
+    "HardwareOptimizationMaster",
     "HwoptConfig",
     "HwoptError",
     "NotFoundError",
