@@ -2,13 +2,14 @@
 
 * :class:`FakeClock` — a monotonic clock you advance by hand; every component that takes ``clock=`` accepts it,
   so TTLs, health checks, back-offs and windows can be tested without sleeping.
+* :func:`throwaway_namespace` — a unique shared-memory pool namespace whose segments are unlinked afterwards.
 """
 
 from __future__ import annotations
 
 import threading
 
-__all__ = ["FakeClock"]
+__all__ = ["FakeClock", "throwaway_namespace"]
 
 
 class FakeClock:
@@ -38,3 +39,30 @@ class FakeClock:
         with self._lock:
             self._now += seconds
             return self._now
+
+
+# ---- shared-memory pools -------------------------------------------------------------------------------------
+import contextlib as _contextlib  # noqa: E402
+from collections.abc import Iterator as _Iterator  # noqa: E402
+
+
+@_contextlib.contextmanager
+def throwaway_namespace(prefix: str = "test") -> _Iterator[str]:
+    """Yield a fresh pool namespace; afterwards unlink every shared-memory segment created in it.
+
+    Use it so tests (or examples) never leave pools in ``/dev/shm``, even when they fail::
+
+        with throwaway_namespace() as ns, MemoryPoolManager(namespace=ns) as pm:
+            pm.create_pool("scratch", size=1 << 20)
+    """
+    import os
+    import secrets
+
+    from .memory.segment import list_segments, segment_name, unlink_segment, validate_name
+
+    namespace = validate_name("prefix", f"{prefix}-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        yield namespace
+    finally:
+        for pool_id in list_segments(namespace):
+            unlink_segment(segment_name(namespace, pool_id))
