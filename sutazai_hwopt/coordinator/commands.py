@@ -161,7 +161,8 @@ def _print_status(data: dict[str, Any], url: str) -> None:
         cpus = a.get("cpus") or a.get("assigned_cpus") or []
         cpu = p.get("cpu_percent")
         rss = p.get("rss_bytes")
-        agents.add_row(a["agent_id"], str(a.get("pid")), str(a.get("priority")), ",".join(map(str, cpus)),
+        priority = (a.get("requirements") or {}).get("priority")
+        agents.add_row(a["agent_id"], str(a.get("pid")), str(priority), ",".join(map(str, cpus)),
                        f"{cpu:.1f}" if isinstance(cpu, (int, float)) else "-",
                        f"{rss / 2**20:.1f}" if isinstance(rss, (int, float)) else "-")
     console.print(agents)

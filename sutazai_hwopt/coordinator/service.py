@@ -74,7 +74,7 @@ class CoordinatorService:
     def _make_eliminator(self) -> Any:
         try:
             from ..eliminator import BottleneckEliminator
-        except ModuleNotFoundError:  # TEMP until the eliminator lands
+        except ImportError:  # TEMP until the eliminator lands
             return None
 
         settings = {"mode": self.config.eliminator.mode, "auto_fix": self.auto_fix,
@@ -171,6 +171,9 @@ class CoordinatorService:
     def _run_eliminator(self, finding: dict[str, Any]) -> dict[str, Any]:
         import asyncio
 
+        if self.eliminator is None:
+            raise StateError("no bottleneck eliminator is available in this build")
+
         metrics = {**self.profiler.system_metrics(), "bottleneck": finding,
                    "agents": finding.get("agents") or []}
         result = asyncio.run(self.eliminator.eliminate_bottleneck(finding["type"], metrics))
@@ -231,11 +234,15 @@ class CoordinatorService:
             for bid, finding in self._bottlenecks.items():
                 advice = self._recommend(finding)
                 recommended.append({"bottleneck_id": bid, "type": finding.get("type"), "actions": advice})
-            placement = plan.to_dict() if hasattr(plan, "to_dict") else plan
+            placement = {**plan.summary(), "placements": {
+                aid: {"cpus": sorted(pl.cpus), "exclusive": pl.exclusive, "numa_node": pl.numa_node,
+                      "quota": pl.quota, "note": pl.note} for aid, pl in plan.placements.items()}}
             return _finite({"strategy": strategy, "dry_run": dry_run, "placement": placement,
                             "bottlenecks": self._bottlenecks, "recommended": recommended})
 
     def _recommend(self, finding: dict[str, Any]) -> list[dict[str, Any]]:
+        if self.eliminator is None:
+            return []
         try:
             actions = self.eliminator.recommend(finding["type"], {**self.profiler.system_metrics(),
                                                                   "bottleneck": finding,

@@ -1,0 +1,168 @@
+"""The REST API in-process: auth, malformed input, unknown ids, OpenAPI conformance, Prometheus, dashboard."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
+
+from sutazai_hwopt.config import load_config
+from sutazai_hwopt.coordinator.api import create_app
+from sutazai_hwopt.coordinator.service import CoordinatorService
+
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[CoordinatorService]:
+    svc = CoordinatorService(load_config(mode="balanced"), state_dir=str(tmp_path / "journal"))
+    svc.establish_baseline()
+    yield svc
+    svc.close(rollback=True)
+
+
+@pytest.fixture
+def client(service: CoordinatorService) -> Iterator[TestClient]:
+    with TestClient(create_app(service, TOKEN), raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    p = subprocess.Popen(["sleep", "600"])
+    yield p
+    p.kill()
+    p.wait()
+
+
+def test_reads_need_no_token(client: TestClient) -> None:
+    """GET endpoints answer without a token."""
+    for path in ("/api/status", "/api/metrics", "/api/agents", "/api/bottlenecks", "/api/dashboard"):
+        assert client.get(path).status_code == 200, path
+    assert client.get("/api/status").json()["running"] is True
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
+                                     {"Authorization": "Basic " + TOKEN}])
+def test_mutations_need_the_token(client: TestClient, service: CoordinatorService,
+                                  sleeper: subprocess.Popen[bytes], headers: dict[str, str]) -> None:
+    """POST/DELETE without the right bearer token are 401 and change nothing."""
+    r = client.post("/api/agents", json={"agent_id": "a1", "pid": sleeper.pid}, headers=headers)
+    assert r.status_code == 401
+    assert client.post("/api/optimize", json={}, headers=headers).status_code == 401
+    assert client.post("/api/eliminate/x", headers=headers).status_code == 401
+    assert client.delete("/api/agents/a1", headers=headers).status_code == 401
+    assert service.agents() == []
+
+
+def test_no_token_configured_refuses_mutations(service: CoordinatorService) -> None:
+    """A daemon started without a token refuses every mutating call."""
+    with TestClient(create_app(service, None)) as c:
+        assert c.post("/api/optimize", json={}, headers={"Authorization": "Bearer "}).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"not json", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"agent_id": "", "pid": 1}', "agent_id"),
+        (b'{"agent_id": "a", "pid": -5}', "pid"),
+        (b'{"agent_id": "a", "pid": true}', "pid"),
+        (b'{"agent_id": "a", "pid": 1, "requirements": []}', "requirements"),
+        (b'{"agent_id": "a", "pid": 1, "extra": 1}', "unknown field"),
+    ],
+)
+def test_malformed_registration_is_422(client: TestClient, service: CoordinatorService, body: bytes,
+                                       fragment: str) -> None:
+    """A malformed body is 422 with a message naming what is wrong; nothing is registered."""
+    r = client.post("/api/agents", content=body, headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 422
+    assert fragment in r.json()["error"]
+    assert service.agents() == []
+
+
+def test_register_bad_requirements_and_dead_pid(client: TestClient, sleeper: subprocess.Popen[bytes]) -> None:
+    """Impossible requirements are 422; a pid that does not exist is 404; a duplicate id is 409."""
+    r = client.post("/api/agents", json={"agent_id": "a", "pid": sleeper.pid,
+                                         "requirements": {"cpu_cores": -1}}, headers=AUTH)
+    assert r.status_code == 422 and "cpu_cores" in r.json()["error"]
+    r = client.post("/api/agents", json={"agent_id": "a", "pid": 4_000_000 - 1}, headers=AUTH)
+    assert r.status_code in (404, 422)
+    assert client.post("/api/agents", json={"agent_id": "a", "pid": sleeper.pid}, headers=AUTH).status_code == 201
+    assert client.post("/api/agents", json={"agent_id": "a", "pid": sleeper.pid}, headers=AUTH).status_code == 409
+    assert [a["agent_id"] for a in client.get("/api/agents").json()] == ["a"]
+
+
+def test_unknown_ids_are_404(client: TestClient) -> None:
+    """Unknown bottleneck and agent ids are 404, and the server keeps serving."""
+    assert client.post("/api/eliminate/nope", headers=AUTH).status_code == 404
+    assert client.delete("/api/agents/nope", headers=AUTH).status_code == 404
+    assert client.get("/api/status").status_code == 200
+
+
+def test_optimize_places_registered_agents(client: TestClient, sleeper: subprocess.Popen[bytes]) -> None:
+    """POST /api/optimize applies a placement the kernel holds; DELETE restores the old affinity."""
+    before = os.sched_getaffinity(sleeper.pid)
+    assert client.post("/api/agents", json={"agent_id": "a", "pid": sleeper.pid,
+                                            "requirements": {"cpu_cores": 1, "priority": 9}},
+                       headers=AUTH).status_code == 201
+    r = client.post("/api/optimize", json={"strategy": "priority"}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["dry_run"] is False and "placement" in body and "recommended" in body
+    placed = os.sched_getaffinity(sleeper.pid)
+    assert placed <= before and len(placed) >= 1
+    assert client.delete("/api/agents/a", headers=AUTH).status_code == 200
+    assert os.sched_getaffinity(sleeper.pid) == before
+
+
+def test_optimize_rejects_bad_fields(client: TestClient) -> None:
+    """Unknown fields or wrong types in the optimize body are 422."""
+    assert client.post("/api/optimize", json={"dry_run": "yes"}, headers=AUTH).status_code == 422
+    assert client.post("/api/optimize", json={"turbo": True}, headers=AUTH).status_code == 422
+    assert client.post("/api/optimize", json={"strategy": "nope"}, headers=AUTH).status_code == 422
+
+
+def test_prometheus_exposition_parses(client: TestClient, service: CoordinatorService) -> None:
+    """/metrics is valid Prometheus text with the coordinator's figures."""
+    service.tick()
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    assert families["sutazai_hwopt_up"].samples[0].value == 1.0
+    assert "sutazai_hwopt_agents" in families
+    figures = {s.labels["figure"] for s in families["sutazai_hwopt_host"].samples}
+    assert {"memory_percent", "psi_cpu"} <= figures
+
+
+def test_dashboard_and_assets_are_served_locally(client: TestClient) -> None:
+    """/ serves the dashboard, which loads plotly from the daemon itself, never from a CDN."""
+    page = client.get("/").text
+    assert '<script src="/static/plotly.min.js"></script>' in page
+    assert "https://" not in page.split("<script>")[0]
+    js = client.get("/static/plotly.min.js")
+    assert js.status_code == 200 and len(js.content) > 1_000_000
+
+
+def test_static_export_is_self_contained(service: CoordinatorService) -> None:
+    """The exported dashboard inlines plotly.js and a data snapshot."""
+    html = service.dashboard_html(static=True)
+    assert "/static/plotly.min.js" not in html
+    assert "/*SNAPSHOT*/null" not in html and '"history"' in html
+
+
+def test_openapi_document_is_valid(client: TestClient) -> None:
+    """/openapi.json is a valid OpenAPI 3 document covering every API route."""
+    from openapi_spec_validator import validate
+
+    doc = client.get("/openapi.json").json()
+    validate(doc)
+    assert {"/api/optimize", "/api/agents", "/api/eliminate/{bottleneck_id}", "/api/status",
+            "/api/metrics", "/metrics"} <= set(doc["paths"])
