@@ -53,21 +53,23 @@ DEF C_CANCELLED_WRITE = 21
 DEF C_VOL_CTX = 22
 DEF C_INVOL_CTX = 23
 DEF C_VMSWAP_KB = 24
-DEF NCOLS = 25
+DEF C_CHILDREN_HASH = 25  # 52-bit FNV-1a of task/<pid>/children, 0 when empty
+DEF NCOLS = 26
 
 DEF F_STAT = 0
 DEF F_SCHEDSTAT = 1
 DEF F_IO = 2
 DEF F_STATUS = 3
-DEF NFILES = 4
+DEF F_CHILDREN = 4
+DEF NFILES = 5
 DEF BUFSZ = 4096
 
 COLUMNS = ("utime", "stime", "state", "minflt", "majflt", "nice", "threads", "starttime", "rss_pages",
            "processor", "policy", "blkio_ticks", "run_ns", "wait_ns", "slices", "rchar", "wchar", "syscr",
            "syscw", "read_bytes", "write_bytes", "cancelled_write_bytes", "voluntary_ctxt_switches",
-           "nonvoluntary_ctxt_switches", "vmswap_kb")
+           "nonvoluntary_ctxt_switches", "vmswap_kb", "children_hash")
 NCOLUMNS = NCOLS
-FILES = ("stat", "schedstat", "io", "status")
+FILES = ("stat", "schedstat", "io", "status", "children")
 
 cdef double NAN = float("nan")
 
@@ -219,6 +221,17 @@ cdef inline int _parse_keyed(const char *s, Py_ssize_t n, double *row, bint stat
     return found
 
 
+cdef inline double _hash52(const char *s, Py_ssize_t n) noexcept nogil:
+    """FNV-1a (Fowler/Noll/Vo) of the text, folded to 52 bits so a double holds it exactly; 0 for empty."""
+    cdef unsigned long long h = 14695981039346656037ULL
+    cdef Py_ssize_t i
+    if n <= 0:
+        return 0.0
+    for i in range(n):
+        h = (h ^ <unsigned char>s[i]) * 1099511628211ULL
+    return <double>((h & ((1ULL << 52) - 1)) | 1ULL)
+
+
 cdef inline void _nan_cols(double *row, int f) noexcept nogil:
     cdef int c, lo, hi
     if f == F_STAT:
@@ -227,8 +240,10 @@ cdef inline void _nan_cols(double *row, int f) noexcept nogil:
         lo, hi = C_RUN_NS, C_SLICES + 1
     elif f == F_IO:
         lo, hi = C_RCHAR, C_CANCELLED_WRITE + 1
-    else:
+    elif f == F_STATUS:
         lo, hi = C_VOL_CTX, C_VMSWAP_KB + 1
+    else:
+        lo, hi = C_CHILDREN_HASH, C_CHILDREN_HASH + 1
     for c in range(lo, hi):
         row[c] = NAN
 
@@ -251,6 +266,9 @@ def parse(str kind, bytes data, double[::1] row not None) -> int:
         return _parse_keyed(s, n, &row[0], False)
     if kind == "status":
         return _parse_keyed(s, n, &row[0], True)
+    if kind == "children":
+        row[C_CHILDREN_HASH] = _hash52(s, n)
+        return 0
     raise ValueError(f"kind must be one of {FILES}, got {kind!r}")
 
 
@@ -300,16 +318,23 @@ cdef class ProcScanner:
         if slot < 0 or slot >= self.capacity:
             raise IndexError(f"slot must be in [0, {self.capacity}), got {slot}")
 
-    def open_slot(self, Py_ssize_t slot, int pid, bint with_status=True) -> bool:
-        """Open the files of ``pid`` in ``slot`` (closing what the slot held). False when stat cannot be opened."""
+    def open_slot(self, Py_ssize_t slot, int pid, bint with_status=True, bint with_children=False) -> bool:
+        """Open the files of ``pid`` in ``slot`` (closing what the slot held). False when stat cannot be opened.
+
+        ``with_children`` also holds ``task/<pid>/children``; ``scan`` then reports a hash of it, so the caller
+        parses the child list only when it changed.
+        """
         self._check(slot)
         self.close_slot(slot)
         cdef int f, fd
         cdef bytes path
         for f in range(NFILES):
-            if f == F_STATUS and not with_status:
+            if (f == F_STATUS and not with_status) or (f == F_CHILDREN and not with_children):
                 continue
-            path = f"/proc/{pid}/{FILES[f]}".encode()
+            if f == F_CHILDREN:
+                path = f"/proc/{pid}/task/{pid}/children".encode()
+            else:
+                path = f"/proc/{pid}/{FILES[f]}".encode()
             fd = open(path, O_RDONLY | O_CLOEXEC)
             if fd < 0 and f == F_STAT:
                 return False
@@ -338,6 +363,47 @@ cdef class ProcScanner:
         if HWOPT_DEBUG:
             assert self.open_fds == 0, self.open_fds
 
+    cdef bint _scan_slot(self, Py_ssize_t slot, double *row, bint with_status) noexcept nogil:
+        """Read one slot's files into ``row``; False when the process is gone (or the slot is empty)."""
+        cdef int f, fd
+        cdef Py_ssize_t n
+        if self.fds[slot * NFILES + F_STAT] < 0:
+            return False
+        for f in range(NFILES):
+            if f == F_STATUS and not with_status:
+                continue
+            fd = self.fds[slot * NFILES + f]
+            if fd < 0:
+                _nan_cols(row, f)
+                continue
+            n = pread(fd, self.buf, BUFSZ, 0)
+            if f == F_CHILDREN:
+                row[C_CHILDREN_HASH] = _hash52(self.buf, n)  # an empty list reads 0 bytes
+                continue
+            if n <= 0:
+                if f == F_STAT:
+                    return False
+                _nan_cols(row, f)
+                continue
+            if f == F_STAT:
+                if _parse_stat(self.buf, n, row) < 0:
+                    return False
+            elif f == F_SCHEDSTAT:
+                if _parse_schedstat(self.buf, n, row) < 0:
+                    _nan_cols(row, f)
+            elif f == F_IO:
+                _parse_keyed(self.buf, n, row, False)
+            else:
+                _parse_keyed(self.buf, n, row, True)
+        return True
+
+    cdef void _check_out(self, double[:, ::1] out, unsigned char[::1] ok) except *:
+        if out.shape[0] < self.capacity or out.shape[1] < NCOLS:
+            raise ValueError(f"out must have shape >= ({self.capacity}, {NCOLS}), got "
+                             f"({out.shape[0]}, {out.shape[1]})")
+        if ok.shape[0] < self.capacity:
+            raise ValueError(f"ok must have length >= {self.capacity}, got {ok.shape[0]}")
+
     @cython.boundscheck(False)
     @cython.wraparound(False)
     def scan(self, double[:, ::1] out not None, unsigned char[::1] ok not None,
@@ -347,47 +413,18 @@ cdef class ProcScanner:
         ``with_status=False`` skips /proc/<pid>/status (the costliest file) and leaves its columns as they
         were. Returns the number of slots read.
         """
-        if out.shape[0] < self.capacity or out.shape[1] < NCOLS:
-            raise ValueError(f"out must have shape >= ({self.capacity}, {NCOLS}), got "
-                             f"({out.shape[0]}, {out.shape[1]})")
-        if ok.shape[0] < self.capacity:
-            raise ValueError(f"ok must have length >= {self.capacity}, got {ok.shape[0]}")
-        cdef Py_ssize_t slot, n, nread = 0
-        cdef int f, fd
-        cdef double *row
+        self._check_out(out, ok)
+        cdef Py_ssize_t slot, nread = 0
         with nogil:
             for slot in range(self.capacity):
-                fd = self.fds[slot * NFILES + F_STAT]
-                if fd < 0:
-                    ok[slot] = 0
-                    continue
-                row = &out[slot, 0]
-                ok[slot] = 1
-                for f in range(NFILES):
-                    if f == F_STATUS and not with_status:
-                        continue
-                    fd = self.fds[slot * NFILES + f]
-                    if fd < 0:
-                        _nan_cols(row, f)
-                        continue
-                    n = pread(fd, self.buf, BUFSZ, 0)
-                    if n <= 0:
-                        if f == F_STAT:
-                            ok[slot] = 0
-                            break
-                        _nan_cols(row, f)
-                        continue
-                    if f == F_STAT:
-                        if _parse_stat(self.buf, n, row) < 0:
-                            ok[slot] = 0
-                            break
-                    elif f == F_SCHEDSTAT:
-                        if _parse_schedstat(self.buf, n, row) < 0:
-                            _nan_cols(row, f)
-                    elif f == F_IO:
-                        _parse_keyed(self.buf, n, row, False)
-                    else:
-                        _parse_keyed(self.buf, n, row, True)
-                if ok[slot]:
-                    nread += 1
+                ok[slot] = self._scan_slot(slot, &out[slot, 0], with_status)
+                nread += ok[slot]
         return nread
+
+    def scan_one(self, Py_ssize_t slot, double[:, ::1] out not None, unsigned char[::1] ok not None,
+                 bint with_status=True) -> bool:
+        """Read a single slot (a process just added) into ``out[slot, :]``; returns ``ok[slot]``."""
+        self._check(slot)
+        self._check_out(out, ok)
+        ok[slot] = self._scan_slot(slot, &out[slot, 0], with_status)
+        return ok[slot] == 1

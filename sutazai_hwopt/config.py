@@ -225,6 +225,12 @@ class EliminatorSection(_Section):
     prediction_enabled: bool = _opt(True, doc="act on predicted exhaustion")
     validation_window_s: float = _opt(10.0, lo=0.0, hi=3600.0, doc="measure this long after an action")
     rollback_threshold: float = _opt(0.05, lo=0.0, hi=10.0, doc="relative worsening that rolls back")
+    min_improvement: float = _opt(0.0, lo=0.0, hi=1.0, doc="relative fall of the target metric that counts as better")
+    validation_interval_s: float = _opt(1.0, lo=0.01, hi=600.0, doc="sampling period inside a validation window")
+    background_nice: int = _opt(10, lo=0, hi=19, doc="nice given to background agents that hog a CPU")
+    boost_nice: int = _opt(-5, lo=-20, hi=0, doc="nice given to a starved agent (medium risk)")
+    prediction_horizon_s: float = _opt(600.0, lo=1.0, hi=86400.0, doc="act when exhaustion is predicted sooner")
+    audit_size: int = _opt(1000, lo=1, hi=1_000_000, doc="decisions kept in the in-memory audit list")
 
 
 #: Mode presets: the values each mode sets before the files are read. docs/modes.md shows the same table.

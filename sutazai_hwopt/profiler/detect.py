@@ -40,7 +40,7 @@ class Thresholds:
 
     cpu_psi_some_pct: float = 25.0  # share of time some task waited for a CPU
     cpu_util_pct: float = 85.0  # utilisation that, with any CPU pressure, counts as saturated
-    cpu_hog_percent: float = 50.0  # an agent above this (% of one core) is named as a consumer
+    cpu_hog_percent: float = 25.0  # an agent above this (% of one core) is named as a consumer, never starved
     mem_psi_some_pct: float = 10.0
     mem_psi_full_pct: float = 5.0
     mem_used_pct: float = 90.0
@@ -49,8 +49,7 @@ class Thresholds:
     io_agent_bps: float = 4 * MiB  # an agent above this is named as an I/O consumer
     steal_pct: float = 20.0
     starvation_wait_share: float = 0.5  # waited at least as long as it ran
-    starvation_wait_ratio: float = 0.2  # seconds of run-queue wait per second
-    hog_starvation_wait_share: float = 0.8  # a CPU hog is only called starved above this
+    starvation_wait_ratio: float = 0.5  # seconds of run-queue wait per second (main thread)
     leak_min_intervals: int = 2  # consecutive growing intervals
     leak_min_growth_bytes: float = 16 * MiB
     leak_min_rate_bps: float = 1 * MiB
@@ -227,8 +226,8 @@ def detect_bottlenecks(system_metrics: Mapping[str, Any] | None,
     # Per-agent findings
     for aid, p in sorted(profiles.items()):
         share, wait = p["wait_share"], p["run_wait_ratio"]
-        need = th.hog_starvation_wait_share if aid in hogs else th.starvation_wait_share
-        if share >= need and wait >= th.starvation_wait_ratio:
+        # a consumer is the cause, not a victim: its waits come from its own parallelism or from being a hog
+        if aid not in hogs and share >= th.starvation_wait_share and wait >= th.starvation_wait_ratio:
             found.append(Bottleneck(
                 "cpu_starvation", _sev(share, (0.6, 0.75, 0.9)), "cpu",
                 {"wait_share": share, "run_wait_ratio": wait, "cpu_percent": p["cpu_percent"]}, [aid],

@@ -1,8 +1,12 @@
 """Per-agent sampling: agent processes and their children in scanner slots, rates from two passes.
 
-Fast path (every pass): one ``ProcScanner.scan`` over held descriptors, a pread of each agent's
-``task/<pid>/children`` so a child started a moment ago is counted from the next pass, and vectorised
-numpy (``bincount``) to turn per-process counter deltas into per-agent rates.
+Fast path (every pass): one ``ProcScanner.scan`` over held descriptors (stat, schedstat, io and a hash of
+``task/<pid>/children``; ``status`` only every ``status_every`` passes, as it costs as much as the other
+three together), the child list re-read only for agents whose hash changed, and vectorised numpy
+(``bincount``) to turn per-process counter deltas into per-agent rates. A child born since the previous pass
+is read at once and counted from its birth (its counters start at zero), so a burst of children shows up
+in the very pass that finds them. Context switches per second come from schedstat's timeslice count every
+pass; the voluntary / involuntary split from ``status`` at its slower cadence.
 Slow path (adaptive, CPU-time budgeted): USS/PSS from ``smaps_rollup`` (up to 0.4 ms per process, far too
 costly at 1 Hz), open-file counts, children of non-main threads, and the cgroup. Agents whose RSS moved most
 since their last slow refresh go first, then the stalest, until the per-pass budget is spent.
@@ -46,7 +50,6 @@ class AgentState:
     index: int  # column in the agent ring
     slot: int  # scanner slot of the main process
     children: dict[int, int] = field(default_factory=dict)  # child pid -> slot
-    children_fd: int = -1
     alive: bool = True
     uss_bytes: float = float("nan")
     pss_bytes: float = float("nan")
@@ -60,7 +63,7 @@ class AgentState:
 class AgentSampler:
     """Holds the scanner slots of every agent and child; :meth:`sample` returns the derived agent matrix."""
 
-    def __init__(self, *, capacity: int = 256, slow_budget_s: float = 0.0005,
+    def __init__(self, *, capacity: int = 256, slow_budget_s: float = 0.0003, status_every: int = 5,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._cap = max(8, capacity)
@@ -78,18 +81,26 @@ class AgentSampler:
         self.slow_budget_s = slow_budget_s
         self.slow_cpu_s = 0.0  # cumulative CPU seconds spent on the slow path
         self._with_status = True
+        self.status_every = max(1, int(status_every))
+        self._pass = 0
+        self._prev_boot: float | None = None
+        self._prev_status = np.full((self._cap, 2), np.nan)
+        self._status_fresh = np.ones(self._cap, dtype=bool)
+        self._prev_status_t: float | None = None
+        self._volinv = np.zeros((0, 2))
 
     # -- registry -------------------------------------------------------------------------------------
-    def _alloc(self, pid: int, owner: int) -> int | None:
+    def _alloc(self, pid: int, owner: int, main: bool = False) -> int | None:
         if not self._free:
             self._grow()
         slot = self._free.pop()
-        if not self._scanner.open_slot(slot, pid, self._with_status):
+        if not self._scanner.open_slot(slot, pid, self._with_status, main):
             self._free.append(slot)
             return None
         self._owner[slot] = owner
         self._slot_pid[slot] = pid
         self._fresh[slot] = True
+        self._status_fresh[slot] = True
         return slot
 
     def _release(self, slot: int) -> None:
@@ -103,8 +114,10 @@ class AgentSampler:
         new_cap = self._cap * 2
         scanner = procscan.ProcScanner(new_cap)
         for slot in range(self._cap):
-            if self._owner[slot] >= 0 and not scanner.open_slot(slot, int(self._slot_pid[slot]), self._with_status):
-                self._owner[slot] = -1
+            if self._owner[slot] >= 0:
+                st = self._by_index[int(self._owner[slot])]
+                if not scanner.open_slot(slot, int(self._slot_pid[slot]), self._with_status, slot == st.slot):
+                    self._owner[slot] = -1
         self._scanner.close_all()
         self._scanner = scanner
 
@@ -117,20 +130,17 @@ class AgentSampler:
         self._raw, self._prev = pad(self._raw, np.nan), pad(self._prev, np.nan)
         self._ok, self._owner = pad(self._ok, 0), pad(self._owner, -1)
         self._slot_pid, self._fresh = pad(self._slot_pid, 0), pad(self._fresh, True)
+        self._prev_status, self._status_fresh = pad(self._prev_status, np.nan), pad(self._status_fresh, True)
         self._free.extend(range(new_cap - 1, self._cap - 1, -1))
         self._cap = new_cap
 
     def add(self, agent_id: str, pid: int) -> AgentState | None:
         """Start sampling ``pid`` as ``agent_id``; ``None`` when the process does not exist."""
         index = len(self._by_index)
-        slot = self._alloc(pid, index)
+        slot = self._alloc(pid, index, main=True)
         if slot is None:
             return None
         st = AgentState(agent_id=agent_id, pid=pid, index=index, slot=slot)
-        try:
-            st.children_fd = os.open(f"/proc/{pid}/task/{pid}/children", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            st.children_fd = -1
         st.cgroup = read_cgroup(pid)
         self.agents[agent_id] = st
         self._by_index.append(st)
@@ -150,9 +160,6 @@ class AgentSampler:
         for slot in st.children.values():
             self._release(slot)
         st.children.clear()
-        if st.children_fd >= 0:
-            os.close(st.children_fd)
-            st.children_fd = -1
         st.alive = False
 
     def close(self) -> None:
@@ -169,48 +176,56 @@ class AgentSampler:
 
     @property
     def open_fds(self) -> int:
-        return int(self._scanner.open_fds) + sum(1 for s in self.agents.values() if s.children_fd >= 0)
+        return int(self._scanner.open_fds)
 
     # -- children -------------------------------------------------------------------------------------
-    def _sync_children(self, st: AgentState, found: set[int]) -> None:
+    def _sync_children(self, st: AgentState, found: set[int]) -> list[int]:
+        """Open slots for new children and drop vanished ones; returns the new slots."""
+        new: list[int] = []
         for pid in found - st.children.keys():
             if pid == st.pid:
                 continue
             slot = self._alloc(pid, st.index)
             if slot is not None:
                 st.children[pid] = slot
+                new.append(slot)
         for pid in st.children.keys() - found:
             self._release(st.children.pop(pid))
+        return new
 
     def _fast_children(self) -> None:
-        for st in self.agents.values():
-            if st.children_fd < 0 or not st.alive:
+        """Re-read the child list of agents whose ``children`` hash changed; read new children at once."""
+        hcol = _C["children_hash"]
+        for st in list(self.agents.values()):
+            if not st.alive or st.slot < 0 or not self._ok[st.slot]:
                 continue
-            try:
-                data = os.pread(st.children_fd, 65536, 0)
-            except OSError:
+            h = self._raw[st.slot, hcol]
+            if h == self._prev[st.slot, hcol] or (h == 0 and not st.children):
                 continue
-            found = {int(x) for x in data.split()}
-            if not found and not st.children:
-                continue
-            # grandchildren of known children are added on the slow path; keep them while they live
-            keep = {p for p in st.children if p not in found and self._ok[st.children[p]]}
-            self._sync_children(st, found | keep)
+            found: set[int] = set()
+            if h != 0:
+                try:
+                    with open(f"/proc/{st.pid}/task/{st.pid}/children", "rb") as fh:
+                        found = {int(x) for x in fh.read().split()}
+                except (OSError, ValueError):
+                    continue
+            # grandchildren (added on the slow path) stay while they live
+            keep = {p for p, slot in st.children.items() if p not in found and self._ok[slot]
+                    and self._raw[slot, _C["state"]] == self._raw[slot, _C["state"]]}
+            for slot in self._sync_children(st, found | keep):
+                self._scanner.scan_one(slot, self._raw, self._ok, True)
 
     # -- sampling -------------------------------------------------------------------------------------
     def sample(self) -> tuple[float, np.ndarray]:
         """One pass: returns (time, matrix[n_index, len(AGENT_COLUMNS)]) of derived per-agent values."""
-        self._fast_children()
         now = self._clock()
-        self._scanner.scan(self._raw, self._ok, self._with_status)
-        dt = (now - self._prev_t) if self._prev_t is not None else float("nan")
-        n = self.n_index
-        out = np.full((n, len(AGENT_COLUMNS)), np.nan)
-        owner = self._owner
-        used = owner >= 0
-        ok = used & (self._ok == 1)
+        boot = time.clock_gettime(time.CLOCK_BOOTTIME) * _TICK
+        status_pass = self._pass % self.status_every == 0
+        self._pass += 1
+        self._scanner.scan(self._raw, self._ok, status_pass)
         # processes that are gone: children are dropped, an agent's own process marks the agent dead
-        for slot in np.flatnonzero(used & (self._ok == 0)):
+        owner = self._owner
+        for slot in np.flatnonzero((owner >= 0) & (self._ok == 0)):
             if owner[slot] < 0:  # released with its agent earlier in this loop
                 continue
             st = self._by_index[int(owner[slot])]
@@ -218,19 +233,27 @@ class AgentSampler:
                 log.info("agent %s (pid %d) exited", st.agent_id, st.pid)
                 self._detach(st)
             else:
-                pid = int(self._slot_pid[slot])
-                st.children.pop(pid, None)
+                st.children.pop(int(self._slot_pid[slot]), None)
                 self._release(int(slot))
+        self._fast_children()
+        dt = (now - self._prev_t) if self._prev_t is not None else float("nan")
+        n = self.n_index
+        out = np.full((n, len(AGENT_COLUMNS)), np.nan)
+        owner = self._owner
+        ok = (owner >= 0) & (self._ok == 1)
         idx = owner[ok]
         raw, prev = self._raw[ok], self._prev[ok]
-        valid = ~self._fresh[ok]
+        fresh = self._fresh[ok]
+        if self._prev_boot is not None:  # born after the previous pass: counters started at zero
+            born = fresh & (raw[:, _C["starttime"]] >= self._prev_boot - 1)
+            prev[born] = 0.0
+            valid = ~fresh | born
+        else:
+            valid = ~fresh
         if n:
-            rss = np.bincount(idx, raw[:, _C["rss_pages"]], minlength=n) * _PAGE
-            thr = np.bincount(idx, raw[:, _C["threads"]], minlength=n)
-            nprocs = np.bincount(idx, minlength=n).astype(float)
-            out[:, A["rss_bytes"]] = rss
-            out[:, A["threads"]] = thr
-            out[:, A["nprocs"]] = nprocs
+            out[:, A["rss_bytes"]] = np.bincount(idx, raw[:, _C["rss_pages"]], minlength=n) * _PAGE
+            out[:, A["threads"]] = np.bincount(idx, raw[:, _C["threads"]], minlength=n)
+            out[:, A["nprocs"]] = np.bincount(idx, minlength=n).astype(float)
             alive = np.array([s.alive for s in self._by_index], dtype=float)
             out[:, A["alive"]] = alive
             if dt == dt and dt > 0:
@@ -253,20 +276,37 @@ class AgentSampler:
                 out[:, A["read_bps"]] = rate("read_bytes")
                 out[:, A["write_bps"]] = rate("write_bytes")
                 out[:, A["io_syscalls_ps"]] = rate("syscr", "syscw")
-                vol = rate("voluntary_ctxt_switches")
-                inv = rate("nonvoluntary_ctxt_switches")
-                out[:, A["voluntary_ctx_ps"]] = vol
-                out[:, A["involuntary_ctx_ps"]] = inv
-                out[:, A["ctx_switches_ps"]] = vol + inv
+                out[:, A["ctx_switches_ps"]] = rate("slices")
                 out[:, A["major_faults_ps"]] = rate("majflt")
+            if status_pass:
+                self._status_rates(now, ok, idx, raw, valid, n)
+            if self._volinv.shape[0] == n:
+                out[:, A["voluntary_ctx_ps"]] = self._volinv[:, 0]
+                out[:, A["involuntary_ctx_ps"]] = self._volinv[:, 1]
             dead = alive == 0
             out[dead] = np.nan
             out[dead, A["alive"]] = 0.0
         self._prev[ok] = self._raw[ok]
         self._fresh[ok] = False
-        self._prev_t = now
+        self._prev_t, self._prev_boot = now, boot
         self._slow_path(out, now)
         return now, out
+
+    def _status_rates(self, now: float, ok: np.ndarray, idx: np.ndarray, raw: np.ndarray, valid: np.ndarray,
+                      n: int) -> None:
+        cur = raw[:, [_C["voluntary_ctxt_switches"], _C["nonvoluntary_ctxt_switches"]]]
+        if self._prev_status_t is not None and now > self._prev_status_t:
+            dts = now - self._prev_status_t
+            use = valid & ~self._status_fresh[ok]
+            d = np.where(use[:, None], cur - np.where(self._prev_status[ok] == self._prev_status[ok],
+                                                      self._prev_status[ok], cur), 0.0)
+            np.nan_to_num(d, copy=False)
+            np.maximum(d, 0.0, out=d)
+            self._volinv = np.stack([np.bincount(idx, d[:, 0], minlength=n),
+                                     np.bincount(idx, d[:, 1], minlength=n)], axis=1) / dts
+        self._prev_status[ok] = cur
+        self._status_fresh[ok] = False
+        self._prev_status_t = now
 
     # -- slow path ------------------------------------------------------------------------------------
     def _slow_order(self, out: np.ndarray, now: float) -> list[AgentState]:

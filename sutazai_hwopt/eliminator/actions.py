@@ -1,0 +1,135 @@
+"""Actions, risk levels, modes, and the records of what the eliminator decided.
+
+An :class:`Action` is data: the kernel changes it makes (applied through the coordinator's journal, so each can
+be undone) or the name of a hook another component registered (cache, pool, load balancer), the metric it is
+meant to lower, and its risk. The mode decides which risks run automatically; the rest are recommended.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InvalidArgumentError
+
+__all__ = ["MODE_RISKS", "RISK_LEVELS", "Action", "ActionOutcome", "EliminationResult", "KernelChange"]
+
+RISK_LEVELS = ("low", "medium", "high")
+#: mode -> risks that may run automatically (the rest are only recommended).
+MODE_RISKS: dict[str, frozenset[str]] = {
+    "conservative": frozenset({"low"}),
+    "balanced": frozenset({"low", "medium"}),
+    "aggressive": frozenset(RISK_LEVELS),
+}
+
+#: default guard metrics: host saturation of each resource must not get worse.
+DEFAULT_GUARDS = ("pressure.cpu.some", "pressure.memory.some", "pressure.io.some")
+
+
+@dataclass(frozen=True)
+class KernelChange:
+    """One kernel knob change for one process (maps 1:1 to ``resources.Change``)."""
+
+    knob: str
+    new: Any
+    pid: int
+    agent_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"knob": self.knob, "new": self.new, "pid": self.pid, "agent_id": self.agent_id}
+
+
+@dataclass
+class Action:
+    """One remedy a strategy proposes.
+
+    Attributes:
+        name: short id (``renice_background``, ``ionice_idle``, ``hook:cache.shrink`` ...).
+        description: what it does and why, for the audit and the recommendations.
+        risk: ``low`` / ``medium`` / ``high``.
+        target_metric: metric key the action should improve (see ``validation.metric_value``).
+        increase: True when a higher target is better (e.g. ``memory.available``).
+        changes: kernel changes, applied as one journaled transaction.
+        hook: name of a registered hook to call instead (with ``hook_args``).
+        agents: agents concerned.
+        guards: metrics that must not get worse beyond the rollback threshold.
+        advisory: nothing to execute; only ever recommended (e.g. "restart the leaking agent").
+    """
+
+    name: str
+    description: str
+    risk: str
+    target_metric: str
+    increase: bool = False
+    changes: list[KernelChange] = field(default_factory=list)
+    hook: str | None = None
+    hook_args: dict[str, Any] = field(default_factory=dict)
+    agents: list[str] = field(default_factory=list)
+    guards: tuple[str, ...] = DEFAULT_GUARDS
+    advisory: bool = False
+    strategy: str = ""
+
+    def __post_init__(self) -> None:
+        if self.risk not in RISK_LEVELS:
+            raise InvalidArgumentError(f"action {self.name!r}: risk must be one of {RISK_LEVELS}, got {self.risk!r}")
+        if not self.advisory and not self.changes and self.hook is None:
+            raise InvalidArgumentError(f"action {self.name!r} has neither kernel changes nor a hook; "
+                                       "mark it advisory=True if it is only a recommendation")
+        if not isinstance(self.target_metric, str) or not self.target_metric:
+            raise InvalidArgumentError(f"action {self.name!r}: target_metric must be a non-empty string")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "risk": self.risk,
+                "target_metric": self.target_metric, "increase": self.increase,
+                "changes": [c.to_dict() for c in self.changes], "hook": self.hook, "hook_args": self.hook_args,
+                "agents": list(self.agents), "guards": list(self.guards), "advisory": self.advisory,
+                "strategy": self.strategy}
+
+
+def _clean(d: dict[str, float] | None) -> dict[str, float | None] | None:
+    if d is None:
+        return None
+    return {k: (v if isinstance(v, float) and math.isfinite(v) else None) for k, v in d.items()}
+
+
+@dataclass
+class ActionOutcome:
+    """What happened to one action: ``kept``, ``rolled_back``, ``recommended``, ``not_applied``, ``failed``."""
+
+    action: Action
+    decision: str
+    reason: str = ""
+    before: dict[str, float] | None = None
+    after: dict[str, float] | None = None
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action.to_dict(), "decision": self.decision, "reason": self.reason,
+                "before": _clean(self.before), "after": _clean(self.after), "results": self.results}
+
+
+@dataclass
+class EliminationResult:
+    """The outcome of one ``eliminate_bottleneck`` call.
+
+    ``status``: ``resolved`` (an action was kept because it helped), ``not_resolved`` (everything tried was
+    rolled back or failed), ``recommended`` (nothing may run automatically; see the outcomes), ``no_action``
+    (no strategy had anything), ``skipped`` (e.g. prediction disabled).
+    """
+
+    bottleneck_type: str
+    status: str
+    outcomes: list[ActionOutcome] = field(default_factory=list)
+    reason: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+    @property
+    def kept(self) -> list[ActionOutcome]:
+        return [o for o in self.outcomes if o.decision == "kept"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bottleneck_type": self.bottleneck_type, "status": self.status, "reason": self.reason,
+                "outcomes": [o.to_dict() for o in self.outcomes], "started_at": self.started_at,
+                "finished_at": self.finished_at}

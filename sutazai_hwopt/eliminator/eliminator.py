@@ -1,0 +1,346 @@
+"""BottleneckEliminator: turn a detected bottleneck into journaled, validated, reversible actions.
+
+For one bottleneck: every strategy that can handle it proposes a ladder of actions; the mode decides which
+may run automatically. Allowed actions are tried least risky first, one at a time: measure a window
+before, apply (kernel changes as one transaction through the coordinator's journal; hooks by calling them),
+measure a window after, and keep the action only if its target metric improved and no guard metric got
+worse beyond the threshold — otherwise roll it back and try the next. The first kept action ends the call.
+Every decision is logged to ``bottleneck_eliminator.log`` (component ``eliminator``) and kept in
+:meth:`BottleneckEliminator.audit_log`. A control loop of this shape (act, observe, revert) follows the
+"measure - change one thing - measure" discipline of Gregg's performance methodology.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from ..config import EliminatorSection, HwoptConfig
+from ..errors import ConfigError, HwoptError, InvalidArgumentError, StateError
+from ..logs import get_logger
+from ..profiler.detect import BOTTLENECK_TYPES
+from .actions import MODE_RISKS, RISK_LEVELS, Action, ActionOutcome, EliminationResult
+from .strategies import EliminationStrategy, builtin_strategies
+from .validation import MetricSource, ProfilerSource, judge
+
+__all__ = ["KNOWN_TYPES", "BottleneckEliminator"]
+
+log = get_logger("eliminator")
+
+#: Bottleneck types the eliminator accepts: the profiler's plus those other components report.
+KNOWN_TYPES = (*BOTTLENECK_TYPES, "backend_overload", "memory_exhaustion_predicted")
+_PREDICTED = frozenset({"memory_exhaustion_predicted"})
+
+
+def _settings(settings: Any) -> EliminatorSection:
+    if settings is None:
+        return EliminatorSection()
+    if isinstance(settings, EliminatorSection):
+        return settings
+    if isinstance(settings, HwoptConfig):
+        return settings.eliminator
+    if isinstance(settings, Mapping):
+        return EliminatorSection.from_mapping(settings)
+    raise ConfigError(f"settings must be a mapping, an EliminatorSection or an HwoptConfig, got "
+                      f"{type(settings).__name__}")
+
+
+class BottleneckEliminator:
+    """Applies validated, reversible fixes for bottlenecks.
+
+    Args:
+        settings: ``{"mode": "balanced", "auto_fix": True, "prediction_enabled": True, ...}`` (keys of
+            ``EliminatorSection``), the section itself, or a whole ``HwoptConfig``.
+        coordinator: the ``ResourcePoolCoordinator`` whose journal applies and rolls back kernel changes
+            (owner ``"eliminator"``) and whose registry gives agent pids and priorities.
+        profiler: the ``PerformanceProfiler`` used to measure before/after and to find agents' children.
+        metric_source: measures the validation windows (default: sampling ``profiler``).
+        strategies: replaces the built-in strategies (``add_strategy`` appends to them).
+        sleep: awaitable sleep (tests pass a no-op).
+
+    Example:
+        >>> elim = BottleneckEliminator({"mode": "conservative", "auto_fix": False})
+        >>> [a.name for a in elim.recommend("io_thrashing", {"agents": ["a1"], "agent_pids": {"a1": 1}})]
+        ['ionice_best_effort_low', 'ionice_idle']
+    """
+
+    def __init__(self, settings: Mapping[str, Any] | EliminatorSection | HwoptConfig | None = None, *,
+                 coordinator: Any = None, profiler: Any = None, metric_source: MetricSource | None = None,
+                 strategies: Sequence[EliminationStrategy] | None = None,
+                 sleep: Callable[[float], Awaitable[Any]] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = _settings(settings)
+        self.coordinator = coordinator
+        self.profiler = profiler
+        self._clock = clock
+        self._custom_metrics: dict[str, Callable[[], float]] = {}
+        self._hooks: dict[str, tuple[Callable[..., Any], Callable[[Any], Any] | None]] = {}
+        if metric_source is None and profiler is not None:
+            kw: dict[str, Any] = {"interval_s": self.settings.validation_interval_s, "custom": self._custom_metrics}
+            if sleep is not None:
+                kw["sleep"] = sleep
+            metric_source = ProfilerSource(profiler, **kw)
+        self.metric_source = metric_source
+        self._strategies: list[EliminationStrategy] = list(strategies) if strategies is not None \
+            else builtin_strategies()
+        for s in self._strategies:
+            self._check_strategy(s)
+        self._audit: deque[dict[str, Any]] = deque(maxlen=self.settings.audit_size)
+        self._busy = threading.Lock()
+
+    # -- plug-ins ---------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_strategy(s: Any) -> None:
+        if not isinstance(s, EliminationStrategy):
+            raise InvalidArgumentError(f"strategy {s!r} lacks name/can_handle/generate_actions "
+                                       "(the EliminationStrategy protocol)")
+
+    def add_strategy(self, strategy: EliminationStrategy) -> None:
+        """Append a strategy (consulted after the ones already there)."""
+        self._check_strategy(strategy)
+        self._strategies.append(strategy)
+
+    @property
+    def strategies(self) -> list[EliminationStrategy]:
+        return list(self._strategies)
+
+    def register_hook(self, name: str, fn: Callable[..., Any], *, undo: Callable[[Any], Any] | None = None) -> None:
+        """Let a component offer a remedy: ``fn(**hook_args)`` does it; ``undo(fn's result)`` reverts it.
+
+        Names the built-in strategies use: ``cache.shrink``, ``pool.compress``, ``pool.evict``,
+        ``pool.collect_dead``, ``balancer.shed``, ``balancer.drain``. If ``fn`` returns a callable and no
+        ``undo`` is given, that callable is the undo.
+        """
+        if not isinstance(name, str) or not name or not callable(fn) or (undo is not None and not callable(undo)):
+            raise InvalidArgumentError(f"register_hook needs a non-empty name and callables, got {name!r}")
+        self._hooks[name] = (fn, undo)
+
+    def register_metric(self, name: str, fn: Callable[[], float]) -> None:
+        """Make ``custom:<name>`` measurable (e.g. the load balancer's backend load)."""
+        if not isinstance(name, str) or not name or not callable(fn):
+            raise InvalidArgumentError(f"register_metric needs a non-empty name and a callable, got {name!r}")
+        self._custom_metrics[name] = fn
+
+    # -- context and planning ---------------------------------------------------------------------------
+    def _context(self, bottleneck_type: str, metrics: Any) -> dict[str, Any]:
+        if not isinstance(bottleneck_type, str) or bottleneck_type not in KNOWN_TYPES:
+            raise InvalidArgumentError(f"bottleneck_type {bottleneck_type!r} is unknown; known types: "
+                                       f"{', '.join(KNOWN_TYPES)}")
+        if metrics is None:
+            metrics = {}
+        if not isinstance(metrics, Mapping):
+            raise InvalidArgumentError(f"metrics must be a mapping, got {type(metrics).__name__}")
+        ctx = dict(metrics)
+        agents = ctx.get("agents", [])
+        if agents is None:
+            agents = []
+        if not isinstance(agents, (list, tuple)) or not all(isinstance(a, str) for a in agents):
+            raise InvalidArgumentError(f"metrics['agents'] must be a list of agent ids, got {agents!r}")
+        for key in ("agent_profiles", "agent_pids", "agent_priorities"):
+            if key in ctx and not isinstance(ctx[key], Mapping):
+                raise InvalidArgumentError(f"metrics[{key!r}] must be a mapping, got {type(ctx[key]).__name__}")
+        profiles = dict(ctx.get("agent_profiles") or {})
+        if not profiles and self.profiler is not None:
+            profiles = self.profiler.agent_profiles(1)
+        pids = dict(ctx.get("agent_pids") or {})
+        prios = dict(ctx.get("agent_priorities") or {})
+        if self.coordinator is not None:
+            for ag in self.coordinator.agents():
+                pids.setdefault(ag.agent_id, ag.pid)
+                prios.setdefault(ag.agent_id, getattr(ag, "priority", 0))
+        for a, p in profiles.items():
+            if isinstance(p, Mapping) and isinstance(p.get("pid"), int):
+                pids.setdefault(a, p["pid"])
+        unknown = [a for a in agents if a not in pids and a not in profiles]
+        if unknown:
+            raise InvalidArgumentError(f"metrics['agents'] names unknown agents {unknown}; known: "
+                                       f"{sorted(pids)[:10]}")
+        hw = getattr(self.coordinator, "config", None)
+        try:
+            cpus = sorted(os.sched_getaffinity(0))
+        except OSError:
+            cpus = []
+        ctx.update(agents=list(agents), agent_profiles=profiles, agent_pids=pids, agent_priorities=prios,
+                   hooks=frozenset(self._hooks), cpus=cpus,
+                   settings={"background_nice": self.settings.background_nice,
+                             "boost_nice": self.settings.boost_nice,
+                             "exclusive_priority": getattr(hw, "exclusive_priority", 8)})
+        return ctx
+
+    def _plan(self, bottleneck_type: str, ctx: Mapping[str, Any]) -> list[Action]:
+        actions: list[Action] = []
+        for s in self._strategies:
+            name = getattr(s, "name", type(s).__name__)
+            try:
+                if not s.can_handle(bottleneck_type, ctx):
+                    continue
+                proposed = list(s.generate_actions(bottleneck_type, ctx))
+            except Exception as exc:  # a plug-in's failure skips that plug-in, never the call
+                self._record(bottleneck_type, None, "skipped", f"strategy {name} raised {type(exc).__name__}: {exc}")
+                continue
+            for a in proposed:
+                if not isinstance(a, Action):
+                    self._record(bottleneck_type, None, "skipped", f"strategy {name} returned {a!r}, not an Action")
+                    continue
+                a.strategy = a.strategy or name
+                actions.append(a)
+        rank = {r: i for i, r in enumerate(RISK_LEVELS)}
+        return sorted(actions, key=lambda a: rank[a.risk])  # stable: strategy order within a risk
+
+    def allowed(self, action: Action) -> bool:
+        """Whether the mode and ``auto_fix`` let ``action`` run automatically."""
+        return self.settings.auto_fix and not action.advisory and action.risk in MODE_RISKS[self.settings.mode]
+
+    def recommend(self, bottleneck_type: str, metrics: Mapping[str, Any] | None = None) -> list[Action]:
+        """The actions the strategies propose, least risky first, without applying anything."""
+        return self._plan(bottleneck_type, self._context(bottleneck_type, metrics))
+
+    # -- elimination ------------------------------------------------------------------------------------
+    async def eliminate_bottleneck(self, bottleneck_type: str,
+                                   system_metrics: Mapping[str, Any] | None = None) -> EliminationResult:
+        """Try the allowed actions for one bottleneck; keep the first that helps, roll back the rest.
+
+        ``system_metrics`` may carry ``agents`` (the finding's agents), ``agent_profiles``, ``agent_pids``,
+        ``backend``; missing agent data is taken from the coordinator and the profiler.
+
+        Raises:
+            InvalidArgumentError: unknown type or malformed metrics (nothing was applied).
+            StateError: another elimination is running on this instance.
+        """
+        ctx = self._context(bottleneck_type, system_metrics)
+        if not self._busy.acquire(blocking=False):
+            raise StateError("another eliminate_bottleneck call is in progress on this eliminator")
+        try:
+            return await self._eliminate(bottleneck_type, ctx)
+        finally:
+            self._busy.release()
+
+    async def _eliminate(self, btype: str, ctx: dict[str, Any]) -> EliminationResult:
+        res = EliminationResult(btype, "no_action", started_at=self._clock())
+        if btype in _PREDICTED and not self.settings.prediction_enabled:
+            res.status, res.reason = "skipped", "prediction_enabled is false"
+            self._record(btype, None, "skipped", res.reason)
+            res.finished_at = self._clock()
+            return res
+        actions = self._plan(btype, ctx)
+        tried = False
+        for action in actions:
+            if not self.allowed(action):
+                why = ("advisory only" if action.advisory else "auto_fix is off" if not self.settings.auto_fix
+                       else f"risk {action.risk} is not automatic in mode {self.settings.mode}")
+                res.outcomes.append(self._outcome(btype, ActionOutcome(action, "recommended", why)))
+                continue
+            if res.kept:
+                res.outcomes.append(self._outcome(btype, ActionOutcome(action, "recommended",
+                                                                       "an earlier action already helped")))
+                continue
+            tried = True
+            res.outcomes.append(self._outcome(btype, await self._try(action)))
+        if res.kept:
+            res.status = "resolved"
+        elif tried:
+            res.status = "not_resolved"
+        elif actions:
+            res.status = "recommended"
+        res.finished_at = self._clock()
+        log.info("bottleneck %s: %s (%d action(s))", btype, res.status, len(res.outcomes))
+        return res
+
+    async def _try(self, action: Action) -> ActionOutcome:
+        keys = list(dict.fromkeys([action.target_metric, *action.guards]))
+        window = self.settings.validation_window_s
+        if self.metric_source is None:
+            return ActionOutcome(action, "not_applied", "no profiler or metric source to validate with")
+        before = await self.metric_source.measure(keys, window)
+        if not math.isfinite(before.get(action.target_metric, math.nan)):
+            return ActionOutcome(action, "not_applied", f"target {action.target_metric} cannot be measured",
+                                 before=before)
+        try:
+            undo, results = self._apply(action)
+        except HwoptError as exc:
+            return ActionOutcome(action, "failed", f"{type(exc).__name__}: {exc} (nothing left applied)",
+                                 before=before)
+        except Exception as exc:  # a hook raised: it promised nothing, so nothing to undo
+            return ActionOutcome(action, "failed", f"hook {action.hook} raised {type(exc).__name__}: {exc}",
+                                 before=before)
+        if undo is None:
+            return ActionOutcome(action, "not_applied", "nothing changed (already in that state or not permitted)",
+                                 before=before, results=results)
+        after = await self.metric_source.measure(keys, window)
+        verdict = judge(action.target_metric, action.increase, action.guards, before, after,
+                        rollback_threshold=self.settings.rollback_threshold,
+                        min_improvement=self.settings.min_improvement)
+        if verdict.keep:
+            return ActionOutcome(action, "kept", verdict.reason, before, after, results)
+        try:
+            undo()
+        except Exception as exc:
+            return ActionOutcome(action, "rollback_failed", f"{verdict.reason}; rollback raised "
+                                 f"{type(exc).__name__}: {exc}", before, after, results)
+        return ActionOutcome(action, "rolled_back", verdict.reason, before, after, results)
+
+    def _apply(self, action: Action) -> tuple[Callable[[], Any] | None, list[dict[str, Any]]]:
+        """Apply one action; returns (undo or None when nothing changed, per-change results)."""
+        if action.changes:
+            if self.coordinator is None:
+                raise StateError("kernel actions need a coordinator (its journal applies and undoes them)")
+            from ..resources import Change
+
+            changes = [Change(c.knob, c.new, pid=c.pid, owner="eliminator", agent_id=c.agent_id,
+                              reason=f"{action.strategy}:{action.name}") for c in action.changes]
+            handle = self.coordinator.apply_changes(changes)
+            results = [r.to_dict() for r in handle.results]
+            if not handle.applied:
+                handle.rollback()  # drops the journal entries of unchanged values too
+                return None, results
+            return handle.rollback, results
+        assert action.hook is not None
+        entry = self._hooks.get(action.hook)
+        if entry is None:
+            raise StateError(f"hook {action.hook!r} is not registered")
+        fn, undo = entry
+        out = fn(**action.hook_args)
+        if undo is not None:
+            return (lambda: undo(out)), [{"hook": action.hook, "result": repr(out)[:200]}]
+        if callable(out):
+            return out, [{"hook": action.hook}]
+        return (lambda: log.warning("hook %s has no undo; its effect stays", action.hook)), \
+            [{"hook": action.hook, "result": repr(out)[:200]}]
+
+    # -- audit ------------------------------------------------------------------------------------------
+    def _outcome(self, btype: str, o: ActionOutcome) -> ActionOutcome:
+        self._record(btype, o.action, o.decision, o.reason, o.before, o.after, o.results)
+        return o
+
+    def _record(self, btype: str, action: Action | None, decision: str, reason: str,
+                before: Mapping[str, float] | None = None, after: Mapping[str, float] | None = None,
+                results: list[dict[str, Any]] | None = None) -> None:
+        entry = {"ts": self._clock(), "bottleneck_type": btype, "action": action.name if action else None,
+                 "risk": action.risk if action else None, "strategy": action.strategy if action else None,
+                 "agents": list(action.agents) if action else [], "decision": decision, "reason": reason,
+                 "before": _finite(before), "after": _finite(after), "results": results or []}
+        self._audit.append(entry)
+        level = 30 if decision in ("failed", "skipped", "rollback_failed") else 20
+        log.log(level, "%s", json.dumps(entry, default=str))
+
+    def audit_log(self) -> list[dict[str, Any]]:
+        """Every decision so far (newest last, at most ``audit_size``)."""
+        return list(self._audit)
+
+    def rollback_all(self) -> list[Any]:
+        """Undo every kernel change the eliminator still has in the coordinator's journal."""
+        if self.coordinator is None:
+            return []
+        return list(self.coordinator.rollback(owner="eliminator"))
+
+
+def _finite(d: Mapping[str, float] | None) -> dict[str, float | None] | None:
+    if d is None:
+        return None
+    return {k: (float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None) for k, v in d.items()}

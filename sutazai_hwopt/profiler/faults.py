@@ -1,0 +1,175 @@
+"""Fault injection: real child processes that behave like agents and create one bottleneck on demand.
+
+Used by the tests and ``benches/fault_injection.py`` to measure detection on this host, and usable by
+operators to check the profiler's thresholds on theirs. Each :class:`FaultAgent` is a Python child in its own
+session (so the whole group, with any children it forked, is killed by id), which starts idle, reports
+"ready", and begins its fault when :meth:`FaultAgent.start` is called. Parameters come from a seeded
+``random.Random`` so a suite is reproducible.
+
+Kinds and the finding each should cause: ``cpu`` (the agent plus forked spinners, more than the cores:
+``high_cpu_usage``), ``memory`` (touches a steadily growing heap: ``memory_leak``), ``io`` (writes and
+fsyncs an unlinked file: ``io_thrashing``), ``ctx`` (pipe ping-pong with a forked child:
+``context_switch_storm``), ``starved`` (a spinner at nice 19 meant to run beside a ``cpu`` agent:
+``cpu_starvation``), and ``idle``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from ..errors import InvalidArgumentError, StateError
+
+__all__ = ["EXPECTED", "FaultAgent"]
+
+#: fault kind -> the bottleneck type the profiler should report for that agent.
+EXPECTED: dict[str, str | None] = {"cpu": "high_cpu_usage", "memory": "memory_leak", "io": "io_thrashing",
+                                   "ctx": "context_switch_storm", "starved": "cpu_starvation", "idle": None}
+
+_SCRIPT = r'''
+import json, os, sys, time
+kind, p = sys.argv[1], json.loads(sys.argv[2])
+sys.stdout.write("r"); sys.stdout.flush()
+if sys.stdin.read(1) != "g":
+    sys.exit(0)
+def spin():
+    while True:
+        pass
+if kind == "idle":
+    sys.stdin.read()
+elif kind == "cpu":
+    for _ in range(p["procs"] - 1):
+        if os.fork() == 0:
+            spin()
+    spin()
+elif kind == "starved":
+    os.nice(19)
+    spin()
+elif kind == "memory":
+    held, page = [], os.sysconf("SC_PAGE_SIZE")
+    while len(held) * p["step_mb"] < p["max_mb"]:
+        b = bytearray(p["step_mb"] << 20)
+        for i in range(0, len(b), page):
+            b[i] = 1
+        held.append(b)
+        time.sleep(p["period_s"])
+    sys.stdin.read()
+elif kind == "io":
+    fd = os.open(p["dir"], os.O_TMPFILE | os.O_WRONLY, 0o600)
+    block = os.urandom(1 << 20)
+    written, t0 = 0, time.monotonic()
+    while written < (p["max_mb"] << 20):
+        os.write(fd, block)
+        written += len(block)
+        if written % (p["sync_mb"] << 20) == 0:
+            os.fsync(fd)
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, 0)
+        ahead = written / (p["rate_mb"] << 20) - (time.monotonic() - t0)
+        if ahead > 0:
+            time.sleep(ahead)
+    sys.stdin.read()
+elif kind == "ctx":
+    r1, w1 = os.pipe(); r2, w2 = os.pipe()
+    if os.fork() == 0:
+        while os.read(r1, 1):
+            os.write(w2, b"x")
+        os._exit(0)
+    while True:
+        for _ in range(p["burst"]):
+            os.write(w1, b"x"); os.read(r2, 1)
+        time.sleep(p["pause_s"])
+'''
+
+
+class FaultAgent:
+    """A child process acting as one agent; idle until :meth:`start`, then it runs its fault.
+
+    Args:
+        kind: one of :data:`EXPECTED`.
+        seed: seeds the fault's parameters (rates and sizes vary a little between seeds).
+        params: overrides of the defaults for this kind.
+        workdir: directory for the ``io`` kind's (unlinked, never visible) file; default: the temp dir.
+
+    Example:
+        >>> with FaultAgent("idle") as agent:
+        ...     agent.pid > 0
+        True
+    """
+
+    def __init__(self, kind: str, *, seed: int = 0, params: dict[str, Any] | None = None,
+                 workdir: str | None = None) -> None:
+        if kind not in EXPECTED:
+            raise InvalidArgumentError(f"kind must be one of {sorted(EXPECTED)}, got {kind!r}")
+        import random
+
+        rng = random.Random(f"{kind}:{seed}")
+        ncpu = os.cpu_count() or 1
+        defaults: dict[str, dict[str, Any]] = {
+            "idle": {}, "starved": {},
+            "cpu": {"procs": ncpu + 1 + rng.randint(0, 1)},
+            "memory": {"step_mb": rng.choice((4, 6, 8)), "period_s": rng.uniform(0.1, 0.2), "max_mb": 320},
+            "io": {"rate_mb": rng.choice((32, 48, 64)), "sync_mb": 4, "max_mb": 2048,
+                   "dir": workdir or tempfile.gettempdir()},
+            "ctx": {"burst": rng.choice((50, 60, 70)), "pause_s": 0.003},
+        }
+        self.kind = kind
+        self.expected = EXPECTED[kind]
+        self.params = {**defaults[kind], **(params or {})}
+        self.onset: float | None = None
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _SCRIPT, kind, json.dumps(self.params)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, start_new_session=True)
+        assert self._proc.stdout is not None
+        ready, _, _ = select.select([self._proc.stdout], [], [], 30.0)
+        if not ready or self._proc.stdout.read(1) != b"r":
+            self.stop()
+            raise StateError(f"fault agent {kind!r} did not start")
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def start(self) -> float:
+        """Begin the fault now; returns the onset time (``time.monotonic``)."""
+        if self.onset is not None:
+            raise StateError("fault already started")
+        assert self._proc.stdin is not None
+        self.onset = time.monotonic()
+        self._proc.stdin.write(b"g")
+        self._proc.stdin.flush()
+        return self.onset
+
+    def stop(self) -> None:
+        """Kill the agent and every process it forked (its session), and reap it. Idempotent."""
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._proc.wait()
+        for f in (self._proc.stdin, self._proc.stdout):
+            if f is not None:
+                try:
+                    f.close()
+                except BrokenPipeError:
+                    pass
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:  # forked children die with the group; wait until none is left
+            try:
+                os.killpg(self._proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.01)
+
+    def __enter__(self) -> FaultAgent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
