@@ -227,13 +227,19 @@ class Transactor:
         failures: list[str] = []
         with self._lock, self.journal.locked():
             everything = self.journal.active()
-            chosen = self.journal.active(owner=owner, txn=txn, ids=ids)
+            wanted = set(ids) if ids is not None else None
+            chosen = [e for e in everything if (owner is None or e.owner == owner)
+                      and (txn is None or e.txn == txn) and (wanted is None or e.id in wanted)]
             chosen_ids = {e.id for e in chosen}
+            # Per setting, the active changes not being rolled back, oldest first (to find a later one).
+            kept: dict[tuple[Any, ...], list[tuple[int, JournalEntry]]] = {}
+            for i, e in enumerate(everything):
+                if e.id not in chosen_ids:
+                    kept.setdefault(e.key, []).append((i, e))
             order = {e.id: i for i, e in enumerate(everything)}
             outcomes: list[tuple[str, str]] = []
             for entry in reversed(chosen):
-                later = [e for e in everything if e.key == entry.key and order[e.id] > order[entry.id]
-                         and e.id not in chosen_ids and e.undone is None]
+                later = [e for i, e in kept.get(entry.key, ()) if i > order[entry.id] and e.undone is None]
                 res = KnobResult(entry.knob, RESTORED, entry.previous, previous=entry.new, pid=entry.pid,
                                  path=entry.path, agent_id=entry.agent_id, entry_id=entry.id)
                 results.append(res)
