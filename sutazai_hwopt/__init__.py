@@ -24,25 +24,31 @@ from .errors import (
 _LAZY: dict[str, str] = {
     "load_config": "sutazai_hwopt.config",
     "HwoptConfig": "sutazai_hwopt.config",
+    "MemoryPoolManager": "sutazai_hwopt.memory",
     "PerformanceProfiler": "sutazai_hwopt.profiler",
+    "BottleneckEliminator": "sutazai_hwopt.eliminator",
     "ResourcePoolCoordinator": "sutazai_hwopt.resources",
     "HardwareOptimizationMaster": "sutazai_hwopt.master",
 }
 
 if TYPE_CHECKING:
     from .config import HwoptConfig, load_config
+    from .eliminator import BottleneckEliminator
     from .master import HardwareOptimizationMaster
+    from .memory import MemoryPoolManager
     from .profiler import PerformanceProfiler
     from .resources import ResourcePoolCoordinator
 
 __all__ = [
     "AccessDeniedError",
+    "BottleneckEliminator",
     "CapacityError",
     "ConfigError",
     "CorruptionError",
     "HardwareOptimizationMaster",
     "HwoptConfig",
     "HwoptError",
+    "MemoryPoolManager",
     "NotFoundError",
     "PerformanceProfiler",
     "PoolExhaustedError",

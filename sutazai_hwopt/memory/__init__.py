@@ -1,5 +1,12 @@
-"""Shared-memory pools: a compiled, crash-safe allocator in named segments.
+"""Shared-memory pools: a compiled, crash-safe allocator in named segments, with dedup, sharing and GC.
 
-:mod:`.segment` names and maps segments; the allocator and robust lock are
-:class:`~sutazai_hwopt._native.pool_alloc.SegmentHeap`.
+:class:`MemoryPoolManager` is the API; :mod:`.segment` names and maps segments; :mod:`.tables` holds the shared
+block / agent / holder / dedup tables; :mod:`.compression` the per-block codecs. The allocator and robust lock
+(:class:`~sutazai_hwopt._native.pool_alloc.SegmentHeap`) are usable on their own (see docs/memory.md).
 """
+
+from __future__ import annotations
+
+from .manager import MemoryPoolManager, process_start_time
+
+__all__ = ["MemoryPoolManager", "process_start_time"]

@@ -1,0 +1,584 @@
+"""MemoryPoolManager: named shared-memory pools that every agent process allocates in directly.
+
+Each pool is one shared segment (see :mod:`.segment`) laid out as ``[header | tables | heap]``: the compiled
+allocator and robust lock (:class:`~sutazai_hwopt._native.pool_alloc.SegmentHeap`) own the header and heap,
+:class:`~.tables.Tables` the block / agent / holder / dedup tables. Any process of the same user that builds a
+manager with the same namespace sees the same pools and blocks; a block id (``"pool:slot:generation"``) is a
+plain string that can be sent to another process.
+
+Life of a block: ``allocate_memory`` (writable through ``view``) -> ``seal`` (immutable; deduplicated by
+XXH3-128 plus a byte-for-byte comparison) -> ``get_array`` / ``read`` by any agent holding a reference ->
+``free_memory`` by each holder; the memory is reused when the last reference goes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from .._native import pool_alloc
+from ..errors import (
+    AccessDeniedError,
+    IncompatibleLayoutError,
+    InvalidArgumentError,
+    NotFoundError,
+    PoolExhaustedError,
+    StateError,
+)
+from ..logs import get_logger
+from . import compression as comp
+from .segment import (
+    attach_segment,
+    close_quietly,
+    create_segment,
+    list_segments,
+    segment_name,
+    unlink_segment,
+    validate_name,
+)
+from .tables import ALIAS, F_DEDUP, F_INDEXED, FREE, SEALED, STATE_NAMES, WRITING, Tables, meta_bytes, table_sizes
+
+__all__ = ["MemoryPoolManager", "process_start_time"]
+
+log = get_logger("memory")
+_MAX_POOL = 1 << 44
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22), or None if it is gone.
+
+    A pid plus its start time names one process for good: a reused pid has a different start time.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def _round_up(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+class _Pool:
+    """One attached pool in this process: segment, heap handle, tables."""
+
+    def __init__(self, pool_id: str, name: str, shm: Any, heap: pool_alloc.SegmentHeap, tables: Tables) -> None:
+        self.pool_id = pool_id
+        self.name = name
+        self.shm = shm
+        buf = shm.buf
+        assert buf is not None
+        self.buf: memoryview = buf
+        self.heap = heap
+        self.t = tables
+        self.agents: dict[str, int] = {}
+
+    def close(self) -> None:
+        self.t.close()
+        self.heap.close()
+        del self.buf
+        close_quietly(self.shm)
+
+
+class MemoryPoolManager:
+    """Create, attach to and use shared-memory pools of one namespace.
+
+    Example:
+        >>> from sutazai_hwopt.testing import throwaway_namespace
+        >>> with throwaway_namespace() as ns, MemoryPoolManager(namespace=ns) as pm:
+        ...     _ = pm.create_pool("data", size=4 * 1024**2)
+        ...     bid = pm.put_bytes("agent_001", b"hello", pool_id="data")
+        ...     pm.read("agent_001", bid)
+        b'hello'
+
+    Args:
+        namespace: processes with the same namespace share pools (1-64 of ``[A-Za-z0-9_-]``).
+        config: a :class:`~sutazai_hwopt.config.HwoptConfig`; ``hardware.shared_memory_size_mb`` is the
+            default pool size.
+    """
+
+    def __init__(self, namespace: str = "sutazai", *, config: Any = None) -> None:
+        self.namespace = validate_name("namespace", namespace)
+        if config is None:
+            from ..config import HwoptConfig
+
+            config = HwoptConfig()
+        self.default_pool_size = int(config.hardware.shared_memory_size_mb) * 1024**2
+        self._pools: dict[str, _Pool] = {}
+        self._mutex = threading.RLock()
+        self._pid = os.getpid()
+        self._start = process_start_time(self._pid) or 0
+
+    # ---- lifecycle ------------------------------------------------------------------------------------------
+    def __enter__(self) -> MemoryPoolManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Unmap every pool from this process (the pools stay for the other processes)."""
+        with self._mutex:
+            for pool in self._pools.values():
+                pool.close()
+            self._pools.clear()
+
+    def create_pool(self, pool_id: str, size: int | None = None, *, max_blocks: int | None = None,
+                    max_agents: int = 1024) -> str:
+        """Create a pool of ``size`` heap bytes (default: ``shared_memory_size_mb`` of the config).
+
+        Args:
+            pool_id: name of the pool, unique in the namespace.
+            size: heap capacity in bytes (tables and header come on top, a few % at most).
+            max_blocks: capacity of the block table (default: one block per 16 KiB, 1024..1M).
+            max_agents: how many distinct agent ids may use the pool.
+
+        Raises:
+            AlreadyExistsError: the pool exists. InvalidArgumentError: bad id or size.
+            PoolExhaustedError: ``/dev/shm`` lacks the space.
+        """
+        validate_name("pool_id", pool_id)
+        if size is None:
+            size = self.default_pool_size
+        _check_int("size", size, 1 << 17, _MAX_POOL)
+        if max_blocks is None:
+            max_blocks = min(max(size // 16384, 1024), 1 << 20)
+        _check_int("max_blocks", max_blocks, 1, 1 << 24)
+        _check_int("max_agents", max_agents, 1, 1 << 16)
+        sizes = table_sizes(max_blocks, max_agents)
+        meta = _round_up(meta_bytes(sizes), 4096)
+        total = _round_up(pool_alloc.header_bytes_for(size) + meta + size, 4096)
+        name = segment_name(self.namespace, pool_id)
+        shm = create_segment(name, total)
+        buf = shm.buf
+        assert buf is not None
+        try:
+            pool_alloc.format_segment(buf, meta)
+            heap = pool_alloc.SegmentHeap(buf)
+            tables = Tables(buf, heap.meta_offset, heap.meta_size, sizes)
+        except BaseException:
+            close_quietly(shm)
+            unlink_segment(name)
+            raise
+        pool = _Pool(pool_id, name, shm, heap, tables)
+        heap.on_recover = lambda: self._on_recover(pool)
+        with self._mutex:
+            self._pools[pool_id] = pool
+        log.info("created pool %s (%d bytes heap, %d blocks) in namespace %s", pool_id, heap.heap_size,
+                 max_blocks, self.namespace)
+        return pool_id
+
+    def pools(self) -> list[str]:
+        """Ids of the namespace's pools (every process's, from ``/dev/shm``)."""
+        return list_segments(self.namespace)
+
+    def _pool(self, pool_id: object) -> _Pool:
+        if not isinstance(pool_id, str):
+            raise InvalidArgumentError(f"pool_id must be a string, got {pool_id!r}")
+        with self._mutex:
+            pool = self._pools.get(pool_id)
+            if pool is not None and pool.t.destroyed:
+                self._pools.pop(pool_id).close()
+                pool = None
+            if pool is None:
+                pool = self._attach(pool_id)
+                self._pools[pool_id] = pool
+            return pool
+
+    def _attach(self, pool_id: str) -> _Pool:
+        validate_name("pool_id", pool_id)
+        name = segment_name(self.namespace, pool_id)
+        try:
+            shm = attach_segment(name)
+        except NotFoundError:
+            raise NotFoundError(f"no pool {pool_id!r} in namespace {self.namespace!r}; "
+                                f"known: {self.pools()}") from None
+        buf = shm.buf
+        assert buf is not None
+        for attempt in range(400):
+            try:
+                heap = pool_alloc.SegmentHeap(buf)
+                try:
+                    tables = Tables(buf, heap.meta_offset, heap.meta_size)
+                except BaseException:
+                    heap.close()
+                    raise
+                break
+            except IncompatibleLayoutError:
+                # A creator may still be formatting a brand-new segment (its first bytes are zero until then).
+                if attempt < 399 and not any(buf[:16]):
+                    threading.Event().wait(0.005)
+                    continue
+                close_quietly(shm)
+                raise
+        pool = _Pool(pool_id, name, shm, heap, tables)
+        if tables.destroyed:
+            pool.close()
+            raise NotFoundError(f"pool {pool_id!r} was destroyed")
+        heap.on_recover = lambda: self._on_recover(pool)
+        return pool
+
+    def _on_recover(self, pool: _Pool) -> None:
+        report = pool.t.reconcile(pool.heap)
+        pool.agents.clear()
+        log.warning("pool %s: recovered after a process died holding its lock: %s", pool.pool_id, report)
+
+    def destroy_pool(self, pool_id: str) -> None:
+        """Unlink the pool's segment and mark it destroyed; every process's later calls on it raise NotFound.
+
+        Memory is returned to the system when the last process unmaps it (at its next call or ``close()``).
+        """
+        pool = self._pool(pool_id)
+        with pool.heap:
+            pool.t.mark_destroyed()
+            unlink_segment(pool.name)
+        with self._mutex:
+            self._pools.pop(pool_id, None)
+        pool.close()
+        log.info("destroyed pool %s in namespace %s", pool_id, self.namespace)
+
+    # ---- agents and ids -------------------------------------------------------------------------------------
+    def _agent(self, pool: _Pool, agent_id: str) -> int:
+        """Index of ``agent_id`` in the pool's agent table; the first use in this process binds it to us."""
+        name = agent_id.encode()
+        idx = pool.agents.get(agent_id)
+        if idx is not None and pool.t.agents["name"][idx] == name:
+            return idx
+        idx = pool.t.register_agent(name, self._pid, self._start)
+        if idx < 0:
+            raise PoolExhaustedError(f"pool {pool.pool_id!r} has no room for agent {agent_id!r} "
+                                     f"({len(pool.t.agents)} agents max)")
+        pool.agents[agent_id] = idx
+        return idx
+
+    @contextmanager
+    def _locked_block(self, agent_id: object, block_id: object) -> Iterator[tuple[_Pool, int, int]]:
+        _check_agent(agent_id)
+        if not isinstance(block_id, str) or block_id.count(":") != 2:
+            raise InvalidArgumentError(f"block_id must be a string 'pool:slot:generation', got {block_id!r}")
+        pool_id, s_slot, s_gen = block_id.split(":")
+        if not (s_slot.isdigit() and s_gen.isdigit()):
+            raise InvalidArgumentError(f"block_id must be a string 'pool:slot:generation', got {block_id!r}")
+        pool = self._pool(pool_id)
+        slot, gen = int(s_slot), int(s_gen)
+        with pool.heap:
+            t = pool.t
+            if t.destroyed:
+                raise NotFoundError(f"pool {pool_id!r} was destroyed")
+            if slot >= len(t.state):
+                raise NotFoundError(f"unknown block {block_id!r}: pool {pool_id!r} has {len(t.state)} slots")
+            if int(t.gen[slot]) != gen or int(t.state[slot]) == FREE:
+                raise StateError(f"block {block_id!r} was freed (use after free); its slot has been released")
+            agent = self._agent(pool, agent_id)  # type: ignore[arg-type]
+            if t.holder_count(slot, agent) == 0:
+                raise AccessDeniedError(f"agent {agent_id!r} holds no reference to block {block_id!r} "
+                                        f"(never granted, or already freed by this agent)")
+            yield pool, slot, agent
+
+    @staticmethod
+    def _physical(t: Tables, slot: int) -> int:
+        return int(t.target[slot]) if int(t.state[slot]) == ALIAS else slot
+
+    # ---- blocks ---------------------------------------------------------------------------------------------
+    def allocate_memory(self, agent_id: str, size: int, pool_id: str = "default", enable_dedup: bool = True) -> str:
+        """Allocate ``size`` bytes for ``agent_id``; returns the block id. Fill it through :meth:`view`, then seal.
+
+        Raises:
+            InvalidArgumentError: bad agent id or size. NotFoundError: unknown pool.
+            PoolExhaustedError: no room (the pool is unchanged).
+        """
+        _check_agent(agent_id)
+        _check_int("size", size, 1, None)
+        return self._allocate(agent_id, size, pool_id, bool(enable_dedup), 0, 0, size)
+
+    def _allocate(self, agent_id: str, size: int, pool_id: str, dedup: bool, codec: int, shuf: int,
+                  nbytes: int) -> str:
+        pool = self._pool(pool_id)
+        t = pool.t
+        with pool.heap:
+            if t.destroyed:
+                raise NotFoundError(f"pool {pool_id!r} was destroyed")
+            agent = self._agent(pool, agent_id)
+            slot = t.free_slot()
+            if slot < 0:
+                raise PoolExhaustedError(f"pool {pool_id!r} block table is full ({len(t.state)} blocks)")
+            off = pool.heap.alloc(size)
+            t.off[slot], t.size[slot], t.nbytes[slot] = off, size, nbytes
+            t.codec[slot], t.shuffle[slot], t.flags[slot] = codec, shuf, F_DEDUP if dedup else 0
+            t.h_lo[slot] = t.h_hi[slot] = 0
+            t.target[slot], t.owner[slot], t.refs[slot] = -1, agent, 1
+            t.state[slot] = WRITING
+            t.holder_add(slot, agent, 1)
+            return f"{pool_id}:{slot}:{int(t.gen[slot])}"
+
+    def view(self, agent_id: str, block_id: str) -> memoryview:
+        """Writable memoryview of a block that is being filled (before :meth:`seal`).
+
+        Raises:
+            StateError: the block is sealed (use :meth:`get_array` / :meth:`read`) or freed.
+        """
+        with self._locked_block(agent_id, block_id) as (pool, slot, _agent):
+            if int(pool.t.state[slot]) != WRITING:
+                raise StateError(f"block {block_id!r} is sealed and immutable; use get_array() or read()")
+            off = int(pool.t.off[slot])
+            return pool.buf[off:off + int(pool.t.size[slot])]
+
+    def seal(self, agent_id: str, block_id: str) -> str:
+        """Make the block immutable; with dedup, an identical sealed block absorbs it. Returns ``block_id``.
+
+        The id stays valid either way: after a merge it refers to the existing copy.
+        """
+        with self._locked_block(agent_id, block_id) as (pool, slot, _agent):
+            t = pool.t
+            if int(t.state[slot]) != WRITING:
+                raise StateError(f"block {block_id!r} is already sealed")
+            if not int(t.flags[slot]) & F_DEDUP:
+                t.state[slot] = SEALED
+                return block_id
+            off, size = int(t.off[slot]), int(t.size[slot])
+        import xxhash
+
+        data = pool.buf[off:off + size]
+        digest = xxhash.xxh3_128_intdigest(data)
+        h_lo, h_hi = digest & ((1 << 64) - 1), digest >> 64
+        with self._locked_block(agent_id, block_id) as (pool, slot, _agent):
+            t = pool.t
+            if int(t.state[slot]) != WRITING:
+                raise StateError(f"block {block_id!r} is already sealed")
+            cand = t.dedup_lookup(h_lo)
+            if (cand >= 0 and cand != slot and int(t.state[cand]) == SEALED and int(t.h_hi[cand]) == h_hi
+                    and int(t.size[cand]) == size and int(t.nbytes[cand]) == int(t.nbytes[slot])
+                    and int(t.codec[cand]) == int(t.codec[slot]) and int(t.shuffle[cand]) == int(t.shuffle[slot])):
+                c_off = int(t.off[cand])
+                if pool_alloc.bytes_equal(data, pool.buf[c_off:c_off + size]):
+                    t.refs[cand] = int(t.refs[cand]) + 1
+                    t.h_lo[slot], t.h_hi[slot], t.target[slot] = h_lo, h_hi, cand
+                    t.state[slot] = ALIAS
+                    t.off[slot] = 0
+                    pool.heap.free(off)
+                    return block_id
+            t.h_lo[slot], t.h_hi[slot] = h_lo, h_hi
+            if cand < 0:
+                t.flags[slot] = int(t.flags[slot]) | F_INDEXED
+                t.dedup_insert(h_lo, slot)
+            t.state[slot] = SEALED
+            return block_id
+
+    def _sealed_region(self, pool: _Pool, slot: int, block_id: str) -> tuple[int, int, int, int, int]:
+        t = pool.t
+        if int(t.state[slot]) == WRITING:
+            raise StateError(f"block {block_id!r} is not sealed yet; use view() while filling it")
+        p = self._physical(t, slot)
+        return int(t.off[p]), int(t.size[p]), int(t.nbytes[p]), int(t.codec[p]), int(t.shuffle[p])
+
+    def get_array(self, agent_id: str, block_id: str, dtype: Any = np.uint8, shape: Any = None) -> np.ndarray:
+        """Zero-copy, read-only numpy view of a sealed, uncompressed block.
+
+        Keep the block (do not ``free_memory`` it) while the array is in use: it views the pool directly.
+
+        Raises:
+            StateError: not sealed, or compressed (use :meth:`read`). InvalidArgumentError: dtype/shape do not
+            match the block's size.
+        """
+        with self._locked_block(agent_id, block_id) as (pool, slot, _agent):
+            off, _size, nbytes, codec, _shuf = self._sealed_region(pool, slot, block_id)
+            if codec:
+                raise StateError(f"block {block_id!r} is compressed ({comp.CODEC_NAMES[codec]}); use read()")
+            mv = pool.buf[off:off + nbytes].toreadonly()
+        dt = np.dtype(dtype)
+        if dt.itemsize == 0 or nbytes % dt.itemsize:
+            raise InvalidArgumentError(f"dtype {dt} does not divide the block's {nbytes} bytes")
+        arr = np.frombuffer(mv, dtype=dt)
+        if shape is not None:
+            try:
+                arr = arr.reshape(shape)
+            except (ValueError, TypeError):
+                raise InvalidArgumentError(
+                    f"shape {shape!r} does not match the block's {arr.size} elements of {dt}") from None
+        return arr
+
+    def read(self, agent_id: str, block_id: str, out: Any = None) -> bytes | int:
+        """The block's logical content (decompressed). With ``out`` (a writable buffer) it is written there and
+        the byte count returned; otherwise a new ``bytes``.
+        """
+        with self._locked_block(agent_id, block_id) as (pool, slot, _agent):
+            off, size, nbytes, codec, shuf = self._sealed_region(pool, slot, block_id)
+            payload = pool.buf[off:off + size]
+        target = bytearray(nbytes) if out is None else out
+        try:
+            dst = memoryview(target).cast("B")
+        except TypeError:
+            raise InvalidArgumentError(f"out must be a writable contiguous buffer, got {type(out).__name__}") from None
+        if dst.readonly or dst.nbytes < nbytes:
+            raise InvalidArgumentError(f"out must be writable with at least {nbytes} bytes, got {dst.nbytes}"
+                                       f"{' (read-only)' if dst.readonly else ''}")
+        comp.decode_into(codec, shuf, payload, nbytes, dst)
+        return bytes(target) if out is None else nbytes
+
+    def put_bytes(self, agent_id: str, data: Any, pool_id: str = "default", enable_dedup: bool = True,
+                  compression: str | None = None, *, _itemsize: int = 1) -> str:
+        """Allocate, copy ``data`` (any contiguous buffer), seal; returns the block id.
+
+        Args:
+            compression: None, ``"lz4"`` or ``"zlib"``; skipped when a sample shows it would not pay.
+        """
+        _check_agent(agent_id)
+        try:
+            mv = memoryview(data).cast("B")
+        except TypeError:
+            raise InvalidArgumentError(f"data must be a contiguous bytes-like object, got {type(data).__name__}") \
+                from None
+        if mv.nbytes == 0:
+            raise InvalidArgumentError("data must not be empty (blocks hold at least one byte)")
+        codec, shuf, payload = comp.encode(mv, compression, _itemsize)
+        bid = self._allocate(agent_id, len(payload), pool_id, bool(enable_dedup), codec, shuf, mv.nbytes)
+        try:
+            self.view(agent_id, bid)[:] = payload
+            return self.seal(agent_id, bid)
+        except BaseException:
+            self.free_memory(agent_id, bid)
+            raise
+
+    def put_array(self, agent_id: str, array: Any, pool_id: str = "default", enable_dedup: bool = True,
+                  compression: str | None = None) -> str:
+        """Store a numpy array's bytes (C order); numeric arrays are byte-shuffled before compression."""
+        arr = np.ascontiguousarray(array)
+        if arr.dtype.hasobject:
+            raise InvalidArgumentError(f"array of dtype {arr.dtype} holds Python objects; only plain data fits")
+        itemsize = arr.dtype.itemsize if arr.dtype.kind in "iufc" and arr.dtype.itemsize > 1 else 1
+        return self.put_bytes(agent_id, arr.reshape(-1).view(np.uint8), pool_id, enable_dedup, compression,
+                              _itemsize=itemsize)
+
+    def block_info(self, agent_id: str, block_id: str) -> dict[str, Any]:
+        """State, sizes, codec and holders of a block (as seen by an agent holding it)."""
+        with self._locked_block(agent_id, block_id) as (pool, slot, agent):
+            t = pool.t
+            p = self._physical(t, slot)
+            return {"state": STATE_NAMES[int(t.state[slot])], "nbytes": int(t.nbytes[p]),
+                    "stored_bytes": int(t.size[p]), "compression": comp.CODEC_NAMES[int(t.codec[p])],
+                    "shuffle": int(t.shuffle[p]), "deduplicated": p != slot,
+                    "refs": int(t.refs[slot]), "held_by_agent": t.holder_count(slot, agent)}
+
+    # ---- sharing and release --------------------------------------------------------------------------------
+    def share_memory(self, owner_id: str, target_id: str, block_id: str) -> None:
+        """Grant ``target_id`` a reference to a block ``owner_id`` holds."""
+        _check_agent(target_id)
+        if target_id == owner_id:
+            raise InvalidArgumentError(f"target_id must differ from owner_id, got {target_id!r} twice")
+        with self._locked_block(owner_id, block_id) as (pool, slot, _agent):
+            other = self._agent(pool, target_id)
+            pool.t.holder_add(slot, other, 1)
+            pool.t.refs[slot] = int(pool.t.refs[slot]) + 1
+
+    def free_memory(self, agent_id: str, block_id: str) -> None:
+        """Drop one of the agent's references; the block is released when nobody holds it."""
+        with self._locked_block(agent_id, block_id) as (pool, slot, agent):
+            pool.t.holder_add(slot, agent, -1)
+            self._unref(pool, slot, 1)
+
+    def _unref(self, pool: _Pool, slot: int, n: int) -> None:
+        t = pool.t
+        refs = int(t.refs[slot]) - n
+        t.refs[slot] = max(refs, 0)
+        if refs > 0:
+            return
+        if int(t.state[slot]) == ALIAS:
+            target = int(t.target[slot])
+            t.retire(slot)
+            self._unref(pool, target, 1)
+            return
+        if int(t.flags[slot]) & F_INDEXED:
+            t.dedup_remove(int(t.h_lo[slot]), slot)
+        off = int(t.off[slot])
+        t.retire(slot)
+        pool.heap.free(off)
+
+    def collect_garbage(self) -> dict[str, int]:
+        """Release every reference held by agents whose process is gone (pid + start time); returns counts."""
+        agents = blocks = 0
+        for pool_id in self.pools():
+            try:
+                pool = self._pool(pool_id)
+            except (NotFoundError, IncompatibleLayoutError):
+                continue
+            t = pool.t
+            with pool.heap:
+                if t.destroyed:
+                    continue
+                for idx in np.flatnonzero(t.agents["name"] != b"").tolist():
+                    pid, start = int(t.agents["pid"][idx]), int(t.agents["start"][idx])
+                    if pid == self._pid or process_start_time(pid) == start:
+                        continue
+                    for slot, count in t.holders_of_agent(idx):
+                        t.holder_add(slot, idx, -count)
+                        before = int(t.state[slot])
+                        self._unref(pool, slot, count)
+                        if before != FREE and int(t.state[slot]) == FREE:
+                            blocks += 1
+                    log.info("pool %s: collected dead agent %s (pid %d)", pool_id, t.agent_name(idx), pid)
+                    t.unregister_agent(idx)
+                    agents += 1
+                pool.agents.clear()
+        return {"agents": agents, "blocks": blocks}
+
+    # ---- integrity and stats --------------------------------------------------------------------------------
+    def check(self, pool_id: str) -> bool:
+        """Verify the allocator's and the tables' invariants; True, or CorruptionError naming what is wrong."""
+        pool = self._pool(pool_id)
+        with pool.heap:
+            pool.heap.check()
+            pool.t.check(pool.heap.allocations())
+        return True
+
+    def stats(self, pool_id: str) -> dict[str, Any]:
+        """Capacity, used, free, largest free block, fragmentation, dedup and compression ratios, blocks per agent."""
+        pool = self._pool(pool_id)
+        t = pool.t
+        with pool.heap:
+            hs = pool.heap.stats()
+            st = t.state
+            phys = np.flatnonzero((st == WRITING) | (st == SEALED))
+            logical_slots = np.flatnonzero(st != FREE)
+            logical = int(t.nbytes[[self._physical(t, s) for s in logical_slots.tolist()]].sum()) \
+                if len(logical_slots) else 0
+            physical_logical = int(t.nbytes[phys].sum())
+            stored = int(t.size[phys].sum())
+            per_agent: dict[str, int] = {}
+            for idx in np.flatnonzero(t.agents["name"] != b"").tolist():
+                per_agent[t.agent_name(idx)] = len(t.holders_of_agent(idx))
+            used = hs["heap_size"] - hs["free_bytes"]
+            return {
+                "pool_id": pool_id, "capacity": hs["heap_size"], "used": used, "free": hs["free_bytes"],
+                "largest_free_block": hs["largest_free"], "fragmentation": hs["fragmentation"],
+                "blocks": len(phys), "ids": len(logical_slots),
+                "logical_bytes": logical, "physical_bytes": physical_logical, "stored_bytes": stored,
+                "dedup_ratio": logical / physical_logical if physical_logical else 1.0,
+                "compression_ratio": physical_logical / stored if stored else 1.0,
+                "blocks_per_agent": per_agent, "recoveries": hs["recoveries"],
+                "block_table_capacity": len(st),
+            }
+
+
+def _check_int(name: str, value: object, lo: int, hi: int | None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgumentError(f"{name} must be an integer, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        raise InvalidArgumentError(f"{name} must be in [{lo}, {hi if hi is not None else 'inf'}], got {value}")
+    return value
+
+
+def _check_agent(agent_id: object) -> str:
+    if not isinstance(agent_id, str) or not agent_id or len(agent_id.encode()) > 48 or "\x00" in agent_id:
+        raise InvalidArgumentError(f"agent_id must be a non-empty string of at most 48 UTF-8 bytes without NUL, "
+                                   f"got {agent_id!r}")
+    return agent_id
