@@ -291,9 +291,17 @@ class ResourcePoolCoordinator:
         return heal(self)
 
     def expected_values(self) -> dict[tuple[str, int | None, str | None], tuple[str | None, Any]]:
-        """What the coordinator last applied: (knob, pid, path) -> (agent_id, value)."""
+        """What was last applied: (knob, pid, path) -> (agent_id, value).
+
+        Starts from the journal's active changes (latest per setting), so a new coordinator — after a restart —
+        verifies what a previous one applied; values applied in this process take precedence.
+        """
+        out: dict[tuple[str, int | None, str | None], tuple[str | None, Any]] = {}
+        for e in self.journal.active():
+            out[(e.knob, e.pid, e.path)] = (e.agent_id, e.new)
         with self._lock:
-            return dict(self._expected)
+            out.update(self._expected)
+        return out
 
     def stats(self) -> dict[str, Any]:
         """A JSON-ready summary: topology, agents, last plan, journal size."""

@@ -44,6 +44,9 @@ def verify(coord: ResourcePoolCoordinator) -> list[Drift]:
     out: list[Drift] = []
     alive: dict[int, AgentProcess | None] = {}
     registered = {a.pid: a.process for a in coord.agents()}
+    for e in coord.journal.active():  # processes known only from the journal (applied by an earlier run)
+        if e.pid is not None and e.start_time is not None:
+            registered.setdefault(e.pid, AgentProcess(e.pid, e.start_time))
     for (knob_name, pid, path), (agent_id, expected) in sorted(coord.expected_values().items(),
                                                                key=lambda kv: (str(kv[1][0]), kv[0][0])):
         knob = coord.transactor.knobs.get(knob_name)

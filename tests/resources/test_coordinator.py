@@ -239,3 +239,19 @@ def test_resize_in_place(coord, spawn, kstate):
     plan = coord.rebalance_resources(strategy="priority")
     assert not plan.placements["a"].exclusive and kstate(p.pid)[0] == frozenset(CPUS)
     assert p.poll() is None
+
+
+def test_verify_after_restart_uses_journal(state_dir, spawn, kstate):
+    """A new coordinator verifies (and heals) what an earlier one applied, from the journal."""
+    p = spawn()
+    first = ResourcePoolCoordinator(state_dir=state_dir)
+    first.register_agent("a", {"priority": 0}, pid=p.pid)
+    plan = first.rebalance_resources(strategy="priority")
+    os.setpriority(os.PRIO_PROCESS, p.pid, 0)
+    fresh = ResourcePoolCoordinator(state_dir=state_dir)
+    drift = [d for d in fresh.verify() if d.drifted]
+    assert [(d.knob, d.agent_id, d.expected, d.actual) for d in drift] == [("nice", "a", plan.settings["a"].nice, 0)]
+    fresh.heal()
+    assert kstate(p.pid)[1] == plan.settings["a"].nice
+    fresh.rollback()
+    assert kstate(p.pid)[1] == 0

@@ -145,7 +145,7 @@ def test_half_failed_transaction_rolls_back_whole(coord, spawn, kstate):
 
 
 def test_kernel_permission_denied_is_reported(spawn, kstate):
-    """As an unprivileged user, lowering nice is refused by the kernel: KernelPermissionError, state intact."""
+    """Unprivileged: kernel EPERM raises KernelPermissionError, state intact; foreign pids are 'not permitted'."""
     if os.geteuid() != 0:
         pytest.skip("needs root to start the unprivileged child")
     import shutil
@@ -179,13 +179,16 @@ def _run_as_nobody(d, spawn):
             except errors.KernelPermissionError as exc:
                 ok = os.getpriority(os.PRIO_PROCESS, p.pid) == 5 and len(os.sched_getaffinity(p.pid)) == {len(CPUS)}
                 print("denied", ok, "nice=-5" in str(exc))
+            # A root-owned process: affinity is reported "not permitted" before anything is tried.
+            h = c.apply_changes([Change("affinity", [{CPUS[0]}], pid=1)])
+            print(h.results[0].status.replace(" ", "_"))
         finally:
             p.kill(); p.wait()
     """)
     child = spawn([sys.executable, "-c", code], stdout=subprocess.PIPE, cwd=d,
                   env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     out, _ = child.communicate(timeout=120)
-    assert out.decode().split() == ["denied", "True", "True"]
+    assert out.decode().split() == ["denied", "True", "True", "not_permitted"]
 
 
 def test_dead_pid_in_change_set_touches_nothing(coord, spawn, kstate):

@@ -116,3 +116,53 @@ def test_topology_without_numa_files(tmp_path):
 
     t = read_topology(sys_node=str(tmp_path / "missing"))
     assert len(t.nodes) == 1 and t.nodes[0].cpus == t.cpus
+
+
+def test_topology_from_fake_sysfs(tmp_path):
+    """SMT siblings form one core and per-node CPU lists form NUMA nodes (fake sysfs tree)."""
+    from sutazai_hwopt.resources import read_topology
+
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("needs 2 allowed CPUs")
+    a, b = allowed[:2]
+    cpu = tmp_path / "cpu"
+    (cpu).mkdir()
+    (cpu / "online").write_text(f"{a},{b}\n")
+    for c in (a, b):
+        topo = cpu / f"cpu{c}" / "topology"
+        topo.mkdir(parents=True)
+        (topo / "thread_siblings_list").write_text(f"{a},{b}\n")
+        idx = cpu / f"cpu{c}" / "cache" / "index0"
+        idx.mkdir(parents=True)
+        for name, val in (("level", "2"), ("type", "Unified"), ("size", "1024K"), ("shared_cpu_list", f"{a},{b}")):
+            (idx / name).write_text(val + "\n")
+    node = tmp_path / "node"
+    for n, c in enumerate((a, b)):
+        (node / f"node{n}").mkdir(parents=True)
+        (node / f"node{n}" / "cpulist").write_text(f"{c}\n")
+        (node / f"node{n}" / "meminfo").write_text(f"Node {n} MemTotal: 1024 kB\nNode {n} MemFree: 512 kB\n")
+    t = read_topology(sys_cpu=str(cpu), sys_node=str(node))
+    assert t.cores == (frozenset({a, b}),) and t.threads_per_core == 2
+    assert [(n.node_id, n.cpus, n.memory_total) for n in t.nodes] == [(0, {a}, 1024 * 1024), (1, {b}, 1024 * 1024)]
+    assert [(c.level, c.size_kb, c.cpus) for c in t.caches] == [(2, 1024, {a, b})]
+
+
+def test_cgroup_limits_narrow_capacity(tmp_path):
+    """cgroup v2 cpu.max and memory.max of the process's own group become cpu_limit and memory_limit."""
+    from sutazai_hwopt.resources.cgroups import CgroupHierarchy, CgroupLayout
+    from sutazai_hwopt.resources.topology import _cgroup_limits
+
+    with open("/proc/self/cgroup") as f:
+        v2 = [line.split(":", 2)[2].strip() for line in f if line.startswith("0::")]
+    if not v2:
+        pytest.skip("process is not listed in a v2 hierarchy")
+    group = tmp_path / v2[0].lstrip("/")
+    group.mkdir(parents=True, exist_ok=True)
+    (group / "cpu.max").write_text("150000 100000\n")
+    (group / "memory.max").write_text(f"{512 * 1024**2}\n")
+    layout = CgroupLayout((CgroupHierarchy(2, str(tmp_path), frozenset({"cpu", "memory"})),))
+    assert _cgroup_limits(layout) == (1.5, 512 * 1024**2)
+    (group / "cpu.max").write_text("max 100000\n")
+    (group / "memory.max").write_text("max\n")
+    assert _cgroup_limits(layout) == (None, None)
