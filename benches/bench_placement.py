@@ -2,6 +2,7 @@
 
 Run:  python benches/bench_placement.py            (131 ``sleep`` children, 15 rounds: ~30 s)
       python benches/bench_placement.py --quick    (5 rounds, no shell anchor)
+      python benches/bench_placement.py --cgroups  (also: apply + rollback with v1 cgroup groups, as root)
 
 Starts 131 ``sleep`` children, registers them with a ``ResourcePoolCoordinator`` (journal in a temporary
 directory), and each round changes every agent's priority so that the next plan really changes values. Per round:
@@ -18,6 +19,9 @@ and the same value changes done the ways a user would otherwise (same values, sa
 * ``psutil loop``   psutil.Process(pid).cpu_affinity / nice / ionice (+ os.sched_setscheduler)
 * ``taskset+renice`` one ``taskset -p`` and one ``renice`` subprocess per agent (what an admin script does;
                     skipped with --quick)
+
+With ``--cgroups`` a second coordinator (``use_cgroups=True``, groups under ``<mount>/hwopt_bench_<pid>``) adds
+``apply+cgroups`` / ``rollback+cgroups``: each agent also gets its own v1 cpu and cpuset group.
 
 Prints medians of wall ms and CPU ms (this thread's user+system time) per operation and the ratio to the raw loop.
 Also prints the planning time for a synthetic 2-socket, 64-core, SMT-2 host (no kernel calls).
@@ -91,6 +95,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="5 rounds, no shell anchor")
     ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--cgroups", action="store_true", help="also time placements with per-agent cgroups")
     args = ap.parse_args()
     rounds = args.rounds or (5 if args.quick else 15)
     state = tempfile.mkdtemp(prefix="hwopt-bench-")
@@ -122,9 +127,21 @@ def main() -> None:
             if not args.quick and r < 3:
                 contenders.append(("taskset+renice", shell_loop))
             for name, fn in contenders:
-                w, c, _ = timed(lambda fn=fn: fn(vals))
+                w, c, _ = timed(lambda fn=fn, vals=vals: fn(vals))
                 res.setdefault(name, []).append((w, c))
                 raw_loop(originals)
+        if args.cgroups:
+            cg = ResourcePoolCoordinator(HardwareConfig(use_cgroups=True, cgroup_name=f"hwopt_bench_{os.getpid()}"),
+                                         state_dir=state)
+            for i, p in enumerate(children):
+                cg.register_agent(f"agent_{i:03d}", {"cpu_cores": 2, "priority": i % 11}, pid=p.pid)
+            for _ in range(min(rounds, 5)):
+                w, c, plan = timed(lambda: cg.apply(cg.plan("priority")))
+                res.setdefault("apply+cgroups", []).append((w, c))
+                w, c, _ = timed(lambda: cg.rollback())
+                res.setdefault("rollback+cgroups", []).append((w, c))
+            print(f"with cgroups: {len(plan.changes)} changes per plan "  # type: ignore[attr-defined]
+                  f"({plan.knob_status()})")  # type: ignore[attr-defined]
         # Planning alone on a big synthetic host.
         big = Topology.synthetic(nodes=2, cores_per_node=32, threads_per_core=2)
         demands = [AgentDemand(f"a{i}", i % 11, 2.0, 256, i) for i in range(N_AGENTS)]
