@@ -27,6 +27,11 @@ from ..logs import get_logger
 __all__ = ["CoordinatorService"]
 
 _HISTORY = 600  # dashboard points (10 minutes at 1 Hz)
+#: Detection runs every DETECT_EVERY passes (2 s at 1 Hz: inside the 3 s time-to-detect target, half the cost).
+DETECT_EVERY = 2
+#: A bottleneck that persists is handed to the eliminator again only after this long (its validation window
+#: and the kernel's reaction need time; re-acting every pass would thrash).
+ACTION_COOLDOWN_S = 30.0
 
 
 def _finite(x: Any) -> Any:
@@ -69,6 +74,7 @@ class CoordinatorService:
         self.baseline: dict[str, Any] = {}
         self.closed = False
         self._placement_dirty = False
+        self._last_acted: dict[str, float] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def _make_eliminator(self) -> Any:
@@ -125,8 +131,8 @@ class CoordinatorService:
             metrics = sample.system_metrics
             self.ticks += 1
             self.history.append(_finite({"t": time.time(), **self._headline(metrics)}))
-            if detect and self.ticks >= 3:
-                found = self.profiler.detect_bottlenecks()
+            if detect and self.ticks >= 3 and self.ticks % DETECT_EVERY == 0:
+                found = self.profiler.detect_bottlenecks(metrics, self.profiler.agent_profiles())
                 self._bottlenecks = {self._bottleneck_id(b): self._bottleneck_dict(b) for b in found}
                 if self.auto_fix and self._bottlenecks:
                     self._auto_eliminate()
@@ -161,7 +167,12 @@ class CoordinatorService:
         return hashlib.blake2s(key.encode(), digest_size=6).hexdigest()
 
     def _auto_eliminate(self) -> None:
+        """Let the eliminator act on each finding, at most once per cool-down for a persisting one."""
+        now = self._clock()
         for bid, finding in list(self._bottlenecks.items()):
+            if now - self._last_acted.get(bid, -math.inf) < ACTION_COOLDOWN_S:
+                continue
+            self._last_acted[bid] = now
             try:
                 self.actions.append({"bottleneck_id": bid, "auto": True,
                                      **_finite(self._run_eliminator(finding))})
