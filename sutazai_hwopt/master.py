@@ -59,6 +59,7 @@ class HardwareOptimizationMaster:
         config_dir: directory with the JSON config files.
         state_dir: journal directory (default: the per-user state directory).
         coordinator: an existing coordinator to wrap (tests, embedding).
+        memory_namespace: the shared-memory namespace of :meth:`allocate_memory`'s pools.
 
     Example:
         >>> optimizer = HardwareOptimizationMaster(mode="balanced")          # doctest: +SKIP
@@ -69,7 +70,7 @@ class HardwareOptimizationMaster:
 
     def __init__(self, config: HwoptConfig | None = None, *, mode: str | None = None,
                  config_dir: str | os.PathLike[str] | None = None, state_dir: str | None = None,
-                 coordinator: Any = None) -> None:
+                 coordinator: Any = None, memory_namespace: str = "sutazai") -> None:
         if config is None:
             config = load_config(config_dir, mode=mode)
         elif not isinstance(config, HwoptConfig):
@@ -84,6 +85,7 @@ class HardwareOptimizationMaster:
         self._alert_callbacks: list[Callable[[Alert], None]] = []
         self._lock = threading.RLock()
         self._memory: Any = None
+        self.memory_namespace = memory_namespace
         self._profiler: Any = None
         self._last_metrics: dict[str, Any] = {}
         self._last_profile: dict[str, Any] | None = None
@@ -228,11 +230,14 @@ class HardwareOptimizationMaster:
             cls = getattr(memory, "MemoryPoolManager", None)
             if cls is None:
                 raise StateError("sutazai_hwopt.memory has no MemoryPoolManager; allocate_memory needs it")
-            self._memory = cls(config=self.config)
+            self._memory = cls(self.memory_namespace, config=self.config)
         return self._memory
 
     def allocate_memory(self, agent_id: str, size_mb: int, pool: str = "shared") -> Any:
-        """Allocate ``size_mb`` MiB for an agent from the memory pool manager's ``pool``.
+        """Allocate ``size_mb`` MiB for an agent in shared-memory pool ``pool``; returns the block id.
+
+        The pool is created on first use with the mode's ``shared_memory_size_mb``. Fill the block through
+        ``master.memory.view(agent_id, block_id)`` and seal it (see docs/memory.md).
 
         Raises:
             InvalidArgumentError: bad size or pool. StateError: the memory pool manager is not installed.
@@ -245,8 +250,23 @@ class HardwareOptimizationMaster:
         if not isinstance(agent_id, str) or not agent_id:
             raise InvalidArgumentError(f"agent_id must be a non-empty string, got {agent_id!r}")
         manager = self._memory_manager()
-        method = getattr(manager, "allocate_memory", None) or manager.allocate
-        return method(agent_id=agent_id, size_mb=size_mb, pool=pool)
+        from .errors import AlreadyExistsError, NotFoundError
+
+        try:
+            return manager.allocate_memory(agent_id, size_mb * 1024**2, pool_id=pool)
+        except NotFoundError:
+            if pool in manager.pools():
+                raise
+        try:
+            manager.create_pool(pool)
+        except AlreadyExistsError:
+            pass  # another process created it meanwhile
+        return manager.allocate_memory(agent_id, size_mb * 1024**2, pool_id=pool)
+
+    @property
+    def memory(self) -> Any:
+        """The memory pool manager (started on first use)."""
+        return self._memory_manager()
 
     # -- profiling -----------------------------------------------------------------------------------------
     def _profiler_instance(self) -> Any:
