@@ -23,11 +23,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidArgumentError, StateError
 
-__all__ = ["EXPECTED", "FaultAgent"]
+__all__ = ["EXPECTED", "FaultAgent", "TrialResult", "run_trial"]
 
 #: fault kind -> the bottleneck type the profiler should report for that agent.
 EXPECTED: dict[str, str | None] = {"cpu": "high_cpu_usage", "memory": "memory_leak", "io": "io_thrashing",
@@ -50,6 +51,11 @@ elif kind == "cpu":
             spin()
     spin()
 elif kind == "starved":
+    try:  # with sched_autogroup, nice only ranks tasks of one session: lower the whole group instead
+        with open("/proc/self/autogroup", "w") as fh:
+            fh.write("19")
+    except OSError:
+        pass
     os.nice(19)
     spin()
 elif kind == "memory":
@@ -173,3 +179,70 @@ class FaultAgent:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass
+class TrialResult:
+    """Detections of one trial: per fault agent the time to detect (None: missed), and every finding."""
+
+    faults: dict[str, str]  # agent id -> expected bottleneck type
+    time_to_detect: dict[str, float | None]
+    true_positives: int = 0
+    false_positives: int = 0
+    false_findings: list[tuple[float, str, str]] = field(default_factory=list)  # (t after onset, type, agent)
+
+    @property
+    def detected(self) -> int:
+        return sum(1 for v in self.time_to_detect.values() if v is not None)
+
+
+def run_trial(kinds: list[str], *, seed: int = 0, idle: int = 3, interval_s: float = 1.0,
+              baseline_passes: int = 2, observe_passes: int = 5, stop_when_detected: bool = False,
+              thresholds: Any = None, workdir: str | None = None) -> TrialResult:
+    """Start ``idle`` idle agents and one agent per kind, profile them, inject every fault at once.
+
+    Each pass after the onset, every finding that names one of these agents counts: a true positive when it
+    names a fault agent with that fault's expected type, else a false positive (so are findings during the
+    baseline passes). Findings naming no agent (host-wide saturation caused by other work) are not counted.
+    Time to detect is from the onset to the pass that first reports the expected (type, agent).
+    """
+    from .profiler import PerformanceProfiler
+
+    agents: dict[str, FaultAgent] = {}
+    try:
+        for i in range(idle):
+            agents[f"idle_{i}"] = FaultAgent("idle", seed=seed)
+        for j, kind in enumerate(kinds):
+            agents[f"{kind}_{j}"] = FaultAgent(kind, seed=seed, workdir=workdir)
+        faults = {a: f.expected for a, f in agents.items() if f.expected is not None}
+        res = TrialResult(faults={a: str(t) for a, t in faults.items()},
+                          time_to_detect=dict.fromkeys(faults))
+        with PerformanceProfiler(agents={a: f.pid for a, f in agents.items()}, thresholds=thresholds) as prof:
+            prof.sample()
+            onset: float | None = None
+            for i in range(baseline_passes + observe_passes):
+                if i == baseline_passes:
+                    onset = time.monotonic()
+                    for f in agents.values():
+                        if f.expected is not None:
+                            f.start()
+                time.sleep(interval_s)
+                s = prof.sample()
+                now = time.monotonic()
+                for b in prof.detect_bottlenecks(s.system_metrics, s.agent_profiles):
+                    for a in b.agents:
+                        if a not in agents:
+                            continue
+                        if onset is not None and faults.get(a) == b.type:
+                            res.true_positives += 1
+                            if res.time_to_detect[a] is None:
+                                res.time_to_detect[a] = now - onset
+                        else:
+                            res.false_positives += 1
+                            res.false_findings.append((now - onset if onset else -1.0, b.type, a))
+                if stop_when_detected and onset is not None and res.detected == len(faults):
+                    break
+        return res
+    finally:
+        for f in agents.values():
+            f.stop()
