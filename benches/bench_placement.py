@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--cgroups", action="store_true", help="also time placements with per-agent cgroups")
     args = ap.parse_args()
     rounds = args.rounds or (5 if args.quick else 15)
-    state = tempfile.mkdtemp(prefix="hwopt-bench-")
+    state = tempfile.mkdtemp(prefix="hwopt-placement-")
     children = [subprocess.Popen(["sleep", "3600"]) for _ in range(N_AGENTS)]
     res: dict[str, list[tuple[float, float]]] = {}
     try:
