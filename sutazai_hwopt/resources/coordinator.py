@@ -97,7 +97,9 @@ class ResourcePoolCoordinator:
         """Forget an agent; with ``restore`` (default) first roll back what was changed on its process."""
         agent = self.registry.get(agent_id)
         if restore:
-            ids = [e.id for e in self.journal.active() if e.agent_id == agent_id and e.pid == agent.pid]
+            # Its process's knobs and its own cgroup files/dirs (path changes carry the agent id, no pid).
+            ids = [e.id for e in self.journal.active()
+                   if e.agent_id == agent_id and (e.pid is None or e.pid == agent.pid)]
             if ids:
                 self.transactor.rollback(ids=ids)
         with self._lock:

@@ -140,7 +140,9 @@ class Transactor:
         results: list[KnobResult] = []
         todo: list[tuple[JournalEntry, Knob, AgentProcess | None]] = []
         txn = self.journal.new_txn()
-        with self._lock:
+        # The journal lock is held from reading the previous values to the commit, so a rollback or another
+        # applier in another process never interleaves with this transaction.
+        with self._lock, self.journal.locked():
             seen: set[tuple[str, int | None, str | None]] = set()
             for ch, knob, value in normalized:
                 key = (ch.knob, ch.pid, ch.path)

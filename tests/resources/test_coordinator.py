@@ -77,6 +77,11 @@ def test_cgroup_v1_applied_and_rolled_back(state_dir, spawn):
         # Re-planning the same thing changes nothing.
         again = c.rebalance_resources(strategy="priority")
         assert set(again.knob_status()["cgroup_file"]) == {"unchanged"}
+        # Unregistering one agent moves it back and removes its groups; the others stay.
+        c.unregister_agent("agent/2")
+        assert _cg(procs[2].pid) == before[2]
+        assert not os.path.exists(f"/sys/fs/cgroup/cpu/{name}/agent_2")
+        assert _cg(procs[0].pid)["cpu"] == f"/{name}/agent_0"
         c.rollback()
         assert [_cg(p.pid) for p in procs] == before
         assert not os.path.exists(f"/sys/fs/cgroup/cpu/{name}")
