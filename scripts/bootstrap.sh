@@ -17,7 +17,8 @@ PY=${PYTHON:-python3}
 APT_PACKAGES=()
 if [ "$want_tests" = 1 ]; then
   # Debian packages the integration tests drive (servers, a browser).
-  APT_PACKAGES+=(chromium chromium-driver)  # the dashboard's headless-browser test
+  # chromium: the dashboard's headless-browser test; redis-server: the cache's remote tier and the benchmarks.
+  APT_PACKAGES+=(chromium chromium-driver redis-server)
 fi
 if [ ${#APT_PACKAGES[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   missing=()
