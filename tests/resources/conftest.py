@@ -57,6 +57,13 @@ def kstate() -> Callable[[int], tuple[frozenset[int], int, int]]:
 
 
 @pytest.fixture(autouse=True)
+def _root_only(request: pytest.FixtureRequest) -> None:
+    """Skip tests marked ``root`` when not running as root."""
+    if request.node.get_closest_marker("root") is not None and os.geteuid() != 0:
+        pytest.skip("needs root (CAP_SYS_NICE to lower and restore nice values)")
+
+
+@pytest.fixture(autouse=True)
 def _runner_untouched() -> Iterator[None]:
     """The test runner's own scheduling must be the same after every test."""
     before = _kernel_state(os.getpid())

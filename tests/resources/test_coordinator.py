@@ -17,6 +17,9 @@ from sutazai_hwopt.resources import (
 from sutazai_hwopt.resources.cgroups import detect_cgroups
 from sutazai_hwopt.testing import FakeClock
 
+# Restoring a lowered priority (and lowering one) needs CAP_SYS_NICE.
+pytestmark = pytest.mark.root
+
 CPUS = sorted(os.sched_getaffinity(0))
 
 

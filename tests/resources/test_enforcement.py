@@ -14,6 +14,9 @@ from sutazai_hwopt import errors
 from sutazai_hwopt.config import HardwareConfig
 from sutazai_hwopt.resources import Change, ResourcePoolCoordinator
 
+# Restoring a lowered priority (and lowering one) needs CAP_SYS_NICE.
+pytestmark = pytest.mark.root
+
 CPUS = sorted(os.sched_getaffinity(0))
 
 

@@ -7,11 +7,15 @@ import shutil
 import subprocess
 import tempfile
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from sutazai_hwopt.resources import Change, ResourcePoolCoordinator
+
+# Restoring a lowered priority (and lowering one) needs CAP_SYS_NICE.
+pytestmark = pytest.mark.root
 
 CPUS = sorted(os.sched_getaffinity(0))
 AFFINITIES = [tuple(CPUS), (CPUS[0],), (CPUS[-1],)]

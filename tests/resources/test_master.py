@@ -24,6 +24,7 @@ def test_root_exports():
     assert M is HardwareOptimizationMaster and R.__name__ == "ResourcePoolCoordinator"
 
 
+@pytest.mark.root
 def test_assign_cores_places_and_notifies(state_dir, spawn, kstate):
     """assign_cores registers the agent, applies the plan, returns its CPUs and feeds the callbacks."""
     master = HardwareOptimizationMaster(state_dir=state_dir)
@@ -45,6 +46,7 @@ def test_assign_cores_places_and_notifies(state_dir, spawn, kstate):
         master.rollback()
 
 
+@pytest.mark.root
 def test_assign_cores_bad_input_keeps_state(state_dir, spawn, kstate):
     """Bad requirements or a dead pid raise the library's errors and leave earlier settings intact."""
     master = HardwareOptimizationMaster(state_dir=state_dir)
@@ -67,6 +69,7 @@ def test_assign_cores_bad_input_keeps_state(state_dir, spawn, kstate):
         master.rollback()
 
 
+@pytest.mark.root
 def test_oversubscription_alert_in_conservative_mode(state_dir, spawn):
     """Conservative mode permits no oversubscription: asking for more than the host raises an alert."""
     master = HardwareOptimizationMaster(mode="conservative", state_dir=state_dir)
@@ -81,6 +84,7 @@ def test_oversubscription_alert_in_conservative_mode(state_dir, spawn):
         master.rollback()
 
 
+@pytest.mark.root
 def test_export_stats(state_dir, spawn, tmp_path):
     """export_stats writes a private JSON file with mode, topology, agents, knob report and verify summary."""
     master = HardwareOptimizationMaster(state_dir=state_dir)
