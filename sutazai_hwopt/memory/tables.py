@@ -170,6 +170,7 @@ class Tables:
         self.codec, self.shuffle, self.h_lo, self.h_hi = b["codec"], b["shuffle"], b["h_lo"], b["h_hi"]
         self.owner = b["owner"]
         self._free_hint = 0
+        self._recent: list[int] = []
 
     def close(self) -> None:
         """Drop the numpy views (they hold buffer exports of the segment)."""
@@ -216,19 +217,24 @@ class Tables:
 
     # ---- blocks ---------------------------------------------------------------------------------------------
     def free_slot(self) -> int:
-        """A FREE block slot or -1 (searches from a hint, vectorised)."""
-        n = len(self.state)
-        start = self._free_hint % n
-        hits = np.flatnonzero(self.state[start:] == FREE)
-        if not len(hits):
-            hits = np.flatnonzero(self.state[:start] == FREE)
-            if not len(hits):
-                return -1
-            slot = int(hits[0])
-        else:
-            slot = start + int(hits[0])
-        self._free_hint = slot + 1
-        return slot
+        """A FREE block slot or -1: slots this process retired last, else a windowed scan from a hint."""
+        state = self.state
+        while self._recent:
+            slot = self._recent.pop()
+            if int(state[slot]) == FREE:
+                return slot
+        n = len(state)
+        i, scanned = self._free_hint % n, 0
+        while scanned < n:
+            end = min(i + 512, n)
+            hits = np.flatnonzero(state[i:end] == FREE)
+            if len(hits):
+                slot = i + int(hits[0])
+                self._free_hint = slot + 1
+                return slot
+            scanned += end - i
+            i = end % n
+        return -1
 
     def retire(self, slot: int) -> None:
         """Mark a slot FREE and bump its generation so old ids fail (the state store is the commit)."""
@@ -237,6 +243,8 @@ class Tables:
         self.flags[slot] = 0
         self.refs[slot] = 0
         self.target[slot] = -1
+        if len(self._recent) < 64:
+            self._recent.append(slot)
 
     # ---- holders --------------------------------------------------------------------------------------------
     def holder_count(self, slot: int, agent: int) -> int:
