@@ -36,7 +36,7 @@ __all__ = ["Journal", "JournalEntry", "default_state_dir"]
 
 log = get_logger("resources")
 
-_COMPACT_LINES = 4096
+_COMPACT_BYTES = 1 << 20  # compact past 1 MiB
 
 
 def default_state_dir() -> Path:
@@ -154,6 +154,8 @@ class Journal:
         # treats both alike (it restores the journaled previous values either way).
         with self.locked():
             self._append([{"type": "commit", "txn": txn}], durable=False)
+            if self.path.stat().st_size >= _COMPACT_BYTES:
+                self.compact()
 
     def mark_undone(self, results: Sequence[tuple[str, str]]) -> None:
         """Record ``(entry id, how)`` undo outcomes (``restored``, ``process gone``, ``superseded``...)."""
@@ -215,38 +217,48 @@ class Journal:
             size = self.path.stat().st_size
         except FileNotFoundError:
             return
+        if size >= _COMPACT_BYTES:
+            self.compact()
+            return
         entries = self._load()
-        live = [e for e in entries if e.undone is None]
-        if not live:
+        if all(e.undone is not None for e in entries):
             os.truncate(self.path, 0)
-            return
-        if size < _COMPACT_LINES * 200:
-            return
-        self.compact()
 
     def compact(self) -> int:
         """Rewrite the file with only the changes still to undo; drop those on exited processes.
 
-        Returns the number of changes kept.
+        Successive committed changes of one setting made by the coordinator's own plans (owner ``resources``)
+        are merged into one (the first's previous value, the last's new value): a daemon that rebalances every
+        few seconds would otherwise grow the file without bound. Other owners' changes are kept one by one, so
+        their handles still roll back individually. Returns the number of changes kept.
         """
         from .identity import read_start_time
 
         with self.locked():
-            keep = []
+            keep: list[JournalEntry | None] = []
+            last: dict[tuple[Any, ...], int] = {}
             for e in self._load():
                 if e.undone is not None:
                     continue
                 if e.pid is not None and read_start_time(e.pid) != e.start_time:
                     continue
+                i = last.get(e.key)
+                before = keep[i] if i is not None else None
+                if (before is not None and before.owner == e.owner == "resources" and before.committed
+                        and e.committed):
+                    e.previous = before.previous
+                    keep[i] = None  # type: ignore[index]
+                last[e.key] = len(keep)
                 keep.append(e)
+            kept = [e for e in keep if e is not None]
             tmp = self.path.with_suffix(".tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                lines: list[dict[str, Any]] = [e.to_record() for e in keep]
-                lines += [{"type": "commit", "txn": t} for t in dict.fromkeys(e.txn for e in keep if e.committed)]
+                lines: list[dict[str, Any]] = [e.to_record() for e in kept]
+                lines += [{"type": "commit", "txn": t} for t in dict.fromkeys(e.txn for e in kept if e.committed)]
                 os.write(fd, "".join(json.dumps(r, default=str) + "\n" for r in lines).encode())
                 os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, self.path)
-            return len(keep)
+            return len(kept)

@@ -279,3 +279,18 @@ def test_journal_is_private(coord, spawn):
     coord.apply_change(Change("nice", 1, pid=spawn().pid))
     assert os.stat(coord.journal.dir).st_mode & 0o777 == 0o700
     assert os.stat(coord.journal.path).st_mode & 0o777 == 0o600
+
+
+def test_compaction_merges_plan_changes(coord, spawn, kstate):
+    """compact() merges successive plan changes of one setting, keeps other owners' apart, and still restores."""
+    p = spawn()
+    before = kstate(p.pid)
+    for n in (1, 2, 3):
+        coord.apply_change(Change("nice", n, pid=p.pid))
+    coord.apply_change(Change("affinity", [CPUS[0]], pid=p.pid, owner="eliminator"))
+    coord.apply_change(Change("affinity", [CPUS[-1]], pid=p.pid, owner="eliminator"))
+    assert coord.journal.compact() == 3
+    nice = [e for e in coord.journal.active() if e.knob == "nice"]
+    assert [(e.previous, e.new) for e in nice] == [(before[1], 3)]
+    coord.rollback()
+    assert kstate(p.pid) == before
