@@ -9,15 +9,17 @@ serialises them (each is short; none waits on I/O beyond /proc reads).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import math
 import os
+import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..config import HwoptConfig
@@ -66,7 +68,12 @@ class CoordinatorService:
         self._t0 = clock()
         self.coordinator = ResourcePoolCoordinator(config, state_dir=state_dir)
         self.profiler = PerformanceProfiler(coordinator=self.coordinator)
+        self._measured: deque[tuple[float, dict[str, Any], dict[str, dict[str, Any]]]] = deque(maxlen=_HISTORY)
+        self._measuring = 0  # validation windows open: tick() then also keeps agent profiles for them
+        self._pass_done = threading.Condition(self._lock)
         self.eliminator = self._make_eliminator()
+        self._work: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
         self.history: deque[dict[str, Any]] = deque(maxlen=_HISTORY)
         self._bottlenecks: dict[str, dict[str, Any]] = {}
         self.actions: deque[dict[str, Any]] = deque(maxlen=200)
@@ -78,14 +85,13 @@ class CoordinatorService:
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def _make_eliminator(self) -> Any:
-        try:
-            from ..eliminator import BottleneckEliminator
-        except ImportError:  # TEMP until the eliminator lands
-            return None
+        import dataclasses
 
-        settings = {"mode": self.config.eliminator.mode, "auto_fix": self.auto_fix,
-                    "prediction_enabled": self.config.eliminator.prediction_enabled}
-        return BottleneckEliminator(settings, coordinator=self.coordinator, profiler=self.profiler)
+        from ..eliminator import BottleneckEliminator
+
+        settings = dataclasses.replace(self.config.eliminator, auto_fix=self.auto_fix)
+        return BottleneckEliminator(settings, coordinator=self.coordinator, profiler=self.profiler,
+                                    metric_source=SamplerMetricSource(self))
 
     def establish_baseline(self) -> dict[str, Any]:
         """Take the first samples (rates need two passes) and remember them as the baseline."""
@@ -109,6 +115,11 @@ class CoordinatorService:
             if self.closed:
                 return {"rolled_back": 0}
             self.closed = True
+            self._pass_done.notify_all()
+        if self._worker is not None:
+            self._work.put(None)
+            self._worker.join(timeout=60)
+        with self._lock:
             restored = 0
             if rollback:
                 restored = len(self.coordinator.rollback() or [])
@@ -131,8 +142,15 @@ class CoordinatorService:
             metrics = sample.system_metrics
             self.ticks += 1
             self.history.append(_finite({"t": time.time(), **self._headline(metrics)}))
+            profiles = None
+            if self._measuring:
+                profiles = self.profiler.agent_profiles()
+                self._measured.append((self._clock(), metrics, profiles))
+            self._pass_done.notify_all()
             if detect and self.ticks >= 3 and self.ticks % DETECT_EVERY == 0:
-                found = self.profiler.detect_bottlenecks(metrics, self.profiler.agent_profiles())
+                if profiles is None:
+                    profiles = self.profiler.agent_profiles()
+                found = self.profiler.detect_bottlenecks(metrics, profiles)
                 self._bottlenecks = {self._bottleneck_id(b): self._bottleneck_dict(b) for b in found}
                 if self.auto_fix and self._bottlenecks:
                     self._auto_eliminate()
@@ -167,28 +185,41 @@ class CoordinatorService:
         return hashlib.blake2s(key.encode(), digest_size=6).hexdigest()
 
     def _auto_eliminate(self) -> None:
-        """Let the eliminator act on each finding, at most once per cool-down for a persisting one."""
+        """Queue each finding for the eliminator, at most once per cool-down while it persists.
+
+        Eliminations run on a worker thread, outside the service lock: their validation windows last seconds
+        and are measured from this sampler's own passes, which must keep running meanwhile.
+        """
         now = self._clock()
         for bid, finding in list(self._bottlenecks.items()):
             if now - self._last_acted.get(bid, -math.inf) < ACTION_COOLDOWN_S:
                 continue
             self._last_acted[bid] = now
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work_loop, name="hwopt-eliminator", daemon=True)
+                self._worker.start()
+            self._work.put({"bottleneck_id": bid, **finding})
+
+    def _work_loop(self) -> None:
+        while (item := self._work.get()) is not None:
+            bid = item.pop("bottleneck_id")
             try:
-                self.actions.append({"bottleneck_id": bid, "auto": True,
-                                     **_finite(self._run_eliminator(finding))})
+                result = self._run_eliminator(item)
             except HwoptError as exc:
-                self.log.warning("auto elimination of %s (%s) skipped: %s", bid, finding.get("type"), exc)
+                self.log.warning("auto elimination of %s (%s) skipped: %s", bid, item.get("type"), exc)
+                continue
+            except Exception:  # keep the worker alive; the traceback goes to the log
+                self.log.exception("auto elimination of %s failed", bid)
+                continue
+            with self._lock:
+                self.actions.append({"bottleneck_id": bid, "auto": True, **_finite(result)})
 
     def _run_eliminator(self, finding: dict[str, Any]) -> dict[str, Any]:
-        import asyncio
-
-        if self.eliminator is None:
-            raise StateError("no bottleneck eliminator is available in this build")
-
-        metrics = {**self.profiler.system_metrics(), "bottleneck": finding,
-                   "agents": finding.get("agents") or []}
+        """One elimination (apply, validate, keep or roll back); call it without holding the lock."""
+        with self._lock:
+            metrics = {**self.profiler.system_metrics(), "agents": finding.get("agents") or []}
         result = asyncio.run(self.eliminator.eliminate_bottleneck(finding["type"], metrics))
-        return result.to_dict() if hasattr(result, "to_dict") else dict(result)
+        return dict(result.to_dict())
 
     # -- API operations -------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -205,7 +236,7 @@ class CoordinatorService:
         """Health of each component the coordinator runs."""
         return {"coordinator": "ok" if not self.closed else "stopped",
                 "profiler": "ok" if self.ticks else "starting",
-                "eliminator": ("auto" if self.auto_fix else "recommend") if self.eliminator else "off"}
+                "eliminator": "auto" if self.auto_fix else "recommend"}
 
     def metrics(self) -> dict[str, Any]:
         with self._lock:
@@ -252,24 +283,25 @@ class CoordinatorService:
                             "bottlenecks": self._bottlenecks, "recommended": recommended})
 
     def _recommend(self, finding: dict[str, Any]) -> list[dict[str, Any]]:
-        if self.eliminator is None:
-            return []
         try:
             actions = self.eliminator.recommend(finding["type"], {**self.profiler.system_metrics(),
-                                                                  "bottleneck": finding,
                                                                   "agents": finding.get("agents") or []})
         except HwoptError as exc:
             return [{"error": str(exc)}]
-        return [a.to_dict() if hasattr(a, "to_dict") else dict(a) for a in actions]
+        return [a.to_dict() for a in actions]
 
     def eliminate(self, bottleneck_id: str) -> dict[str, Any]:
+        """Apply the eliminator to one detected bottleneck; returns the result with its validation."""
         with self._lock:
+            if self.closed:
+                raise StateError("the coordinator is stopped")
             finding = self._bottlenecks.get(bottleneck_id)
             if finding is None:
                 raise NotFoundError(f"unknown bottleneck id {bottleneck_id!r}; GET /api/bottlenecks lists them")
-            result = {"bottleneck_id": bottleneck_id, "auto": False, **_finite(self._run_eliminator(finding))}
+        result = {"bottleneck_id": bottleneck_id, "auto": False, **_finite(self._run_eliminator(finding))}
+        with self._lock:
             self.actions.append(result)
-            return result
+        return result
 
     # -- views ----------------------------------------------------------------------------------------------
     def dashboard_data(self) -> dict[str, Any]:
@@ -298,3 +330,52 @@ class CoordinatorService:
 
         with self._lock:
             return render_dashboard(self.dashboard_data() if static else None, inline_js=static)
+
+
+class SamplerMetricSource:
+    """The eliminator's validation windows, measured from the coordinator's own 1 Hz passes.
+
+    The eliminator would otherwise sample the profiler itself, racing the sampler; here it waits for the
+    window to pass while the sampler keeps running, then averages the passes that fell inside it.
+    """
+
+    def __init__(self, service: CoordinatorService) -> None:
+        self.service = service
+
+    async def measure(self, keys: Sequence[str], window_s: float) -> dict[str, float]:
+        from ..eliminator.validation import metric_value
+
+        svc = self.service
+        with svc._lock:
+            svc._measuring += 1
+            start = svc._clock()
+        try:
+            # at least one pass must fall in the window, however short it is
+            await asyncio.to_thread(self._wait_for_pass_after, start + max(window_s, 0.0))
+            with svc._lock:
+                rows = [(m, p) for t, m, p in svc._measured if t > start]
+        finally:
+            with svc._lock:
+                svc._measuring -= 1
+        out = {}
+        for k in keys:
+            vals = [metric_value(k, m, p, svc.eliminator._custom_metrics) for m, p in rows]
+            vals = [v for v in vals if math.isfinite(v)]
+            out[k] = sum(vals) / len(vals) if vals else math.nan
+        return out
+
+    def _wait_for_pass_after(self, until: float) -> None:
+        """Block until a pass at or after ``until`` is recorded; if no sampler loop is running (the service is
+        driven directly, as in tests), take the passes here."""
+        svc = self.service
+        period = svc.config.hardware.sample_interval_s
+        with svc._pass_done:
+            while not svc.closed:
+                last = svc._measured[-1][0] if svc._measured else -math.inf
+                if last >= until:
+                    return
+                seen = len(svc._measured), last
+                svc._pass_done.wait(timeout=max(0.01, min(until - svc._clock(), 2.0 * period)) + 0.01)
+                now_last = svc._measured[-1][0] if svc._measured else -math.inf
+                if (len(svc._measured), now_last) == seen and svc._clock() >= min(until, last + 2.0 * period):
+                    svc.tick(detect=False)

@@ -166,3 +166,25 @@ def test_openapi_document_is_valid(client: TestClient) -> None:
     validate(doc)
     assert {"/api/optimize", "/api/agents", "/api/eliminate/{bottleneck_id}", "/api/status",
             "/api/metrics", "/metrics"} <= set(doc["paths"])
+
+
+def test_eliminate_a_detected_bottleneck_through_the_api(tmp_path: Path, sleeper: subprocess.Popen[bytes]) -> None:
+    """A bottleneck the service holds is handed to the eliminator; the result carries its validation."""
+    config = load_config(mode="aggressive", overrides={"eliminator": {"validation_window_s": 0.2,
+                                                                      "validation_interval_s": 0.05}})
+    svc = CoordinatorService(config, auto_fix=True, state_dir=str(tmp_path / "j"))
+    try:
+        svc.register_agent("io_agent", sleeper.pid, {"cpu_cores": 1, "priority": 1})
+        svc.establish_baseline()
+        finding = {"type": "io_thrashing", "severity": "high", "agents": ["io_agent"], "evidence": {}}
+        svc._bottlenecks = {"b1": finding}
+        with TestClient(create_app(svc, TOKEN)) as c:
+            r = c.post("/api/eliminate/b1", headers=AUTH)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["bottleneck_id"] == "b1" and body["auto"] is False
+            assert body["status"] in ("resolved", "not_resolved", "recommended", "no_action")
+            assert body["outcomes"], body
+            assert c.get("/api/dashboard").json()["actions"][-1]["bottleneck_id"] == "b1"
+    finally:
+        svc.close(rollback=True)
