@@ -55,8 +55,8 @@ class CoordinatorService:
     def __init__(self, config: HwoptConfig, *, auto_fix: bool | None = None, enable_all: bool = False,
                  state_dir: str | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        from ..master import HardwareOptimizationMaster
         from ..profiler import PerformanceProfiler
-        from ..resources import ResourcePoolCoordinator
 
         self.config = config
         self.log: logging.Logger = get_logger("master")
@@ -66,7 +66,9 @@ class CoordinatorService:
         self._lock = threading.RLock()
         self.started_at = time.time()
         self._t0 = clock()
-        self.coordinator = ResourcePoolCoordinator(config, state_dir=state_dir)
+        self.master = HardwareOptimizationMaster(config, state_dir=state_dir,
+                                                 memory_namespace=config.cache.namespace)
+        self.coordinator = self.master.coordinator
         self.profiler = PerformanceProfiler(coordinator=self.coordinator)
         self._measured: deque[tuple[float, dict[str, Any], dict[str, dict[str, Any]]]] = deque(maxlen=_HISTORY)
         self._measuring = 0  # validation windows open: tick() then also keeps agent profiles for them
@@ -124,6 +126,7 @@ class CoordinatorService:
             if rollback:
                 restored = len(self.coordinator.rollback() or [])
             self.profiler.close()
+            self.master.close()
             self.coordinator.close()
             self.log.info("coordinator closed; %d settings rolled back", restored)
             return {"rolled_back": restored}
@@ -317,7 +320,23 @@ class CoordinatorService:
         return {}
 
     def _pool_figures(self) -> dict[str, Any]:
-        return {}
+        """Usage, dedup and compression of every shared pool of the namespace (read from /dev/shm)."""
+        from ..memory.segment import list_segments
+
+        names = list_segments(self.master.memory_namespace)
+        if not names:  # attach the pool manager only once a pool exists
+            return {}
+        out = {}
+        keep = ("capacity", "used", "free", "largest_free_block", "fragmentation", "blocks", "dedup_ratio",
+                "compression_ratio")
+        for pool_id in names:
+            try:
+                st = self.master.memory.stats(pool_id)
+            except HwoptError as exc:  # destroyed meanwhile, or damaged: show why, keep serving
+                out[pool_id] = {"error": str(exc)}
+                continue
+            out[pool_id] = {k: st[k] for k in keep}
+        return out
 
     def prometheus(self) -> tuple[bytes, str]:
         from .metrics import render

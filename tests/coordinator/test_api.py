@@ -188,3 +188,22 @@ def test_eliminate_a_detected_bottleneck_through_the_api(tmp_path: Path, sleeper
             assert c.get("/api/dashboard").json()["actions"][-1]["bottleneck_id"] == "b1"
     finally:
         svc.close(rollback=True)
+
+
+def test_dashboard_shows_the_namespace_pools(tmp_path: Path) -> None:
+    """A pool created by an agent in the coordinator's namespace appears with its usage and dedup ratio."""
+    from sutazai_hwopt import MemoryPoolManager
+    from sutazai_hwopt.testing import throwaway_namespace
+
+    with throwaway_namespace() as ns, MemoryPoolManager(namespace=ns) as pm:
+        pm.create_pool("weights", size=4 * 1024**2)
+        for _ in range(2):
+            pm.put_bytes("agent_a", b"w" * 100_000, pool_id="weights")
+        config = load_config(overrides={"cache": {"namespace": ns}})
+        svc = CoordinatorService(config, state_dir=str(tmp_path / "j"))
+        try:
+            pools = svc.dashboard_data()["pools"]
+        finally:
+            svc.close()
+    assert set(pools) == {"weights"}
+    assert pools["weights"]["used"] > 0 and pools["weights"]["dedup_ratio"] == pytest.approx(2.0)
