@@ -201,6 +201,16 @@ class BottleneckEliminator:
         """The actions the strategies propose, least risky first, without applying anything."""
         return self._plan(bottleneck_type, self._context(bottleneck_type, metrics))
 
+    def predicted_bottlenecks(self, predictions: Mapping[str, Any]) -> list[str]:
+        """Types to act on now from ``PerformanceProfiler.predict()``: exhaustion sooner than the horizon."""
+        if not self.settings.prediction_enabled or not isinstance(predictions, Mapping):
+            return []
+        mem = predictions.get("memory")
+        if isinstance(mem, Mapping) and isinstance(mem.get("seconds"), (int, float)) \
+                and mem["seconds"] < self.settings.prediction_horizon_s:
+            return ["memory_exhaustion_predicted"]
+        return []
+
     # -- elimination ------------------------------------------------------------------------------------
     async def eliminate_bottleneck(self, bottleneck_type: str,
                                    system_metrics: Mapping[str, Any] | None = None) -> EliminationResult:

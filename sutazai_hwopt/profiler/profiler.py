@@ -24,7 +24,7 @@ from ..errors import InvalidArgumentError, NotFoundError
 from ..logs import get_logger
 from .detect import SEVERITIES, Bottleneck, Thresholds, detect_bottlenecks
 from .host import HOST_COLUMNS, H, HostSampler
-from .predict import anomaly_scores, linear_trend, time_to_exhaustion
+from .predict import anomaly_scores, time_to_exhaustion
 from .ring import Ring
 from .sampler import AGENT_COLUMNS, A, AgentSampler
 
@@ -35,6 +35,21 @@ log = get_logger("profiler")
 _ANOMALY_FEATURES = [A[c] for c in ("cpu_percent", "rss_bytes", "run_wait_ratio", "read_bps", "write_bps",
                                     "ctx_switches_ps", "major_faults_ps")]
 _RSS_STEP = 64 * 1024.0  # growth below this between two samples is noise, not a trend
+
+
+def _column_slopes(t: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least-squares slope of every column of ``y`` against ``t``, ignoring NaNs (NaN if < 3 points)."""
+    m = np.isfinite(y)
+    n = m.sum(axis=0)
+    tt = np.where(m, (t - t[0])[:, None], 0.0)
+    yy = np.where(m, y, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tm = tt.sum(axis=0) / n
+        ym = yy.sum(axis=0) / n
+        dt = np.where(m, tt - tm, 0.0)
+        var = (dt * dt).sum(axis=0)
+        slope = (dt * np.where(m, yy - ym, 0.0)).sum(axis=0) / var
+    return np.where((n >= 3) & (var > 0), slope, np.nan)
 
 
 class Sample:
@@ -239,6 +254,7 @@ class PerformanceProfiler:
         rss = rows[:, :, A["rss_bytes"]].astype(np.float64)
         grew = np.diff(rss, axis=0) > _RSS_STEP if len(times) > 1 else np.zeros((0, rss.shape[1]), bool)
         run = np.cumprod(grew[::-1], axis=0).sum(axis=0) if len(grew) else np.zeros(rss.shape[1])
+        slopes = _column_slopes(times, rss)
         latest = rows[-1]
         for st in list(self._agents.agents.values()):
             i = st.index
@@ -252,7 +268,7 @@ class PerformanceProfiler:
                 span = float(times[-1] - times[-1 - k])
                 slope = growth / span if span > 0 else math.nan
             else:
-                growth, slope = 0.0, linear_trend(times, rss[:, i])[0]
+                growth, slope = 0.0, float(slopes[i])
             p.update({"pid": st.pid, "pids": [st.pid, *st.children], "rss_growth_intervals": float(k),
                       "rss_growth_bytes": growth, "rss_slope_bps": slope, "uss_bytes": st.uss_bytes,
                       "pss_bytes": st.pss_bytes, "swap_bytes": st.swap_bytes, "open_files": st.open_files,

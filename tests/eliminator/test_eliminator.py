@@ -202,6 +202,16 @@ def test_prediction_disabled_skips(scripted: Any) -> None:
     assert "memory_exhaustion_predicted" in KNOWN_TYPES
 
 
+def test_predictions_map_to_a_bottleneck_within_the_horizon() -> None:
+    """Memory predicted to run out sooner than the horizon becomes memory_exhaustion_predicted."""
+    elim = BottleneckEliminator({"prediction_horizon_s": 300.0})
+    assert elim.predicted_bottlenecks({"memory": {"seconds": 120.0}}) == ["memory_exhaustion_predicted"]
+    assert elim.predicted_bottlenecks({"memory": {"seconds": 900.0}}) == []
+    assert elim.predicted_bottlenecks({"memory": None}) == []
+    off = BottleneckEliminator({"prediction_enabled": False})
+    assert off.predicted_bottlenecks({"memory": {"seconds": 1.0}}) == []
+
+
 def test_judge_rules() -> None:
     """Keep only on real improvement beyond noise; guard worsening and unmeasurable targets roll back."""
     kw = {"rollback_threshold": 0.05, "min_improvement": 0.0}
