@@ -73,30 +73,33 @@ def unshuffle_into(data: bytes, itemsize: int, out: memoryview) -> None:
     dst[whole:] = raw[whole:]
 
 
-def _worth_it(codec: int, data: memoryview) -> bool:
+def _sample(data: memoryview, itemsize: int) -> bytes:
+    # Up to three slices from the start, middle and end, cut on element boundaries.
     n = len(data)
     if n <= 3 * _SAMPLE:
-        sample = bytes(data)
-    else:
-        mid = n // 2
-        sample = bytes(data[:_SAMPLE]) + bytes(data[mid:mid + _SAMPLE]) + bytes(data[n - _SAMPLE:])
-    return len(_compress(codec, sample)) <= SAMPLE_RATIO * len(sample)
+        return bytes(data)
+    step = max(itemsize, 1)
+    mid = (n // 2) // step * step
+    end = (n - _SAMPLE) // step * step
+    return bytes(data[:_SAMPLE]) + bytes(data[mid:mid + _SAMPLE]) + bytes(data[end:end + _SAMPLE])
 
 
 def encode(data: memoryview, compression: str | None, itemsize: int = 1) -> tuple[int, int, memoryview | bytes]:
     """Prepare a block's stored bytes: returns ``(codec id, shuffle itemsize, payload)``.
 
-    The payload is ``data`` itself (no copy) when compression is off, the sample says it would not pay, or the
-    compressed result is not smaller.
+    The payload is ``data`` itself (no copy) when compression is off, the sample (shuffled like the data) says
+    it would not pay, or the compressed result is not smaller.
     """
     codec = codec_id(compression)
     if codec == 0 or len(data) == 0:
         return 0, 0, data
     shuf = itemsize if itemsize > 1 else 0
-    src: memoryview | bytes = shuffle(data, itemsize) if shuf else data
-    if not _worth_it(codec, memoryview(src)):
+    sample = _sample(data, itemsize)
+    if shuf:
+        sample = shuffle(memoryview(sample), itemsize)
+    if len(_compress(codec, sample)) > SAMPLE_RATIO * len(sample):
         return 0, 0, data
-    payload = _compress(codec, src)
+    payload = _compress(codec, shuffle(data, itemsize) if shuf else data)
     if len(payload) >= len(data):
         return 0, 0, data
     return codec, shuf, payload

@@ -13,6 +13,7 @@ XXH3-128 plus a byte-for-byte comparison) -> ``get_array`` / ``read`` by any age
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from ..errors import (
 )
 from ..logs import get_logger
 from . import compression as comp
+from . import dedup as dd
 from .segment import (
     attach_segment,
     close_quietly,
@@ -47,6 +49,8 @@ __all__ = ["MemoryPoolManager", "process_start_time"]
 
 log = get_logger("memory")
 _MAX_POOL = 1 << 44
+#: Freed blocks at least this big give their pages back to the kernel (MADV_REMOVE).
+PUNCH_MIN = 1 << 20
 
 
 def process_start_time(pid: int) -> int | None:
@@ -82,6 +86,24 @@ class _Pool:
         self.heap = heap
         self.t = tables
         self.agents: dict[str, int] = {}
+
+    def release(self, off: int, size: int) -> None:
+        """Free a heap block; for big blocks first return its whole pages to the kernel.
+
+        Freed heap memory of a tmpfs segment stays resident (and counted in every mapper's PSS) until punched
+        out: ``madvise(MADV_REMOVE)`` frees the pages for every process (they read back as zeros if reused).
+        Called under the pool lock, so nobody can be handed the range while we punch it.
+        """
+        if size >= PUNCH_MIN:
+            start = _round_up(off, mmap.PAGESIZE)
+            end = (off + size) // mmap.PAGESIZE * mmap.PAGESIZE
+            mm = getattr(self.shm, "_mmap", None)
+            if end > start and mm is not None:
+                try:
+                    mm.madvise(mmap.MADV_REMOVE, start, end - start)
+                except OSError as exc:   # not fatal: the memory is merely kept resident
+                    log.debug("madvise(MADV_REMOVE) failed on pool %s: %s", self.pool_id, exc)
+        self.heap.free(off)
 
     def close(self) -> None:
         self.t.close()
@@ -345,34 +367,62 @@ class MemoryPoolManager:
             if not int(t.flags[slot]) & F_DEDUP:
                 t.state[slot] = SEALED
                 return block_id
-            off, size = int(t.off[slot]), int(t.size[slot])
-        import xxhash
-
+            off, size, gen = int(t.off[slot]), int(t.size[slot]), int(t.gen[slot])
         data = pool.buf[off:off + size]
-        digest = xxhash.xxh3_128_intdigest(data)
-        h_lo, h_hi = digest & ((1 << 64) - 1), digest >> 64
+        cand, c_gen, equal = -1, 0, False
+        if size >= dd.FUSED_MIN:
+            head = dd.head_key(data)
+            with pool.heap:
+                if int(t.gen[slot]) == gen and int(t.state[slot]) == WRITING:
+                    t.head[slot] = head
+                key = (head, size, int(t.nbytes[slot]), int(t.codec[slot]), int(t.shuffle[slot]))
+            h, equal, cand, c_gen = self._fused_probe(pool, data, key)
+        else:
+            h = dd.digest(data)
+        h_lo, h_hi = dd.split(h)
         with self._locked_block(agent_id, block_id) as (pool, slot, _agent):
             t = pool.t
-            if int(t.state[slot]) != WRITING:
+            if int(t.state[slot]) != WRITING or int(t.gen[slot]) != gen:
                 raise StateError(f"block {block_id!r} is already sealed")
-            cand = t.dedup_lookup(h_lo)
-            if (cand >= 0 and cand != slot and int(t.state[cand]) == SEALED and int(t.h_hi[cand]) == h_hi
-                    and int(t.size[cand]) == size and int(t.nbytes[cand]) == int(t.nbytes[slot])
-                    and int(t.codec[cand]) == int(t.codec[slot]) and int(t.shuffle[cand]) == int(t.shuffle[slot])):
-                c_off = int(t.off[cand])
-                if pool_alloc.bytes_equal(data, pool.buf[c_off:c_off + size]):
-                    t.refs[cand] = int(t.refs[cand]) + 1
-                    t.h_lo[slot], t.h_hi[slot], t.target[slot] = h_lo, h_hi, cand
-                    t.state[slot] = ALIAS
-                    t.off[slot] = 0
-                    pool.heap.free(off)
-                    return block_id
+            still = (cand >= 0 and int(t.gen[cand]) == c_gen and int(t.state[cand]) == SEALED
+                     and int(t.h_lo[cand]) == h_lo and int(t.h_hi[cand]) == h_hi)
+            if not (equal and still):
+                cand = t.dedup_lookup(h_lo)
+                equal = (cand >= 0 and cand != slot and int(t.state[cand]) == SEALED
+                         and int(t.h_hi[cand]) == h_hi and int(t.size[cand]) == size
+                         and int(t.nbytes[cand]) == int(t.nbytes[slot]) and int(t.codec[cand]) == int(t.codec[slot])
+                         and int(t.shuffle[cand]) == int(t.shuffle[slot])
+                         and pool_alloc.bytes_equal(data, pool.buf[int(t.off[cand]):int(t.off[cand]) + size]))
+            if equal:
+                t.refs[cand] = int(t.refs[cand]) + 1
+                t.h_lo[slot], t.h_hi[slot], t.target[slot] = h_lo, h_hi, cand
+                t.state[slot] = ALIAS
+                t.off[slot] = 0
+                pool.release(off, size)
+                return block_id
             t.h_lo[slot], t.h_hi[slot] = h_lo, h_hi
-            if cand < 0:
+            if t.dedup_lookup(h_lo) < 0:
                 t.flags[slot] = int(t.flags[slot]) | F_INDEXED
                 t.dedup_insert(h_lo, slot)
             t.state[slot] = SEALED
             return block_id
+
+    @staticmethod
+    def _fused_probe(pool: _Pool, data: memoryview, key: tuple[int, int, int, int, int]
+                     ) -> tuple[int, bool, int, int]:
+        """Guess a candidate from (head key, sizes, codec), then hash and compare in one pass outside the lock.
+
+        Returns (digest, equal, candidate slot, candidate generation). The candidate may be freed meanwhile;
+        the caller re-checks its generation and hash under the lock before merging (sealed bytes never change
+        while the generation stays the same).
+        """
+        t = pool.t
+        with pool.heap:
+            cand = t.head_candidate(*key)
+            c_gen = int(t.gen[cand]) if cand >= 0 else 0
+            c_off = int(t.off[cand]) if cand >= 0 else 0
+        h, equal = dd.fused_digest_compare(data, pool.buf[c_off:c_off + key[1]] if cand >= 0 else None)
+        return h, equal, cand, c_gen
 
     def _sealed_region(self, pool: _Pool, slot: int, block_id: str) -> tuple[int, int, int, int, int]:
         t = pool.t
@@ -441,6 +491,10 @@ class MemoryPoolManager:
         if mv.nbytes == 0:
             raise InvalidArgumentError("data must not be empty (blocks hold at least one byte)")
         codec, shuf, payload = comp.encode(mv, compression, _itemsize)
+        if enable_dedup and len(payload) >= dd.FUSED_MIN:
+            bid = self._put_existing(agent_id, memoryview(payload), pool_id, codec, shuf, mv.nbytes)
+            if bid is not None:
+                return bid
         bid = self._allocate(agent_id, len(payload), pool_id, bool(enable_dedup), codec, shuf, mv.nbytes)
         try:
             self.view(agent_id, bid)[:] = payload
@@ -448,6 +502,35 @@ class MemoryPoolManager:
         except BaseException:
             self.free_memory(agent_id, bid)
             raise
+
+    def _put_existing(self, agent_id: str, payload: memoryview, pool_id: str, codec: int, shuf: int,
+                      nbytes: int) -> str | None:
+        """Dedup before copying: if the pool already holds these bytes, return a new id for them (no copy)."""
+        pool = self._pool(pool_id)
+        key = (dd.head_key(payload), len(payload), nbytes, codec, shuf)
+        h, equal, cand, c_gen = self._fused_probe(pool, payload, key)
+        if not equal:
+            return None
+        h_lo, h_hi = dd.split(h)
+        t = pool.t
+        with pool.heap:
+            if t.destroyed:
+                raise NotFoundError(f"pool {pool_id!r} was destroyed")
+            if not (int(t.gen[cand]) == c_gen and int(t.state[cand]) == SEALED
+                    and int(t.h_lo[cand]) == h_lo and int(t.h_hi[cand]) == h_hi):
+                return None
+            agent = self._agent(pool, agent_id)
+            slot = t.free_slot()
+            if slot < 0:
+                raise PoolExhaustedError(f"pool {pool_id!r} block table is full ({len(t.state)} blocks)")
+            t.off[slot], t.size[slot], t.nbytes[slot] = 0, len(payload), nbytes
+            t.codec[slot], t.shuffle[slot], t.flags[slot] = codec, shuf, F_DEDUP
+            t.h_lo[slot], t.h_hi[slot], t.head[slot] = h_lo, h_hi, key[0]
+            t.target[slot], t.owner[slot], t.refs[slot] = cand, agent, 1
+            t.refs[cand] = int(t.refs[cand]) + 1
+            t.state[slot] = ALIAS
+            t.holder_add(slot, agent, 1)
+            return f"{pool_id}:{slot}:{int(t.gen[slot])}"
 
     def put_array(self, agent_id: str, array: Any, pool_id: str = "default", enable_dedup: bool = True,
                   compression: str | None = None) -> str:
@@ -499,9 +582,9 @@ class MemoryPoolManager:
             return
         if int(t.flags[slot]) & F_INDEXED:
             t.dedup_remove(int(t.h_lo[slot]), slot)
-        off = int(t.off[slot])
+        off, size = int(t.off[slot]), int(t.size[slot])
         t.retire(slot)
-        pool.heap.free(off)
+        pool.release(off, size)
 
     def collect_garbage(self) -> dict[str, int]:
         """Release every reference held by agents whose process is gone (pid + start time); returns counts."""

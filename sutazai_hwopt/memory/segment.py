@@ -4,8 +4,9 @@ Built on :mod:`multiprocessing.shared_memory` (the standard library's wrapper of
 two fixes for Python < 3.13:
 
 * its resource tracker registers every segment a process *attaches* to and unlinks it when that process exits
-  (bpo-39959), which destroys a pool under everyone else's feet. We unregister right after opening (3.13+
-  passes ``track=False``). The segments' lifetime is therefore explicit: ``destroy_pool`` unlinks them.
+  (bpo-39959), which destroys a pool under everyone else's feet. We keep our segments out of the tracker
+  (3.13+: ``track=False``; before: registration skipped while the constructor runs, see :func:`_open`). The
+  segments' lifetime is therefore explicit: ``destroy_pool`` unlinks them.
 * ``SharedMemory.close()`` raises ``BufferError`` while numpy arrays still view the mapping; :func:`close_quietly`
   drops our reference instead, and the mapping goes away with the last view.
 """
@@ -15,7 +16,9 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 from multiprocessing import resource_tracker, shared_memory
+from typing import Any
 
 from ..errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, PoolExhaustedError
 
@@ -49,10 +52,32 @@ def segment_name(namespace: str, pool_id: str) -> str:
     return f"{PREFIX}.{namespace}.{pool_id}"
 
 
-def _untrack(shm: shared_memory.SharedMemory) -> None:
-    # Python < 3.13 registers attached segments too; unregister so our exit never unlinks a shared pool.
-    if not _TRACK_KW:
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+_REGISTER_LOCK = threading.Lock()
+
+
+def _open(**kwargs: Any) -> shared_memory.SharedMemory:
+    """``SharedMemory(**kwargs)`` that never registers with the resource tracker.
+
+    On 3.13+ that is ``track=False``. Before, ``SharedMemory.__init__`` always calls
+    ``resource_tracker.register``; unregistering afterwards (the usual workaround) leaves a window in which a
+    SIGKILL makes the tracker unlink the pool later, makes concurrent attaches from forked children (which share
+    one tracker) print ``KeyError`` tracebacks, and starts a tracker process in every agent. So for the duration
+    of the constructor (under a lock) the registration of ``shared_memory`` resources is skipped instead.
+    """
+    if _TRACK_KW:
+        return shared_memory.SharedMemory(track=False, **kwargs)  # type: ignore[call-arg,unused-ignore]
+    with _REGISTER_LOCK:
+        original = resource_tracker.register
+
+        def register(name: Any, rtype: str) -> None:
+            if rtype != "shared_memory":
+                original(name, rtype)
+
+        resource_tracker.register = register
+        try:
+            return shared_memory.SharedMemory(**kwargs)
+        finally:
+            resource_tracker.register = original
 
 
 def create_segment(name: str, size: int) -> shared_memory.SharedMemory:
@@ -70,13 +95,10 @@ def create_segment(name: str, size: int) -> shared_memory.SharedMemory:
     if avail is not None and size > avail:
         raise PoolExhaustedError(
             f"size {size} exceeds the {avail} bytes free in {SHM_DIR}; using it would end in SIGBUS")
-    kwargs = {"track": False} if _TRACK_KW else {}
     try:
-        shm = shared_memory.SharedMemory(name=name, create=True, size=size, **kwargs)
+        return _open(name=name, create=True, size=size)
     except FileExistsError:
         raise AlreadyExistsError(f"shared-memory segment {name!r} already exists") from None
-    _untrack(shm)
-    return shm
 
 
 def attach_segment(name: str) -> shared_memory.SharedMemory:
@@ -85,13 +107,10 @@ def attach_segment(name: str) -> shared_memory.SharedMemory:
     Raises:
         NotFoundError: no segment of that name.
     """
-    kwargs = {"track": False} if _TRACK_KW else {}
     try:
-        shm = shared_memory.SharedMemory(name=name, create=False, **kwargs)
+        return _open(name=name, create=False)
     except FileNotFoundError:
         raise NotFoundError(f"no shared-memory segment {name!r}") from None
-    _untrack(shm)
-    return shm
 
 
 def unlink_segment(name: str) -> bool:

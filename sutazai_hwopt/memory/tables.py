@@ -29,7 +29,7 @@ HEADER_DTYPE = np.dtype([("magic", "<u8"), ("version", "<u4"), ("destroyed", "<u
 AGENT_DTYPE = np.dtype([("name", "S48"), ("pid", "<i4"), ("pad", "<u4"), ("start", "<u8")])
 BLOCK_DTYPE = np.dtype([("state", "u1"), ("codec", "u1"), ("shuffle", "u1"), ("flags", "u1"), ("gen", "<u4"),
                         ("off", "<u8"), ("size", "<u8"), ("nbytes", "<u8"), ("refs", "<u4"), ("target", "<i4"),
-                        ("h_lo", "<u8"), ("h_hi", "<u8"), ("owner", "<u4"), ("pad", "<u4")])
+                        ("h_lo", "<u8"), ("h_hi", "<u8"), ("owner", "<u4"), ("head", "<u4")])
 SLOT_DTYPE = np.dtype([("key", "<u8"), ("val", "<u4"), ("pad", "<u4")])
 assert HEADER_DTYPE.itemsize == 64 and AGENT_DTYPE.itemsize == 64 and BLOCK_DTYPE.itemsize == 64
 
@@ -168,7 +168,7 @@ class Tables:
         self.state, self.gen, self.off, self.size = b["state"], b["gen"], b["off"], b["size"]
         self.nbytes, self.refs, self.target, self.flags = b["nbytes"], b["refs"], b["target"], b["flags"]
         self.codec, self.shuffle, self.h_lo, self.h_hi = b["codec"], b["shuffle"], b["h_lo"], b["h_hi"]
-        self.owner = b["owner"]
+        self.owner, self.head = b["owner"], b["head"]
         self._free_hint = 0
         self._recent: list[int] = []
 
@@ -243,6 +243,7 @@ class Tables:
         self.flags[slot] = 0
         self.refs[slot] = 0
         self.target[slot] = -1
+        self.head[slot] = 0
         if len(self._recent) < 64:
             self._recent.append(slot)
 
@@ -276,6 +277,13 @@ class Tables:
     def dedup_lookup(self, h_lo: int) -> int:
         i = self.dedup.find(dedup_key(h_lo))
         return int(self.dedup.vals[i]) if i >= 0 else -1
+
+    def head_candidate(self, head: int, size: int, nbytes: int, codec: int, shuffle: int) -> int:
+        """An indexed sealed block with this head key, stored size, logical size and codec, or -1."""
+        hits = np.flatnonzero((self.head == head) & (self.size == size) & (self.state == SEALED)
+                              & ((self.flags & F_INDEXED) != 0) & (self.codec == codec)
+                              & (self.shuffle == shuffle) & (self.nbytes == nbytes))
+        return int(hits[0]) if len(hits) else -1
 
     def dedup_insert(self, h_lo: int, slot: int) -> None:
         self.dedup.insert(dedup_key(h_lo), slot)

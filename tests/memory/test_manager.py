@@ -273,10 +273,12 @@ def test_attaching_process_exit_does_not_unlink(pm: MemoryPoolManager, ns: str) 
     """A fresh interpreter that attaches and exits leaves the segment (no resource-tracker unlink)."""
     bid = pm.put_bytes("owner", b"persist", pool_id="data")
     pm.share_memory("owner", "reader", bid)
-    code = ("import sys; from sutazai_hwopt import MemoryPoolManager as M; "
-            f"m = M(namespace={ns!r}); sys.stdout.write(m.read('reader', {bid!r}).decode()); m.close()")
+    code = ("import sys; from multiprocessing import resource_tracker as rt; "
+            "from sutazai_hwopt import MemoryPoolManager as M; "
+            f"m = M(namespace={ns!r}); sys.stdout.write(m.read('reader', {bid!r}).decode()); m.close(); "
+            "sys.stdout.write(' tracker started' if rt._resource_tracker._pid else '')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert out.stdout == "persist" and "leaked" not in out.stderr, out.stderr
+    assert out.stdout == "persist" and "leaked" not in out.stderr, (out.stdout, out.stderr)
     assert os.path.exists(os.path.join(SHM_DIR, segment_name(ns, "data")))
     assert pm.read("owner", bid) == b"persist"
 
@@ -371,4 +373,68 @@ def test_recovery_after_death_mid_update(pm: MemoryPoolManager, ns: str, childre
     assert pm.read("a1", keep) == b"keep me" * 100
     s = pm.stats("data")
     assert s["recoveries"] == 1 and s["ids"] == 1
+    assert pm.check("data")
+
+
+def test_big_duplicates_merge_without_copy(ns: str) -> None:
+    """A >= 1 MiB duplicate is merged by put (no new allocation) and by seal; a same-head variant is not."""
+    with MemoryPoolManager(namespace=ns) as pm:
+        pm.create_pool("big", size=16 * MiB)
+        data = np.random.default_rng(5).integers(0, 255, 3 * MiB, dtype=np.uint8)
+        b1 = pm.put_array("a1", data, pool_id="big")
+        used = pm.stats("big")["used"]
+        b2 = pm.put_array("a2", data, pool_id="big")
+        assert pm.block_info("a2", b2)["deduplicated"] and pm.stats("big")["used"] == used
+        b3 = pm.allocate_memory("a3", data.nbytes, pool_id="big")
+        np.frombuffer(pm.view("a3", b3), np.uint8)[:] = data
+        pm.seal("a3", b3)
+        assert pm.block_info("a3", b3)["deduplicated"] and pm.stats("big")["used"] == used
+        variant = data.copy()
+        variant[-1] ^= 0xFF                              # same size and first 64 KiB, different tail
+        b4 = pm.put_array("a4", variant, pool_id="big")
+        assert not pm.block_info("a4", b4)["deduplicated"]
+        assert np.array_equal(pm.get_array("a4", b4), variant)
+        assert np.array_equal(pm.get_array("a2", b2), data)
+        s = pm.stats("big")
+        assert s["blocks"] == 2 and s["ids"] == 4 and s["dedup_ratio"] == pytest.approx(2.0)
+        assert pm.check("big")
+        for agent, b in (("a1", b1), ("a2", b2), ("a3", b3), ("a4", b4)):
+            pm.free_memory(agent, b)
+        assert pm.stats("big")["blocks"] == 0 and pm.check("big")
+        pm.destroy_pool("big")
+
+
+def test_freed_big_block_returns_its_pages(ns: str) -> None:
+    """Freeing a big block punches its pages out of the segment (reused memory reads back as zeros)."""
+    with MemoryPoolManager(namespace=ns) as pm:
+        pm.create_pool("big", size=8 * MiB)
+        b1 = pm.put_bytes("a", b"\xff" * (2 * MiB), pool_id="big", enable_dedup=False)
+        pm.free_memory("a", b1)
+        b2 = pm.allocate_memory("a", 2 * MiB, pool_id="big")
+        v = np.frombuffer(pm.view("a", b2), np.uint8)
+        assert v[8192:-8192].max() == 0
+        del v
+        pm.free_memory("a", b2)
+        pm.destroy_pool("big")
+
+
+def test_candidate_freed_during_compare_is_not_merged(pm: MemoryPoolManager, monkeypatch: Any) -> None:
+    """If the dedup candidate is freed between the compare and the merge, the new block is kept on its own."""
+    from sutazai_hwopt.memory import dedup
+
+    data = np.random.default_rng(6).integers(0, 255, 2 * MiB, dtype=np.uint8)
+    first = pm.put_array("a1", data, pool_id="data")
+    real = dedup.fused_digest_compare
+
+    def racing(buf: Any, cand: Any) -> Any:
+        result = real(buf, cand)
+        if cand is not None:
+            del cand
+            pm.free_memory("a1", first)          # another holder drops the last reference meanwhile
+        return result
+
+    monkeypatch.setattr(dedup, "fused_digest_compare", racing)
+    second = pm.put_array("a2", data, pool_id="data")
+    assert not pm.block_info("a2", second)["deduplicated"]
+    assert np.array_equal(pm.get_array("a2", second), data)
     assert pm.check("data")
