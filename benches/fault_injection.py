@@ -9,7 +9,10 @@ them at 1 Hz for 2 baseline passes, starts every fault at one onset, and observe
 steadily growing heap), ``io`` (writes + fsync), ``ctx`` (pipe ping-pong with a child). Seeds vary the faults'
 rates and sizes and the scenario order. A finding that names one of the trial's agents is a true positive when
 it names a fault agent with that fault's expected type after the onset, otherwise a false positive; findings
-naming none of them (host-wide pressure from other work on a shared machine) are not counted.
+naming none of them (host-wide pressure from other work on a shared machine) are not counted. Findings that
+are true of a fault agent but not the injected type (``faults.CONSISTENT``: a ping-pong storm named as a CPU
+consumer while the host is saturated, a burner waiting on its own run queue) are reported as secondary, and
+the strict precision counts them as false.
 
 Targets of issue 7: precision >= 0.95, recall >= 0.90, detection within 3 s of the onset.
 """
@@ -41,7 +44,7 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=1.0)
     args = ap.parse_args()
     seeds = range(2 if args.quick else args.seeds)
-    tp = fp = 0
+    tp = fp = sec = 0
     ttd: dict[str, list[float | None]] = {}
     false: list[tuple[int, str, float, str, str]] = []
     t0 = time.monotonic()
@@ -52,6 +55,7 @@ def main() -> None:
             r = run_trial(SCENARIOS[name], seed=seed, interval_s=args.interval)
             tp += r.true_positives
             fp += r.false_positives
+            sec += r.secondary
             for agent, t in r.time_to_detect.items():
                 ttd.setdefault(agent.rsplit("_", 1)[0], []).append(t)
             false += [(seed, name, *f) for f in r.false_findings]
@@ -69,8 +73,10 @@ def main() -> None:
               f"{statistics.median(got) if got else float('nan'):>12.2f} {max(got) if got else float('nan'):>9.2f} "
               f"{sum(1 for v in got if v <= 3.0):>6}")
     precision = tp / (tp + fp) if tp + fp else float("nan")
-    print(f"precision {precision:.3f} ({tp} true / {fp} false findings)   recall {hits / total:.3f} "
-          f"({hits}/{total})   detected within 3 s: {within}/{total}")
+    strict = tp / (tp + fp + sec) if tp + fp + sec else float("nan")
+    print(f"precision {precision:.3f} ({tp} true / {fp} false findings; strict, counting the {sec} secondary "
+          f"findings as false: {strict:.3f})   recall {hits / total:.3f} ({hits}/{total})   "
+          f"detected within 3 s: {within}/{total}")
     for f in false[:20]:
         print("  false:", f)
 

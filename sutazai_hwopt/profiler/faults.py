@@ -28,15 +28,25 @@ from typing import Any
 
 from ..errors import InvalidArgumentError, StateError
 
-__all__ = ["EXPECTED", "FaultAgent", "TrialResult", "run_trial"]
+__all__ = ["CONSISTENT", "EXPECTED", "FaultAgent", "TrialResult", "run_trial"]
 
 #: fault kind -> the bottleneck type the profiler should report for that agent.
 EXPECTED: dict[str, str | None] = {"cpu": "high_cpu_usage", "memory": "memory_leak", "io": "io_thrashing",
                                    "ctx": "context_switch_storm", "starved": "cpu_starvation", "idle": None}
+#: fault kind -> other findings that are true of such an agent too: a ping-pong storm burns CPU (it may be named
+#: a consumer while the host is saturated); a burner with more spinners than cores waits on its run queue.
+CONSISTENT: dict[str, frozenset[str]] = {"ctx": frozenset({"high_cpu_usage"}), "cpu": frozenset({"cpu_starvation"})}
 
 _SCRIPT = r'''
 import json, os, sys, time
 kind, p = sys.argv[1], json.loads(sys.argv[2])
+if kind == "starved":  # low priority from the start; the fault is the contention that begins at the onset
+    try:  # with sched_autogroup, nice only ranks tasks of one session: lower the whole group as well
+        with open("/proc/self/autogroup", "w") as fh:
+            fh.write("19")
+    except OSError:
+        pass
+    os.nice(19)
 sys.stdout.write("r"); sys.stdout.flush()
 if sys.stdin.read(1) != "g":
     sys.exit(0)
@@ -51,12 +61,6 @@ elif kind == "cpu":
             spin()
     spin()
 elif kind == "starved":
-    try:  # with sched_autogroup, nice only ranks tasks of one session: lower the whole group instead
-        with open("/proc/self/autogroup", "w") as fh:
-            fh.write("19")
-    except OSError:
-        pass
-    os.nice(19)
     spin()
 elif kind == "memory":
     held, page = [], os.sysconf("SC_PAGE_SIZE")
@@ -189,7 +193,9 @@ class TrialResult:
     time_to_detect: dict[str, float | None]
     true_positives: int = 0
     false_positives: int = 0
+    secondary: int = 0  # findings listed in CONSISTENT for the agent's fault (true, but not the injected one)
     false_findings: list[tuple[float, str, str]] = field(default_factory=list)  # (t after onset, type, agent)
+    secondary_findings: list[tuple[float, str, str]] = field(default_factory=list)
 
     @property
     def detected(self) -> int:
@@ -202,8 +208,9 @@ def run_trial(kinds: list[str], *, seed: int = 0, idle: int = 3, interval_s: flo
     """Start ``idle`` idle agents and one agent per kind, profile them, inject every fault at once.
 
     Each pass after the onset, every finding that names one of these agents counts: a true positive when it
-    names a fault agent with that fault's expected type, else a false positive (so are findings during the
-    baseline passes). Findings naming no agent (host-wide saturation caused by other work) are not counted.
+    names a fault agent with that fault's expected type, *secondary* when the type is in :data:`CONSISTENT`
+    for that fault, else a false positive (so are findings during the baseline passes). Findings naming no
+    agent (host-wide saturation caused by other work) are not counted.
     Time to detect is from the onset to the pass that first reports the expected (type, agent).
     """
     from .profiler import PerformanceProfiler
@@ -215,6 +222,7 @@ def run_trial(kinds: list[str], *, seed: int = 0, idle: int = 3, interval_s: flo
         for j, kind in enumerate(kinds):
             agents[f"{kind}_{j}"] = FaultAgent(kind, seed=seed, workdir=workdir)
         faults = {a: f.expected for a, f in agents.items() if f.expected is not None}
+        also = {a: CONSISTENT.get(f.kind, frozenset()) for a, f in agents.items()}
         res = TrialResult(faults={a: str(t) for a, t in faults.items()},
                           time_to_detect=dict.fromkeys(faults))
         with PerformanceProfiler(agents={a: f.pid for a, f in agents.items()}, thresholds=thresholds) as prof:
@@ -237,6 +245,9 @@ def run_trial(kinds: list[str], *, seed: int = 0, idle: int = 3, interval_s: flo
                             res.true_positives += 1
                             if res.time_to_detect[a] is None:
                                 res.time_to_detect[a] = now - onset
+                        elif onset is not None and b.type in also[a]:
+                            res.secondary += 1
+                            res.secondary_findings.append((now - onset, b.type, a))
                         else:
                             res.false_positives += 1
                             res.false_findings.append((now - onset if onset else -1.0, b.type, a))

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("kinds", [["cpu", "starved"], ["memory"], ["io"], ["ctx"]])
 def test_each_injected_fault_is_detected_with_its_type_and_agent(kinds: list[str]) -> None:
-    """Each fault agent gets its expected finding; idle agents and wrong types stay (almost) absent."""
+    """Each fault agent gets its expected finding; idle agents and inconsistent types stay (almost) absent."""
     r = run_trial(kinds, seed=0, idle=2, interval_s=0.5, baseline_passes=2, observe_passes=30,
                   stop_when_detected=True)
     assert set(r.faults.values()) == {EXPECTED[k] for k in kinds}
