@@ -16,15 +16,12 @@ from __future__ import annotations
 import mmap
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from .._native import pool_alloc
 from ..errors import (
-    AccessDeniedError,
     IncompatibleLayoutError,
     InvalidArgumentError,
     NotFoundError,
@@ -34,6 +31,7 @@ from ..errors import (
 from ..logs import get_logger
 from . import compression as comp
 from . import dedup as dd
+from .access import BlockAccess, check_agent, check_int
 from .segment import (
     attach_segment,
     close_quietly,
@@ -43,7 +41,7 @@ from .segment import (
     unlink_segment,
     validate_name,
 )
-from .tables import ALIAS, F_DEDUP, F_INDEXED, FREE, SEALED, STATE_NAMES, WRITING, Tables, meta_bytes, table_sizes
+from .tables import ALIAS, F_DEDUP, FREE, SEALED, STATE_NAMES, WRITING, Tables, meta_bytes, table_sizes
 
 __all__ = ["MemoryPoolManager", "process_start_time"]
 
@@ -172,11 +170,11 @@ class MemoryPoolManager:
         validate_name("pool_id", pool_id)
         if size is None:
             size = self.default_pool_size
-        _check_int("size", size, 1 << 17, _MAX_POOL)
+        check_int("size", size, 1 << 17, _MAX_POOL)
         if max_blocks is None:
             max_blocks = min(max(size // 16384, 1024), 1 << 20)
-        _check_int("max_blocks", max_blocks, 1, 1 << 24)
-        _check_int("max_agents", max_agents, 1, 1 << 16)
+        check_int("max_blocks", max_blocks, 1, 1 << 24)
+        check_int("max_agents", max_agents, 1, 1 << 16)
         sizes = table_sizes(max_blocks, max_agents)
         meta = _round_up(meta_bytes(sizes), 4096)
         total = _round_up(pool_alloc.header_bytes_for(size) + meta + size, 4096)
@@ -205,6 +203,9 @@ class MemoryPoolManager:
         return list_segments(self.namespace)
 
     def _pool(self, pool_id: object) -> _Pool:
+        pool = self._pools.get(pool_id)  # type: ignore[call-overload]
+        if pool is not None and not pool.t.destroyed:
+            return pool
         if not isinstance(pool_id, str):
             raise InvalidArgumentError(f"pool_id must be a string, got {pool_id!r}")
         with self._mutex:
@@ -274,7 +275,7 @@ class MemoryPoolManager:
         """Index of ``agent_id`` in the pool's agent table; the first use in this process binds it to us."""
         name = agent_id.encode()
         idx = pool.agents.get(agent_id)
-        if idx is not None and pool.t.agents["name"][idx] == name:
+        if idx is not None and pool.t.core.agent_is(idx, name):
             return idx
         idx = pool.t.register_agent(name, self._pid, self._start)
         if idx < 0:
@@ -283,29 +284,10 @@ class MemoryPoolManager:
         pool.agents[agent_id] = idx
         return idx
 
-    @contextmanager
-    def _locked_block(self, agent_id: object, block_id: object) -> Iterator[tuple[_Pool, int, int]]:
-        _check_agent(agent_id)
-        if not isinstance(block_id, str) or block_id.count(":") != 2:
-            raise InvalidArgumentError(f"block_id must be a string 'pool:slot:generation', got {block_id!r}")
-        pool_id, s_slot, s_gen = block_id.split(":")
-        if not (s_slot.isdigit() and s_gen.isdigit()):
-            raise InvalidArgumentError(f"block_id must be a string 'pool:slot:generation', got {block_id!r}")
-        pool = self._pool(pool_id)
-        slot, gen = int(s_slot), int(s_gen)
-        with pool.heap:
-            t = pool.t
-            if t.destroyed:
-                raise NotFoundError(f"pool {pool_id!r} was destroyed")
-            if slot >= len(t.state):
-                raise NotFoundError(f"unknown block {block_id!r}: pool {pool_id!r} has {len(t.state)} slots")
-            if int(t.gen[slot]) != gen or int(t.state[slot]) == FREE:
-                raise StateError(f"block {block_id!r} was freed (use after free); its slot has been released")
-            agent = self._agent(pool, agent_id)  # type: ignore[arg-type]
-            if t.holder_count(slot, agent) == 0:
-                raise AccessDeniedError(f"agent {agent_id!r} holds no reference to block {block_id!r} "
-                                        f"(never granted, or already freed by this agent)")
-            yield pool, slot, agent
+    def _locked_block(self, agent_id: object, block_id: object) -> BlockAccess:
+        """Context manager: parse and check a block id for an agent; yields (pool, slot, agent index) under the
+        pool lock."""
+        return BlockAccess(self, agent_id, block_id)
 
     @staticmethod
     def _physical(t: Tables, slot: int) -> int:
@@ -319,8 +301,8 @@ class MemoryPoolManager:
             InvalidArgumentError: bad agent id or size. NotFoundError: unknown pool.
             PoolExhaustedError: no room (the pool is unchanged).
         """
-        _check_agent(agent_id)
-        _check_int("size", size, 1, None)
+        check_agent(agent_id)
+        check_int("size", size, 1, None)
         return self._allocate(agent_id, size, pool_id, bool(enable_dedup), 0, 0, size)
 
     def _allocate(self, agent_id: str, size: int, pool_id: str, dedup: bool, codec: int, shuf: int,
@@ -331,17 +313,13 @@ class MemoryPoolManager:
             if t.destroyed:
                 raise NotFoundError(f"pool {pool_id!r} was destroyed")
             agent = self._agent(pool, agent_id)
-            slot = t.free_slot()
+            slot = t.core.free_slot()
             if slot < 0:
                 raise PoolExhaustedError(f"pool {pool_id!r} block table is full ({len(t.state)} blocks)")
             off = pool.heap.alloc(size)
-            t.off[slot], t.size[slot], t.nbytes[slot] = off, size, nbytes
-            t.codec[slot], t.shuffle[slot], t.flags[slot] = codec, shuf, F_DEDUP if dedup else 0
-            t.h_lo[slot] = t.h_hi[slot] = 0
-            t.target[slot], t.owner[slot], t.refs[slot] = -1, agent, 1
-            t.state[slot] = WRITING
-            t.holder_add(slot, agent, 1)
-            return f"{pool_id}:{slot}:{int(t.gen[slot])}"
+            gen = t.core.new_block(slot, WRITING, off, size, nbytes, codec, shuf, F_DEDUP if dedup else 0,
+                                   agent, -1)
+            return f"{pool_id}:{slot}:{gen}"
 
     def view(self, agent_id: str, block_id: str) -> memoryview:
         """Writable memoryview of a block that is being filled (before :meth:`seal`).
@@ -350,10 +328,10 @@ class MemoryPoolManager:
             StateError: the block is sealed (use :meth:`get_array` / :meth:`read`) or freed.
         """
         with self._locked_block(agent_id, block_id) as (pool, slot, _agent):
-            if int(pool.t.state[slot]) != WRITING:
+            state, _gen, off, size = pool.t.core.block(slot)[:4]
+            if state != WRITING:
                 raise StateError(f"block {block_id!r} is sealed and immutable; use get_array() or read()")
-            off = int(pool.t.off[slot])
-            return pool.buf[off:off + int(pool.t.size[slot])]
+            return pool.buf[off:off + size]
 
     def seal(self, agent_id: str, block_id: str) -> str:
         """Make the block immutable; with dedup, an identical sealed block absorbs it. Returns ``block_id``.
@@ -361,50 +339,41 @@ class MemoryPoolManager:
         The id stays valid either way: after a merge it refers to the existing copy.
         """
         with self._locked_block(agent_id, block_id) as (pool, slot, _agent):
-            t = pool.t
-            if int(t.state[slot]) != WRITING:
+            core = pool.t.core
+            state, gen, off, size, nbytes, codec, shuf, flags, _tg, _lo, _hi = core.block(slot)
+            if state != WRITING:
                 raise StateError(f"block {block_id!r} is already sealed")
-            if not int(t.flags[slot]) & F_DEDUP:
-                t.state[slot] = SEALED
+            if not flags & F_DEDUP:
+                core.seal(slot, 0, 0, False)
                 return block_id
-            off, size, gen = int(t.off[slot]), int(t.size[slot]), int(t.gen[slot])
         data = pool.buf[off:off + size]
         cand, c_gen, equal = -1, 0, False
         if size >= dd.FUSED_MIN:
             head = dd.head_key(data)
             with pool.heap:
-                if int(t.gen[slot]) == gen and int(t.state[slot]) == WRITING:
-                    t.head[slot] = head
-                key = (head, size, int(t.nbytes[slot]), int(t.codec[slot]), int(t.shuffle[slot]))
-            h, equal, cand, c_gen = self._fused_probe(pool, data, key)
+                if core.block(slot)[:2] == (WRITING, gen):
+                    pool.t.head[slot] = head
+            h, equal, cand, c_gen = self._fused_probe(pool, data, (head, size, nbytes, codec, shuf))
         else:
             h = dd.digest(data)
         h_lo, h_hi = dd.split(h)
         with self._locked_block(agent_id, block_id) as (pool, slot, _agent):
-            t = pool.t
-            if int(t.state[slot]) != WRITING or int(t.gen[slot]) != gen:
+            if core.block(slot)[:2] != (WRITING, gen):
                 raise StateError(f"block {block_id!r} is already sealed")
-            still = (cand >= 0 and int(t.gen[cand]) == c_gen and int(t.state[cand]) == SEALED
-                     and int(t.h_lo[cand]) == h_lo and int(t.h_hi[cand]) == h_hi)
-            if not (equal and still):
-                cand = t.dedup_lookup(h_lo)
-                equal = (cand >= 0 and cand != slot and int(t.state[cand]) == SEALED
-                         and int(t.h_hi[cand]) == h_hi and int(t.size[cand]) == size
-                         and int(t.nbytes[cand]) == int(t.nbytes[slot]) and int(t.codec[cand]) == int(t.codec[slot])
-                         and int(t.shuffle[cand]) == int(t.shuffle[slot])
-                         and pool_alloc.bytes_equal(data, pool.buf[int(t.off[cand]):int(t.off[cand]) + size]))
+            if not (equal and cand >= 0 and core.block(cand)[:2] == (SEALED, c_gen)
+                    and core.block(cand)[9:] == (h_lo, h_hi)):
+                cand = core.dedup_lookup(h_lo)
+                equal = False
+                if cand >= 0 and cand != slot:
+                    c_state, _g, c_off, c_size, c_nbytes, c_codec, c_shuf, _f, _t, _l, c_hi = core.block(cand)
+                    equal = (c_state == SEALED and c_hi == h_hi and (c_size, c_nbytes, c_codec, c_shuf)
+                             == (size, nbytes, codec, shuf)
+                             and pool_alloc.bytes_equal(data, pool.buf[c_off:c_off + size]))
             if equal:
-                t.refs[cand] = int(t.refs[cand]) + 1
-                t.h_lo[slot], t.h_hi[slot], t.target[slot] = h_lo, h_hi, cand
-                t.state[slot] = ALIAS
-                t.off[slot] = 0
+                core.make_alias(slot, cand, h_lo, h_hi)
                 pool.release(off, size)
                 return block_id
-            t.h_lo[slot], t.h_hi[slot] = h_lo, h_hi
-            if t.dedup_lookup(h_lo) < 0:
-                t.flags[slot] = int(t.flags[slot]) | F_INDEXED
-                t.dedup_insert(h_lo, slot)
-            t.state[slot] = SEALED
+            core.seal(slot, h_lo, h_hi, core.dedup_lookup(h_lo) < 0)
             return block_id
 
     @staticmethod
@@ -419,17 +388,16 @@ class MemoryPoolManager:
         t = pool.t
         with pool.heap:
             cand = t.head_candidate(*key)
-            c_gen = int(t.gen[cand]) if cand >= 0 else 0
-            c_off = int(t.off[cand]) if cand >= 0 else 0
+            c_gen, c_off = t.core.block(cand)[1:3] if cand >= 0 else (0, 0)
         h, equal = dd.fused_digest_compare(data, pool.buf[c_off:c_off + key[1]] if cand >= 0 else None)
         return h, equal, cand, c_gen
 
     def _sealed_region(self, pool: _Pool, slot: int, block_id: str) -> tuple[int, int, int, int, int]:
-        t = pool.t
-        if int(t.state[slot]) == WRITING:
+        core = pool.t.core
+        if core.block(slot)[0] == WRITING:
             raise StateError(f"block {block_id!r} is not sealed yet; use view() while filling it")
-        p = self._physical(t, slot)
-        return int(t.off[p]), int(t.size[p]), int(t.nbytes[p]), int(t.codec[p]), int(t.shuffle[p])
+        _s, _g, off, size, nbytes, codec, shuf = core.block(core.physical(slot))[:7]
+        return off, size, nbytes, codec, shuf
 
     def get_array(self, agent_id: str, block_id: str, dtype: Any = np.uint8, shape: Any = None) -> np.ndarray:
         """Zero-copy, read-only numpy view of a sealed, uncompressed block.
@@ -482,7 +450,7 @@ class MemoryPoolManager:
         Args:
             compression: None, ``"lz4"`` or ``"zlib"``; skipped when a sample shows it would not pay.
         """
-        _check_agent(agent_id)
+        check_agent(agent_id)
         try:
             mv = memoryview(data).cast("B")
         except TypeError:
@@ -516,21 +484,16 @@ class MemoryPoolManager:
         with pool.heap:
             if t.destroyed:
                 raise NotFoundError(f"pool {pool_id!r} was destroyed")
-            if not (int(t.gen[cand]) == c_gen and int(t.state[cand]) == SEALED
-                    and int(t.h_lo[cand]) == h_lo and int(t.h_hi[cand]) == h_hi):
+            if not (t.core.block(cand)[:2] == (SEALED, c_gen) and t.core.block(cand)[9:] == (h_lo, h_hi)):
                 return None
             agent = self._agent(pool, agent_id)
-            slot = t.free_slot()
+            slot = t.core.free_slot()
             if slot < 0:
                 raise PoolExhaustedError(f"pool {pool_id!r} block table is full ({len(t.state)} blocks)")
-            t.off[slot], t.size[slot], t.nbytes[slot] = 0, len(payload), nbytes
-            t.codec[slot], t.shuffle[slot], t.flags[slot] = codec, shuf, F_DEDUP
-            t.h_lo[slot], t.h_hi[slot], t.head[slot] = h_lo, h_hi, key[0]
-            t.target[slot], t.owner[slot], t.refs[slot] = cand, agent, 1
-            t.refs[cand] = int(t.refs[cand]) + 1
-            t.state[slot] = ALIAS
-            t.holder_add(slot, agent, 1)
-            return f"{pool_id}:{slot}:{int(t.gen[slot])}"
+            t.core.add_refs(cand, 1)
+            gen = t.core.new_block(slot, ALIAS, 0, len(payload), nbytes, codec, shuf, F_DEDUP, agent, cand,
+                                   h_lo, h_hi, key[0])
+            return f"{pool_id}:{slot}:{gen}"
 
     def put_array(self, agent_id: str, array: Any, pool_id: str = "default", enable_dedup: bool = True,
                   compression: str | None = None) -> str:
@@ -555,13 +518,13 @@ class MemoryPoolManager:
     # ---- sharing and release --------------------------------------------------------------------------------
     def share_memory(self, owner_id: str, target_id: str, block_id: str) -> None:
         """Grant ``target_id`` a reference to a block ``owner_id`` holds."""
-        _check_agent(target_id)
+        check_agent(target_id)
         if target_id == owner_id:
             raise InvalidArgumentError(f"target_id must differ from owner_id, got {target_id!r} twice")
         with self._locked_block(owner_id, block_id) as (pool, slot, _agent):
             other = self._agent(pool, target_id)
             pool.t.holder_add(slot, other, 1)
-            pool.t.refs[slot] = int(pool.t.refs[slot]) + 1
+            pool.t.core.add_refs(slot, 1)
 
     def free_memory(self, agent_id: str, block_id: str) -> None:
         """Drop one of the agent's references; the block is released when nobody holds it."""
@@ -569,22 +532,10 @@ class MemoryPoolManager:
             pool.t.holder_add(slot, agent, -1)
             self._unref(pool, slot, 1)
 
-    def _unref(self, pool: _Pool, slot: int, n: int) -> None:
-        t = pool.t
-        refs = int(t.refs[slot]) - n
-        t.refs[slot] = max(refs, 0)
-        if refs > 0:
-            return
-        if int(t.state[slot]) == ALIAS:
-            target = int(t.target[slot])
-            t.retire(slot)
-            self._unref(pool, target, 1)
-            return
-        if int(t.flags[slot]) & F_INDEXED:
-            t.dedup_remove(int(t.h_lo[slot]), slot)
-        off, size = int(t.off[slot]), int(t.size[slot])
-        t.retire(slot)
-        pool.release(off, size)
+    @staticmethod
+    def _unref(pool: _Pool, slot: int, n: int) -> None:
+        for off, size in pool.t.core.unref(slot, n):
+            pool.release(off, size)
 
     def collect_garbage(self) -> dict[str, int]:
         """Release every reference held by agents whose process is gone (pid + start time); returns counts."""
@@ -629,39 +580,9 @@ class MemoryPoolManager:
         t = pool.t
         with pool.heap:
             hs = pool.heap.stats()
-            st = t.state
-            phys = np.flatnonzero((st == WRITING) | (st == SEALED))
-            logical_slots = np.flatnonzero(st != FREE)
-            logical = int(t.nbytes[[self._physical(t, s) for s in logical_slots.tolist()]].sum()) \
-                if len(logical_slots) else 0
-            physical_logical = int(t.nbytes[phys].sum())
-            stored = int(t.size[phys].sum())
-            per_agent: dict[str, int] = {}
-            for idx in np.flatnonzero(t.agents["name"] != b"").tolist():
-                per_agent[t.agent_name(idx)] = len(t.holders_of_agent(idx))
             used = hs["heap_size"] - hs["free_bytes"]
             return {
                 "pool_id": pool_id, "capacity": hs["heap_size"], "used": used, "free": hs["free_bytes"],
                 "largest_free_block": hs["largest_free"], "fragmentation": hs["fragmentation"],
-                "blocks": len(phys), "ids": len(logical_slots),
-                "logical_bytes": logical, "physical_bytes": physical_logical, "stored_bytes": stored,
-                "dedup_ratio": logical / physical_logical if physical_logical else 1.0,
-                "compression_ratio": physical_logical / stored if stored else 1.0,
-                "blocks_per_agent": per_agent, "recoveries": hs["recoveries"],
-                "block_table_capacity": len(st),
+                "recoveries": hs["recoveries"], **t.summary(),
             }
-
-
-def _check_int(name: str, value: object, lo: int, hi: int | None) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidArgumentError(f"{name} must be an integer, got {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        raise InvalidArgumentError(f"{name} must be in [{lo}, {hi if hi is not None else 'inf'}], got {value}")
-    return value
-
-
-def _check_agent(agent_id: object) -> str:
-    if not isinstance(agent_id, str) or not agent_id or len(agent_id.encode()) > 48 or "\x00" in agent_id:
-        raise InvalidArgumentError(f"agent_id must be a non-empty string of at most 48 UTF-8 bytes without NUL, "
-                                   f"got {agent_id!r}")
-    return agent_id

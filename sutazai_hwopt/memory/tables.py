@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .._native.pool_table import TableCore
 from ..errors import CorruptionError, IncompatibleLayoutError
 
 META_MAGIC = 0x4154454D57485A53  # "SZHWMETA"
@@ -169,18 +170,19 @@ class Tables:
         self.nbytes, self.refs, self.target, self.flags = b["nbytes"], b["refs"], b["target"], b["flags"]
         self.codec, self.shuffle, self.h_lo, self.h_hi = b["codec"], b["shuffle"], b["h_lo"], b["h_hi"]
         self.owner, self.head = b["owner"], b["head"]
-        self._free_hint = 0
-        self._recent: list[int] = []
+        self.core = TableCore(buf, meta_off + 64, sizes["n_agents"], sizes["n_blocks"], sizes["n_holders"],
+                              sizes["n_dedup"])
 
     def close(self) -> None:
-        """Drop the numpy views (they hold buffer exports of the segment)."""
+        """Drop the numpy views and the compiled core (they hold buffer exports of the segment)."""
+        self.core.close()
         for name in list(vars(self)):
             if name != "sizes":
                 delattr(self, name)
 
     @property
     def destroyed(self) -> bool:
-        return bool(self.hdr["destroyed"][0])
+        return bool(self.core.destroyed())
 
     def mark_destroyed(self) -> None:
         self.hdr["destroyed"] = 1
@@ -217,54 +219,20 @@ class Tables:
 
     # ---- blocks ---------------------------------------------------------------------------------------------
     def free_slot(self) -> int:
-        """A FREE block slot or -1: slots this process retired last, else a windowed scan from a hint."""
-        state = self.state
-        while self._recent:
-            slot = self._recent.pop()
-            if int(state[slot]) == FREE:
-                return slot
-        n = len(state)
-        i, scanned = self._free_hint % n, 0
-        while scanned < n:
-            end = min(i + 512, n)
-            hits = np.flatnonzero(state[i:end] == FREE)
-            if len(hits):
-                slot = i + int(hits[0])
-                self._free_hint = slot + 1
-                return slot
-            scanned += end - i
-            i = end % n
-        return -1
+        """A FREE block slot or -1."""
+        return int(self.core.free_slot())
 
     def retire(self, slot: int) -> None:
         """Mark a slot FREE and bump its generation so old ids fail (the state store is the commit)."""
-        self.state[slot] = FREE
-        self.gen[slot] = (int(self.gen[slot]) + 1) & 0xFFFFFFFF
-        self.flags[slot] = 0
-        self.refs[slot] = 0
-        self.target[slot] = -1
-        self.head[slot] = 0
-        if len(self._recent) < 64:
-            self._recent.append(slot)
+        self.core.retire(slot)
 
     # ---- holders --------------------------------------------------------------------------------------------
     def holder_count(self, slot: int, agent: int) -> int:
-        i = self.holders.find(holder_key(slot, agent))
-        return int(self.holders.vals[i]) if i >= 0 else 0
+        return int(self.core.holder_count(slot, agent))
 
     def holder_add(self, slot: int, agent: int, delta: int) -> int:
         """Change one holder's count by ``delta``; returns the new count (the entry goes away at 0)."""
-        key = holder_key(slot, agent)
-        i = self.holders.find(key)
-        count = (int(self.holders.vals[i]) if i >= 0 else 0) + delta
-        if count < 0:
-            raise CorruptionError(f"holder count of block slot {slot}, agent {agent} would go negative")
-        if count == 0:
-            if i >= 0:
-                self.holders.delete_at(i)
-        else:
-            self.holders.insert(key, count)
-        return count
+        return int(self.core.holder_add(slot, agent, delta))
 
     def holders_of_agent(self, agent: int) -> list[tuple[int, int]]:
         """(slot, count) of every block the agent holds."""
@@ -275,8 +243,7 @@ class Tables:
 
     # ---- dedup index ----------------------------------------------------------------------------------------
     def dedup_lookup(self, h_lo: int) -> int:
-        i = self.dedup.find(dedup_key(h_lo))
-        return int(self.dedup.vals[i]) if i >= 0 else -1
+        return int(self.core.dedup_lookup(h_lo))
 
     def head_candidate(self, head: int, size: int, nbytes: int, codec: int, shuffle: int) -> int:
         """An indexed sealed block with this head key, stored size, logical size and codec, or -1."""
@@ -286,12 +253,26 @@ class Tables:
         return int(hits[0]) if len(hits) else -1
 
     def dedup_insert(self, h_lo: int, slot: int) -> None:
-        self.dedup.insert(dedup_key(h_lo), slot)
+        self.core.dedup_insert(h_lo, slot)
 
     def dedup_remove(self, h_lo: int, slot: int) -> None:
-        i = self.dedup.find(dedup_key(h_lo))
-        if i >= 0 and int(self.dedup.vals[i]) == slot:
-            self.dedup.delete_at(i)
+        self.core.dedup_remove(h_lo, slot)
+
+    def summary(self) -> dict[str, Any]:
+        """Block counts, logical / physical / stored bytes, dedup and compression ratios, blocks per agent."""
+        st = self.state
+        phys = np.flatnonzero((st == WRITING) | (st == SEALED))
+        ids = np.flatnonzero(st != FREE)
+        targets = np.where(st[ids] == ALIAS, self.target[ids], ids)
+        logical = int(self.nbytes[targets].sum()) if len(ids) else 0
+        physical = int(self.nbytes[phys].sum())
+        stored = int(self.size[phys].sum())
+        per_agent = {self.agent_name(idx): len(self.holders_of_agent(idx))
+                     for idx in np.flatnonzero(self.agents["name"] != b"").tolist()}
+        return {"blocks": len(phys), "ids": len(ids), "logical_bytes": logical, "physical_bytes": physical,
+                "stored_bytes": stored, "dedup_ratio": logical / physical if physical else 1.0,
+                "compression_ratio": physical / stored if stored else 1.0, "blocks_per_agent": per_agent,
+                "block_table_capacity": len(st)}
 
     # ---- invariants -----------------------------------------------------------------------------------------
     def check(self, allocations: np.ndarray) -> None:

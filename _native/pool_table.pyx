@@ -1,0 +1,352 @@
+# cython: auto_pickle=False
+"""Hot-path operations on a pool's shared tables (the layout is defined by ``sutazai_hwopt.memory.tables``).
+
+The pool manager keeps numpy views of the same memory for the vectorised, rare operations (check, reconcile,
+stats, GC); the per-call operations — resolving a block id for an agent, allocating and retiring block
+entries, per-holder reference counts, the dedup index — are here, as plain C over the mapped tables, because
+element-wise numpy access costs 100-200 ns per field.
+
+Hash tables: open addressing with linear probing, Fibonacci hashing (Knuth, TAOCP vol. 3 §6.4, multiplicative
+hashing) and backward-shift deletion (Algorithm R of the same section), so no tombstones accumulate. Every
+method must be called with the pool's lock held.
+"""
+
+from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memset
+
+from sutazai_hwopt.errors import CorruptionError, InvalidArgumentError
+
+ctypedef struct block_t:
+    uint8_t state
+    uint8_t codec
+    uint8_t shuffle
+    uint8_t flags
+    uint32_t gen
+    uint64_t off
+    uint64_t size
+    uint64_t nbytes
+    uint32_t refs
+    int32_t target
+    uint64_t h_lo
+    uint64_t h_hi
+    uint32_t owner
+    uint32_t head
+
+ctypedef struct slot_t:
+    uint64_t key
+    uint32_t val
+    uint32_t pad
+
+ctypedef struct agent_t:
+    char name[48]
+    int32_t pid
+    uint32_t pad
+    uint64_t start
+
+cdef extern from *:
+    """
+    #define SZ_FIB 0x9E3779B97F4A7C15ULL
+    """
+    const uint64_t SZ_FIB
+
+cdef enum:
+    FREE = 0
+    WRITING = 1
+    SEALED = 2
+    ALIAS = 3
+    F_INDEXED = 2
+    AGENT_BITS = 16
+
+#: resolve() results below zero.
+BAD_SLOT = -1
+FREED = -2
+NO_ACCESS = -3
+
+
+cdef class TableCore:
+    """C access to one pool's block / holder / dedup tables inside the mapped segment.
+
+    Args:
+        buffer: the whole segment (writable).
+        offset: where the agent table starts (the block table, holders and dedup index follow).
+        n_agents, n_blocks, n_holders, n_dedup: table capacities (hash tables: powers of two).
+    """
+
+    cdef Py_buffer view
+    cdef bint has_view
+    cdef uint32_t *meta_flags
+    cdef agent_t *agents
+    cdef block_t *blocks
+    cdef slot_t *holders
+    cdef slot_t *dedup
+    cdef readonly uint64_t n_agents, n_blocks, n_holders, n_dedup
+    cdef int h_shift, d_shift
+    cdef uint64_t hint
+    cdef list recent
+
+    def __cinit__(self):
+        self.has_view = False
+
+    def __init__(self, object buffer, uint64_t offset, uint64_t n_agents, uint64_t n_blocks, uint64_t n_holders,
+                 uint64_t n_dedup):
+        if sizeof(block_t) != 64 or sizeof(agent_t) != 64 or sizeof(slot_t) != 16:
+            raise CorruptionError("table struct sizes do not match the shared layout")
+        for n in (n_holders, n_dedup):
+            if n < 16 or n & (n - 1):
+                raise InvalidArgumentError(f"hash table sizes must be powers of two >= 16, got {n}")
+        PyObject_GetBuffer(buffer, &self.view, PyBUF_WRITABLE)
+        self.has_view = True
+        end = offset + 64 * (n_agents + n_blocks) + 16 * (n_holders + n_dedup)
+        if end > <uint64_t>self.view.len or offset % 8:
+            self.close()
+            raise InvalidArgumentError(f"tables end at {end}, beyond the {self.view.len}-byte buffer")
+        cdef char *p = <char *>self.view.buf + offset
+        self.meta_flags = <uint32_t *>(p - 64 + 12)     # the meta header's "destroyed" word
+        self.agents = <agent_t *>p
+        self.blocks = <block_t *>(p + 64 * n_agents)
+        self.holders = <slot_t *>(p + 64 * (n_agents + n_blocks))
+        self.dedup = <slot_t *>(p + 64 * (n_agents + n_blocks) + 16 * n_holders)
+        self.n_agents, self.n_blocks, self.n_holders, self.n_dedup = n_agents, n_blocks, n_holders, n_dedup
+        self.h_shift = 64 - (n_holders.bit_length() - 1)
+        self.d_shift = 64 - (n_dedup.bit_length() - 1)
+        self.hint = 0
+        self.recent = []
+
+    def close(self):
+        """Release the buffer export (idempotent)."""
+        if self.has_view:
+            PyBuffer_Release(&self.view)
+            self.has_view = False
+            self.blocks = NULL
+
+    def __dealloc__(self):
+        if self.has_view:
+            PyBuffer_Release(&self.view)
+
+    cdef inline int _ok(self) except -1:
+        if not self.has_view:
+            raise InvalidArgumentError("the TableCore is closed")
+        return 0
+
+    # ---- hash tables ----------------------------------------------------------------------------------------
+    cdef long _find(self, slot_t *t, uint64_t n, int shift, uint64_t key) noexcept:
+        cdef uint64_t i = (key * SZ_FIB) >> shift
+        cdef uint64_t k, steps = 0
+        while steps < n:
+            k = t[i].key
+            if k == key:
+                return <long>i
+            if k == 0:
+                return -1
+            i = (i + 1) & (n - 1)
+            steps += 1
+        return -1
+
+    cdef int _insert(self, slot_t *t, uint64_t n, int shift, uint64_t key, uint32_t val) except -1:
+        cdef uint64_t i = (key * SZ_FIB) >> shift
+        cdef uint64_t k, steps = 0
+        while steps < n:
+            k = t[i].key
+            if k == key or k == 0:
+                t[i].val = val
+                t[i].key = key           # the key store publishes a new entry
+                return 0
+            i = (i + 1) & (n - 1)
+            steps += 1
+        raise CorruptionError("a shared hash table is full (it is sized to stay at most half full)")
+
+    cdef void _delete_at(self, slot_t *t, uint64_t n, int shift, uint64_t i) noexcept:
+        cdef uint64_t j = i, k, h, mask = n - 1
+        while True:
+            t[i].key = 0
+            while True:
+                j = (j + 1) & mask
+                k = t[j].key
+                if k == 0:
+                    return
+                h = (k * SZ_FIB) >> shift
+                if (i <= j and i < h and h <= j) or (i > j and (h > i or h <= j)):
+                    continue
+                break
+            t[i].val = t[j].val
+            t[i].key = k
+            i = j
+
+    cdef inline uint64_t _hkey(self, uint64_t slot, uint64_t agent) noexcept:
+        return ((slot + 1) << AGENT_BITS) | agent
+
+    def holder_count(self, uint64_t slot, uint64_t agent):
+        """References ``agent`` holds on block ``slot``."""
+        self._ok()
+        cdef long i = self._find(self.holders, self.n_holders, self.h_shift, self._hkey(slot, agent))
+        return self.holders[i].val if i >= 0 else 0
+
+    def holder_add(self, uint64_t slot, uint64_t agent, long delta):
+        """Change one holder's count by ``delta``; the entry goes away at 0. Returns the new count."""
+        self._ok()
+        cdef uint64_t key = self._hkey(slot, agent)
+        cdef long i = self._find(self.holders, self.n_holders, self.h_shift, key)
+        cdef long count = (self.holders[i].val if i >= 0 else 0) + delta
+        if count < 0:
+            raise CorruptionError(f"holder count of block slot {slot}, agent {agent} would go negative")
+        if count == 0:
+            if i >= 0:
+                self._delete_at(self.holders, self.n_holders, self.h_shift, <uint64_t>i)
+        else:
+            self._insert(self.holders, self.n_holders, self.h_shift, key, <uint32_t>count)
+        return count
+
+    def dedup_lookup(self, uint64_t h_lo):
+        """Slot of the canonical sealed block for this hash word, or -1."""
+        self._ok()
+        cdef long i = self._find(self.dedup, self.n_dedup, self.d_shift, h_lo or 1)
+        return <long>self.dedup[i].val if i >= 0 else -1
+
+    def dedup_insert(self, uint64_t h_lo, uint32_t slot):
+        self._ok()
+        self._insert(self.dedup, self.n_dedup, self.d_shift, h_lo or 1, slot)
+
+    def dedup_remove(self, uint64_t h_lo, uint32_t slot):
+        self._ok()
+        cdef long i = self._find(self.dedup, self.n_dedup, self.d_shift, h_lo or 1)
+        if i >= 0 and self.dedup[i].val == slot:
+            self._delete_at(self.dedup, self.n_dedup, self.d_shift, <uint64_t>i)
+
+    # ---- blocks ---------------------------------------------------------------------------------------------
+    def agent_is(self, uint64_t idx, bytes name):
+        """True if agent entry ``idx`` holds ``name`` (a cheap check of a cached index)."""
+        self._ok()
+        cdef Py_ssize_t n = len(name)
+        if idx >= self.n_agents or n > 48:
+            return False
+        if memcmp(self.agents[idx].name, <char *>name, n) != 0:
+            return False
+        return n == 48 or self.agents[idx].name[n] == 0
+
+    def resolve(self, uint64_t slot, uint64_t gen, uint64_t agent):
+        """The block's state if ``agent`` may use id (slot, gen), else BAD_SLOT, FREED or NO_ACCESS."""
+        self._ok()
+        if slot >= self.n_blocks:
+            return BAD_SLOT
+        cdef block_t *b = &self.blocks[slot]
+        if b.gen != gen or b.state == FREE:
+            return FREED
+        if self._find(self.holders, self.n_holders, self.h_shift, self._hkey(slot, agent)) < 0:
+            return NO_ACCESS
+        return b.state
+
+    def free_slot(self):
+        """A FREE block slot or -1 (slots this handle retired last, else a scan from a moving hint)."""
+        self._ok()
+        cdef uint64_t s, i
+        while self.recent:
+            s = self.recent.pop()
+            if self.blocks[s].state == FREE:
+                return s
+        for i in range(self.n_blocks):
+            s = (self.hint + i) % self.n_blocks
+            if self.blocks[s].state == FREE:
+                self.hint = s + 1
+                return s
+        return -1
+
+    def new_block(self, uint64_t slot, uint64_t state, uint64_t off, uint64_t size, uint64_t nbytes,
+                  uint64_t codec, uint64_t shuffle, uint64_t flags, uint64_t agent, long target,
+                  uint64_t h_lo=0, uint64_t h_hi=0, uint64_t head=0):
+        """Fill a FREE entry, publish it with the state store, and give ``agent`` its first reference."""
+        self._ok()
+        if slot >= self.n_blocks or self.blocks[slot].state != FREE:
+            raise CorruptionError(f"block slot {slot} is not free")
+        cdef block_t *b = &self.blocks[slot]
+        b.off, b.size, b.nbytes = off, size, nbytes
+        b.codec, b.shuffle, b.flags = <uint8_t>codec, <uint8_t>shuffle, <uint8_t>flags
+        b.h_lo, b.h_hi, b.head = h_lo, h_hi, <uint32_t>head
+        b.target, b.owner, b.refs = <int32_t>target, <uint32_t>agent, 1
+        b.state = <uint8_t>state
+        self.holder_add(slot, agent, 1)
+        return b.gen
+
+    def retire(self, uint64_t slot):
+        """Mark FREE and bump the generation (old ids then fail); the state store is the commit."""
+        self._ok()
+        cdef block_t *b = &self.blocks[slot]
+        b.state = FREE
+        b.gen += 1
+        b.flags = 0
+        b.refs = 0
+        b.target = -1
+        b.head = 0
+        if len(self.recent) < 64:
+            self.recent.append(slot)
+
+    def unref(self, uint64_t slot, uint64_t n):
+        """Drop ``n`` references of ``slot``; release it (and an alias's target) when none remain.
+
+        Returns the ``(offset, size)`` heap ranges the caller must free (under the same lock).
+        """
+        self._ok()
+        out = []
+        cdef block_t *b
+        cdef long target
+        while True:
+            b = &self.blocks[slot]
+            if b.refs <= n:
+                b.refs = 0
+            else:
+                b.refs -= <uint32_t>n
+                return out
+            if b.state == ALIAS:
+                target = b.target
+                self.retire(slot)
+                if target < 0 or <uint64_t>target >= self.n_blocks:
+                    raise CorruptionError(f"alias slot {slot} points at slot {target}")
+                slot, n = <uint64_t>target, 1
+                continue
+            if b.flags & F_INDEXED:
+                self.dedup_remove(b.h_lo, <uint32_t>slot)
+            out.append((b.off, b.size))
+            self.retire(slot)
+            return out
+
+    def block(self, uint64_t slot):
+        """(state, gen, off, size, nbytes, codec, shuffle, flags, target, h_lo, h_hi) of one entry."""
+        self._ok()
+        if slot >= self.n_blocks:
+            raise InvalidArgumentError(f"slot {slot} is out of range (table holds {self.n_blocks})")
+        cdef block_t *b = &self.blocks[slot]
+        return (b.state, b.gen, b.off, b.size, b.nbytes, b.codec, b.shuffle, b.flags, b.target, b.h_lo, b.h_hi)
+
+    def physical(self, uint64_t slot):
+        """The slot that holds the bytes: an alias's target, else ``slot`` itself."""
+        self._ok()
+        return <uint64_t>self.blocks[slot].target if self.blocks[slot].state == ALIAS else slot
+
+    def seal(self, uint64_t slot, uint64_t h_lo, uint64_t h_hi, bint index):
+        """Publish a WRITING block as SEALED (and make it the dedup index's copy of its hash)."""
+        self._ok()
+        cdef block_t *b = &self.blocks[slot]
+        b.h_lo, b.h_hi = h_lo, h_hi
+        if index:
+            b.flags |= F_INDEXED
+            self.dedup_insert(h_lo, <uint32_t>slot)
+        b.state = SEALED
+
+    def make_alias(self, uint64_t slot, uint64_t target, uint64_t h_lo, uint64_t h_hi):
+        """Turn a WRITING block into an alias of ``target`` (which gains a reference). The caller frees the
+        block's own heap range afterwards."""
+        self._ok()
+        cdef block_t *b = &self.blocks[slot]
+        self.blocks[target].refs += 1
+        b.h_lo, b.h_hi, b.target = h_lo, h_hi, <int32_t>target
+        b.state = ALIAS
+        b.off = 0
+
+    def destroyed(self):
+        """True once the pool was destroyed (a flag in the shared meta header)."""
+        self._ok()
+        return self.meta_flags[0] != 0
+
+    def add_refs(self, uint64_t slot, long n):
+        self._ok()
+        self.blocks[slot].refs = <uint32_t>(<long>self.blocks[slot].refs + n)
