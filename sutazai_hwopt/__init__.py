@@ -25,6 +25,7 @@ _LAZY: dict[str, str] = {
     "load_config": "sutazai_hwopt.config",
     "HwoptConfig": "sutazai_hwopt.config",
     "MemoryPoolManager": "sutazai_hwopt.memory",
+    "IntelligentCacheSystem": "sutazai_hwopt.cache.system",
     "PerformanceProfiler": "sutazai_hwopt.profiler",
     "BottleneckEliminator": "sutazai_hwopt.eliminator",
     "ResourcePoolCoordinator": "sutazai_hwopt.resources",
@@ -32,6 +33,7 @@ _LAZY: dict[str, str] = {
 }
 
 if TYPE_CHECKING:
+    from .cache.system import IntelligentCacheSystem
     from .config import HwoptConfig, load_config
     from .eliminator import BottleneckEliminator
     from .master import HardwareOptimizationMaster
@@ -48,6 +50,7 @@ __all__ = [
     "HardwareOptimizationMaster",
     "HwoptConfig",
     "HwoptError",
+    "IntelligentCacheSystem",
     "MemoryPoolManager",
     "NotFoundError",
     "PerformanceProfiler",

@@ -1,0 +1,1052 @@
+# cython: auto_pickle=False
+"""The shared L2/L3 cache index: a hash table inside a pool segment's meta area, values in pool blocks.
+
+Algorithms:
+
+* Index: open addressing with linear probing and backward-shift deletion (Knuth, TAOCP vol. 3 §6.4,
+  Algorithm R), so there are no tombstones; slots hold the key's 64-bit XXH3 hash, the block offset, the
+  key length, a reference bit and the priority. Keys are stored in the block and compared byte for byte.
+* Eviction: SIEVE (Zhang et al., "SIEVE is simpler than LRU", NSDI 2024): a FIFO queue in insertion order
+  linked through the block headers (blocks never move), a visited bit set by a hit (no reordering, so a hit
+  needs no queue update), and a hand that walks from the oldest entry towards the newest, clearing visited
+  bits and evicting the first unvisited entry. One queue per priority (0-9), following the engine's rule:
+  a victim is always taken from the lowest non-empty priority level.
+* Crash safety: every change happens under the pool's robust process-shared mutex. Blocks are the
+  authoritative record (a 128-byte header: magic, state, hash, sequence number, key, pins); the table is
+  derived and is rebuilt from one walk of the heap by :meth:`ShmIndex.repair` when a lock holder died
+  (keeping, per key, the committed block with the highest sequence number).
+* Zero-copy reads: :class:`BlockView` exports a block's body read-only through the buffer protocol and pins
+  the block; its ``__dealloc__`` unpins. Pins are a bitmap of process slots in the block header, so the pins
+  of a dead process can be found and released (:meth:`ShmIndex.reclaim_proc`). An evicted or overwritten
+  block that is still pinned becomes DEAD (a "zombie"): out of the index, freed by its last unpinner.
+* L1 coherence: an array of epoch stripes (one u64 per hash stripe) is bumped on every change of a key of the
+  stripe; a process validates its private copy by one lock-free read of the stripe.
+"""
+
+from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_FillInfo, PyBuffer_Release, PyObject_GetBuffer
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy, memset
+
+from sutazai_hwopt.errors import (
+    CorruptionError,
+    IncompatibleLayoutError,
+    InvalidArgumentError,
+    PoolExhaustedError,
+    StateError,
+)
+
+cdef extern from *:
+    """
+    #define SZ_IDX_MAGIC 0x3158444943485A53ULL
+    #define SZ_BLK_MAGIC 0xB10C5A11U
+    """
+    const uint64_t IDX_MAGIC "SZ_IDX_MAGIC"
+    const uint32_t BLK_MAGIC "SZ_BLK_MAGIC"
+    int __builtin_popcountll(unsigned long long) nogil
+
+cdef enum:
+    IDX_VERSION = 1
+    IHDR_BYTES = 4096
+    BLK_HDR = 128
+    MAXPROC = 256
+    NPRIO = 10
+    COPY_NOGIL = 65536
+
+# Block states.
+ST_WRITING = 1
+ST_VALID = 2
+ST_LOADING = 3
+ST_FAILED = 4
+ST_DEAD = 5
+
+ctypedef struct ihdr_t:
+    uint64_t magic
+    uint64_t version
+    uint64_t nslots
+    uint64_t slots_off
+    uint64_t nstripes
+    uint64_t stripes_off
+    uint64_t procs_off
+    uint64_t max_entries
+    uint64_t hand
+    uint64_t count
+    uint64_t nbytes
+    uint64_t zombies
+    uint64_t zombie_bytes
+    uint64_t seq
+    uint64_t prio_count[10]
+    uint64_t st_hits
+    uint64_t st_misses
+    uint64_t st_inserts
+    uint64_t st_updates
+    uint64_t st_evictions
+    uint64_t st_evicted_bytes
+    uint64_t st_deletes
+    uint64_t st_repairs
+    uint64_t st_reclaims
+    uint64_t st_pinned_evictions
+    uint64_t q_head[10]     # newest entry of each priority queue
+    uint64_t q_tail[10]     # oldest
+    uint64_t q_hand[10]     # SIEVE hand (0: start at the tail)
+
+ctypedef struct slot_t:
+    uint64_t hash
+    uint64_t off
+    uint32_t klen
+    uint8_t ref
+    uint8_t prio
+    uint16_t pad
+
+ctypedef struct proc_t:
+    uint32_t pid
+    uint32_t pad
+    uint64_t start
+
+ctypedef struct blk_t:
+    uint32_t magic
+    uint32_t state
+    uint64_t hash
+    uint64_t seq
+    uint32_t klen
+    uint32_t hlen
+    uint64_t vlen
+    uint32_t pins
+    uint16_t kind
+    uint8_t prio
+    uint8_t pad8
+    uint32_t owner_pid
+    uint32_t gen
+    uint64_t owner_start
+    uint64_t pinmap[4]
+    uint64_t size       # bytes requested from the heap for this block
+    uint64_t qprev      # SIEVE queue links (towards the older / newer entry); derived, rebuilt by repair
+    uint64_t qnext
+    uint64_t visited
+
+#: Processes that can hold zero-copy views at once (process slots in the pin bitmap).
+MAX_PROCESSES = MAXPROC
+#: Bytes of block header before the key.
+BLOCK_HEADER = BLK_HDR
+STATES = {ST_WRITING: "writing", ST_VALID: "valid", ST_LOADING: "loading", ST_FAILED: "failed",
+          ST_DEAD: "dead"}
+
+
+cdef inline uint64_t r64(uint64_t n) noexcept nogil:
+    return (n + 63) & ~(<uint64_t>63)
+
+
+def layout_for(uint64_t nslots):
+    """(meta bytes, nstripes) needed for an index of ``nslots`` slots (a power of two >= 64)."""
+    cdef uint64_t nstripes = nslots if nslots < 65536 else 65536
+    cdef uint64_t size = IHDR_BYTES + nslots * sizeof(slot_t) + nstripes * 8 + MAXPROC * sizeof(proc_t)
+    return (size + 4095) // 4096 * 4096, nstripes
+
+
+def format_index(object buffer, uint64_t meta_off, uint64_t meta_size, uint64_t nslots):
+    """Write an empty index into the meta area ``[meta_off, meta_off + meta_size)`` of a formatted segment.
+
+    Raises:
+        InvalidArgumentError: ``nslots`` is not a power of two >= 64 or the meta area is too small.
+    """
+    cdef Py_buffer view
+    cdef ihdr_t *ih
+    if nslots < 64 or (nslots & (nslots - 1)):
+        raise InvalidArgumentError(f"nslots must be a power of two >= 64, got {nslots}")
+    need, nstripes = layout_for(nslots)
+    if need > meta_size:
+        raise InvalidArgumentError(f"meta area of {meta_size} bytes is smaller than the {need} needed")
+    PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE)
+    try:
+        if meta_off + meta_size > <uint64_t>view.len:
+            raise InvalidArgumentError("meta area lies outside the buffer")
+        memset(<char *>view.buf + meta_off, 0, need)
+        ih = <ihdr_t *>(<char *>view.buf + meta_off)
+        ih.version = IDX_VERSION
+        ih.nslots = nslots
+        ih.slots_off = meta_off + IHDR_BYTES
+        ih.nstripes = nstripes
+        ih.stripes_off = ih.slots_off + nslots * sizeof(slot_t)
+        ih.procs_off = ih.stripes_off + nstripes * 8
+        ih.max_entries = nslots - nslots // 4
+        ih.magic = IDX_MAGIC
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef class BlockView:
+    """A read-only, zero-copy export of one block's body; the block stays pinned while this object lives.
+
+    ``memoryview(v)``, ``numpy.frombuffer(v, ...)`` and slices keep it alive through the buffer protocol, so the
+    block is never reused under a live view.
+    """
+
+    cdef ShmIndex idx
+    cdef uint64_t off
+    cdef char *ptr
+    cdef Py_ssize_t length
+
+    def __getbuffer__(self, Py_buffer *buffer, int flags):
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("cache values are read-only")
+        PyBuffer_FillInfo(buffer, self, self.ptr, self.length, 1, flags)
+
+    def __releasebuffer__(self, Py_buffer *buffer):
+        pass
+
+    def __len__(self):
+        return self.length
+
+    @property
+    def offset(self):
+        """Offset of the pinned block in the segment."""
+        return self.off
+
+    def __dealloc__(self):
+        if self.idx is not None:
+            self.idx._unpin_quiet(self.off)
+
+
+cdef class ShmIndex:
+    """The cache index of one segment, seen from this process (holds the segment's :class:`SegmentHeap`).
+
+    Every method locks the pool's robust mutex itself (re-entrant per thread). Keys are bytes with their
+    64-bit hash computed by the caller (XXH3); values are an opaque ``head`` (bytes) and ``body`` buffers.
+    """
+
+    cdef Py_buffer view
+    cdef bint has_view
+    cdef char *base
+    cdef ihdr_t *ih
+    cdef slot_t *slots
+    cdef uint64_t *stripes
+    cdef proc_t *procs
+    cdef uint64_t mask
+    cdef readonly object heap
+    cdef readonly int proc_slot
+    cdef dict local_pins
+    cdef list pending
+
+    def __cinit__(self):
+        self.has_view = False
+        self.base = NULL
+        self.proc_slot = -1
+        self.local_pins = {}
+        self.pending = []
+
+    def __init__(self, object buffer, object heap):
+        """Attach to the index in the meta area of ``heap`` (a SegmentHeap over the same ``buffer``).
+
+        Raises:
+            IncompatibleLayoutError: the meta area holds no index of this version.
+        """
+        cdef uint64_t moff = heap.meta_offset
+        cdef uint64_t msize = heap.meta_size
+        PyObject_GetBuffer(buffer, &self.view, PyBUF_WRITABLE)
+        self.has_view = True
+        self.base = <char *>self.view.buf
+        self.heap = heap
+        self.ih = <ihdr_t *>(self.base + moff)
+        if msize < IHDR_BYTES or self.ih.magic != IDX_MAGIC:
+            self.close()
+            raise IncompatibleLayoutError("segment holds no cache index (bad magic)")
+        if self.ih.version != IDX_VERSION:
+            self.close()
+            raise IncompatibleLayoutError(f"cache index version {self.ih.version} is not {IDX_VERSION}")
+        need, nstripes = layout_for(self.ih.nslots)
+        if (self.ih.nslots < 64 or self.ih.nslots & (self.ih.nslots - 1) or need > msize
+                or self.ih.slots_off != moff + IHDR_BYTES or self.ih.nstripes != nstripes):
+            self.close()
+            raise IncompatibleLayoutError("cache index header is inconsistent with its segment")
+        self.slots = <slot_t *>(self.base + self.ih.slots_off)
+        self.stripes = <uint64_t *>(self.base + self.ih.stripes_off)
+        self.procs = <proc_t *>(self.base + self.ih.procs_off)
+        self.mask = self.ih.nslots - 1
+
+    def close(self):
+        """Release this handle's buffer (views still alive keep their pins until they die). Idempotent."""
+        if self.has_view:
+            PyBuffer_Release(&self.view)
+            self.has_view = False
+        self.base = NULL
+
+    def __dealloc__(self):
+        if self.has_view:
+            PyBuffer_Release(&self.view)
+
+    # ---- locking -------------------------------------------------------------------------------------------
+    cdef int _lock(self) except -1:
+        if self.base == NULL:
+            raise StateError("the cache index handle is closed")
+        self.heap.acquire()
+        if self.pending and self.heap.locked_here:
+            self._drain_pending()
+        return 0
+
+    cdef int _unlock(self) except -1:
+        self.heap.release()
+        return 0
+
+    cdef int _drain_pending(self) except -1:
+        cdef list todo = self.pending
+        self.pending = []
+        for off in todo:
+            self._unpin_locked(off)
+        return 0
+
+    # ---- process slots -------------------------------------------------------------------------------------
+    def proc_table(self):
+        """``[(slot, pid, start_time)]`` of the registered processes (pid 0 = free slot)."""
+        self._lock()
+        try:
+            return [(i, self.procs[i].pid, self.procs[i].start) for i in range(MAXPROC)]
+        finally:
+            self._unlock()
+
+    def claim_proc(self, int i, uint32_t pid, uint64_t start):
+        """Take process slot ``i`` for (pid, start) after releasing what a previous owner left pinned."""
+        if not 0 <= i < MAXPROC:
+            raise InvalidArgumentError(f"process slot must be in 0..{MAXPROC - 1}, got {i}")
+        self._lock()
+        try:
+            if self.procs[i].pid != 0:
+                self._reclaim(i)
+            self.procs[i].start = start
+            self.procs[i].pid = pid
+            self.proc_slot = i
+        finally:
+            self._unlock()
+
+    def detach_proc(self):
+        """Forget this handle's process slot without touching shared memory (a forked child's copy).
+
+        Views inherited across ``fork`` then unpin nothing; the parent's pins stay the parent's.
+        """
+        self.proc_slot = -1
+        self.local_pins = {}
+        self.pending = []
+
+    def reclaim_proc(self, int i):
+        """Release every pin held by process slot ``i`` (its process is dead), free its zombies, clear it.
+
+        Returns the number of pins released.
+        """
+        if not 0 <= i < MAXPROC:
+            raise InvalidArgumentError(f"process slot must be in 0..{MAXPROC - 1}, got {i}")
+        self._lock()
+        try:
+            n = self._reclaim(i)
+            self.procs[i].pid = 0
+            self.procs[i].start = 0
+            return n
+        finally:
+            self._unlock()
+
+    cdef int _reclaim(self, int i) except -1:
+        cdef uint64_t word = <uint64_t>1 << (i & 63)
+        cdef int w = i >> 6
+        cdef blk_t *b
+        cdef int n = 0
+        for off in self.heap.allocations().tolist():
+            b = <blk_t *>(self.base + <uint64_t>off)
+            if b.magic != BLK_MAGIC or not (b.pinmap[w] & word):
+                continue
+            b.pinmap[w] &= ~word
+            b.pins -= 1
+            n += 1
+            if b.state == ST_DEAD and b.pins == 0:
+                self.ih.zombies -= 1
+                self.ih.zombie_bytes -= b.size
+                self._free_block(<uint64_t>off)
+        self.ih.st_reclaims += n
+        return n
+
+    # ---- lookup --------------------------------------------------------------------------------------------
+    cdef inline int64_t _find(self, const uint8_t *key, uint32_t klen, uint64_t h) noexcept:
+        cdef uint64_t i = h & self.mask
+        cdef slot_t *s
+        while True:
+            s = &self.slots[i]
+            if s.off == 0:
+                return -1
+            if s.hash == h and s.klen == klen and memcmp(self.base + s.off + BLK_HDR, key, klen) == 0:
+                return <int64_t>i
+            i = (i + 1) & self.mask
+
+    cdef int _insert_slot(self, uint64_t off) except -1:
+        cdef blk_t *b = <blk_t *>(self.base + off)
+        cdef uint64_t i = b.hash & self.mask
+        while self.slots[i].off:
+            i = (i + 1) & self.mask
+        self.slots[i].hash = b.hash
+        self.slots[i].klen = b.klen
+        self.slots[i].prio = b.prio
+        self.slots[i].ref = 0
+        self.slots[i].off = off
+        # SIEVE: a new entry goes to the head (newest end) of its priority's queue, unvisited.
+        b.visited = 0
+        b.qprev = self.ih.q_head[b.prio]
+        b.qnext = 0
+        if b.qprev:
+            (<blk_t *>(self.base + b.qprev)).qnext = off
+        else:
+            self.ih.q_tail[b.prio] = off
+        self.ih.q_head[b.prio] = off
+        self.ih.count += 1
+        self.ih.nbytes += b.size
+        self.ih.prio_count[b.prio] += 1
+        return 0
+
+    cdef int _remove_slot(self, uint64_t i) except -1:
+        # Backward-shift deletion (Knuth 6.4 Algorithm R): no tombstones.
+        cdef uint64_t j, k
+        cdef uint64_t off = self.slots[i].off
+        cdef blk_t *b = <blk_t *>(self.base + off)
+        cdef int p = b.prio
+        if self.ih.q_hand[p] == off:
+            self.ih.q_hand[p] = b.qnext
+        if b.qprev:
+            (<blk_t *>(self.base + b.qprev)).qnext = b.qnext
+        else:
+            self.ih.q_tail[p] = b.qnext
+        if b.qnext:
+            (<blk_t *>(self.base + b.qnext)).qprev = b.qprev
+        else:
+            self.ih.q_head[p] = b.qprev
+        b.qprev = 0
+        b.qnext = 0
+        self.ih.count -= 1
+        self.ih.nbytes -= b.size
+        self.ih.prio_count[self.slots[i].prio] -= 1
+        j = i
+        while True:
+            j = (j + 1) & self.mask
+            if self.slots[j].off == 0:
+                break
+            k = self.slots[j].hash & self.mask
+            if ((j - k) & self.mask) >= ((j - i) & self.mask):
+                self.slots[i] = self.slots[j]
+                i = j
+        memset(&self.slots[i], 0, sizeof(slot_t))
+        return 0
+
+    cdef int _retire(self, uint64_t off, bint evicted) except -1:
+        # A block left the index: free it now, or leave it DEAD until its last pin goes.
+        cdef blk_t *b = <blk_t *>(self.base + off)
+        self._bump(b.hash)
+        if b.pins:
+            b.state = ST_DEAD
+            self.ih.zombies += 1
+            self.ih.zombie_bytes += b.size
+            if evicted:
+                self.ih.st_pinned_evictions += 1
+        else:
+            self._free_block(off)
+        return 0
+
+    cdef int _free_block(self, uint64_t off) except -1:
+        (<blk_t *>(self.base + off)).magic = 0
+        self.heap.free(off)
+        return 0
+
+    cdef inline void _bump(self, uint64_t h) noexcept:
+        self.stripes[h & (self.ih.nstripes - 1)] += 1
+
+    def epoch(self, uint64_t h):
+        """The change counter of ``h``'s stripe (read without the lock)."""
+        if self.base == NULL:
+            raise StateError("the cache index handle is closed")
+        return self.stripes[h & (self.ih.nstripes - 1)]
+
+    # ---- eviction ------------------------------------------------------------------------------------------
+    cdef int64_t _victim(self) except -2:
+        # SIEVE on the lowest non-empty priority queue; returns the victim's slot index, -1 when empty.
+        cdef int p = 0
+        cdef uint64_t off, steps = 0
+        cdef blk_t *b
+        cdef int64_t i
+        if self.ih.count == 0:
+            return -1
+        while p < NPRIO and self.ih.prio_count[p] == 0:
+            p += 1
+        if p == NPRIO:
+            raise CorruptionError("index count is positive but every priority level is empty")
+        off = self.ih.q_hand[p] or self.ih.q_tail[p]
+        while steps <= 2 * self.ih.prio_count[p]:
+            if off == 0:
+                off = self.ih.q_tail[p]
+            b = <blk_t *>(self.base + off)
+            if b.visited:
+                b.visited = 0
+                off = b.qnext
+                steps += 1
+                continue
+            self.ih.q_hand[p] = b.qnext
+            i = self._find(<const uint8_t *>(self.base + off + BLK_HDR), b.klen, b.hash)
+            if i < 0 or self.slots[i].off != off:
+                raise CorruptionError(f"SIEVE queue {p} holds block {off}, which the table does not index")
+            return i
+        raise CorruptionError(f"SIEVE found no victim in queue {p} in two rounds")
+
+    cdef object _evict_one(self, bint keep):
+        # Evict one entry; with keep, return a copy (key, kind, prio, head, body) for demotion.
+        cdef int64_t i = self._victim()
+        cdef uint64_t off
+        cdef blk_t *b
+        cdef object rec = None
+        if i < 0:
+            return False
+        off = self.slots[i].off
+        b = <blk_t *>(self.base + off)
+        if keep and b.state == ST_VALID:
+            rec = self._record(off)
+        self.ih.st_evictions += 1
+        self.ih.st_evicted_bytes += b.size
+        self._remove_slot(<uint64_t>i)
+        self._retire(off, True)
+        return rec if keep else True
+
+    cdef tuple _record(self, uint64_t off):
+        cdef blk_t *b = <blk_t *>(self.base + off)
+        cdef char *k = self.base + off + BLK_HDR
+        cdef char *hd = k + r64(b.klen)
+        return (k[:b.klen], b.kind, b.prio, hd[:b.hlen], (hd + r64(b.hlen))[:b.vlen])
+
+    cdef uint64_t _alloc(self, uint64_t n, list victims, bint keep) except 0:
+        # Allocate n bytes, evicting CLOCK victims until the heap can serve it.
+        cdef object r
+        while True:
+            try:
+                return self.heap.alloc(n)
+            except PoolExhaustedError:
+                r = self._evict_one(keep)
+                if r is False:
+                    raise
+                if keep and r is not None and r is not True:
+                    victims.append(r)
+
+    # ---- public operations ---------------------------------------------------------------------------------
+    def put(self, const uint8_t[::1] key, uint64_t h, int kind, int prio, const uint8_t[::1] head,
+            list body, int state=ST_VALID, bint demote=False, uint32_t owner_pid=0, uint64_t owner_start=0,
+            uint32_t gen=0):
+        """Store ``key`` -> (kind, head, concatenated ``body`` buffers), replacing any previous entry.
+
+        Evicts CLOCK victims of the lowest priority as needed. Returns the list of evicted records
+        ``(key, kind, prio, head, body)`` when ``demote`` (for the next tier), else an empty list.
+
+        Raises:
+            InvalidArgumentError: bad priority/kind. PoolExhaustedError: the value cannot fit even in an
+            emptied tier (nothing is changed then, apart from evictions already made).
+        """
+        cdef uint32_t klen = <uint32_t>key.shape[0]
+        cdef uint32_t hlen = <uint32_t>head.shape[0]
+        cdef uint64_t vlen = 0
+        cdef uint64_t n, off, pos
+        cdef int64_t i
+        cdef blk_t *b
+        cdef list victims = []
+        cdef list views = []
+        cdef const uint8_t[::1] mv
+        cdef Py_ssize_t ln
+        cdef const uint8_t *src
+        cdef char *dst
+        if not 0 <= prio < NPRIO:
+            raise InvalidArgumentError(f"priority must be in 0..9, got {prio}")
+        if not 0 <= kind < 65536:
+            raise InvalidArgumentError(f"kind must be in 0..65535, got {kind}")
+        if klen == 0:
+            raise InvalidArgumentError("key must not be empty")
+        if state not in (ST_VALID, ST_LOADING, ST_FAILED):
+            raise InvalidArgumentError(f"state must be valid, loading or failed, got {state}")
+        for part in body:
+            mv = memoryview(part).cast("B")
+            views.append(mv)
+            vlen += r64(<uint64_t>mv.shape[0])
+        n = BLK_HDR + r64(klen) + r64(hlen) + vlen
+        self._lock()
+        try:
+            if n > self.heap.heap_size:
+                raise PoolExhaustedError(f"a value of {n} bytes (with headers) exceeds the tier's heap of "
+                                         f"{self.heap.heap_size} bytes")
+            while self.ih.count >= self.ih.max_entries:
+                r = self._evict_one(demote)
+                if demote and r is not None and r is not True:
+                    victims.append(r)
+            off = self._alloc(n, victims, demote)
+            b = <blk_t *>(self.base + off)
+            memset(b, 0, BLK_HDR)
+            b.state = ST_WRITING
+            b.magic = BLK_MAGIC
+            b.hash = h
+            b.klen = klen
+            b.hlen = hlen
+            b.kind = <uint16_t>kind
+            b.prio = <uint8_t>prio
+            b.size = n
+            b.owner_pid = owner_pid
+            b.owner_start = owner_start
+            b.gen = gen
+            dst = self.base + off + BLK_HDR
+            memcpy(dst, &key[0], klen)
+            dst += r64(klen)
+            if hlen:
+                memcpy(dst, &head[0], hlen)
+            dst += r64(hlen)
+            pos = 0
+            for mv in views:
+                ln = mv.shape[0]
+                if ln:
+                    src = &mv[0]
+                    if ln >= COPY_NOGIL:
+                        with nogil:
+                            memcpy(dst + pos, src, ln)
+                    else:
+                        memcpy(dst + pos, src, ln)
+                pos += r64(<uint64_t>ln)
+            b.vlen = pos if len(views) != 1 else <uint64_t>views[0].shape[0]
+            # Commit: sequence number, state, then the index (repair keeps the highest committed seq).
+            self.ih.seq += 1
+            b.seq = self.ih.seq
+            b.state = <uint32_t>state
+            i = self._lookup_locked(key, h)
+            if i >= 0:
+                old = self.slots[i].off
+                self._remove_slot(<uint64_t>i)
+                self._retire(old, False)
+                self.ih.st_updates += 1
+            else:
+                self._bump(h)
+            self._insert_slot(off)
+            self.ih.st_inserts += 1
+            return victims
+        finally:
+            self._unlock()
+
+    cdef int64_t _lookup_locked(self, const uint8_t[::1] key, uint64_t h) except -2:
+        if key.shape[0] == 0:
+            raise InvalidArgumentError("key must not be empty")
+        return self._find(&key[0], <uint32_t>key.shape[0], h)
+
+    def get(self, const uint8_t[::1] key, uint64_t h, bint pin=True, bint count=True):
+        """Look ``key`` up; on a hit set its reference bit and return ``(kind, prio, head, body)``.
+
+        ``body`` is a pinned :class:`BlockView` (zero-copy) when ``pin`` and this process holds a process
+        slot, else a ``bytes`` copy. Loading markers and failures read as misses. Returns None on a miss.
+        """
+        cdef int64_t i
+        cdef blk_t *b
+        cdef uint64_t off
+        self._lock()
+        try:
+            i = self._lookup_locked(key, h)
+            if i < 0 or (<blk_t *>(self.base + self.slots[i].off)).state != ST_VALID:
+                if count:
+                    self.ih.st_misses += 1
+                return None
+            off = self.slots[i].off
+            (<blk_t *>(self.base + off)).visited = 1
+            if count:
+                self.ih.st_hits += 1
+            b = <blk_t *>(self.base + off)
+            hd = self.base + off + BLK_HDR + r64(b.klen)
+            head = hd[:b.hlen]
+            if pin and self.proc_slot >= 0:
+                body = self._pin_view(off)
+            else:
+                body = (hd + r64(b.hlen))[:b.vlen]
+            return (b.kind, b.prio, head, body)
+        finally:
+            self._unlock()
+
+    cdef BlockView _pin_view(self, uint64_t off):
+        cdef blk_t *b = <blk_t *>(self.base + off)
+        cdef BlockView v = BlockView.__new__(BlockView)
+        cdef int p = self.proc_slot
+        c = self.local_pins.get(off, 0)
+        if c == 0:
+            if b.pinmap[p >> 6] & (<uint64_t>1 << (p & 63)):
+                raise CorruptionError(f"block {off} is already pinned by this process slot")
+            b.pinmap[p >> 6] |= <uint64_t>1 << (p & 63)
+            b.pins += 1
+        self.local_pins[off] = c + 1
+        v.idx = self
+        v.off = off
+        v.ptr = self.base + off + BLK_HDR + r64(b.klen) + r64(b.hlen)
+        v.length = <Py_ssize_t>b.vlen
+        return v
+
+    cdef void _unpin_quiet(self, uint64_t off) noexcept:
+        # Called from BlockView.__dealloc__: never raise; defer when this thread is inside a locked section.
+        try:
+            if self.base == NULL:
+                return
+            if self.heap.locked_here:
+                self.pending.append(off)
+                return
+            self._lock()
+            try:
+                self._unpin_locked(off)
+            finally:
+                self._unlock()
+        except BaseException:
+            pass
+
+    cdef int _unpin_locked(self, uint64_t off) except -1:
+        cdef blk_t *b = <blk_t *>(self.base + off)
+        cdef int p = self.proc_slot
+        c = self.local_pins.get(off, 0)
+        if c > 1:
+            self.local_pins[off] = c - 1
+            return 0
+        self.local_pins.pop(off, None)
+        if c == 0 or p < 0 or b.magic != BLK_MAGIC or not (b.pinmap[p >> 6] & (<uint64_t>1 << (p & 63))):
+            return 0   # our pins were reclaimed (we were taken for dead) — nothing to release
+        b.pinmap[p >> 6] &= ~(<uint64_t>1 << (p & 63))
+        b.pins -= 1
+        if b.state == ST_DEAD and b.pins == 0:
+            self.ih.zombies -= 1
+            self.ih.zombie_bytes -= b.size
+            self._free_block(off)
+        return 0
+
+    def contains(self, const uint8_t[::1] key, uint64_t h):
+        """True when ``key`` has a committed value (no statistics, no reference bit)."""
+        cdef int64_t i
+        self._lock()
+        try:
+            i = self._lookup_locked(key, h)
+            return i >= 0 and (<blk_t *>(self.base + self.slots[i].off)).state == ST_VALID
+        finally:
+            self._unlock()
+
+    def entry_state(self, const uint8_t[::1] key, uint64_t h):
+        """``(state, owner_pid, owner_start, gen, head)`` of ``key``'s entry, or None (for get_or_load)."""
+        cdef int64_t i
+        cdef blk_t *b
+        self._lock()
+        try:
+            i = self._lookup_locked(key, h)
+            if i < 0:
+                return None
+            b = <blk_t *>(self.base + self.slots[i].off)
+            hd = self.base + self.slots[i].off + BLK_HDR + r64(b.klen)
+            return (b.state, b.owner_pid, b.owner_start, b.gen, hd[:b.hlen])
+        finally:
+            self._unlock()
+
+    def begin_load(self, const uint8_t[::1] key, uint64_t h, uint32_t pid, uint64_t start,
+                   uint32_t expect_gen=0):
+        """Atomically claim the right to load ``key`` host-wide.
+
+        Inserts a LOADING marker owned by (pid, start) when the key is absent, FAILED, or a LOADING marker of
+        generation ``expect_gen`` (a dead owner being replaced). Returns ``(claimed, state, owner_pid,
+        owner_start, gen)`` describing the entry after the call.
+        """
+        cdef int64_t i
+        cdef blk_t *b
+        cdef uint32_t gen
+        self._lock()
+        try:
+            i = self._lookup_locked(key, h)
+            if i >= 0:
+                b = <blk_t *>(self.base + self.slots[i].off)
+                if b.state == ST_VALID or (b.state == ST_LOADING and (expect_gen == 0 or b.gen != expect_gen)):
+                    return (False, b.state, b.owner_pid, b.owner_start, b.gen)
+            gen = <uint32_t>((self.ih.seq + 1) & 0xFFFFFFFF) or 1
+            self.put(key, h, 0, 0, b"", [], ST_LOADING, False, pid, start, gen)
+            return (True, ST_LOADING, pid, start, gen)
+        finally:
+            self._unlock()
+
+    def end_load(self, const uint8_t[::1] key, uint64_t h, uint32_t gen, object failure=None):
+        """Finish a load of generation ``gen``: drop the marker, or replace it by a FAILED record whose head
+        is ``failure`` (bytes). Returns False when the marker is no longer ours (someone took over)."""
+        cdef int64_t i
+        cdef blk_t *b
+        self._lock()
+        try:
+            i = self._lookup_locked(key, h)
+            if i < 0:
+                return False
+            b = <blk_t *>(self.base + self.slots[i].off)
+            if b.state != ST_LOADING or b.gen != gen:
+                return False
+            if failure is None:
+                off = self.slots[i].off
+                self._remove_slot(<uint64_t>i)
+                self._retire(off, False)
+            else:
+                self.put(key, h, 0, 0, failure, [], ST_FAILED, False, b.owner_pid, b.owner_start, gen)
+            return True
+        finally:
+            self._unlock()
+
+    def delete(self, const uint8_t[::1] key, uint64_t h):
+        """Remove ``key`` (any state); True when it was present."""
+        cdef int64_t i
+        cdef uint64_t off
+        self._lock()
+        try:
+            i = self._lookup_locked(key, h)
+            if i < 0:
+                return False
+            off = self.slots[i].off
+            self._remove_slot(<uint64_t>i)
+            self._retire(off, False)
+            self.ih.st_deletes += 1
+            return True
+        finally:
+            self._unlock()
+
+    def clear(self):
+        """Remove every entry (pinned blocks become zombies and are freed by their last reader)."""
+        cdef uint64_t i, off
+        self._lock()
+        try:
+            for i in range(self.ih.nslots):
+                off = self.slots[i].off
+                if off:
+                    self.slots[i].off = 0
+                    self._retire(off, False)
+            memset(self.slots, 0, self.ih.nslots * sizeof(slot_t))
+            self.ih.count = 0
+            self.ih.nbytes = 0
+            for i in range(NPRIO):
+                self.ih.prio_count[i] = 0
+                self.ih.q_head[i] = 0
+                self.ih.q_tail[i] = 0
+                self.ih.q_hand[i] = 0
+            for i in range(self.ih.nstripes):
+                self.stripes[i] += 1
+        finally:
+            self._unlock()
+
+    def evict(self, int n=1):
+        """Evict up to ``n`` entries by CLOCK; returns how many were evicted."""
+        cdef int k = 0
+        self._lock()
+        try:
+            while k < n and self._evict_one(False) is True:
+                k += 1
+            return k
+        finally:
+            self._unlock()
+
+    def keys(self):
+        """Every key in the index (any state), as bytes, in slot order."""
+        cdef uint64_t i
+        cdef list out = []
+        self._lock()
+        try:
+            for i in range(self.ih.nslots):
+                if self.slots[i].off:
+                    out.append((self.base + self.slots[i].off + BLK_HDR)[:self.slots[i].klen])
+            return out
+        finally:
+            self._unlock()
+
+    def __len__(self):
+        self._lock()
+        try:
+            return self.ih.count
+        finally:
+            self._unlock()
+
+    @property
+    def capacity(self):
+        """Most entries the table holds (3/4 of its slots)."""
+        return self.ih.max_entries
+
+    def stats(self):
+        """Shared counters and occupancy of this tier (host-wide, all processes)."""
+        self._lock()
+        try:
+            return {
+                "entries": self.ih.count, "bytes": self.ih.nbytes, "zombies": self.ih.zombies,
+                "zombie_bytes": self.ih.zombie_bytes, "capacity_entries": self.ih.max_entries,
+                "heap_bytes": self.heap.heap_size, "hits": self.ih.st_hits, "misses": self.ih.st_misses,
+                "inserts": self.ih.st_inserts, "updates": self.ih.st_updates,
+                "evictions": self.ih.st_evictions, "evicted_bytes": self.ih.st_evicted_bytes,
+                "pinned_evictions": self.ih.st_pinned_evictions, "deletes": self.ih.st_deletes,
+                "repairs": self.ih.st_repairs, "reclaimed_pins": self.ih.st_reclaims,
+                "by_priority": [self.ih.prio_count[p] for p in range(NPRIO)],
+            }
+        finally:
+            self._unlock()
+
+    def local_pin_count(self):
+        """Blocks this process currently pins (distinct)."""
+        return len(self.local_pins)
+
+    # ---- invariants and recovery ---------------------------------------------------------------------------
+    def check(self):
+        """Verify every invariant of the index against the heap; True, or CorruptionError naming the broken one.
+
+        Slots: block magic, committed state, hash / key length / priority agree with the block, each entry is
+        reachable from its home slot without crossing an empty slot, keys are unique. Counters: entries, bytes,
+        per-priority counts, zombies. Heap: every allocation is an indexed block or a pinned zombie; pin counts
+        equal their bitmaps, which name registered process slots only.
+        """
+        cdef uint64_t i, j, off, nbytes = 0, count = 0, zb = 0, nz = 0
+        cdef uint64_t pc[10]
+        cdef blk_t *b
+        cdef int p, pins
+        self._lock()
+        try:
+            for p in range(NPRIO):
+                pc[p] = 0
+            indexed = set()
+            keys = set()
+            for i in range(self.ih.nslots):
+                off = self.slots[i].off
+                if not off:
+                    continue
+                b = <blk_t *>(self.base + off)
+                if b.magic != BLK_MAGIC:
+                    raise CorruptionError(f"slot {i} points at {off}, which is not a cache block")
+                if b.state not in (ST_VALID, ST_LOADING, ST_FAILED):
+                    raise CorruptionError(f"slot {i}: indexed block {off} is in state {b.state}")
+                if b.hash != self.slots[i].hash or b.klen != self.slots[i].klen or b.prio != self.slots[i].prio:
+                    raise CorruptionError(f"slot {i} disagrees with its block {off} (hash/klen/prio)")
+                j = b.hash & self.mask
+                while j != i:
+                    if not self.slots[j].off:
+                        raise CorruptionError(f"slot {i} is not reachable from its home slot {b.hash & self.mask}")
+                    j = (j + 1) & self.mask
+                k = (self.base + off + BLK_HDR)[:b.klen]
+                if k in keys:
+                    raise CorruptionError(f"key {k!r} is indexed twice")
+                keys.add(k)
+                indexed.add(off)
+                count += 1
+                nbytes += b.size
+                pc[b.prio] += 1
+            if count != self.ih.count or nbytes != self.ih.nbytes:
+                raise CorruptionError(f"index counters say {self.ih.count} entries / {self.ih.nbytes} bytes, "
+                                      f"the slots hold {count} / {nbytes}")
+            for p in range(NPRIO):
+                if pc[p] != self.ih.prio_count[p]:
+                    raise CorruptionError(f"priority {p} count is {self.ih.prio_count[p]}, slots hold {pc[p]}")
+            for p in range(NPRIO):
+                n = 0
+                prev = 0
+                off = self.ih.q_tail[p]
+                hand_seen = self.ih.q_hand[p] == 0
+                while off:
+                    if off not in indexed:
+                        raise CorruptionError(f"SIEVE queue {p} holds {off}, which is not indexed")
+                    b = <blk_t *>(self.base + off)
+                    if b.prio != p or b.qprev != prev:
+                        raise CorruptionError(f"SIEVE queue {p}: block {off} has priority {b.prio} or a bad link")
+                    hand_seen = hand_seen or off == self.ih.q_hand[p]
+                    n += 1
+                    if n > count:
+                        raise CorruptionError(f"SIEVE queue {p} has a cycle")
+                    prev = off
+                    off = b.qnext
+                if prev != self.ih.q_head[p] or n != pc[p] or not hand_seen:
+                    raise CorruptionError(f"SIEVE queue {p}: {n} linked entries for {pc[p]} indexed, or its "
+                                          f"head/hand is wrong")
+            for off_obj in self.heap.allocations().tolist():
+                off = <uint64_t>off_obj
+                b = <blk_t *>(self.base + off)
+                if b.magic != BLK_MAGIC:
+                    raise CorruptionError(f"heap block {off} is not a cache block (leaked allocation)")
+                pins = 0
+                for p in range(4):
+                    pins += __builtin_popcountll(b.pinmap[p])
+                if pins != <int>b.pins:
+                    raise CorruptionError(f"block {off} counts {b.pins} pins, its bitmap {pins}")
+                for p in range(MAXPROC):
+                    if (b.pinmap[p >> 6] >> (p & 63)) & 1 and self.procs[p].pid == 0:
+                        raise CorruptionError(f"block {off} is pinned by unregistered process slot {p}")
+                if off in indexed:
+                    continue
+                if b.state != ST_DEAD or b.pins == 0:
+                    raise CorruptionError(f"block {off} (state {b.state}, {b.pins} pins) is neither indexed "
+                                          f"nor a pinned zombie")
+                nz += 1
+                zb += b.size
+            if len(indexed) != count:
+                raise CorruptionError("an indexed block is not a live heap allocation")
+            if nz != self.ih.zombies or zb != self.ih.zombie_bytes:
+                raise CorruptionError(f"zombie counters say {self.ih.zombies} / {self.ih.zombie_bytes} bytes, "
+                                      f"the heap holds {nz} / {zb}")
+            return True
+        finally:
+            self._unlock()
+
+    def repair(self):
+        """Rebuild the table and counters from the blocks (runs when a lock holder died).
+
+        Frees uncommitted (WRITING) and damaged blocks and unpinned zombies; per key keeps the committed block
+        with the highest sequence number; drops pins of unregistered process slots; bumps every epoch stripe.
+        Returns the number of blocks freed.
+        """
+        cdef uint64_t off, i
+        cdef blk_t *b
+        cdef blk_t *o
+        cdef int p, freed = 0
+        self._lock()
+        try:
+            best = {}
+            for off_obj in self.heap.allocations().tolist():
+                off = <uint64_t>off_obj
+                b = <blk_t *>(self.base + off)
+                usable = self.heap.usable_size(off_obj)
+                if (b.magic != BLK_MAGIC or b.size > <uint64_t>usable
+                        or BLK_HDR + r64(b.klen) + r64(b.hlen) + b.vlen > b.size or b.prio >= NPRIO
+                        or b.state < ST_WRITING or b.state > ST_DEAD):
+                    b.magic = 0
+                    self.heap.free(off_obj)
+                    freed += 1
+                    continue
+                for p in range(MAXPROC):
+                    if (b.pinmap[p >> 6] >> (p & 63)) & 1 and self.procs[p].pid == 0:
+                        b.pinmap[p >> 6] &= ~(<uint64_t>1 << (p & 63))
+                b.pins = 0
+                for p in range(4):
+                    b.pins += __builtin_popcountll(b.pinmap[p])
+                if b.state == ST_WRITING or (b.state == ST_DEAD and b.pins == 0):
+                    self._free_block(off)
+                    freed += 1
+                    continue
+                if b.state == ST_DEAD:
+                    continue
+                k = (self.base + off + BLK_HDR)[:b.klen]
+                prev = best.get(k)
+                if prev is not None:
+                    o = <blk_t *>(self.base + <uint64_t>prev)
+                    if o.seq > b.seq:
+                        prev, off_obj = off_obj, prev
+                    o = <blk_t *>(self.base + <uint64_t>prev)
+                    if o.pins:
+                        o.state = ST_DEAD
+                    else:
+                        self._free_block(<uint64_t>prev)
+                        freed += 1
+                best[k] = off_obj
+            memset(self.slots, 0, self.ih.nslots * sizeof(slot_t))
+            self.ih.count = 0
+            self.ih.nbytes = 0
+            self.ih.hand = 0
+            for p in range(NPRIO):
+                self.ih.prio_count[p] = 0
+                self.ih.q_head[p] = 0
+                self.ih.q_tail[p] = 0
+                self.ih.q_hand[p] = 0
+            order = sorted(best.values(), key=lambda o: (<blk_t *>(self.base + <uint64_t>o)).seq)
+            for off_obj in order:
+                self._insert_slot(<uint64_t>off_obj)
+            self.ih.zombies = 0
+            self.ih.zombie_bytes = 0
+            for off_obj in self.heap.allocations().tolist():
+                b = <blk_t *>(self.base + <uint64_t>off_obj)
+                if b.state == ST_DEAD:
+                    self.ih.zombies += 1
+                    self.ih.zombie_bytes += b.size
+            for i in range(self.ih.nstripes):
+                self.stripes[i] += 1
+            self.ih.st_repairs += 1
+            return freed
+        finally:
+            self._unlock()

@@ -1,0 +1,228 @@
+"""A shared-memory cache tier (L2, and L3's store): one pool segment holding the compiled index and the values.
+
+The segment is a memory pool of :mod:`sutazai_hwopt.memory` (same header, allocator and robust lock; created
+mode 0600 and kept away from Python 3.11's resource tracker by :mod:`sutazai_hwopt.memory.segment`); its meta
+area holds the hash table of :mod:`sutazai_hwopt._native.shmcache_index`.
+
+Creation race: a creator formats the segment under a temporary name and publishes it with ``link(2)`` in
+``/dev/shm`` (atomic, fails if the name exists), so an attacher never sees a half-formatted segment and two
+processes starting at once agree on one segment. The first creator's sizes win.
+
+Process slots: each process that reads zero-copy takes one of 256 slots (pid + start time); a slot whose
+process is gone is reclaimed (its pins released) by the next process that attaches or runs out of space.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import weakref
+from typing import Any
+
+from .._native import pool_alloc, shmcache_index
+from ..errors import CapacityError, InvalidArgumentError, NotFoundError, PoolExhaustedError, WeightError
+from ..logs import get_logger
+from ..memory.manager import process_start_time
+from ..memory.segment import SHM_DIR, attach_segment, close_quietly, create_segment, segment_name, unlink_segment
+
+__all__ = ["SharedTier", "tier_segment_name"]
+
+log = get_logger("cache")
+MIN_TIER = 1 << 20
+_LIVE: weakref.WeakSet[SharedTier] = weakref.WeakSet()
+
+
+def tier_segment_name(namespace: str, level: str) -> str:
+    """The shm name of a tier's segment (``sutazai_hwopt.<namespace>.cache-<level>``)."""
+    return segment_name(namespace, f"cache-{level}")
+
+
+def _pow2_at_least(n: int) -> int:
+    p = 64
+    while p < n:
+        p <<= 1
+    return p
+
+
+def _alive(pid: int, start: int) -> bool:
+    return pid != 0 and process_start_time(pid) == start
+
+
+class SharedTier:
+    """One shared tier of a namespace, attached in this process (created on first use).
+
+    Args:
+        namespace: processes with the same namespace share the tier.
+        level: ``"l2"`` or ``"l3"`` (part of the segment name).
+        size: bytes of the whole segment (header + index + heap): the tier's budget, never exceeded.
+        max_entries: index capacity (default: one entry per KiB of ``size``).
+    """
+
+    def __init__(self, namespace: str, level: str, size: int, *, max_entries: int | None = None) -> None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < MIN_TIER:
+            raise InvalidArgumentError(f"{level}_size must be an integer >= {MIN_TIER} bytes, got {size!r}")
+        self.namespace = namespace
+        self.level = level
+        self.name = tier_segment_name(namespace, level)
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._start = process_start_time(self._pid) or 0
+        try:
+            shm = attach_segment(self.name)
+        except NotFoundError:
+            shm = self._create(size, max_entries)
+        self._shm: Any = shm
+        buf = shm.buf
+        assert buf is not None
+        try:
+            self.heap = pool_alloc.SegmentHeap(buf)
+            self.index = shmcache_index.ShmIndex(buf, self.heap)
+        except BaseException:
+            close_quietly(shm)
+            raise
+        del buf
+        self.heap.on_recover = self._on_recover
+        self.size = shm.size
+        self._claim_slot()
+        _LIVE.add(self)
+
+    def _create(self, size: int, max_entries: int | None) -> Any:
+        size = size // 4096 * 4096
+        nslots = _pow2_at_least((max_entries if max_entries else max(48, size // 1024)) * 4 // 3 + 1)
+        meta, _ = shmcache_index.layout_for(nslots)
+        hdr = pool_alloc.header_bytes_for(size)
+        if hdr + meta + 2 * pool_alloc.SLAB_BYTES > size:
+            raise InvalidArgumentError(
+                f"{self.level}_size {size} is too small for an index of {nslots} slots ({meta} bytes); "
+                f"give more bytes or fewer max_entries")
+        tmp = segment_name(self.namespace, f"cache-{self.level}-tmp{os.getpid()}{secrets.token_hex(3)}")
+        shm = create_segment(tmp, size)
+        try:
+            buf = shm.buf
+            assert buf is not None
+            pool_alloc.format_segment(buf, meta)
+            heap = pool_alloc.SegmentHeap(buf)
+            shmcache_index.format_index(buf, heap.meta_offset, heap.meta_size, nslots)
+            heap.close()
+            del buf
+            try:
+                os.link(os.path.join(SHM_DIR, tmp), os.path.join(SHM_DIR, self.name))
+            except FileExistsError:
+                close_quietly(shm)
+                return attach_segment(self.name)
+            log.info("created cache tier %s: %d bytes, %d slots", self.name, size, nslots)
+            return shm
+        finally:
+            unlink_segment(tmp)
+
+    # ---- process slots and crash recovery -------------------------------------------------------------------
+    def _claim_slot(self) -> None:
+        with self.heap:
+            free = None
+            for i, pid, start in self.index.proc_table():
+                if pid == self._pid and start == self._start:
+                    free = i   # a previous handle of this same process: share the slot
+                    break
+                if pid and not _alive(pid, start):
+                    self.index.reclaim_proc(i)
+                    pid = 0
+                if pid == 0 and free is None:
+                    free = i
+            if free is None:
+                log.warning("cache tier %s: all %d process slots busy; reads here will copy", self.name,
+                            shmcache_index.MAX_PROCESSES)
+                return
+            self.index.claim_proc(free, self._pid, self._start)
+
+    def reclaim_dead(self) -> int:
+        """Release the pins of processes that died holding views; returns how many pins were released."""
+        n = 0
+        with self.heap:
+            for i, pid, start in self.index.proc_table():
+                if pid and not _alive(pid, start):
+                    n += self.index.reclaim_proc(i)
+        return n
+
+    def _on_recover(self) -> None:
+        freed = self.index.repair()
+        log.warning("cache tier %s: a process died holding the lock; index rebuilt, %d blocks freed",
+                    self.name, freed)
+
+    def after_fork_in_child(self) -> None:
+        """Drop the parent's process slot in a forked child and take one of its own."""
+        self.index.detach_proc()
+        self._pid = os.getpid()
+        self._start = process_start_time(self._pid) or 0
+        self._claim_slot()
+
+    # ---- operations ---------------------------------------------------------------------------------------
+    def put(self, kb: bytes, h: int, kind: int, head: bytes, body: list[Any], priority: int,
+            demote: bool = False) -> list[tuple[bytes, int, int, bytes, bytes]]:
+        """Store an encoded value; returns demoted victims when ``demote``.
+
+        Raises:
+            WeightError: the value is larger than this tier can ever hold (nothing changed).
+            PoolExhaustedError: every remaining block is pinned by live readers.
+        """
+        need = 128 + _r64(len(kb)) + _r64(len(head)) + sum(_r64(memoryview(b).nbytes) for b in body)
+        if need > self.heap.heap_size:
+            raise WeightError(
+                f"value of {need} bytes (with headers) is larger than the {self.level} budget "
+                f"({self.size} bytes, {self.heap.heap_size} bytes of heap)")
+        try:
+            return self.index.put(kb, h, kind, priority, head, body, 2, demote)
+        except PoolExhaustedError:
+            if self.reclaim_dead() == 0:
+                raise
+            return self.index.put(kb, h, kind, priority, head, body, 2, demote)
+
+    def get(self, kb: bytes, h: int) -> tuple[int, int, bytes, Any] | None:
+        """``(kind, priority, head, body)`` with a pinned zero-copy body, or None."""
+        return self.index.get(kb, h)
+
+    def check(self) -> bool:
+        """The heap's and the index's invariant checks."""
+        return bool(self.heap.check() and self.index.check())
+
+    def close(self) -> None:
+        """Unmap from this process, releasing its process slot (pins of live views are kept until they die)."""
+        if getattr(self, "_shm", None) is None:
+            return
+        try:
+            if self.index.local_pin_count() == 0 and self.index.proc_slot >= 0:
+                self.index.reclaim_proc(self.index.proc_slot)
+        except Exception as exc:  # closing must not fail
+            log.debug("releasing the process slot failed: %s", exc)
+        self.index.close()
+        self.heap.close()
+        close_quietly(self._shm)
+        self._shm = None
+        _LIVE.discard(self)
+
+    def __del__(self) -> None:
+        # Release our exports before SharedMemory.__del__ runs, or it raises BufferError.
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+    def destroy(self) -> bool:
+        """Close and unlink the segment (every process loses the tier's contents)."""
+        self.close()
+        return unlink_segment(self.name)
+
+
+def _r64(n: int) -> int:
+    return (n + 63) & ~63
+
+
+def _after_fork() -> None:
+    for tier in list(_LIVE):
+        try:
+            tier.after_fork_in_child()
+        except (OSError, CapacityError) as exc:
+            log.warning("cache tier %s unusable after fork: %s", tier.name, exc)
+
+
+os.register_at_fork(after_in_child=_after_fork)

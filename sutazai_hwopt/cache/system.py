@@ -1,0 +1,480 @@
+"""IntelligentCacheSystem: the multi-level cache every agent process of a host shares.
+
+Levels (see docs/cache_system.md for the full rules):
+
+* **L1** — per process, the compiled engine :class:`sutazai_hwopt.cache.Cache`, bounded by ``l1_size`` bytes.
+  Holds Python objects (what this process put, and objects it decoded from a shared tier). Each L1 entry
+  remembers the L2 epoch stripe of its key; an L1 hit whose stripe moved (another process put or deleted a key of
+  that stripe) is dropped and re-read, so L1 never serves a value overwritten elsewhere.
+* **L2** — shared memory for the whole namespace (:class:`~sutazai_hwopt.cache.shared_index.SharedTier`);
+  bytes and numpy values are read zero-copy as read-only views that pin their block.
+* **L3** — compressed shared memory, optionally mirrored to a directory (:mod:`sutazai_hwopt.cache.l3`).
+* **remote** — optional Redis (:mod:`sutazai_hwopt.cache.remote`).
+
+Promotion and demotion: ``put`` writes L1 and L2 (write-through, so other processes see it at once) and the
+remote tier. A hit in L2 promotes decoded objects (pickled objects, str) into L1 — not bytes/arrays, whose
+zero-copy views are already as fast and would pin shared memory from a private cache. A hit in L3 or remote
+promotes to L2 (then L1 as above). L2's eviction victims are demoted to L3 (compressed); L3's victims and L1's
+are dropped (L1 always has a copy in L2 or below). Priority (0-9) travels with the value through every tier;
+every tier evicts from the lowest priority level present first.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..config import CacheSection, HwoptConfig
+from ..errors import InvalidArgumentError, LoaderError, WeightError
+from ..logs import get_logger
+from ..memory.manager import process_start_time
+from ..memory.segment import validate_name
+from . import codec
+from .codec import KIND_PICKLE, KIND_STR, decode, encode, join_body, key_bytes, key_from_bytes, key_hash
+
+__all__ = ["IntelligentCacheSystem"]
+
+log = get_logger("cache")
+_MISS = object()
+LEVELS = ("L1", "L2", "L3", "remote")
+ST_VALID, ST_LOADING, ST_FAILED = 2, 3, 4
+
+
+def _section(config: Any, overrides: dict[str, Any]) -> CacheSection:
+    if config is None:
+        section = CacheSection()
+    elif isinstance(config, CacheSection):
+        section = config
+    elif isinstance(config, HwoptConfig):
+        section = config.cache
+    elif isinstance(config, Mapping):
+        section = CacheSection.from_mapping(config)
+    else:
+        raise InvalidArgumentError(
+            f"config must be a dict, CacheSection or HwoptConfig, got {type(config).__name__}")
+    return CacheSection.from_mapping(overrides, base=section) if overrides else section
+
+
+def _check_agent(agent_id: object) -> str:
+    if not isinstance(agent_id, str) or not agent_id:
+        raise InvalidArgumentError(f"agent_id must be a non-empty str, got {agent_id!r}")
+    return agent_id
+
+
+def _check_priority(priority: object) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+        raise InvalidArgumentError(f"priority must be an integer in 0..9, got {priority!r}")
+    return priority
+
+
+class IntelligentCacheSystem:
+    """A multi-level cache shared by every process that uses the same ``namespace``.
+
+    Example:
+        >>> from sutazai_hwopt.testing import throwaway_namespace
+        >>> with throwaway_namespace() as ns:
+        ...     cache = IntelligentCacheSystem({"namespace": ns, "l1_size": 1 << 20, "l2_size": 8 << 20,
+        ...                                     "l3_size": 0, "enable_prefetch": False})
+        ...     cache.put("prompt:1", {"tokens": [1, 2, 3]}, "agent_001", priority=9)
+        ...     cache.get("prompt:1", "agent_002")
+        ...     cache.destroy()
+        ({'tokens': [1, 2, 3]}, 'L1')
+
+    Args:
+        config: a dict of :class:`~sutazai_hwopt.config.CacheSection` keys (``l1_size``, ``l2_size``,
+            ``l3_size``, ``enable_prefetch``, ``prefetch_depth``, ``namespace``, ...), a ``CacheSection`` or a
+            ``HwoptConfig``. Sizes are bytes; 0 disables a level.
+        loader: ``loader(key) -> value`` used by prefetching (``get_or_load`` takes its own).
+        **overrides: CacheSection keys applied on top of ``config``.
+    """
+
+    def __init__(self, config: Any = None, *, loader: Callable[[Any], Any] | None = None,
+                 **overrides: Any) -> None:
+        cfg = _section(config, overrides)
+        self.config = cfg
+        self.namespace = validate_name("namespace", cfg.namespace)
+        self._loader = loader
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._start = process_start_time(self._pid) or 0
+        self._l1: Any = None
+        self._l2: Any = None
+        self._l3: Any = None
+        self._remote: Any = None
+        try:
+            if cfg.l1_size > 0:
+                from .engine import Cache
+
+                self._l1 = Cache(max(1024, cfg.l1_size // 64), cfg.policy, max_bytes=cfg.l1_size,
+                                 weigher=lambda k, v: codec.value_size(v[0]))
+            if cfg.l2_size > 0:
+                from .shared_index import SharedTier
+
+                self._l2 = SharedTier(self.namespace, "l2", cfg.l2_size, max_entries=cfg.l2_max_entries)
+            if cfg.l3_size > 0:
+                from .l3 import L3Tier
+
+                self._l3 = L3Tier(self.namespace, cfg.l3_size, codec=cfg.compression,
+                                  directory=cfg.l3_directory, max_entries=cfg.l3_max_entries)
+            if cfg.redis_url:
+                from .remote import RemoteTier
+
+                self._remote = RemoteTier(cfg.redis_url, self.namespace)
+        except BaseException:
+            self.close()
+            raise
+        self._hits = dict.fromkeys(LEVELS, 0)
+        self._misses = 0
+        self._puts = 0
+        self._agents: dict[str, dict[str, Any]] = {}
+        self._predictor: Any = None
+        self._worker: Any = None
+        self._prefetched: OrderedDict[bytes, None] = OrderedDict()
+        self._pf = {"predicted": 0, "prefetched": 0, "used": 0, "skipped": 0, "failed": 0}
+        self._loaders: dict[str, Callable[[Any], Any]] = {}
+        if cfg.enable_prefetch and cfg.prefetch_depth > 0:
+            from .prefetch import MarkovPredictor, PrefetchWorker
+
+            self._predictor = MarkovPredictor(cfg.prefetch_order, min_confidence=cfg.prefetch_min_confidence)
+            self._worker = PrefetchWorker(self._prefetch_one, queue_size=cfg.prefetch_queue,
+                                          inline=cfg.prefetch_inline)
+
+    # ---- lifecycle --------------------------------------------------------------------------------------------
+    def __enter__(self) -> IntelligentCacheSystem:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop prefetching and unmap the shared tiers from this process (they stay for the others)."""
+        if getattr(self, "_worker", None) is not None:
+            self._worker.close()
+        for tier in (self._l3, self._l2, self._remote):
+            if tier is not None:
+                tier.close()
+        self._l2 = self._l3 = self._remote = None
+
+    def destroy(self) -> None:
+        """Close and unlink this namespace's shared segments (every process loses L2/L3)."""
+        l2, l3 = self._l2, self._l3
+        if getattr(self, "_worker", None) is not None:
+            self._worker.close()
+        self._l2 = self._l3 = None
+        if l3 is not None:
+            l3.destroy()
+        if l2 is not None:
+            l2.destroy()
+        self.close()
+
+    # ---- core operations ------------------------------------------------------------------------------------
+    def put(self, key: str | bytes | int, value: Any, agent_id: str = "default", priority: int = 0) -> None:
+        """Store ``value`` under ``key`` in L1 and L2 (and the remote tier), visible to every process.
+
+        Raises:
+            InvalidArgumentError: wrong key type, bad priority or agent id, or an unpicklable value.
+            WeightError: the value is larger than a level's budget. In every case nothing stored changes.
+        """
+        kb = key_bytes(key)
+        _check_agent(agent_id)
+        _check_priority(priority)
+        h = key_hash(kb)
+        if self._l2 is not None or self._l3 is not None or self._remote is not None:
+            kind, head, body = encode(value)
+            self._store_shared(kb, h, kind, priority, head, body)
+        self._l1_put(kb, h, value, priority)
+        with self._lock:
+            self._puts += 1
+            self._agent(agent_id)["puts"] += 1
+
+    def _store_shared(self, kb: bytes, h: int, kind: int, priority: int, head: bytes, body: list[Any]) -> None:
+        if self._l2 is not None:
+            victims = self._l2.put(kb, h, kind, head, body, priority, demote=self._l3 is not None)
+            for vk, vkind, vprio, vhead, vbody in victims:
+                self._l3.put(vk, key_hash(vk), vkind, vprio, vhead, vbody)
+        elif self._l3 is not None:
+            self._l3.put(kb, h, kind, priority, head, join_body(body) if body else b"")
+        if self._remote is not None:
+            self._remote.put(kb, kind, priority, head, body)
+
+    def _l1_put(self, kb: bytes, h: int, value: Any, priority: int) -> None:
+        if self._l1 is None:
+            return
+        size = codec.value_size(value)
+        if size > self.config.l1_size:
+            if self._l2 is None and self._l3 is None and self._remote is None:
+                raise WeightError(f"value of about {size} bytes is larger than the L1 budget "
+                                  f"({self.config.l1_size} bytes) and no shared level is enabled")
+            self._l1.pop(kb, None)
+            return
+        epoch = self._l2.index.epoch(h) if self._l2 is not None else 0
+        self._l1.put(kb, (value, epoch), priority=priority)
+
+    def get(self, key: str | bytes | int, agent_id: str = "default", default: Any = None) -> tuple[Any, str | None]:
+        """Return ``(value, level)``: level is ``"L1"``, ``"L2"``, ``"L3"``, ``"remote"``, or None on a miss
+        (then value is ``default``). Bytes and numpy values from L2 are read-only zero-copy views.
+
+        Raises:
+            InvalidArgumentError: wrong key type or agent id.
+        """
+        kb = key_bytes(key)
+        _check_agent(agent_id)
+        h = key_hash(kb)
+        value, level = self._lookup(kb, h)
+        with self._lock:
+            a = self._agent(agent_id)
+            a["gets"] += 1
+            if level is None:
+                self._misses += 1
+                a["misses"] += 1
+            else:
+                self._hits[level] += 1
+                a["hits"][level] += 1
+                if self._prefetched and kb in self._prefetched:
+                    del self._prefetched[kb]
+                    self._pf["used"] += 1
+        if self._predictor is not None:
+            self._after_access(agent_id, kb)
+        return (default, None) if level is None else (value, level)
+
+    def _lookup(self, kb: bytes, h: int) -> tuple[Any, str | None]:
+        l1, l2 = self._l1, self._l2
+        if l1 is not None:
+            ent = l1.get(kb, _MISS)
+            if ent is not _MISS:
+                if l2 is None or l2.index.epoch(h) == ent[1]:
+                    return ent[0], "L1"
+                l1.pop(kb, None)
+        if l2 is not None:
+            epoch = l2.index.epoch(h)
+            r = l2.get(kb, h)
+            if r is not None:
+                kind, prio, head, body = r
+                value = decode(kind, head, body)
+                if l1 is not None and kind in (KIND_PICKLE, KIND_STR):
+                    self._l1_store(kb, value, epoch, prio)
+                return value, "L2"
+        for level, tier in (("L3", self._l3), ("remote", self._remote)):
+            if tier is None:
+                continue
+            r = tier.get(kb, h) if level == "L3" else tier.get(kb)
+            if r is None:
+                continue
+            kind, prio, head, body = r
+            if l2 is not None:
+                victims = l2.put(kb, h, kind, head, [body], prio, demote=self._l3 is not None)
+                for vk, vkind, vprio, vhead, vbody in victims:
+                    self._l3.put(vk, key_hash(vk), vkind, vprio, vhead, vbody)
+            value = decode(kind, head, body)
+            if l1 is not None and kind in (KIND_PICKLE, KIND_STR):
+                self._l1_store(kb, value, l2.index.epoch(h) if l2 is not None else 0, prio)
+            return value, level
+        return None, None
+
+    def _l1_store(self, kb: bytes, value: Any, epoch: int, prio: int) -> None:
+        if codec.value_size(value) <= self.config.l1_size:
+            self._l1.put(kb, (value, epoch), priority=prio)
+
+    def contains(self, key: str | bytes | int) -> bool:
+        """True when some level holds ``key`` (no statistics, no promotion)."""
+        kb = key_bytes(key)
+        h = key_hash(kb)
+        if self._l1 is not None and kb in self._l1:
+            return True
+        if self._l2 is not None and self._l2.index.contains(kb, h):
+            return True
+        if self._l3 is not None and self._l3.contains(kb, h):
+            return True
+        return self._remote is not None and self._remote.contains(kb)
+
+    __contains__ = contains
+
+    def delete(self, key: str | bytes | int, agent_id: str = "default") -> bool:
+        """Remove ``key`` from every level (for every process); True when some level held it."""
+        kb = key_bytes(key)
+        _check_agent(agent_id)
+        h = key_hash(kb)
+        found = False
+        if self._l1 is not None:
+            found = self._l1.pop(kb, _MISS) is not _MISS
+        for tier in (self._l2, self._l3):
+            if tier is not None:
+                found = bool((tier.index if tier is self._l2 else tier).delete(kb, h)) or found
+        if self._remote is not None:
+            found = self._remote.delete(kb) or found
+        return found
+
+    def clear(self) -> None:
+        """Empty every level — the shared ones for every process of the namespace."""
+        if self._l1 is not None:
+            self._l1.clear()
+        if self._l2 is not None:
+            self._l2.index.clear()
+        if self._l3 is not None:
+            self._l3.clear()
+        if self._remote is not None:
+            self._remote.clear()
+
+    # ---- loading --------------------------------------------------------------------------------------------
+    def get_or_load(self, key: str | bytes | int, agent_id: str, loader: Callable[[Any], Any],
+                    priority: int = 0) -> Any:
+        """Return the value of ``key``; on a miss call ``loader(key)`` once across the whole host and store it.
+
+        Other processes (and threads) that miss the same key meanwhile wait for that one load, through a
+        LOADING marker in L2 naming the loader's pid and start time; if that process dies, a waiter takes over.
+
+        Raises:
+            LoaderError: the loader raised (here, or in the process that was loading for us); nothing is cached.
+        """
+        kb = key_bytes(key)
+        _check_agent(agent_id)
+        _check_priority(priority)
+        self._loaders[agent_id] = loader
+        value, level = self.get(key, agent_id, _MISS)
+        if level is not None:
+            return value
+        l2 = self._l2
+        if l2 is None:
+            return self._load(key, agent_id, loader, priority)
+        h = key_hash(kb)
+        expect, delay, watched = 0, 0.0002, None
+        while True:
+            claimed, state, _opid, _ostart, gen = l2.index.begin_load(kb, h, self._pid, self._start, expect)
+            if claimed:
+                return self._load(key, agent_id, loader, priority, gen)
+            if state == ST_VALID:
+                value, level = self._lookup(kb, h)
+                if level is not None:
+                    return value
+                continue
+            watched = gen
+            while True:   # wait for the owner: done, failed, or dead
+                time.sleep(delay)
+                delay = min(delay * 2, 0.01)
+                st = l2.index.entry_state(kb, h)
+                if st is None or st[0] == ST_VALID:
+                    break
+                if st[0] == ST_FAILED and st[3] == watched:
+                    raise LoaderError(f"loader for {key!r} failed in process {st[1]}: "
+                                      f"{st[4].decode(errors='replace')}")
+                if st[0] == ST_LOADING and process_start_time(st[1]) != st[2]:
+                    expect = st[3]
+                    log.warning("loader of %r (pid %d) died; taking over", key, st[1])
+                    break
+                if st[0] != ST_LOADING or st[3] != watched:
+                    break
+
+    def _load(self, key: Any, agent_id: str, loader: Callable[[Any], Any], priority: int,
+              gen: int = 0) -> Any:
+        kb = key_bytes(key)
+        h = key_hash(kb)
+        try:
+            value = loader(key)
+        except BaseException as exc:
+            if gen and self._l2 is not None:
+                self._l2.index.end_load(kb, h, gen, f"{type(exc).__name__}: {exc}".encode()[:4000])
+            if isinstance(exc, Exception):
+                raise LoaderError(f"loader for {key!r} raised {type(exc).__name__}: {exc}") from exc
+            raise
+        try:
+            self.put(key, value, agent_id, priority)
+        except BaseException:
+            if gen and self._l2 is not None:
+                self._l2.index.end_load(kb, h, gen)
+            raise
+        with self._lock:
+            self._agent(agent_id)["loads"] += 1
+        return value
+
+    # ---- prefetching ------------------------------------------------------------------------------------------
+    def _after_access(self, agent_id: str, kb: bytes) -> None:
+        pred = self._predictor
+        pred.observe(agent_id, kb)
+        for nk in pred.predict(agent_id, self.config.prefetch_depth):
+            self._pf["predicted"] += 1
+            self._worker.submit(agent_id, nk)
+
+    def _prefetch_one(self, agent_id: str, kb: Any) -> None:
+        h = key_hash(kb)
+        if (self._l1 is not None and kb in self._l1) or (self._l2 is not None and self._l2.index.contains(kb, h)):
+            self._pf["skipped"] += 1
+            return
+        value, level = self._lookup(kb, h)
+        if level is None:
+            loader = self._loader or self._loaders.get(agent_id)
+            if loader is None:
+                self._pf["skipped"] += 1
+                return
+            try:
+                value = loader(key_from_bytes(kb))
+                kind, head, body = encode(value)
+                self._store_shared(kb, h, kind, 0, head, body)
+            except Exception:
+                self._pf["failed"] += 1
+                raise
+        with self._lock:
+            self._pf["prefetched"] += 1
+            self._prefetched[kb] = None
+            if len(self._prefetched) > 65536:
+                self._prefetched.popitem(last=False)
+
+    def drain_prefetch(self) -> None:
+        """Wait until queued prefetches ran (tests and benchmarks)."""
+        if self._worker is not None:
+            self._worker.drain()
+
+    # ---- statistics and checks ----------------------------------------------------------------------------
+    def _agent(self, agent_id: str) -> dict[str, Any]:
+        a = self._agents.get(agent_id)
+        if a is None:
+            a = self._agents[agent_id] = {"gets": 0, "hits": dict.fromkeys(LEVELS, 0), "misses": 0,
+                                          "puts": 0, "loads": 0}
+        return a
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of this process (per level, per agent, prefetching) and each shared tier's host-wide state.
+
+        In this process, ``gets == sum(hits.values()) + misses``, in total and per agent.
+        """
+        with self._lock:
+            out: dict[str, Any] = {
+                "gets": sum(self._hits.values()) + self._misses, "hits": dict(self._hits),
+                "misses": self._misses, "puts": self._puts,
+                "agents": {k: {**v, "hits": dict(v["hits"])} for k, v in self._agents.items()},
+            }
+            pf: dict[str, Any] = dict(self._pf)
+        out["hit_ratio"] = (sum(out["hits"].values()) / out["gets"]) if out["gets"] else 0.0
+        levels: dict[str, Any] = {}
+        if self._l1 is not None:
+            s = self._l1.stats()
+            levels["L1"] = {"entries": s.currsize, "bytes": s.current_weight, "budget": self.config.l1_size,
+                            "evictions": s.evictions}
+        if self._l2 is not None:
+            levels["L2"] = {**self._l2.index.stats(), "budget": self._l2.size}
+        if self._l3 is not None:
+            levels["L3"] = {**self._l3.store.index.stats(), "budget": self._l3.size,
+                            "raw_bytes_in": self._l3.raw_bytes, "stored_bytes_in": self._l3.stored_bytes}
+        if self._remote is not None:
+            levels["remote"] = {"errors": self._remote.errors}
+        out["levels"] = levels
+        if self._predictor is not None:
+            pf["accuracy"] = pf["used"] / pf["prefetched"] if pf["prefetched"] else 0.0
+            pf["coverage"] = pf["used"] / (pf["used"] + self._misses) if (pf["used"] + self._misses) else 0.0
+            pf["dropped"] = self._worker.dropped
+            out["prefetch"] = pf
+        return out
+
+    def check(self) -> bool:
+        """Run the invariant checks of every shared tier (True, or CorruptionError naming the problem)."""
+        for tier in (self._l2, self._l3.store if self._l3 is not None else None):
+            if tier is not None:
+                tier.check()
+        return True
+
+    def reclaim(self) -> int:
+        """Release the pins of dead processes in the shared tiers; returns how many were released."""
+        return sum(t.reclaim_dead() for t in (self._l2, self._l3.store if self._l3 else None) if t is not None)
