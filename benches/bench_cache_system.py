@@ -35,10 +35,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sutazai_hwopt.cache.codec import encode, key_bytes, key_hash  # noqa: E402
-from sutazai_hwopt.cache.shared_index import SharedTier  # noqa: E402
-from sutazai_hwopt.cache.system import IntelligentCacheSystem  # noqa: E402
-from sutazai_hwopt.testing import throwaway_namespace  # noqa: E402
+from sutazai_hwopt.cache.codec import key_bytes, key_hash
+from sutazai_hwopt.cache.shared_index import SharedTier
+from sutazai_hwopt.cache.system import IntelligentCacheSystem
+from sutazai_hwopt.testing import throwaway_namespace
 
 SIZES = {"100 B": 100, "64 KiB": 65536, "1 MiB": 1 << 20}
 CTX = mp.get_context("fork")
