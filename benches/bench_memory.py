@@ -252,7 +252,7 @@ def bench_pss(quick: bool, fleet: int) -> None:
         print(f"ratio private / pool: {results['private copies'] / results['pool + dedup']:.1f}x "
               f"(parent PSS at start {base / MiB:.0f} MiB, not counted)")
         if fleet > k:
-            _fleet_readers(pm, ns, fleet, n, size, idle / k)
+            _fleet_readers(pm, ns, fleet, n, size, _idle_pss(ns, fleet))
         pm.destroy_pool("weights")
 
 
@@ -279,7 +279,7 @@ def _idle_pss(ns: str, k: int) -> int:
     return total
 
 
-def _fleet_readers(pm: MemoryPoolManager, ns: str, fleet: int, n: int, size: int, idle_each: float) -> None:
+def _fleet_readers(pm: MemoryPoolManager, ns: str, fleet: int, n: int, size: int, idle: int) -> None:
     bid = pm.put_array("fleet_owner", _weights(n), pool_id="weights")
     for i in range(fleet):
         pm.share_memory("fleet_owner", f"reader_{i:03d}", bid)
@@ -299,8 +299,8 @@ def _fleet_readers(pm: MemoryPoolManager, ns: str, fleet: int, n: int, size: int
         p.join()
     del os.environ["_BENCH_BID"]
     print(f"{fleet} readers of the pooled weights: total PSS {total / MiB:.0f} MiB = "
-          f"{(total - fleet * idle_each) / size:.3f} x weights + ~{idle_each / MiB:.1f} MiB per idle child "
-          f"(private copies would need {fleet * size / MiB:.0f} MiB)")
+          f"{(total - idle) / size:.3f} x weights + per-process overhead ({idle / MiB:.0f} MiB for {fleet} "
+          f"attached agents holding no weights; private copies would need {fleet * size / MiB:.0f} MiB more)")
 
 
 # ---- dedup ------------------------------------------------------------------------------------------------------
