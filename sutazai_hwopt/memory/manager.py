@@ -13,9 +13,11 @@ XXH3-128 plus a byte-for-byte comparison) -> ``get_array`` / ``read`` by any age
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -84,6 +86,10 @@ class _Pool:
         self.heap = heap
         self.t = tables
         self.agents: dict[str, int] = {}
+        self.closed = False
+        # A weak reference: no cycle, so dropping the manager closes pools in order (tables and heap views
+        # first, then the segment) instead of letting SharedMemory.__del__ meet live exports.
+        heap.on_recover = functools.partial(_recover_hook, weakref.ref(self))
 
     def release(self, off: int, size: int) -> None:
         """Free a heap block; for big blocks first return its whole pages to the kernel.
@@ -104,10 +110,29 @@ class _Pool:
         self.heap.free(off)
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         self.t.close()
         self.heap.close()
         del self.buf
         close_quietly(self.shm)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: modules may already be gone
+            pass
+
+
+def _recover_hook(ref: weakref.ReferenceType[_Pool]) -> None:
+    """Run by the heap, under the lock, when the previous lock holder died: reconcile the tables."""
+    pool = ref()
+    if pool is None:
+        return
+    report = pool.t.reconcile(pool.heap)
+    pool.agents.clear()
+    log.warning("pool %s: recovered after a process died holding its lock: %s", pool.pool_id, report)
 
 
 class MemoryPoolManager:
@@ -191,7 +216,6 @@ class MemoryPoolManager:
             unlink_segment(name)
             raise
         pool = _Pool(pool_id, name, shm, heap, tables)
-        heap.on_recover = lambda: self._on_recover(pool)
         with self._mutex:
             self._pools[pool_id] = pool
         log.info("created pool %s (%d bytes heap, %d blocks) in namespace %s", pool_id, heap.heap_size,
@@ -248,13 +272,7 @@ class MemoryPoolManager:
         if tables.destroyed:
             pool.close()
             raise NotFoundError(f"pool {pool_id!r} was destroyed")
-        heap.on_recover = lambda: self._on_recover(pool)
         return pool
-
-    def _on_recover(self, pool: _Pool) -> None:
-        report = pool.t.reconcile(pool.heap)
-        pool.agents.clear()
-        log.warning("pool %s: recovered after a process died holding its lock: %s", pool.pool_id, report)
 
     def destroy_pool(self, pool_id: str) -> None:
         """Unlink the pool's segment and mark it destroyed; every process's later calls on it raise NotFound.

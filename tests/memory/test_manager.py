@@ -438,3 +438,21 @@ def test_candidate_freed_during_compare_is_not_merged(pm: MemoryPoolManager, mon
     assert not pm.block_info("a2", second)["deduplicated"]
     assert np.array_equal(pm.get_array("a2", second), data)
     assert pm.check("data")
+
+
+def test_dropping_an_unclosed_manager_is_quiet(ns: str) -> None:
+    """A manager dropped without close(), even with live arrays, unmaps without unraisable errors."""
+    import gc
+
+    pm = MemoryPoolManager(namespace=ns)
+    pm.create_pool("tmp", size=MiB)
+    bid = pm.put_bytes("a", b"still here", pool_id="tmp")
+    arr = pm.get_array("a", bid)
+    del pm
+    gc.collect()                         # an unraisable error here fails the test (warnings are errors)
+    assert bytes(arr) == b"still here"   # the mapping lives on with the array
+    del arr
+    gc.collect()
+    with MemoryPoolManager(namespace=ns) as again:
+        assert again.read("a", bid) == b"still here"
+        again.destroy_pool("tmp")
