@@ -53,6 +53,10 @@ class Thresholds:
     leak_min_intervals: int = 2  # consecutive growing intervals
     leak_min_growth_bytes: float = 16 * MiB
     leak_min_rate_bps: float = 1 * MiB
+    slow_leak_rate_bps: float = 8 * 1024.0  # long-window trend (~0.7 GB/day)
+    slow_leak_r2: float = 0.8
+    slow_leak_span_s: float = 120.0
+    slow_leak_growth_bytes: float = 16 * MiB
     io_thrash_bps: float = 16 * MiB
     io_thrash_major_faults_ps: float = 200.0
     ctx_storm_ps: float = 10_000.0
@@ -128,7 +132,8 @@ def _check_agents(agent_profiles: Any) -> dict[str, dict[str, float]]:
         vals: dict[str, float] = {}
         for key in ("cpu_percent", "rss_bytes", "run_wait_ratio", "wait_share", "read_bps", "write_bps",
                     "ctx_switches_ps", "involuntary_ctx_ps", "major_faults_ps", "rss_growth_bytes",
-                    "rss_growth_intervals", "rss_slope_bps"):
+                    "rss_growth_intervals", "rss_slope_bps", "rss_trend_bps", "rss_trend_r2",
+                    "rss_trend_span_s"):
             vals[key] = _num(prof, key, f"agent_profiles[{aid!r}]")
         alive = prof.get("alive", True)
         if alive is False or alive == 0:
@@ -233,6 +238,7 @@ def detect_bottlenecks(system_metrics: Mapping[str, Any] | None,
                 {"wait_share": share, "run_wait_ratio": wait, "cpu_percent": p["cpu_percent"]}, [aid],
                 f"{aid} waited on a run queue {share * 100:.0f}% of the time it wanted a CPU"))
         growth, intervals, slope = p["rss_growth_bytes"], p["rss_growth_intervals"], p["rss_slope_bps"]
+        trend, r2, span = p["rss_trend_bps"], p["rss_trend_r2"], p["rss_trend_span_s"]
         if (intervals >= th.leak_min_intervals and growth >= th.leak_min_growth_bytes
                 and slope >= th.leak_min_rate_bps):
             found.append(Bottleneck(
@@ -240,6 +246,12 @@ def detect_bottlenecks(system_metrics: Mapping[str, Any] | None,
                 {"rss_bytes": p["rss_bytes"], "rss_growth_bytes": growth, "rss_slope_bps": slope,
                  "growth_intervals": intervals}, [aid],
                 f"{aid} RSS grew {growth / MiB:.0f} MiB over {intervals:.0f} intervals"))
+        elif (trend >= th.slow_leak_rate_bps and r2 >= th.slow_leak_r2 and span >= th.slow_leak_span_s
+              and trend * span >= th.slow_leak_growth_bytes):
+            found.append(Bottleneck(
+                "memory_leak", _sev(trend, (256 * 1024.0, MiB, 4 * MiB)), "memory",
+                {"rss_bytes": p["rss_bytes"], "rss_trend_bps": trend, "rss_trend_r2": r2, "trend_span_s": span},
+                [aid], f"{aid} RSS rises steadily: {trend / 1024:.0f} KiB/s over {span:.0f} s (R^2 {r2:.2f})"))
         io = (p["read_bps"] if p["read_bps"] == p["read_bps"] else 0.0) + (
             p["write_bps"] if p["write_bps"] == p["write_bps"] else 0.0)
         majf = p["major_faults_ps"]

@@ -37,8 +37,8 @@ _ANOMALY_FEATURES = [A[c] for c in ("cpu_percent", "rss_bytes", "run_wait_ratio"
 _RSS_STEP = 64 * 1024.0  # growth below this between two samples is noise, not a trend
 
 
-def _column_slopes(t: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least-squares slope of every column of ``y`` against ``t``, ignoring NaNs (NaN if < 3 points)."""
+def _column_fit(t: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares slope and R^2 of every column of ``y`` against ``t``, ignoring NaNs (NaN if < 3 points)."""
     m = np.isfinite(y)
     n = m.sum(axis=0)
     tt = np.where(m, (t - t[0])[:, None], 0.0)
@@ -47,9 +47,19 @@ def _column_slopes(t: np.ndarray, y: np.ndarray) -> np.ndarray:
         tm = tt.sum(axis=0) / n
         ym = yy.sum(axis=0) / n
         dt = np.where(m, tt - tm, 0.0)
+        dy = np.where(m, yy - ym, 0.0)
         var = (dt * dt).sum(axis=0)
-        slope = (dt * np.where(m, yy - ym, 0.0)).sum(axis=0) / var
-    return np.where((n >= 3) & (var > 0), slope, np.nan)
+        slope = (dt * dy).sum(axis=0) / var
+        ss_tot = (dy * dy).sum(axis=0)
+        resid = np.where(m, dy - slope * dt, 0.0)
+        r2 = np.where(ss_tot > 0, 1.0 - (resid * resid).sum(axis=0) / ss_tot, 1.0)
+    ok = (n >= 3) & (var > 0)
+    return np.where(ok, slope, np.nan), np.where(ok, r2, np.nan)
+
+
+def _column_slopes(t: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least-squares slope of every column of ``y`` against ``t``, ignoring NaNs (NaN if < 3 points)."""
+    return _column_fit(t, y)[0]
 
 
 class Sample:
@@ -255,6 +265,11 @@ class PerformanceProfiler:
         grew = np.diff(rss, axis=0) > _RSS_STEP if len(times) > 1 else np.zeros((0, rss.shape[1]), bool)
         run = np.cumprod(grew[::-1], axis=0).sum(axis=0) if len(grew) else np.zeros(rss.shape[1])
         slopes = _column_slopes(times, rss)
+        # long trend over the whole ring: slow leaks that never reach the fast rule's rate
+        lt, lrows = self._agent_ring.window()
+        lrss = lrows[:, :, A["rss_bytes"]].astype(np.float64)
+        lslope, lr2 = _column_fit(lt, lrss)
+        lspan = float(lt[-1] - lt[0]) if len(lt) > 1 else 0.0
         latest = rows[-1]
         for st in list(self._agents.agents.values()):
             i = st.index
@@ -269,6 +284,7 @@ class PerformanceProfiler:
                 slope = growth / span if span > 0 else math.nan
             else:
                 growth, slope = 0.0, float(slopes[i])
+            p.update({"rss_trend_bps": float(lslope[i]), "rss_trend_r2": float(lr2[i]), "rss_trend_span_s": lspan})
             p.update({"pid": st.pid, "pids": [st.pid, *st.children], "rss_growth_intervals": float(k),
                       "rss_growth_bytes": growth, "rss_slope_bps": slope, "uss_bytes": st.uss_bytes,
                       "pss_bytes": st.pss_bytes, "swap_bytes": st.swap_bytes, "open_files": st.open_files,

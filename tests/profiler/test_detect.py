@@ -74,6 +74,16 @@ def test_memory_leak_needs_sustained_growth() -> None:
     assert found[0].evidence["rss_growth_bytes"] == 90 * MiB
 
 
+def test_slow_leak_is_found_from_the_long_trend() -> None:
+    """A steady 50 KiB/s rise over 10 minutes (R^2 0.97) is memory_leak; a noisy or short trend is not."""
+    slow = idle(rss_trend_bps=50 * 1024.0, rss_trend_r2=0.97, rss_trend_span_s=600.0)
+    noisy = idle(rss_trend_bps=50 * 1024.0, rss_trend_r2=0.3, rss_trend_span_s=600.0)
+    short = idle(rss_trend_bps=50 * 1024.0, rss_trend_r2=0.99, rss_trend_span_s=60.0)
+    found = detect_bottlenecks(quiet_host(), {"slow": slow, "noisy": noisy, "short": short})
+    assert pairs(found) == {("memory_leak", "slow")}
+    assert found[0].evidence["rss_trend_r2"] == 0.97
+
+
 def test_io_thrashing_and_context_switch_storm() -> None:
     """Heavy storage bytes give io_thrashing; a high switch rate gives context_switch_storm."""
     profiles = {"writer": idle(write_bps=60 * MiB), "pager": idle(major_faults_ps=500.0),

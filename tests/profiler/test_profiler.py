@@ -172,6 +172,7 @@ def test_memory_growth_trend_is_computed_from_the_ring() -> None:
         assert p["rss_growth_intervals"] >= 3
         assert p["rss_growth_bytes"] >= 60 * 1024 * 1024
         assert p["rss_slope_bps"] >= 20 * 1024 * 1024
+        assert p["rss_trend_bps"] >= 20 * 1024 * 1024 and p["rss_trend_r2"] > 0.8
         assert ("memory_leak", "me") in {(b.type, a) for b in prof.detect_bottlenecks() for a in b.agents}
 
 
