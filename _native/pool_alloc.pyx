@@ -52,7 +52,8 @@ SLAB_BYTES = SLAB_SPAN
 cdef uint64_t CLASS_SIZE[6]
 CLASS_SIZE[:] = [64, 128, 256, 512, 1024, 2048]
 
-# Debug-build resource counters (SUTAZAI_HWOPT_DEBUG=1): allocations and frees through this process.
+# Debug build (SUTAZAI_HWOPT_DEBUG=1): count allocations and frees through this process, and run the full
+# invariant check after every alloc() and free().
 cdef uint64_t dbg_allocs = 0
 cdef uint64_t dbg_frees = 0
 
@@ -422,6 +423,7 @@ cdef class SegmentHeap:
             if HWOPT_DEBUG:
                 global dbg_allocs
                 dbg_allocs += 1
+                _heap_check(self)
             return off
         finally:
             self._release()
@@ -636,6 +638,7 @@ cdef class SegmentHeap:
             if HWOPT_DEBUG:
                 global dbg_frees
                 dbg_frees += 1
+                _heap_check(self)
         finally:
             self._release()
 

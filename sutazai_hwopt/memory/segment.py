@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, PoolExhaustedError
 
 __all__ = [
+    "COUNTERS",
     "SHM_DIR",
     "attach_segment",
     "close_quietly",
@@ -37,6 +38,9 @@ SHM_DIR = "/dev/shm"
 PREFIX = "sutazai_hwopt"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TRACK_KW = sys.version_info >= (3, 13)
+
+#: Segments this process created, attached and unlinked (tests check that created == unlinked afterwards).
+COUNTERS = {"created": 0, "attached": 0, "unlinked": 0}
 
 
 def validate_name(kind: str, value: object) -> str:
@@ -96,9 +100,11 @@ def create_segment(name: str, size: int) -> shared_memory.SharedMemory:
         raise PoolExhaustedError(
             f"size {size} exceeds the {avail} bytes free in {SHM_DIR}; using it would end in SIGBUS")
     try:
-        return _open(name=name, create=True, size=size)
+        shm = _open(name=name, create=True, size=size)
     except FileExistsError:
         raise AlreadyExistsError(f"shared-memory segment {name!r} already exists") from None
+    COUNTERS["created"] += 1
+    return shm
 
 
 def attach_segment(name: str) -> shared_memory.SharedMemory:
@@ -108,9 +114,11 @@ def attach_segment(name: str) -> shared_memory.SharedMemory:
         NotFoundError: no segment of that name.
     """
     try:
-        return _open(name=name, create=False)
+        shm = _open(name=name, create=False)
     except FileNotFoundError:
         raise NotFoundError(f"no shared-memory segment {name!r}") from None
+    COUNTERS["attached"] += 1
+    return shm
 
 
 def unlink_segment(name: str) -> bool:
@@ -121,6 +129,7 @@ def unlink_segment(name: str) -> bool:
         shm_unlink("/" + name)
     except FileNotFoundError:
         return False
+    COUNTERS["unlinked"] += 1
     return True
 
 

@@ -456,3 +456,36 @@ def test_dropping_an_unclosed_manager_is_quiet(ns: str) -> None:
     with MemoryPoolManager(namespace=ns) as again:
         assert again.read("a", bid) == b"still here"
         again.destroy_pool("tmp")
+
+
+def test_segment_counters_balance(ns: str) -> None:
+    """Every segment a test creates is unlinked again (created == unlinked)."""
+    from sutazai_hwopt.memory.segment import COUNTERS
+
+    before = dict(COUNTERS)
+    with MemoryPoolManager(namespace=ns) as pm:
+        for i in range(3):
+            pm.create_pool(f"p{i}", size=MiB)
+        with MemoryPoolManager(namespace=ns) as other:
+            other.put_bytes("a", b"x", pool_id="p1")
+        for i in range(3):
+            pm.destroy_pool(f"p{i}")
+    assert COUNTERS["created"] - before["created"] == 3
+    assert COUNTERS["unlinked"] - before["unlinked"] == 3
+    assert COUNTERS["attached"] - before["attached"] == 1
+
+
+def test_debug_build_counters_balance() -> None:
+    """In a debug build the allocator's alloc/free counters balance after a workload."""
+    from sutazai_hwopt._native import buildinfo, pool_alloc
+
+    if not buildinfo.DEBUG_BUILD:
+        pytest.skip("counters are compiled in only with SUTAZAI_HWOPT_DEBUG=1")
+    before = pool_alloc.debug_counters()
+    buf = bytearray(MiB)
+    pool_alloc.format_segment(buf, 0)
+    heap = pool_alloc.SegmentHeap(buf)
+    for off in [heap.alloc(n) for n in (10, 5000, 70_000)]:
+        heap.free(off)
+    after = pool_alloc.debug_counters()
+    assert after["allocs"] - before["allocs"] == after["frees"] - before["frees"] == 3
