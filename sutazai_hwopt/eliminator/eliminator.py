@@ -121,6 +121,29 @@ class BottleneckEliminator:
             raise InvalidArgumentError(f"register_hook needs a non-empty name and callables, got {name!r}")
         self._hooks[name] = (fn, undo)
 
+    def attach(self, *, memory: Any = None, cache: Any = None, balancer: Any = None) -> list[str]:
+        """Register the hooks these components offer (by method name); returns the hook names registered.
+
+        ``memory.collect_garbage()`` -> ``pool.collect_dead``; ``cache.shrink(fraction)`` /
+        ``cache.restore(state)`` -> ``cache.shrink``; ``balancer.shed(backend)`` / ``balancer.drain(backend)``
+        (each returning its undo) -> ``balancer.shed`` / ``balancer.drain``. Missing methods are skipped.
+        """
+        added: list[str] = []
+        if memory is not None and callable(getattr(memory, "collect_garbage", None)):
+            self.register_hook("pool.collect_dead", lambda **kw: memory.collect_garbage())
+            added.append("pool.collect_dead")
+        if cache is not None and callable(getattr(cache, "shrink", None)):
+            restore = getattr(cache, "restore", None)
+            self.register_hook("cache.shrink", lambda **kw: cache.shrink(0.5),
+                               undo=restore if callable(restore) else None)
+            added.append("cache.shrink")
+        for name in ("shed", "drain"):
+            fn = getattr(balancer, name, None) if balancer is not None else None
+            if callable(fn):
+                self.register_hook(f"balancer.{name}", lambda backend=None, _fn=fn, **kw: _fn(backend))
+                added.append(f"balancer.{name}")
+        return added
+
     def register_metric(self, name: str, fn: Callable[[], float]) -> None:
         """Make ``custom:<name>`` measurable (e.g. the load balancer's backend load)."""
         if not isinstance(name, str) or not name or not callable(fn):

@@ -194,6 +194,23 @@ def test_backend_overload_uses_balancer_hooks_and_custom_metric(scripted: Any) -
     assert metric_value("custom:balancer.load", {}, {}, elim._custom_metrics) == 0.5
 
 
+def test_attach_registers_the_hooks_components_offer(scripted: Any) -> None:
+    """attach() maps a memory manager's collect_garbage to pool.collect_dead and runs it for memory pressure."""
+    collected: list[int] = []
+
+    class Memory:
+        def collect_garbage(self) -> dict[str, int]:
+            collected.append(1)
+            return {"blocks": 3}
+
+    elim = BottleneckEliminator({"auto_fix": True, "mode": "conservative"},
+                                metric_source=scripted([{MEM: 1e9}, {MEM: 2e9}]))
+    assert elim.attach(memory=Memory(), cache=object(), balancer=None) == ["pool.collect_dead"]
+    res = run(elim, "memory_pressure", {})
+    assert res.status == "resolved" and collected == [1]
+    assert res.outcomes[0].action.name == "hook:pool.collect_dead"
+
+
 def test_prediction_disabled_skips(scripted: Any) -> None:
     """A predicted bottleneck is skipped (and audited) when prediction is off."""
     elim = BottleneckEliminator({"auto_fix": True, "prediction_enabled": False}, metric_source=scripted([]))
