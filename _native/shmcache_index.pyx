@@ -527,10 +527,11 @@ cdef class ShmIndex:
     # ---- public operations ---------------------------------------------------------------------------------
     def put(self, const uint8_t[::1] key, uint64_t h, int kind, int prio, const uint8_t[::1] head,
             list body, int state=ST_VALID, bint demote=False, uint32_t owner_pid=0, uint64_t owner_start=0,
-            uint32_t gen=0):
+            uint32_t gen=0, bint visited=False):
         """Store ``key`` -> (kind, head, concatenated ``body`` buffers), replacing any previous entry.
 
-        Evicts CLOCK victims of the lowest priority as needed. Returns the list of evicted records
+        Evicts SIEVE victims of the lowest priority as needed. ``visited`` inserts the entry as if it had
+        been hit once (a prefetched entry then survives one pass of the hand before its first use). Returns the list of evicted records
         ``(key, kind, prio, head, body)`` when ``demote`` (for the next tier), else an empty list.
 
         Raises:
@@ -616,6 +617,7 @@ cdef class ShmIndex:
             else:
                 self._bump(h)
             self._insert_slot(off)
+            b.visited = visited
             self.ih.st_inserts += 1
             return victims
         finally:

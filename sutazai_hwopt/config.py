@@ -189,7 +189,7 @@ class CacheSection(_Section):
     l2_max_entries: int | None = _opt(None, lo=48, hi=1 << 30, doc="L2 index capacity; None: l2_size / 1 KiB")
     l3_max_entries: int | None = _opt(None, lo=48, hi=1 << 30, doc="L3 index capacity; None: l3_size / 1 KiB")
     prefetch_order: int = _opt(2, lo=1, hi=8, doc="context length of the Markov prefetch model")
-    prefetch_min_confidence: float = _opt(0.4, lo=0.0, hi=1.0, doc="least successor probability prefetched")
+    prefetch_min_confidence: float = _opt(0.3, lo=0.0, hi=1.0, doc="least successor probability prefetched")
     prefetch_queue: int = _opt(64, lo=1, hi=65536, doc="bounded queue of the prefetch worker")
     prefetch_inline: bool = _opt(False, doc="prefetch synchronously in get() (deterministic tests/benches)")
 

@@ -4,18 +4,21 @@ Model: prediction by partial matching over each agent's own access sequence (Cle
 using adaptive coding and partial string matching", 1984; applied to file prefetching by Griffioen & Appleton,
 USENIX 1994, and Kroeger & Long, "probability graphs"). For every order ``o = 1..k`` the context of the last
 ``o`` keys keeps a small table of successors with weights; each update multiplies the context's weights by
-``decay`` before adding 1 to the observed successor, so the model follows changing workflows. A prediction uses
-the longest context seen at least ``min_support`` times and proposes successors whose share of the context's
-weight is at least ``min_confidence`` (so a random, Zipf-like stream yields almost no prefetches and does not
-pollute the cache), then follows the most likely successor for up to ``depth`` keys.
+``decay`` before adding 1 to the observed successor, so the model follows changing workflows. Every access
+trains the agent's own tables and a shared table (all agents of the process), which answers while the agent's
+own context has too little support (a new agent starts with what the others learned). A prediction uses
+the longest context seen at least ``min_support`` times and proposes successors whose probability (their share of
+the context's weight after a PPM method-C escape for unseen successors) is at least ``min_confidence`` (so a
+random, Zipf-like stream yields almost no prefetches and does not pollute the cache), then follows the most likely
+path while its joint probability stays above ``min_confidence``, for up to ``depth`` keys.
 
 A scikit-learn model was considered and rejected: an online table answers in ~microseconds per access, learns
 from one observation, and its confidence is a calibrated frequency; a fitted classifier needs batches, a
 feature encoding of unbounded key sets, and costs 100x more per prediction.
 
-Worker: one daemon thread fed by a bounded queue (requests are dropped, not queued without limit, when the
-loader is slower than the accesses); ``inline=True`` runs prefetches synchronously (deterministic tests and
-benchmarks).
+Worker: one daemon thread fed by a bounded queue of accesses; it updates the model, predicts and loads, so
+``get()`` only pays for an enqueue. Accesses are dropped (counted), not queued without limit, when the worker
+falls behind; ``inline=True`` does all of it synchronously in ``get()`` (deterministic tests and benchmarks).
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from typing import Any
 from ..logs import get_logger
 
 __all__ = ["MarkovPredictor", "PrefetchWorker"]
+
+_ALL = "\x00all"   # owner of the shared table that every agent's accesses also train
+_REST = object()   # successor slot holding the weight of dropped successors
 
 log = get_logger("cache")
 
@@ -45,7 +51,7 @@ class MarkovPredictor:
         ['b', 'c']
     """
 
-    def __init__(self, order: int = 2, *, decay: float = 0.95, min_confidence: float = 0.4,
+    def __init__(self, order: int = 2, *, decay: float = 0.95, min_confidence: float = 0.3,
                  min_support: float = 1.5, max_contexts: int = 100_000, max_successors: int = 8) -> None:
         self.order = order
         self.decay = decay
@@ -64,8 +70,8 @@ class MarkovPredictor:
             if hist is None:
                 hist = self._history[agent] = deque(maxlen=self.order)
             h = tuple(hist)
-            for o in range(1, len(h) + 1):
-                ctx = (agent, *h[-o:])
+            for o in range(1, 2 * len(h) + 1):
+                ctx = (agent if o <= len(h) else _ALL, *h[-(o - 1) % len(h) - 1:])
                 succ = self._tables.get(ctx)
                 if succ is None:
                     succ = self._tables[ctx] = {}
@@ -76,20 +82,28 @@ class MarkovPredictor:
                     for s in succ:
                         succ[s] *= self.decay
                 succ[key] = succ.get(key, 0.0) + 1.0
-                if len(succ) > self.max_successors:
-                    del succ[min(succ, key=succ.__getitem__)]
+                if len(succ) > self.max_successors + 1:
+                    # Drop the weakest successor but keep its mass in _REST, so the confidence of the others
+                    # stays a true share (a context with many successors never looks confident).
+                    weakest = min((s for s in succ if s is not _REST), key=succ.__getitem__)
+                    succ[_REST] = succ.get(_REST, 0.0) + succ.pop(weakest)
             hist.append(key)
 
     def _next(self, agent: str, h: tuple[Any, ...]) -> list[tuple[float, Hashable]]:
-        for o in range(min(len(h), self.order), 0, -1):
-            succ = self._tables.get((agent, *h[-o:]))
-            if succ is None:
-                continue
-            total = sum(succ.values())
-            if total < self.min_support:
-                continue
-            ranked = sorted(((w / total, s) for s, w in succ.items()), key=lambda t: -t[0])
-            return [(p, s) for p, s in ranked if p >= self.min_confidence]
+        # Longest supported context of the agent's own table, then of the shared table (all agents).
+        for owner in (agent, _ALL):
+            for o in range(min(len(h), self.order), 0, -1):
+                succ = self._tables.get((owner, *h[-o:]))
+                if succ is None:
+                    continue
+                total = sum(succ.values())
+                if total < self.min_support:
+                    continue
+                # PPM "method C" escape (Moffat 1990): reserve mass for an unseen successor in proportion to
+                # the distinct successors seen, so a context seen twice with two outcomes is not "50% sure".
+                total += len(succ)
+                ranked = sorted(((w / total, s) for s, w in succ.items()), key=lambda t: -t[0])
+                return [(p, s) for p, s in ranked if p >= self.min_confidence and s is not _REST]
         return []
 
     def predict(self, agent: str, depth: int) -> list[Hashable]:
@@ -101,17 +115,18 @@ class MarkovPredictor:
             h = tuple(hist)
             first = self._next(agent, h)
             out = [s for _, s in first[:depth]]
-            # Follow the most likely path for the remaining depth (a workflow's next steps).
-            cur = h
+            # Follow the most likely path while its joint probability stays above min_confidence.
+            cur, joint = h, first[0][0] if first else 0.0
             while first and len(out) < depth:
                 cur = (*cur, first[0][1])[-self.order:]
                 first = self._next(agent, cur)
-                for _, s in first:
-                    if s not in out and s not in h:
-                        out.append(s)
-                        break
-                else:
+                if not first or joint * first[0][0] < self.min_confidence:
                     break
+                joint *= first[0][0]
+                s = first[0][1]
+                if s in out:
+                    break
+                out.append(s)
             return out[:depth]
 
 

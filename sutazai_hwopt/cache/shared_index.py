@@ -158,7 +158,7 @@ class SharedTier:
 
     # ---- operations ---------------------------------------------------------------------------------------
     def put(self, kb: bytes, h: int, kind: int, head: bytes, body: list[Any], priority: int,
-            demote: bool = False) -> list[tuple[bytes, int, int, bytes, bytes]]:
+            demote: bool = False, visited: bool = False) -> list[tuple[bytes, int, int, bytes, bytes]]:
         """Store an encoded value; returns demoted victims when ``demote``.
 
         Raises:
@@ -171,11 +171,11 @@ class SharedTier:
                 f"value of {need} bytes (with headers) is larger than the {self.level} budget "
                 f"({self.size} bytes, {self.heap.heap_size} bytes of heap)")
         try:
-            return self.index.put(kb, h, kind, priority, head, body, 2, demote)
+            return self.index.put(kb, h, kind, priority, head, body, 2, demote, 0, 0, 0, visited)
         except PoolExhaustedError:
             if self.reclaim_dead() == 0:
                 raise
-            return self.index.put(kb, h, kind, priority, head, body, 2, demote)
+            return self.index.put(kb, h, kind, priority, head, body, 2, demote, 0, 0, 0, visited)
 
     def get(self, kb: bytes, h: int) -> tuple[int, int, bytes, Any] | None:
         """``(kind, priority, head, body)`` with a pinned zero-copy body, or None."""

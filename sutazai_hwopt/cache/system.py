@@ -140,7 +140,7 @@ class IntelligentCacheSystem:
             from .prefetch import MarkovPredictor, PrefetchWorker
 
             self._predictor = MarkovPredictor(cfg.prefetch_order, min_confidence=cfg.prefetch_min_confidence)
-            self._worker = PrefetchWorker(self._prefetch_one, queue_size=cfg.prefetch_queue,
+            self._worker = PrefetchWorker(self._on_access, queue_size=cfg.prefetch_queue,
                                           inline=cfg.prefetch_inline)
 
     # ---- lifecycle --------------------------------------------------------------------------------------------
@@ -191,9 +191,11 @@ class IntelligentCacheSystem:
             self._puts += 1
             self._agent(agent_id)["puts"] += 1
 
-    def _store_shared(self, kb: bytes, h: int, kind: int, priority: int, head: bytes, body: list[Any]) -> None:
+    def _store_shared(self, kb: bytes, h: int, kind: int, priority: int, head: bytes, body: list[Any],
+                      visited: bool = False) -> None:
         if self._l2 is not None:
-            victims = self._l2.put(kb, h, kind, head, body, priority, demote=self._l3 is not None)
+            victims = self._l2.put(kb, h, kind, head, body, priority, demote=self._l3 is not None,
+                                   visited=visited)
             for vk, vkind, vprio, vhead, vbody in victims:
                 self._l3.put(vk, key_hash(vk), vkind, vprio, vhead, vbody)
         elif self._l3 is not None:
@@ -392,11 +394,18 @@ class IntelligentCacheSystem:
 
     # ---- prefetching ------------------------------------------------------------------------------------------
     def _after_access(self, agent_id: str, kb: bytes) -> None:
+        # The model is updated on the worker thread: get() only enqueues the access (dropped when full).
+        self._worker.submit(agent_id, kb)
+
+    def _on_access(self, agent_id: str, kb: Any) -> None:
         pred = self._predictor
         pred.observe(agent_id, kb)
         for nk in pred.predict(agent_id, self.config.prefetch_depth):
             self._pf["predicted"] += 1
-            self._worker.submit(agent_id, nk)
+            try:
+                self._prefetch_one(agent_id, nk)
+            except Exception as exc:  # a failed prefetch is only a missed opportunity
+                log.debug("prefetch of %r failed: %s", nk, exc)
 
     def _prefetch_one(self, agent_id: str, kb: Any) -> None:
         h = key_hash(kb)
@@ -412,9 +421,10 @@ class IntelligentCacheSystem:
             try:
                 value = loader(key_from_bytes(kb))
                 kind, head, body = encode(value)
-                self._store_shared(kb, h, kind, 0, head, body)
+                self._store_shared(kb, h, kind, 0, head, body, visited=True)
             except Exception:
-                self._pf["failed"] += 1
+                with self._lock:
+                    self._pf["failed"] += 1
                 raise
         with self._lock:
             self._pf["prefetched"] += 1
