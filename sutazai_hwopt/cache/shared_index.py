@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import secrets
 import threading
-import weakref
 from typing import Any
 
 from .._native import pool_alloc, shmcache_index
@@ -30,7 +29,6 @@ __all__ = ["SharedTier", "tier_segment_name"]
 
 log = get_logger("cache")
 MIN_TIER = 1 << 20
-_LIVE: weakref.WeakSet[SharedTier] = weakref.WeakSet()
 
 
 def tier_segment_name(namespace: str, level: str) -> str:
@@ -49,8 +47,76 @@ def _alive(pid: int, start: int) -> bool:
     return pid != 0 and process_start_time(pid) == start
 
 
+class _Attachment:
+    """The one mapping of a tier's segment in this process, shared by every SharedTier handle on it.
+
+    One attachment per process matters for pins: a process slot's pin bit says "this process pins the block",
+    and the per-process pin counts live in the one ShmIndex handle.
+    """
+
+    def __init__(self, name: str, shm: Any) -> None:
+        self.name = name
+        self.shm = shm
+        buf = shm.buf
+        assert buf is not None
+        try:
+            self.heap = pool_alloc.SegmentHeap(buf)
+            self.index = shmcache_index.ShmIndex(buf, self.heap)
+        except BaseException:
+            close_quietly(shm)
+            raise
+        del buf
+        self.heap.on_recover = self._on_recover
+        self.refs = 0
+        self.pid = os.getpid()
+        self.start = process_start_time(self.pid) or 0
+        self.claim_slot()
+
+    def _on_recover(self) -> None:
+        freed = self.index.repair()
+        log.warning("cache tier %s: a process died holding the lock; index rebuilt, %d blocks freed",
+                    self.name, freed)
+
+    def claim_slot(self) -> None:
+        with self.heap:
+            free = None
+            for i, pid, start in self.index.proc_table():
+                if pid and not _alive(pid, start):
+                    self.index.reclaim_proc(i)
+                    pid = 0
+                if pid == 0 and free is None:
+                    free = i
+            if free is None:
+                log.warning("cache tier %s: all %d process slots busy; reads here will copy", self.name,
+                            shmcache_index.MAX_PROCESSES)
+                return
+            self.index.claim_proc(free, self.pid, self.start)
+
+    def after_fork_in_child(self) -> None:
+        self.index.detach_proc()
+        self.pid = os.getpid()
+        self.start = process_start_time(self.pid) or 0
+        self.claim_slot()
+
+    def close(self) -> None:
+        try:
+            if self.index.local_pin_count() == 0 and self.index.proc_slot >= 0:
+                self.index.reclaim_proc(self.index.proc_slot)
+        except Exception as exc:  # closing must not fail
+            log.debug("releasing the process slot failed: %s", exc)
+        self.index.close()
+        self.heap.close()
+        close_quietly(self.shm)
+
+
+_ATTACHED: dict[str, _Attachment] = {}
+_ATTACH_LOCK = threading.Lock()
+
+
 class SharedTier:
     """One shared tier of a namespace, attached in this process (created on first use).
+
+    Several handles of one process on the same tier share one mapping (and one process slot).
 
     Args:
         namespace: processes with the same namespace share the tier.
@@ -65,27 +131,20 @@ class SharedTier:
         self.namespace = namespace
         self.level = level
         self.name = tier_segment_name(namespace, level)
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
-        self._start = process_start_time(self._pid) or 0
-        try:
-            shm = attach_segment(self.name)
-        except NotFoundError:
-            shm = self._create(size, max_entries)
-        self._shm: Any = shm
-        buf = shm.buf
-        assert buf is not None
-        try:
-            self.heap = pool_alloc.SegmentHeap(buf)
-            self.index = shmcache_index.ShmIndex(buf, self.heap)
-        except BaseException:
-            close_quietly(shm)
-            raise
-        del buf
-        self.heap.on_recover = self._on_recover
-        self.size = shm.size
-        self._claim_slot()
-        _LIVE.add(self)
+        self._att: _Attachment | None = None
+        with _ATTACH_LOCK:
+            att = _ATTACHED.get(self.name)
+            if att is None or att.pid != os.getpid():
+                try:
+                    shm = attach_segment(self.name)
+                except NotFoundError:
+                    shm = self._create(size, max_entries)
+                att = _ATTACHED[self.name] = _Attachment(self.name, shm)
+            att.refs += 1
+        self._att = att
+        self.heap = att.heap
+        self.index = att.index
+        self.size = att.shm.size
 
     def _create(self, size: int, max_entries: int | None) -> Any:
         size = size // 4096 * 4096
@@ -116,25 +175,7 @@ class SharedTier:
         finally:
             unlink_segment(tmp)
 
-    # ---- process slots and crash recovery -------------------------------------------------------------------
-    def _claim_slot(self) -> None:
-        with self.heap:
-            free = None
-            for i, pid, start in self.index.proc_table():
-                if pid == self._pid and start == self._start:
-                    free = i   # a previous handle of this same process: share the slot
-                    break
-                if pid and not _alive(pid, start):
-                    self.index.reclaim_proc(i)
-                    pid = 0
-                if pid == 0 and free is None:
-                    free = i
-            if free is None:
-                log.warning("cache tier %s: all %d process slots busy; reads here will copy", self.name,
-                            shmcache_index.MAX_PROCESSES)
-                return
-            self.index.claim_proc(free, self._pid, self._start)
-
+    # ---- crash recovery -------------------------------------------------------------------------------------
     def reclaim_dead(self) -> int:
         """Release the pins of processes that died holding views; returns how many pins were released."""
         n = 0
@@ -143,18 +184,6 @@ class SharedTier:
                 if pid and not _alive(pid, start):
                     n += self.index.reclaim_proc(i)
         return n
-
-    def _on_recover(self) -> None:
-        freed = self.index.repair()
-        log.warning("cache tier %s: a process died holding the lock; index rebuilt, %d blocks freed",
-                    self.name, freed)
-
-    def after_fork_in_child(self) -> None:
-        """Drop the parent's process slot in a forked child and take one of its own."""
-        self.index.detach_proc()
-        self._pid = os.getpid()
-        self._start = process_start_time(self._pid) or 0
-        self._claim_slot()
 
     # ---- operations ---------------------------------------------------------------------------------------
     def put(self, kb: bytes, h: int, kind: int, head: bytes, body: list[Any], priority: int,
@@ -186,22 +215,20 @@ class SharedTier:
         return bool(self.heap.check() and self.index.check())
 
     def close(self) -> None:
-        """Unmap from this process, releasing its process slot (pins of live views are kept until they die)."""
-        if getattr(self, "_shm", None) is None:
+        """Drop this handle; the last handle of the process unmaps and frees its process slot (pins of live
+        views are kept until the views die)."""
+        att, self._att = self._att, None
+        if att is None:
             return
-        try:
-            if self.index.local_pin_count() == 0 and self.index.proc_slot >= 0:
-                self.index.reclaim_proc(self.index.proc_slot)
-        except Exception as exc:  # closing must not fail
-            log.debug("releasing the process slot failed: %s", exc)
-        self.index.close()
-        self.heap.close()
-        close_quietly(self._shm)
-        self._shm = None
-        _LIVE.discard(self)
+        with _ATTACH_LOCK:
+            att.refs -= 1
+            if att.refs > 0:
+                return
+            if _ATTACHED.get(self.name) is att:
+                del _ATTACHED[self.name]
+        att.close()
 
     def __del__(self) -> None:
-        # Release our exports before SharedMemory.__del__ runs, or it raises BufferError.
         try:
             self.close()
         except Exception:  # interpreter shutdown
@@ -218,11 +245,11 @@ def _r64(n: int) -> int:
 
 
 def _after_fork() -> None:
-    for tier in list(_LIVE):
+    for att in list(_ATTACHED.values()):
         try:
-            tier.after_fork_in_child()
+            att.after_fork_in_child()
         except (OSError, CapacityError) as exc:
-            log.warning("cache tier %s unusable after fork: %s", tier.name, exc)
+            log.warning("cache tier %s unusable after fork: %s", att.name, exc)
 
 
 os.register_at_fork(after_in_child=_after_fork)

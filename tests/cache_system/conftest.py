@@ -24,6 +24,9 @@ def ns() -> Iterator[str]:
         yield name
         left = list_segments(name)
         assert left == [], f"segments left in /dev/shm: {left}"
+        import threading
+
+        assert not [t for t in threading.enumerate() if t.name == "sutazai-cache-prefetch"], "prefetch thread left"
 
 
 def _free_port() -> int:

@@ -263,3 +263,20 @@ def test_remote_tier_round_trip(ns: str, redis_url: str) -> None:
     assert b.delete("s") and not b.contains("s")
     b.clear()
     b.destroy()
+
+
+def test_two_handles_in_one_process_share_one_attachment(ns: str) -> None:
+    """Two caches of one process pin the same block without conflict; pins go when both views die."""
+    a = IntelligentCacheSystem(_cfg(ns, l1_size=0))
+    b = IntelligentCacheSystem(_cfg(ns, l1_size=0))
+    a.put("k", b"v" * 5000, "a")
+    va, vb = a.get("k", "a")[0], b.get("k", "b")[0]
+    assert va == vb == b"v" * 5000
+    assert a._l2.index is b._l2.index and a._l2.index.local_pin_count() == 1
+    b.close()
+    assert bytes(va) == b"v" * 5000
+    del va, vb
+    gc.collect()
+    assert a._l2.index.local_pin_count() == 0
+    assert a.check()
+    a.destroy()

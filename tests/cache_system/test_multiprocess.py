@@ -84,12 +84,12 @@ def _die_holding_lock(ns: str, mode: str) -> None:
         # Take the lock, allocate a block and scribble a half-written entry, then die without releasing.
         tier.heap.acquire()
         off = tier.heap.alloc(5000)
-        tier._shm.buf[off:off + 200] = b"\xab" * 200
+        tier._att.shm.buf[off:off + 200] = b"\xab" * 200
     elif mode == "mid-index":
         tier.heap.acquire()
         # Corrupt derived index state in the middle of an update: counters off by some.
         tier.index.put(b"szombie", key_hash(b"szombie"), 1, 0, b"", [b"z" * 100])
-        tier._shm.buf[tier.heap.meta_offset + 72:tier.heap.meta_offset + 80] = (999).to_bytes(8, "little")
+        tier._att.shm.buf[tier.heap.meta_offset + 72:tier.heap.meta_offset + 80] = (999).to_bytes(8, "little")
     elif mode == "pinned":
         v, level = cache.get("pinned", "a")
         assert level == "L2"
