@@ -278,8 +278,16 @@ class MemoryPoolManager:
         """Unlink the pool's segment and mark it destroyed; every process's later calls on it raise NotFound.
 
         Memory is returned to the system when the last process unmaps it (at its next call or ``close()``).
+        A segment whose header is damaged or was never finished (its creator died while formatting it) is
+        unlinked all the same, with a warning.
         """
-        pool = self._pool(pool_id)
+        try:
+            pool = self._pool(pool_id)
+        except IncompatibleLayoutError as exc:
+            name = segment_name(self.namespace, validate_name("pool_id", pool_id))
+            unlink_segment(name)
+            log.warning("destroyed unreadable pool segment %s: %s", name, exc)
+            return
         with pool.heap:
             pool.t.mark_destroyed()
             unlink_segment(pool.name)
@@ -540,7 +548,11 @@ class MemoryPoolManager:
         if target_id == owner_id:
             raise InvalidArgumentError(f"target_id must differ from owner_id, got {target_id!r} twice")
         with self._locked_block(owner_id, block_id) as (pool, slot, _agent):
-            other = self._agent(pool, target_id)
+            # Do not bind the target to this process: it may live elsewhere (or not have started yet).
+            other = pool.t.register_agent(target_id.encode(), 0, 0, rebind=False)
+            if other < 0:
+                raise PoolExhaustedError(f"pool {pool.pool_id!r} has no room for agent {target_id!r} "
+                                         f"({len(pool.t.agents)} agents max)")
             pool.t.holder_add(slot, other, 1)
             pool.t.core.add_refs(slot, 1)
 
@@ -569,7 +581,7 @@ class MemoryPoolManager:
                     continue
                 for idx in np.flatnonzero(t.agents["name"] != b"").tolist():
                     pid, start = int(t.agents["pid"][idx]), int(t.agents["start"][idx])
-                    if pid == self._pid or process_start_time(pid) == start:
+                    if pid in (0, self._pid) or process_start_time(pid) == start:
                         continue
                     for slot, count in t.holders_of_agent(idx):
                         t.holder_add(slot, idx, -count)

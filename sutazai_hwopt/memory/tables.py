@@ -193,9 +193,15 @@ class Tables:
         hits = np.flatnonzero(self.agents["name"] == name)
         return int(hits[0]) if len(hits) else -1
 
-    def register_agent(self, name: bytes, pid: int, start: int) -> int:
-        """Register (or re-bind to this process) an agent; returns its index, or -1 if the table is full."""
+    def register_agent(self, name: bytes, pid: int, start: int, *, rebind: bool = True) -> int:
+        """Register an agent bound to (pid, start); returns its index, or -1 if the table is full.
+
+        An existing agent is re-bound to (pid, start) only with ``rebind``; pid 0 means "not bound to a
+        process yet" (an agent that was granted a block before it ever ran here; GC leaves it alone).
+        """
         idx = self.agent_index(name)
+        if idx >= 0 and not rebind:
+            return idx
         if idx < 0:
             empty = np.flatnonzero(self.agents["name"] == b"")
             if not len(empty):

@@ -489,3 +489,26 @@ def test_debug_build_counters_balance() -> None:
         heap.free(off)
     after = pool_alloc.debug_counters()
     assert after["allocs"] - before["allocs"] == after["frees"] - before["frees"] == 3
+
+
+def test_share_does_not_rebind_the_target(pm: MemoryPoolManager) -> None:
+    """Sharing to an agent neither binds it to the sharer's process nor lets GC drop a grant not yet used."""
+    bid = pm.put_bytes("owner", b"grant", pool_id="data")
+    pm.share_memory("owner", "later", bid)
+    t = pm._pool("data").t
+    idx = t.agent_index(b"later")
+    assert int(t.agents["pid"][idx]) == 0                 # not bound to us: "later" has not run yet
+    assert pm.collect_garbage()["agents"] == 0
+    assert pm.read("later", bid) == b"grant"              # first own use binds it to this process
+    assert int(t.agents["pid"][idx]) == os.getpid()
+
+
+def test_destroy_pool_with_unreadable_header(pm: MemoryPoolManager, ns: str) -> None:
+    """destroy_pool also removes a segment whose header is damaged (it cannot be attached)."""
+    shm = attach_segment(segment_name(ns, "data"))
+    assert shm.buf is not None
+    shm.buf[:64] = os.urandom(64)
+    close_quietly(shm)
+    with MemoryPoolManager(namespace=ns) as other:
+        other.destroy_pool("data")
+    assert not os.path.exists(os.path.join(SHM_DIR, segment_name(ns, "data")))

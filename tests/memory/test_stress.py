@@ -22,7 +22,7 @@ from sutazai_hwopt.memory.segment import SHM_DIR, segment_name
 from .conftest import FORK
 
 N_WORKERS = 8
-N_OPS = 250
+N_OPS = 600
 SHARED_SEEDS = list(range(6))          # contents several workers store: dedup across processes
 
 
