@@ -9,6 +9,7 @@ table prints ratios to the L2 tier. Rows:
 
 * ``L2 tier get (zero-copy)``: ``SharedTier.get`` — lookup under the robust lock, pin, a read-only view;
 * ``IntelligentCacheSystem.get (L2)``: the public call with L1 disabled (key check, XXH3, stats, decode);
+  ``same, prefetching on``: the same with the prefetch model fed (one enqueue per get; a worker thread learns);
 * ``Redis GET (redis-py)``: a redis-server on 127.0.0.1 started here;
 * ``Manager().dict()[k]``: the standard library's proxy (a server process, pickled over a socket);
 * ``LMDB get (copy)`` / ``LMDB get (zero-copy)``: py-lmdb in a tmpfs directory, ``buffers=True`` for the second.
@@ -128,6 +129,8 @@ def main() -> None:
         tier = SharedTier(ns, "l2", 64 << 20)
         cache = IntelligentCacheSystem({"namespace": ns, "l1_size": 0, "l2_size": 64 << 20, "l3_size": 0,
                                         "enable_prefetch": False})
+        cache_pf = IntelligentCacheSystem({"namespace": ns, "l1_size": 0, "l2_size": 64 << 20, "l3_size": 0,
+                                           "enable_prefetch": True}, loader=lambda k: b"")
         port = _free_port()
         tmp = tempfile.mkdtemp(prefix="bench-cs-")
         rs = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
@@ -157,6 +160,7 @@ def main() -> None:
                 row = rows.setdefault(name, {})
                 row["L2 tier get (zero-copy)"] = per_op(lambda kb=kb, h=h: tier.get(kb, h), n, reps)
                 row["IntelligentCacheSystem.get (L2)"] = per_op(lambda name=name: cache.get(name, "a"), n, reps)
+                row["  same, prefetching on"] = per_op(lambda name=name: cache_pf.get(name, "a"), n, reps)
                 row["Redis GET (redis-py)"] = per_op(lambda name=name: r.get(name), nslow, reps)
                 row["Manager().dict()[k]"] = per_op(lambda name=name: md[name], nslow, reps)
                 with env.begin() as txn:
@@ -196,6 +200,7 @@ def main() -> None:
             eight = throughput(ns, kind, 8, n // 2)
             print(f"  {label:7s} 1 process {one:12,.0f}   8 processes {eight:12,.0f}   ratio {eight / one:5.2f}x "
                   f"(host has {os.cpu_count()} cores)")
+        cache_pf.close()
         cache.destroy()
         tier.close()
 

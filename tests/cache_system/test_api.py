@@ -280,3 +280,38 @@ def test_two_handles_in_one_process_share_one_attachment(ns: str) -> None:
     assert a._l2.index.local_pin_count() == 0
     assert a.check()
     a.destroy()
+
+
+def test_foreign_segment_is_a_clear_error(ns: str) -> None:
+    """A segment under the tier's name that is not a cache tier raises IncompatibleLayoutError, no crash."""
+    import os
+
+    from sutazai_hwopt.cache.shared_index import tier_segment_name
+    from sutazai_hwopt.errors import IncompatibleLayoutError
+    from sutazai_hwopt.memory.segment import close_quietly, create_segment, unlink_segment
+
+    name = tier_segment_name(ns, "l2")
+    shm = create_segment(name, 2 << 20)
+    shm.buf[:65536] = os.urandom(65536)
+    try:
+        with pytest.raises(IncompatibleLayoutError):
+            IntelligentCacheSystem(_cfg(ns, l3_size=0))
+    finally:
+        close_quietly(shm)
+        unlink_segment(name)
+
+
+def test_l3_skips_incompressible_values(ns: str) -> None:
+    """Random bytes are stored raw in L3 (no expansion); text is compressed."""
+    import os
+
+    cache = IntelligentCacheSystem(_cfg(ns, l2_size=0, l1_size=0))
+    noise = os.urandom(50000)
+    cache.put("noise", noise, "a")
+    s = cache.stats()["levels"]["L3"]
+    assert s["stored_bytes_in"] - s["raw_bytes_in"] < 64
+    cache.put("text", b"all work and no play " * 2000, "a")
+    s2 = cache.stats()["levels"]["L3"]
+    assert s2["stored_bytes_in"] - s["stored_bytes_in"] < (s2["raw_bytes_in"] - s["raw_bytes_in"]) / 4
+    assert cache.get("noise", "a") == (noise, "L3") and cache.get("text", "a")[1] == "L3"
+    cache.destroy()
