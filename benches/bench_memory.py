@@ -17,6 +17,7 @@ Sections (each prints medians and ratios measured in this run):
 * ``pss``      8 processes each "load" the same 256 MiB weights: through the pool with dedup (each process makes
                its copy, ``put_array`` merges it into the one stored copy, the private copy is dropped, then it
                reads through ``get_array``) next to each keeping a private copy; total PSS of the fleet.
+               ``--fleet 131`` repeats the pool path with 131 processes.
 * ``dedup``    sealing a 512 MiB block whose content is already in the pool (XXH3-128 + byte-for-byte compare +
                merge) next to raw ``xxhash.xxh3_128`` over the same bytes.
 * ``compress`` lz4 / zlib / shuffle+lz4 / shuffle+zlib on float32 weights and on JSON text: ratio and GB/s.
@@ -190,7 +191,7 @@ def _weights(n: int) -> np.ndarray:
     return (np.arange(n, dtype=np.float32) * np.float32(1e-6)).astype(np.float32)
 
 
-def _loader(ns: str | None, n: int, agent: str, ready: Any, go: Any, reader_only: bool) -> None:
+def _loader(ns: str | None, n: int, agent: str, ready: Any, go: Any) -> None:
     if ns is None:                                  # private copy
         w = _weights(n)
         float(w.sum())
@@ -198,12 +199,9 @@ def _loader(ns: str | None, n: int, agent: str, ready: Any, go: Any, reader_only
         go.wait()
         return
     with MemoryPoolManager(namespace=ns) as pm:
-        if reader_only:
-            bid = os.environ["_BENCH_BID"]
-        else:
-            w = _weights(n)
-            bid = pm.put_array(agent, w, pool_id="weights")
-            del w                                   # refcount frees it now (no gc.collect: it would COW-copy
+        w = _weights(n)
+        bid = pm.put_array(agent, w, pool_id="weights")
+        del w                                       # refcount frees it now (no gc.collect: it would COW-copy
                                                     # the forked interpreter's heap and bias the figure)
         arr = pm.get_array(agent, bid, np.float32)
         float(arr.sum(dtype=np.float64))
@@ -234,7 +232,7 @@ def bench_pss(quick: bool, fleet: int) -> None:
             readies = [FORK.Event() for _ in range(k)]
             procs = []
             for i in range(k):
-                p = FORK.Process(target=_loader, args=(use_ns, n, f"agent_{i:03d}", readies[i], go, False))
+                p = FORK.Process(target=_loader, args=(use_ns, n, f"agent_{i:03d}", readies[i], go))
                 p.start()
                 readies[i].wait()                    # one at a time: the private copies never coexist in pool
                 procs.append(p)
@@ -252,7 +250,7 @@ def bench_pss(quick: bool, fleet: int) -> None:
         print(f"ratio private / pool: {results['private copies'] / results['pool + dedup']:.1f}x "
               f"(parent PSS at start {base / MiB:.0f} MiB, not counted)")
         if fleet > k:
-            _fleet_readers(pm, ns, fleet, n, size, _idle_pss(ns, fleet))
+            _fleet(ns, fleet, n, size, _idle_pss(ns, fleet))
         pm.destroy_pool("weights")
 
 
@@ -279,28 +277,27 @@ def _idle_pss(ns: str, k: int) -> int:
     return total
 
 
-def _fleet_readers(pm: MemoryPoolManager, ns: str, fleet: int, n: int, size: int, idle: int) -> None:
-    bid = pm.put_array("fleet_owner", _weights(n), pool_id="weights")
-    for i in range(fleet):
-        pm.share_memory("fleet_owner", f"reader_{i:03d}", bid)
-    os.environ["_BENCH_BID"] = bid
+def _fleet(ns: str, fleet: int, n: int, size: int, idle: int) -> None:
+    """``fleet`` processes, started one after another (so at most one private copy exists at a time), each
+    loading its own copy of the weights and storing it with dedup, then reading through the pool."""
     go = FORK.Event()
-    readies = [FORK.Event() for _ in range(fleet)]
     procs = []
+    t0 = time.perf_counter()
     for i in range(fleet):
-        p = FORK.Process(target=_loader, args=(ns, n, f"reader_{i:03d}", readies[i], go, True))
+        ready = FORK.Event()
+        p = FORK.Process(target=_loader, args=(ns, n, f"fleet_{i:03d}", ready, go))
         p.start()
+        ready.wait()
         procs.append(p)
-    for r in readies:
-        r.wait()
+    load = time.perf_counter() - t0
     total = _fleet_pss(procs)
     go.set()
     for p in procs:
         p.join()
-    del os.environ["_BENCH_BID"]
-    print(f"{fleet} readers of the pooled weights: total PSS {total / MiB:.0f} MiB = "
+    print(f"{fleet} loaders (each put_array of its own copy, merged by dedup): total PSS {total / MiB:.0f} MiB = "
           f"{(total - idle) / size:.3f} x weights + per-process overhead ({idle / MiB:.0f} MiB for {fleet} "
-          f"attached agents holding no weights; private copies would need {fleet * size / MiB:.0f} MiB more)")
+          f"attached agents holding no weights; private copies would need {fleet * size / MiB:.0f} MiB); "
+          f"{load / fleet * 1e3:.0f} ms per loader")
 
 
 # ---- dedup ------------------------------------------------------------------------------------------------------
