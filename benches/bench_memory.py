@@ -18,8 +18,9 @@ Sections (each prints medians and ratios measured in this run):
                its copy, ``put_array`` merges it into the one stored copy, the private copy is dropped, then it
                reads through ``get_array``) next to each keeping a private copy; total PSS of the fleet.
                ``--fleet 131`` repeats the pool path with 131 processes.
-* ``dedup``    sealing a 512 MiB block whose content is already in the pool (XXH3-128 + byte-for-byte compare +
-               merge) next to raw ``xxhash.xxh3_128`` over the same bytes.
+* ``dedup``    storing (``put_array``) and sealing a 512 MiB block whose content is already in the pool (candidate
+               by size + head key, byte-for-byte compare, merge; XXH3-128 only when the bytes differ) next to raw
+               ``xxhash.xxh3_128`` over the same bytes.
 * ``compress`` lz4 / zlib / shuffle+lz4 / shuffle+zlib on float32 weights and on JSON text: ratio and GB/s.
 """
 
@@ -335,9 +336,9 @@ def bench_dedup(quick: bool) -> None:
     r, s, p = statistics.median(raw), statistics.median(seal), statistics.median(put)
     print(f"raw xxh3_128 over the bytes         {r * 1e3:7.1f} ms  {size / r / 1e9:5.1f} GB/s  100%")
     print(f"put_array of a duplicate            {p * 1e3:7.1f} ms  {size / p / 1e9:5.1f} GB/s  {r / p * 100:4.0f}%"
-          f"   (fused hash + byte compare, no copy, no allocation)")
+          f"   (byte compare with the head-key candidate; equal, so no hash, no copy, no allocation)")
     print(f"seal of a filled duplicate block    {s * 1e3:7.1f} ms  {size / s / 1e9:5.1f} GB/s  {r / s * 100:4.0f}%"
-          f"   (fused hash + compare, then the block's pages are given back)")
+          f"   (same compare, then the redundant block's pages are given back)")
 
 
 # ---- compress ---------------------------------------------------------------------------------------------------

@@ -405,17 +405,23 @@ class MemoryPoolManager:
     @staticmethod
     def _fused_probe(pool: _Pool, data: memoryview, key: tuple[int, int, int, int, int]
                      ) -> tuple[int, bool, int, int]:
-        """Guess a candidate from (head key, sizes, codec), then hash and compare in one pass outside the lock.
+        """Guess a candidate from (head key, sizes, codec), then compare (and hash only if it differs) outside
+        the lock.
 
         Returns (digest, equal, candidate slot, candidate generation). The candidate may be freed meanwhile;
         the caller re-checks its generation and hash under the lock before merging (sealed bytes never change
         while the generation stays the same).
         """
         t = pool.t
+        c_digest = 0
         with pool.heap:
             cand = t.head_candidate(*key)
-            c_gen, c_off = t.core.block(cand)[1:3] if cand >= 0 else (0, 0)
-        h, equal = dd.fused_digest_compare(data, pool.buf[c_off:c_off + key[1]] if cand >= 0 else None)
+            if cand >= 0:
+                _st, c_gen, c_off, *_rest, c_lo, c_hi = t.core.block(cand)
+                c_digest = c_lo | (c_hi << 64)
+            else:
+                c_gen, c_off = 0, 0
+        h, equal = dd.compare_or_digest(data, pool.buf[c_off:c_off + key[1]] if cand >= 0 else None, c_digest)
         return h, equal, cand, c_gen
 
     def _sealed_region(self, pool: _Pool, slot: int, block_id: str) -> tuple[int, int, int, int, int]:

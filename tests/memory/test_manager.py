@@ -424,16 +424,16 @@ def test_candidate_freed_during_compare_is_not_merged(pm: MemoryPoolManager, mon
 
     data = np.random.default_rng(6).integers(0, 255, 2 * MiB, dtype=np.uint8)
     first = pm.put_array("a1", data, pool_id="data")
-    real = dedup.fused_digest_compare
+    real = dedup.compare_or_digest
 
-    def racing(buf: Any, cand: Any) -> Any:
-        result = real(buf, cand)
+    def racing(buf: Any, cand: Any, cand_digest: int) -> Any:
+        result = real(buf, cand, cand_digest)
         if cand is not None:
             del cand
             pm.free_memory("a1", first)          # another holder drops the last reference meanwhile
         return result
 
-    monkeypatch.setattr(dedup, "fused_digest_compare", racing)
+    monkeypatch.setattr(dedup, "compare_or_digest", racing)
     second = pm.put_array("a2", data, pool_id="data")
     assert not pm.block_info("a2", second)["deduplicated"]
     assert np.array_equal(pm.get_array("a2", second), data)
