@@ -24,16 +24,24 @@ from .errors import (
 _LAZY: dict[str, str] = {
     "load_config": "sutazai_hwopt.config",
     "HwoptConfig": "sutazai_hwopt.config",
+    "Cache": "sutazai_hwopt.cache",
+    "cached": "sutazai_hwopt.cache",
     "MemoryPoolManager": "sutazai_hwopt.memory",
     "IntelligentCacheSystem": "sutazai_hwopt.cache.system",
     "PerformanceProfiler": "sutazai_hwopt.profiler",
     "BottleneckEliminator": "sutazai_hwopt.eliminator",
     "ResourcePoolCoordinator": "sutazai_hwopt.resources",
     "HardwareOptimizationMaster": "sutazai_hwopt.master",
+    "DynamicLoadBalancer": "sutazai_hwopt.balancer",
+    "BackendService": "sutazai_hwopt.balancer",
+    "RequestType": "sutazai_hwopt.balancer",
+    "CircuitBreaker": "sutazai_hwopt.balancer",
 }
 
 if TYPE_CHECKING:
+    from .cache import Cache, cached
     from .cache.system import IntelligentCacheSystem
+    from .balancer import BackendService, CircuitBreaker, DynamicLoadBalancer, RequestType
     from .config import HwoptConfig, load_config
     from .eliminator import BottleneckEliminator
     from .master import HardwareOptimizationMaster
@@ -43,10 +51,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AccessDeniedError",
+    "BackendService",
     "BottleneckEliminator",
+    "Cache",
     "CapacityError",
+    "CircuitBreaker",
     "ConfigError",
     "CorruptionError",
+    "DynamicLoadBalancer",
     "HardwareOptimizationMaster",
     "HwoptConfig",
     "HwoptError",
@@ -55,8 +67,10 @@ __all__ = [
     "NotFoundError",
     "PerformanceProfiler",
     "PoolExhaustedError",
+    "RequestType",
     "ResourcePoolCoordinator",
     "__version__",
+    "cached",
     "load_config",
 ]
 

@@ -461,6 +461,15 @@ class DynamicLoadBalancer:
                                      timeout_s=self.config.health_check_timeout_s)
         self._health.start()
 
+    async def check_now(self) -> None:
+        """Run one round of active checks now and wait for it (started or not)."""
+        from .health import HealthChecker
+
+        self._checks_active = True
+        h = self._health or HealthChecker(self, interval_s=self.config.health_check_interval_s,
+                                          timeout_s=self.config.health_check_timeout_s)
+        await h.run_once()
+
     async def stop(self) -> None:
         """Stop the health checks (idempotent)."""
         h, self._health = self._health, None
