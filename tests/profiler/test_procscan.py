@@ -105,16 +105,19 @@ def test_scan_reads_a_real_process_like_psutil() -> None:
         assert sc.open_slot(2, proc.pid, True, True)
         out = np.full((4, procscan.NCOLUMNS), np.nan)
         ok = np.zeros(4, np.uint8)
-        assert sc.scan(out, ok) == 1
-        assert list(ok) == [0, 0, 1, 0]
-        ps = psutil.Process(proc.pid)
-        assert out[2, C["threads"]] == ps.num_threads()
-        assert out[2, C["rss_pages"]] * os.sysconf("SC_PAGE_SIZE") == pytest.approx(ps.memory_info().rss, rel=0.2)
+        assert sc.open_slot(1, os.getpid())
+        assert sc.scan(out, ok) == 2
+        assert list(ok) == [0, 1, 1, 0]
+        assert out[2, C["threads"]] == psutil.Process(proc.pid).num_threads()
+        # RSS: compare on this (large) process; the kernel's per-CPU RSS counters are approximate, which
+        # matters only for a tiny process like sleep
+        rss = out[1, C["rss_pages"]] * os.sysconf("SC_PAGE_SIZE")
+        assert rss == pytest.approx(psutil.Process().memory_info().rss, rel=0.1)
         assert out[2, C["children_hash"]] == 0  # sleep has no children
         assert out[2, C["slices"]] >= 1
         proc.kill()
         proc.wait()
-        assert sc.scan(out, ok) == 0 and ok[2] == 0
+        assert sc.scan(out, ok) == 1 and ok[2] == 0 and ok[1] == 1
         sc.close_all()
         assert sc.open_fds == 0
     finally:
