@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+import weakref
 from typing import Any
 
 from .._native import pool_alloc, shmcache_index
@@ -66,10 +67,14 @@ class _Attachment:
             close_quietly(shm)
             raise
         del buf
-        self.heap.on_recover = self._on_recover
+        # A weak callback: no cycle heap -> attachment, so a closed tier is freed by reference counting (its
+        # buffer exports released in a defined order), never by the cyclic GC.
+        self_ref = weakref.ref(self)
+        self.heap.on_recover = lambda: _recover(self_ref)
         self.refs = 0
         self.pid = os.getpid()
         self.start = process_start_time(self.pid) or 0
+        self.needs_slot = False
         self.claim_slot()
 
     def _on_recover(self) -> None:
@@ -78,6 +83,7 @@ class _Attachment:
                     self.name, freed)
 
     def claim_slot(self) -> None:
+        self.needs_slot = False
         with self.heap:
             free = None
             for i, pid, start in self.index.proc_table():
@@ -93,20 +99,33 @@ class _Attachment:
             self.index.claim_proc(free, self.pid, self.start)
 
     def after_fork_in_child(self) -> None:
+        # Forget the parent's slot now (no lock, no syscalls); claim our own on the first read.
         self.index.detach_proc()
         self.pid = os.getpid()
         self.start = process_start_time(self.pid) or 0
-        self.claim_slot()
+        self.needs_slot = True
 
     def close(self) -> None:
-        try:
-            if self.index.local_pin_count() == 0 and self.index.proc_slot >= 0:
-                self.index.reclaim_proc(self.index.proc_slot)
-        except Exception as exc:  # closing must not fail
-            log.debug("releasing the process slot failed: %s", exc)
-        self.index.close()
-        self.heap.close()
-        close_quietly(self.shm)
+        """Unmap — unless zero-copy views are still alive: then the handles stay open (the views keep the
+        mapping and can still unpin) and go away with the last view; the slot is reclaimed after our exit."""
+        if self.index.local_pin_count() == 0:
+            try:
+                if self.index.proc_slot >= 0:
+                    self.index.reclaim_proc(self.index.proc_slot)
+            except Exception as exc:  # closing must not fail
+                log.debug("releasing the process slot failed: %s", exc)
+            self.index.close()
+            self.heap.close()
+        if not close_quietly(self.shm):
+            # Views still export the buffer: drop our memoryview too (the views keep it and the mapping alive),
+            # or SharedMemory.__del__ would try to release it again and raise BufferError.
+            self.shm._buf = None
+
+
+def _recover(ref: weakref.ref[_Attachment]) -> None:
+    att = ref()
+    if att is not None:
+        att._on_recover()
 
 
 _ATTACHED: dict[str, _Attachment] = {}
@@ -208,6 +227,9 @@ class SharedTier:
 
     def get(self, kb: bytes, h: int) -> tuple[int, int, bytes, Any] | None:
         """``(kind, priority, head, body)`` with a pinned zero-copy body, or None."""
+        att = self._att
+        if att is not None and att.needs_slot:
+            att.claim_slot()
         return self.index.get(kb, h)
 
     def check(self) -> bool:

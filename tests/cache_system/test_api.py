@@ -315,3 +315,38 @@ def test_l3_skips_incompressible_values(ns: str) -> None:
     assert s2["stored_bytes_in"] - s["stored_bytes_in"] < (s2["raw_bytes_in"] - s["raw_bytes_in"]) / 4
     assert cache.get("noise", "a") == (noise, "L3") and cache.get("text", "a")[1] == "L3"
     cache.destroy()
+
+
+def test_view_outlives_close_and_destroy(ns: str) -> None:
+    """A zero-copy view stays readable after its cache is closed and the segment unlinked."""
+    cache = IntelligentCacheSystem(_cfg(ns, l1_size=0))
+    cache.put("k", np.arange(5000, dtype=np.int64), "a")
+    view, level = cache.get("k", "a")
+    assert level == "L2"
+    cache.destroy()
+    gc.collect()
+    assert int(view.sum()) == sum(range(5000))
+    del view
+    gc.collect()
+
+
+def test_forked_child_takes_its_own_process_slot(ns: str) -> None:
+    """A child forked from a process with an attached tier pins under its own slot, not the parent's."""
+    import multiprocessing as mp
+
+    cache = IntelligentCacheSystem(_cfg(ns, l1_size=0))
+    cache.put("k", b"x" * 3000, "a")
+    parent_slot = cache._l2.index.proc_slot
+
+    def child(q: mp.Queue) -> None:
+        v, _ = cache.get("k", "c")
+        q.put((cache._l2.index.proc_slot, bytes(v)))
+
+    q: mp.Queue = mp.get_context("fork").Queue()
+    p = mp.get_context("fork").Process(target=child, args=(q,))
+    p.start()
+    slot, data = q.get(timeout=30)
+    p.join(30)
+    assert slot != parent_slot and slot >= 0 and data == b"x" * 3000
+    assert cache.reclaim() >= 0 and cache.check()
+    cache.destroy()
