@@ -12,8 +12,9 @@ Levels (see docs/cache_system.md for the full rules):
 * **remote** — optional Redis (:mod:`sutazai_hwopt.cache.remote`).
 
 Promotion and demotion: ``put`` writes L1 and L2 (write-through, so other processes see it at once) and the
-remote tier. A hit in L2 promotes decoded objects (pickled objects, str) into L1 — not bytes/arrays, whose
-zero-copy views are already as fast and would pin shared memory from a private cache. A hit in L3 or remote
+remote tier. A hit in L2 promotes decoded objects (pickled objects, str) into L1 — not bytes/arrays or objects
+with out-of-band pickle buffers, whose zero-copy views are already as fast and would pin shared memory from a
+private cache. A hit in L3 or remote
 promotes to L2 (then L1 as above). L2's eviction victims are demoted to L3 (compressed); L3's victims and L1's
 are dropped (L1 always has a copy in L2 or below). Priority (0-9) travels with the value through every tier;
 every tier evicts from the lowest priority level present first.
@@ -257,7 +258,9 @@ class IntelligentCacheSystem:
             if r is not None:
                 kind, prio, head, body = r
                 value = decode(kind, head, body)
-                if l1 is not None and kind in (KIND_PICKLE, KIND_STR):
+                # Promote decoded objects, but not ones that view shared memory (bytes, arrays, pickles with
+                # out-of-band buffers): a private L1 copy would pin the L2 block for as long as it stays in L1.
+                if l1 is not None and (kind == KIND_STR or (kind == KIND_PICKLE and len(body) == 0)):
                     self._l1_store(kb, value, epoch, prio)
                 return value, "L2"
         for level, tier in (("L3", self._l3), ("remote", self._remote)):

@@ -350,3 +350,52 @@ def test_forked_child_takes_its_own_process_slot(ns: str) -> None:
     assert slot != parent_slot and slot >= 0 and data == b"x" * 3000
     assert cache.reclaim() >= 0 and cache.check()
     cache.destroy()
+
+
+def test_objects_with_array_buffers_are_zero_copy_and_not_pinned_by_l1(ns: str) -> None:
+    """A dict holding an array comes back with the array viewing L2; it is not kept in L1 (no lasting pin)."""
+    a = IntelligentCacheSystem(_cfg(ns))
+    b = IntelligentCacheSystem(_cfg(ns))
+    a.put("obj", {"w": np.arange(10000, dtype=np.float32), "name": "layer"}, "a")
+    v, level = b.get("obj", "b")
+    assert level == "L2" and v["name"] == "layer" and not v["w"].flags.writeable
+    assert np.array_equal(v["w"], np.arange(10000, dtype=np.float32))
+    assert b.get("obj", "b")[1] == "L2"   # not promoted
+    del v
+    gc.collect()
+    assert b._l2.index.local_pin_count() == 0
+    b.close()
+    a.destroy()
+
+
+def test_threads_share_one_cache(ns: str) -> None:
+    """Eight threads putting and getting through one cache read only intact values; check() passes."""
+    import threading
+    import zlib
+
+    cache = IntelligentCacheSystem(_cfg(ns))
+    errors: list[str] = []
+
+    def work(t: int) -> None:
+        rng = np.random.default_rng(t)
+        for _ in range(400):
+            k = int(rng.integers(0, 30))
+            if rng.random() < 0.4:
+                body = bytes([t]) * int(rng.integers(1, 20000))
+                cache.put(k, body + zlib.crc32(body).to_bytes(4, "little") + k.to_bytes(4, "little"), f"t{t}")
+            else:
+                v, level = cache.get(k, f"t{t}")
+                if level is not None:
+                    raw = bytes(v)
+                    if zlib.crc32(raw[:-8]).to_bytes(4, "little") != raw[-8:-4] or raw[-4:] != k.to_bytes(4, "little"):
+                        errors.append(f"bad value for {k} at {level}")
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    gc.collect()
+    assert cache.check() and cache._l2.index.local_pin_count() == 0
+    cache.destroy()
