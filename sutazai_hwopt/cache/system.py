@@ -387,9 +387,10 @@ class IntelligentCacheSystem:
             raise
         try:
             self.put(key, value, agent_id, priority)
-        except BaseException:
+        except BaseException as exc:
+            # The value cannot be stored (too large, unpicklable): waiters get the error, not a second load.
             if gen and self._l2 is not None:
-                self._l2.index.end_load(kb, h, gen)
+                self._l2.index.end_load(kb, h, gen, f"storing the loaded value failed: {exc}".encode()[:4000])
             raise
         with self._lock:
             self._agent(agent_id)["loads"] += 1

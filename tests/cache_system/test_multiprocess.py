@@ -170,7 +170,7 @@ def _load_worker(ns: str, log_path: str, barrier: mp.Barrier, out: mp.Queue) -> 
             f.write(f"{os.getpid()}\n")
         import time
 
-        time.sleep(0.2)   # keep the marker visible while the others arrive (correctness does not rely on it)
+        time.sleep(0.2)   # keeps the marker visible while the others arrive; the assertions hold either way
         return b"loaded:" + str(key).encode()
 
     with IntelligentCacheSystem(_cfg(ns)) as cache:
@@ -254,3 +254,46 @@ def test_views_survive_eviction_by_others_and_unpin_on_gc(ns: str) -> None:
     assert a.check()
     b.close()
     a.destroy()
+
+
+def _wait_for_unstorable(ns: str, out: mp.Queue, ready: mp.Event, waiting: mp.Event) -> None:
+    import time
+    import types
+
+    from sutazai_hwopt.cache import system
+
+    def sleep(seconds: float) -> None:   # the first poll of the wait loop tells the parent we are waiting
+        waiting.set()
+        time.sleep(seconds)
+
+    system.time = types.SimpleNamespace(sleep=sleep)  # type: ignore[attr-defined]
+    with IntelligentCacheSystem(_cfg(ns)) as cache:
+        ready.wait(30)
+        try:
+            cache.get_or_load("big", "w", lambda k: b"never called")
+            out.put("loaded")
+        except LoaderError as exc:
+            out.put(f"error: {exc}")
+
+
+def test_unstorable_loaded_value_fails_waiters_without_second_load(ns: str) -> None:
+    """A loaded value too large for L2 raises for the loader and for a waiting process; nobody reloads it."""
+    from sutazai_hwopt.errors import WeightError
+
+    cache = IntelligentCacheSystem(_cfg(ns))
+    ready, waiting = CTX.Event(), CTX.Event()
+    out: mp.Queue = CTX.Queue()
+    p = CTX.Process(target=_wait_for_unstorable, args=(ns, out, ready, waiting))
+    p.start()
+
+    def loader(key: object) -> bytes:
+        ready.set()              # our LOADING marker exists: let the other process miss
+        assert waiting.wait(30)  # ... and return only once it waits on the marker
+        return b"x" * (3 << 20)
+
+    with pytest.raises(WeightError):
+        cache.get_or_load("big", "a", loader)
+    res = out.get(timeout=30)
+    p.join(30)
+    assert res.startswith("error:") and "storing the loaded value failed" in res
+    cache.destroy()
