@@ -22,6 +22,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
+from .._native.balancer_core import Rotor
 from .state import Backend
 from .types import RequestType
 
@@ -68,15 +69,17 @@ class RoundRobin:
     """Plain rotation, ignoring weights (the baseline)."""
 
     name = "round_robin"
+    native_code = 2
 
     def __init__(self) -> None:
-        self._i = 0
+        self.state = Rotor()
 
     def select(self, cands: Sequence[Backend], rt: RequestType, session_id: str | None) -> Backend | None:
         n = len(cands)
+        st = self.state
         for _ in range(n):
-            i = self._i % n
-            self._i = i + 1
+            i = st.i % n
+            st.i = i + 1
             b = cands[i]
             if b.in_flight < b.max_conn:
                 return b
@@ -110,28 +113,30 @@ class LeastConnections:
     """Fewest in-flight requests per unit of weight (this client's view); ties rotate."""
 
     name = "least_connections"
+    native_code = 4
 
     def __init__(self) -> None:
-        self._i = 0
+        self.state = Rotor()
 
     def select(self, cands: Sequence[Backend], rt: RequestType, session_id: str | None) -> Backend | None:
-        self._i += 1
-        return _least_loaded(cands, self._i)
+        self.state.i += 1
+        return _least_loaded(cands, self.state.i)
 
 
 class P2C:
     """Power of two choices over in-flight requests per unit of weight (Envoy's least-request)."""
 
     name = "p2c"
+    native_code = 3
 
     def __init__(self, rng: random.Random | None = None) -> None:
-        self._rand = (rng or random.Random()).random
+        self.state = Rotor((rng or random.Random()).random)
 
     def select(self, cands: Sequence[Backend], rt: RequestType, session_id: str | None) -> Backend | None:
         n = len(cands)
         if n == 0:
             return None
-        a, b = _two(cands, n, self._rand)
+        a, b = _two(cands, n, self.state.rand)
         fa = a.in_flight < a.max_conn
         fb = b.in_flight < b.max_conn
         if fa and fb:
@@ -282,12 +287,10 @@ class Adaptive:
     """
 
     name = "adaptive"
+    native_code = 1
 
     def __init__(self, rng: random.Random | None = None, scan_limit: int = 32, d: int = 2) -> None:
-        self._rand = (rng or random.Random()).random
-        self._scan_limit = scan_limit
-        self._d = d
-        self._i = 0
+        self.state = Rotor((rng or random.Random()).random, scan_limit, d)
 
     @staticmethod
     def cost(b: Backend) -> float:
@@ -304,9 +307,10 @@ class Adaptive:
             return None
         best = None
         best_c = math.inf
-        if n <= self._scan_limit:
-            self._i += 1
-            start = self._i % n
+        st = self.state
+        if n <= st.scan_limit:
+            st.i += 1
+            start = st.i % n
             for k in range(n):
                 b = cands[(start + k) % n]
                 f = b.in_flight
@@ -319,8 +323,8 @@ class Adaptive:
                 if c < best_c:
                     best, best_c = b, c
             return best
-        r = self._rand
-        for _ in range(self._d):
+        r = st.rand
+        for _ in range(st.d):
             b = cands[int(r() * n)]
             if b.in_flight >= b.max_conn:
                 continue

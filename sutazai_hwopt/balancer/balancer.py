@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .._native.balancer_core import Core
 from ..config import BalancerSection
 from ..errors import (
     AlreadyExistsError,
@@ -25,14 +26,15 @@ from ..errors import (
     StateError,
 )
 from ..logs import get_logger
-from .algorithms import Algorithm, ConsistentHash, make_algorithm
+from .algorithms import P2C, Adaptive, Algorithm, ConsistentHash, LeastConnections, RoundRobin, make_algorithm
 from .lease import Lease
-from .state import EJECTED, HEALTHY, PROBING, STATE_NAMES, Backend, OutlierPolicy
+from .state import EJECTED, HEALTHY, PROBING, STATE_NAMES, Backend, OutlierPolicy, backend_as_dict
 from .types import BackendService, RequestType
 
 __all__ = ["DynamicLoadBalancer"]
 
 log = get_logger("balancer")
+_NATIVE_ALGOS = (Adaptive, RoundRobin, P2C, LeastConnections)
 _INF = math.inf
 
 
@@ -47,6 +49,8 @@ class DynamicLoadBalancer:
         seed: seeds the randomised algorithms (P2C, adaptive) for reproducible runs.
         shared: optional :class:`~.shared.SharedState` publishing ejections and outstanding counts to other
             processes on the host.
+        native: use the compiled fast path (``False``: the pure-Python path, the reference the tests compare
+            it with).
 
     Example:
         >>> lb = DynamicLoadBalancer(algorithm="round_robin")
@@ -59,7 +63,7 @@ class DynamicLoadBalancer:
     def __init__(self, config: BalancerSection | None = None, *, algorithm: str | Algorithm | None = None,
                  algorithms: Mapping[RequestType, str | Algorithm] | None = None,
                  clock: Callable[[], float] | None = None, seed: int | None = None,
-                 shared: Any = None) -> None:
+                 shared: Any = None, native: bool = True) -> None:
         cfg = config if config is not None else BalancerSection()
         if not isinstance(cfg, BalancerSection):
             raise InvalidArgumentError(f"config must be a BalancerSection, got {type(cfg).__name__}")
@@ -74,17 +78,19 @@ class DynamicLoadBalancer:
             ewma_tau_s=cfg.ewma_tau_s, failure_penalty_s=cfg.failure_penalty_s)
         default = make_algorithm(algorithm if algorithm is not None else cfg.algorithm, self._rng)
         self._default_algo = default
-        self._route: dict[Any, tuple[RequestType, Algorithm]] = {rt: (rt, default) for rt in RequestType}
+        self._route: dict[Any, tuple[RequestType, Algorithm, int, Any]] = {
+            rt: _entry(rt, default) for rt in RequestType}
         self._hash = default if isinstance(default, ConsistentHash) else None
         self._lock = threading.Lock()
         self._backends: dict[str, Backend] = {}
         self._draining: dict[str, Backend] = {}
         self._list: list[Backend] = []
-        self._cands: list[Backend] = []
-        self._dirty = True
-        self._next_change = _INF
-        self._next_decay = 0.0
-        self._learn = False
+        # The compiled fast path shares the route and backend dicts and owns the "something changed" flags.
+        self._c = Core(self, self._clock, self._route, self._backends, RequestType.DEFAULT, self._lock.locked)
+        self._c.tau = self._op.ewma_tau_s
+        self._c.window = self._op.window
+        self._c.affinity = cfg.session_affinity
+        self._c.shared = shared
         self._checks_active = False
         self._health: Any = None
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -94,6 +100,9 @@ class DynamicLoadBalancer:
             for rt, algo in algorithms.items():
                 self.set_algorithm(rt, algo)
         self._update_learn()
+        if native:
+            self.select_backend_sync = self._c.select  # type: ignore[method-assign]
+            self.record_result = self._c.record  # type: ignore[method-assign]
 
     # ----------------------------------------------------------------------------------------- membership
     def register_service(self, service: BackendService) -> None:
@@ -109,7 +118,7 @@ class DynamicLoadBalancer:
                 nb.in_flight = b.in_flight
             self._backends[service.service_id] = nb
             self._list.append(nb)
-            self._dirty = True
+            self._c.dirty = True
         log.info("registered backend %s (%s:%d, weight %.3g)", service.service_id, service.host, service.port,
                  service.weight)
         self._wake()
@@ -125,7 +134,7 @@ class DynamicLoadBalancer:
                 x.index = i
             if b.in_flight > 0:
                 self._draining[service_id] = b
-            self._dirty = True
+            self._c.dirty = True
         log.info("deregistered backend %s", service_id)
 
     def services(self) -> list[BackendService]:
@@ -138,11 +147,11 @@ class DynamicLoadBalancer:
         rt = self._request_type(request_type)
         algo = make_algorithm(algorithm, self._rng)
         with self._lock:
-            self._route[rt] = (rt, algo)
+            self._route[rt] = _entry(rt, algo)
             self._update_learn()
 
     def _update_learn(self) -> None:
-        self._learn = any(getattr(a, "learns", False) for _, a in self._route.values())
+        self._c.learn = any(getattr(e[1], "learns", False) for e in self._route.values())
 
     def _request_type(self, request_type: Any) -> RequestType:
         entry = self._route.get(request_type)
@@ -167,10 +176,11 @@ class DynamicLoadBalancer:
                         log.info("backend %s half-open: admitting %d probe(s)", b.sid, op.probes)
                 if b.state == EJECTED and b.ejected_until < nxt:
                     nxt = b.ejected_until
-        self._cands = [b for b in self._list if b.active_ok and (
+        self._c.cands = [b for b in self._list if b.active_ok and (
             b.state == HEALTHY or (b.state == PROBING and b.probes_in_flight < op.probes))]
-        self._next_change = nxt
-        self._dirty = False
+        self._c.next_change = nxt
+        self._c.probing = any(b.state == PROBING for b in self._c.cands)
+        self._c.dirty = False
         if self._shared is not None:
             self._shared.publish_states(self._list)
 
@@ -182,7 +192,7 @@ class DynamicLoadBalancer:
             if b.ewma > 0.0 and now - b.ewma_t >= tau * 0.25:
                 b.ewma *= math.exp(-(now - b.ewma_t) / tau)
                 b.ewma_t = now
-        self._next_decay = now + tau * 0.25
+        self._c.next_decay = now + tau * 0.25
 
     def select_backend_sync(self, request_type: RequestType = RequestType.DEFAULT,
                             session_id: str | None = None) -> BackendService:
@@ -192,32 +202,38 @@ class DynamicLoadBalancer:
             NoBackendAvailableError: every backend is full, ejected or unhealthy (or none is registered).
             InvalidArgumentError: ``request_type`` is not a :class:`RequestType`.
         """
-        now = self._clock()
+        return self._select_py(request_type, session_id, self._clock())
+
+    def _no_backend(self) -> BackendService:
+        raise NoBackendAvailableError(self._why_none())
+
+    def _select_py(self, request_type: RequestType, session_id: str | None, now: float) -> BackendService:
+        """The complete selection (the compiled fast path hands every unusual case to this)."""
         with self._lock:
             entry = self._route.get(request_type)
             if entry is None:
                 self._request_type(request_type)
-            rt, algo = entry  # type: ignore[misc]
-            if self._dirty or now >= self._next_change:
+            rt, algo = entry[0], entry[1]  # type: ignore[index]
+            if self._c.dirty or now >= self._c.next_change:
                 self._refresh(now)
-            if now >= self._next_decay:
+            if now >= self._c.next_decay:
                 self._decay(now)
             if self._shared is not None and self._shared.version != self._shared.seen_version:
                 self._shared.apply(self, now)
             if session_id is not None and self.config.session_affinity and not isinstance(algo, ConsistentHash):
                 if self._hash is None:
                     self._hash = ConsistentHash(fallback=algo)
-                b = self._hash.select(self._cands, rt, session_id)
+                b = self._hash.select(self._c.cands, rt, session_id)
             else:
-                b = algo.select(self._cands, rt, session_id)
+                b = algo.select(self._c.cands, rt, session_id)
             if b is None:
                 raise NoBackendAvailableError(self._why_none())
             b.in_flight += 1
             if b.state == PROBING:
                 b.probes_in_flight += 1
                 if b.probes_in_flight >= self._op.probes:
-                    self._dirty = True
-            if self._learn:
+                    self._c.dirty = True
+            if self._c.learn:
                 st = b.stats.get(rt)
                 if st is not None:
                     b.pending_work += st.service_est
@@ -229,8 +245,8 @@ class DynamicLoadBalancer:
         n = len(self._list)
         if n == 0:
             return "no backend is registered"
-        full = sum(1 for b in self._cands if b.in_flight >= b.max_conn)
-        return (f"no backend available: {n} registered, {len(self._cands)} admitted, {full} of those at "
+        full = sum(1 for b in self._c.cands if b.in_flight >= b.max_conn)
+        return (f"no backend available: {n} registered, {len(self._c.cands)} admitted, {full} of those at "
                 f"max_connections; the rest are ejected, probing or failing health checks")
 
     async def select_backend(self, request_type: RequestType = RequestType.DEFAULT,
@@ -292,9 +308,17 @@ class DynamicLoadBalancer:
             StateError: no request is in flight on it (a result recorded twice).
             InvalidArgumentError: ``latency_s`` negative or not finite, or an unknown request type.
         """
+        self._record_py(service_id, latency_s, success, request_type, None)
+
+    def _record_py(self, service_id: str, latency_s: float, success: bool, request_type: RequestType | None,
+                   now: float | None) -> None:
+        """The complete result recording (the compiled fast path hands every unusual case to this)."""
         if not (0.0 <= latency_s < _INF):
             raise InvalidArgumentError(f"latency_s must be a finite number >= 0, got {latency_s!r}")
-        now = self._clock()
+        if request_type is None:
+            request_type = RequestType.DEFAULT
+        if now is None:
+            now = self._clock()
         with self._lock:
             entry = self._route.get(request_type)
             if entry is None:
@@ -323,7 +347,7 @@ class DynamicLoadBalancer:
                 st.errors += 1
                 b.observe_latency(latency_s if latency_s > op.failure_penalty_s else op.failure_penalty_s,
                                   now, op.ewma_tau_s)
-            if self._learn:
+            if self._c.learn:
                 if success:
                     st.service_est = latency_s if st.service_est == 0.0 else st.service_est * 0.8 + latency_s * 0.2
                 b.pending_work = b.pending_work - st.service_est if b.in_flight > 0 else 0.0
@@ -350,8 +374,8 @@ class DynamicLoadBalancer:
                 self._shared.add_outstanding(b.index, -1)
             if b.state == PROBING and b.probes_in_flight > 0:
                 b.probes_in_flight -= 1
-                self._dirty = True
-            if self._learn:
+                self._c.dirty = True
+            if self._c.learn:
                 st = b.stats.get(self._request_type(request_type))
                 b.pending_work = max(0.0, b.pending_work - st.service_est) if st and b.in_flight else 0.0
             if b.sid not in self._backends and b.in_flight == 0:
@@ -373,7 +397,7 @@ class DynamicLoadBalancer:
                 b.recovered_at = now
                 b.reset_window()
                 log.info("backend %s re-admitted after a successful probe", b.sid)
-            self._dirty = True
+            self._c.dirty = True
             return
         b.record_outcome(1 if failed else 0, op.window)
         if not failed:
@@ -406,7 +430,7 @@ class DynamicLoadBalancer:
         b.probes_in_flight = 0
         b.check_failed_in_ejection = b.check_fail_run > 0
         b.reset_window()
-        self._dirty = True
+        self._c.dirty = True
         if self._shared is not None:
             self._shared.publish_ejection(b.index, b.ejected_until)
         log.warning("backend %s ejected for %.3g s (%s)", b.sid, dur, why)
@@ -430,13 +454,13 @@ class DynamicLoadBalancer:
                 b.check_fail_run = 0
                 if not b.active_ok and b.check_pass_run >= cfg.healthy_threshold:
                     b.active_ok = True
-                    self._dirty = True
+                    self._c.dirty = True
                     log.info("backend %s passes active checks again", b.sid)
                 if (b.state == EJECTED and b.check_failed_in_ejection
                         and b.check_pass_run >= cfg.healthy_threshold):
                     b.state = PROBING
                     b.probes_in_flight = 0
-                    self._dirty = True
+                    self._c.dirty = True
                     log.info("backend %s half-open early: active checks recovered", b.sid)
             else:
                 b.check_fail_run += 1
@@ -445,7 +469,7 @@ class DynamicLoadBalancer:
                     b.check_failed_in_ejection = True
                 if b.active_ok and b.check_fail_run >= cfg.unhealthy_threshold:
                     b.active_ok = False
-                    self._dirty = True
+                    self._c.dirty = True
                     log.warning("backend %s fails active checks: taken out", b.sid)
             _ = now
         self._wake()
@@ -501,7 +525,7 @@ class DynamicLoadBalancer:
             b = self._backends.get(service_id)
             if b is None:
                 raise NotFoundError(f"service_id {service_id!r} is not registered")
-            if self._dirty or self._clock() >= self._next_change:
+            if self._c.dirty or self._clock() >= self._c.next_change:
                 self._refresh(self._clock())
             return STATE_NAMES[b.state] if b.active_ok else "unhealthy"
 
@@ -520,11 +544,18 @@ class DynamicLoadBalancer:
         with self._lock:
             return {
                 "algorithm": self._default_algo.name,
-                "backends": {b.sid: b.as_dict() for b in self._list},
+                "backends": {b.sid: backend_as_dict(b) for b in self._list},
                 "ejections": self._ejections_total,
-                "admitted": len(self._cands),
+                "admitted": len(self._c.cands),
                 "registered": len(self._list),
             }
+
+
+def _entry(rt: RequestType, algo: Algorithm) -> tuple[RequestType, Algorithm, int, Any]:
+    """A route entry: the canonical type, the algorithm, its compiled code (0: Python only) and its state."""
+    state = getattr(algo, "state", None)
+    code: int = getattr(algo, "native_code", 0) if type(algo) in _NATIVE_ALGOS else 0  # not for subclasses
+    return (rt, algo, code, state)
 
 
 def _set_done(fut: asyncio.Future[None]) -> None:

@@ -6,28 +6,32 @@ Guarantees", VLDB 2019 (section 2). A value ``x > 0`` goes to bucket ``ceil(log_
 quantile. Buckets are a sparse dict, so memory grows with the spread of latencies seen (about 460 buckets
 cover 1 µs..1000 s at a = 2 %), not with the number of samples, and two sketches merge by adding counts.
 
-Why not the ``ddsketch`` package: it implements the same mapping but its ``add`` costs several microseconds
-in pure Python (``benches/bench_balancer.py`` prints it), which alone would exceed the issue's 1 µs
-per-call budget for selection plus recording. The mapping here is the paper's, in ~20 lines, and a test
-checks its quantiles against the exact ones within ``a``.
+Why not the ``ddsketch`` package: it implements the same mapping, but as a pure-Python object whose ``add``
+costs about twice as much as this module's Python model (``benches/bench_balancer.py`` prints both), and the
+balancer records into a sketch on every call inside its compiled hot path (1 µs budget for selection plus
+recording). So the compiled core (``_native/balancer_core.pyx``, class ``Sketch``) implements the paper's
+mapping in C, and :class:`PyLatencySketch` here is its plain-Python reference model: tests drive both with
+the same values and compare every quantile, and check quantiles against the exact ones within ``a``.
+``LatencySketch`` is the compiled class.
 """
 
 from __future__ import annotations
 
 import math
 
+from .._native.balancer_core import Sketch as LatencySketch
 from ..errors import InvalidArgumentError
 
-__all__ = ["LatencySketch"]
+__all__ = ["LatencySketch", "PyLatencySketch"]
 
 _MIN_VALUE = 1e-9  # values at or below this (including 0) are counted in the zero bucket
 
 
-class LatencySketch:
-    """Relative-error quantile sketch of non-negative values (seconds).
+class PyLatencySketch:
+    """Relative-error quantile sketch of non-negative values (seconds); reference model of the compiled one.
 
     Example:
-        >>> s = LatencySketch()
+        >>> s = PyLatencySketch()
         >>> for v in (0.010, 0.020, 0.030, 0.040):
         ...     s.add(v)
         >>> abs(s.quantile(0.5) - 0.020) < 0.020 * 0.02
@@ -78,7 +82,7 @@ class LatencySketch:
                 return 2.0 * self._gamma ** i / (self._gamma + 1.0)
         return self.max
 
-    def merge(self, other: LatencySketch) -> None:
+    def merge(self, other: PyLatencySketch) -> None:
         """Add another sketch's counts (it must use the same accuracy)."""
         if other._gamma != self._gamma:
             raise InvalidArgumentError("cannot merge sketches of different relative accuracy")

@@ -1,0 +1,383 @@
+# cython: auto_pickle=False
+# Compiled hot path of sutazai_hwopt.balancer: per-backend state, the latency sketch, and select + record.
+#
+# Why compiled: the pure-Python select + record measured 2.4-4.9 us per call (benches/bench_balancer.py),
+# over the 1 us target; the same steps here avoid the interpreter's per-attribute and per-call costs.
+# Algorithms (all cited in sutazai_hwopt/balancer/algorithms.py): round-robin, weighted least-outstanding,
+# power of two choices (Mitzenmacher 2001) and the adaptive cost; the sketch is DDSketch's logarithmic
+# mapping (Masson, Rim, Lee, VLDB 2019, section 2). The Python shell (balancer.py) keeps every rare path
+# (ejection, refresh, waiters, shared state, session hashing, user algorithms) and calls back into it.
+#
+# Concurrency: the fast paths run under the GIL without calling Python code between reading and writing a
+# backend's counters (the clock is read first), so they are atomic with respect to other Python threads and
+# need no lock of their own; every path that calls back into Python takes the shell's lock as before.
+
+from libc.math cimport ceil, exp, log, sqrt
+
+cdef int HEALTHY = 0
+cdef int EJECTED = 1
+cdef int PROBING = 2
+
+cdef double _INF = float("inf")
+
+
+cdef class Sketch:
+    """Relative-error quantile sketch (DDSketch log mapping) of non-negative values."""
+
+    cdef public dict buckets
+    cdef public double gamma, inv_log_gamma, total, max
+    cdef public long long count, zero
+
+    def __init__(self, double relative_accuracy=0.02):
+        if not (0.0 < relative_accuracy < 1.0):
+            from sutazai_hwopt.errors import InvalidArgumentError
+            raise InvalidArgumentError(f"relative_accuracy must be in (0, 1), got {relative_accuracy!r}")
+        self.gamma = (1.0 + relative_accuracy) / (1.0 - relative_accuracy)
+        self.inv_log_gamma = 1.0 / log(self.gamma)
+        self.buckets = {}
+        self.count = 0
+        self.zero = 0
+        self.total = 0.0
+        self.max = 0.0
+
+    cdef inline void _add(self, double value):
+        cdef long i
+        cdef object key, old
+        if value > 1e-9:
+            i = <long>ceil(log(value) * self.inv_log_gamma)
+            key = i
+            old = self.buckets.get(key)
+            self.buckets[key] = 1 if old is None else old + 1
+            if value > self.max:
+                self.max = value
+        else:
+            self.zero += 1
+        self.count += 1
+        self.total += value
+
+    def add(self, double value):
+        """Count one value (>= 0)."""
+        if not value >= 0.0:
+            from sutazai_hwopt.errors import InvalidArgumentError
+            raise InvalidArgumentError(f"value must be >= 0, got {value!r}")
+        self._add(value)
+
+    def quantile(self, double q):
+        """The ``q`` quantile (0..1) within the relative accuracy; 0.0 when empty."""
+        if not (0.0 <= q <= 1.0):
+            from sutazai_hwopt.errors import InvalidArgumentError
+            raise InvalidArgumentError(f"q must be in [0, 1], got {q!r}")
+        if self.count == 0:
+            return 0.0
+        cdef double rank = q * (self.count - 1)
+        cdef long long seen = self.zero
+        if rank < seen:
+            return 0.0
+        for i in sorted(self.buckets):
+            seen += self.buckets[i]
+            if seen > rank:
+                return 2.0 * self.gamma ** i / (self.gamma + 1.0)
+        return self.max
+
+    def merge(self, Sketch other):
+        """Add another sketch's counts (same accuracy only)."""
+        if other.gamma != self.gamma:
+            from sutazai_hwopt.errors import InvalidArgumentError
+            raise InvalidArgumentError("cannot merge sketches of different relative accuracy")
+        for i, c in other.buckets.items():
+            self.buckets[i] = self.buckets.get(i, 0) + c
+        self.zero += other.zero
+        self.count += other.count
+        self.total += other.total
+        if other.max > self.max:
+            self.max = other.max
+
+    def summary(self):
+        """Count, mean, p50/p95/p99 and max as a dict."""
+        return {"count": float(self.count), "mean": self.total / self.count if self.count else 0.0,
+                "p50": self.quantile(0.50), "p95": self.quantile(0.95), "p99": self.quantile(0.99),
+                "max": self.max}
+
+
+cdef class TypeStats:
+    """Counters and latency sketch of one (backend, request type)."""
+
+    cdef public long long requests, errors
+    cdef public Sketch sketch
+    cdef public double service_est
+
+    def __init__(self):
+        self.requests = 0
+        self.errors = 0
+        self.sketch = Sketch()
+        self.service_est = 0.0
+
+
+cdef class Rotor:
+    """Mutable state of one algorithm instance shared by its Python and compiled code paths."""
+
+    cdef public long long i
+    cdef public object rand
+    cdef public int scan_limit, d
+
+    def __init__(self, rand=None, int scan_limit=32, int d=2):
+        self.i = 0
+        self.rand = rand
+        self.scan_limit = scan_limit
+        self.d = d
+
+
+cdef class Backend:
+    """Mutable state of one registered backend; fields are public to the algorithms and the shell."""
+
+    cdef public object service, sid, stats, ring
+    cdef public double weight, ewma, ewma_t, pending_work, ejected_until, recovered_at, swrr_current, base
+    cdef public long long max_conn, in_flight, state, ejections, total_ejections, probes_in_flight
+    cdef public long long consecutive, ring_i, ring_fails, ring_n, check_pass_run, check_fail_run, index
+    cdef public bint active_ok, check_failed_in_ejection
+
+    def __init__(self, service, long long index):
+        self.service = service
+        self.sid = service.service_id
+        self.weight = service.weight
+        self.max_conn = service.max_connections
+        self.index = index
+        self.in_flight = 0
+        self.ewma = 0.0
+        self.ewma_t = 0.0
+        self.base = 0.0
+        self.pending_work = 0.0
+        self.state = HEALTHY
+        self.ejected_until = 0.0
+        self.ejections = 0
+        self.total_ejections = 0
+        self.recovered_at = 0.0
+        self.probes_in_flight = 0
+        self.consecutive = 0
+        self.ring = []
+        self.ring_i = 0
+        self.ring_fails = 0
+        self.ring_n = 0
+        self.active_ok = True
+        self.check_pass_run = 0
+        self.check_fail_run = 0
+        self.check_failed_in_ejection = False
+        self.stats = {}
+        self.swrr_current = 0.0
+
+    cpdef TypeStats type_stats(self, rt):
+        """The stats of request type ``rt`` (created on first use)."""
+        st = self.stats.get(rt)
+        if st is None:
+            st = TypeStats()
+            self.stats[rt] = st
+        return <TypeStats>st
+
+    cpdef void observe_latency(self, double sample, double now, double tau):
+        """Peak-EWMA (Finagle): jump up to a worse sample at once, decay towards better ones over ``tau``."""
+        cdef double dt, w
+        if self.ewma == 0.0 or sample > self.ewma:
+            self.ewma = sample
+        else:
+            dt = now - self.ewma_t
+            w = exp(-dt / tau) if dt > 0 else 1.0
+            if w > 0.9:  # a sample at the same instant still moves the estimate a little
+                w = 0.9
+            self.ewma = self.ewma * w + sample * (1.0 - w)
+        self.ewma_t = now
+
+    cpdef void observe_base(self, double sample):
+        """Slow count-based EWMA (about 500 samples) of successful latency: what is normal here."""
+        if self.base == 0.0:
+            self.base = sample
+        else:
+            self.base = self.base + (sample - self.base) * 0.002
+
+    cpdef void record_outcome(self, int failed, Py_ssize_t window):
+        """Consecutive-failure counter and the failure-rate ring of the last ``window`` outcomes."""
+        cdef list ring = self.ring
+        cdef Py_ssize_t i
+        if failed:
+            self.consecutive += 1
+        else:
+            self.consecutive = 0
+        if len(ring) < window:
+            ring.append(failed)
+            self.ring_fails += failed
+        else:
+            i = self.ring_i
+            self.ring_fails += failed - <long long>ring[i]
+            ring[i] = failed
+            self.ring_i = (i + 1) % window
+        self.ring_n += 1
+
+    def reset_window(self):
+        self.ring = []
+        self.ring_i = 0
+        self.ring_fails = 0
+        self.consecutive = 0
+
+
+cdef inline double adaptive_cost(Backend b):
+    cdef double c = (b.in_flight + 1) / b.weight
+    if b.base > 0.0 and b.ewma > 2.0 * b.base:
+        c *= sqrt(b.ewma / (2.0 * b.base))
+    return c
+
+
+cdef Backend least_loaded(list cands, long long start):
+    cdef Backend best = None, b
+    cdef double best_load = _INF, load
+    cdef Py_ssize_t n = len(cands), k
+    for k in range(n):
+        b = <Backend>cands[(start + k) % n]
+        if b.in_flight < b.max_conn:
+            load = (b.in_flight + 1) / b.weight
+            if load < best_load:
+                best = b
+                best_load = load
+    return best
+
+
+# Algorithm codes (the ``native_code`` attribute of the Python algorithm classes).
+DEF ALG_PY = 0
+DEF ALG_ADAPTIVE = 1
+DEF ALG_RR = 2
+DEF ALG_P2C = 3
+DEF ALG_LC = 4
+
+
+cpdef object native_select(int code, Rotor st, list cands):
+    """The compiled ``select`` of algorithm ``code`` (same result as its Python twin), or None if all full."""
+    cdef Py_ssize_t n = len(cands), k, i, j
+    cdef Backend b, a, best = None
+    cdef double c, best_c = _INF
+    cdef long long start
+    if n == 0:
+        return None
+    if code == ALG_ADAPTIVE:
+        if n <= st.scan_limit:
+            st.i += 1
+            start = st.i % n
+            for k in range(n):
+                b = <Backend>cands[(start + k) % n]
+                if b.in_flight >= b.max_conn:
+                    continue
+                c = adaptive_cost(b)
+                if c < best_c:
+                    best = b
+                    best_c = c
+            return best
+        for k in range(st.d):
+            b = <Backend>cands[<Py_ssize_t>(<double>st.rand() * n)]
+            if b.in_flight >= b.max_conn:
+                continue
+            c = adaptive_cost(b)
+            if c < best_c:
+                best = b
+                best_c = c
+        return best if best is not None else least_loaded(cands, 0)
+    if code == ALG_RR:
+        for k in range(n):
+            i = st.i % n
+            st.i = i + 1
+            b = <Backend>cands[i]
+            if b.in_flight < b.max_conn:
+                return b
+        return None
+    if code == ALG_LC:
+        st.i += 1
+        return least_loaded(cands, st.i)
+    if code == ALG_P2C:
+        i = <Py_ssize_t>(<double>st.rand() * n)
+        if n == 1:
+            a = b = <Backend>cands[i]
+        else:
+            j = <Py_ssize_t>(<double>st.rand() * (n - 1))
+            if j >= i:
+                j += 1
+            a = <Backend>cands[i]
+            b = <Backend>cands[j]
+        if a.in_flight < a.max_conn and b.in_flight < b.max_conn:
+            return a if (a.in_flight + 1) / a.weight <= (b.in_flight + 1) / b.weight else b
+        if a.in_flight < a.max_conn:
+            return a
+        if b.in_flight < b.max_conn:
+            return b
+        return least_loaded(cands, 0)
+    raise ValueError(f"unknown native algorithm code {code}")
+
+
+cdef class Core:
+    """Fast select + record of one balancer; anything unusual is handed to the Python shell."""
+
+    cdef public bint dirty, learn, affinity, probing
+    cdef public double next_change, next_decay, tau, penalty
+    cdef public list cands
+    cdef public dict route, backends
+    cdef public object shell, clock, shared, default_rt, locked
+    cdef public Py_ssize_t window, consecutive_limit, min_requests
+    cdef public double rate_threshold
+
+    def __init__(self, shell, clock, dict route, dict backends, default_rt, locked):
+        self.shell = shell
+        self.locked = locked
+        self.probing = False
+        self.clock = clock
+        self.route = route
+        self.backends = backends
+        self.default_rt = default_rt
+        self.cands = []
+        self.dirty = True
+        self.learn = False
+        self.affinity = True
+        self.next_change = _INF
+        self.next_decay = 0.0
+        self.shared = None
+
+    def select(self, request_type=None, session_id=None):
+        """Fast path of ``select_backend_sync``: built-in algorithm, nothing due, no session, no sharing."""
+        cdef double now = self.clock()
+        if request_type is None:
+            request_type = self.default_rt
+        entry = self.route.get(request_type)
+        if (entry is None or self.dirty or now >= self.next_change or now >= self.next_decay
+                or self.shared is not None or self.learn or self.probing
+                or (session_id is not None and self.affinity) or self.locked()):
+            return self.shell._select_py(request_type, session_id, now)
+        cdef tuple e = <tuple>entry
+        cdef int code = e[2]
+        if code == ALG_PY:
+            return self.shell._select_py(request_type, session_id, now)
+        b = native_select(code, <Rotor>e[3], self.cands)
+        if b is None:
+            return self.shell._no_backend()
+        cdef Backend bb = <Backend>b
+        bb.in_flight += 1
+        return bb.service
+
+    def record(self, service_id, double latency_s, success, request_type=None):
+        """Fast path of ``record_result``: a healthy backend, nothing shared or learned."""
+        if not (0.0 <= latency_s < _INF) or self.shared is not None or self.learn:
+            return self.shell._record_py(service_id, latency_s, success, request_type, None)
+        if request_type is None:
+            request_type = self.default_rt
+        cdef double now = self.clock()  # first: user code may switch threads, nothing below does
+        entry = self.route.get(request_type)
+        b = self.backends.get(service_id)
+        if entry is None or b is None or not success:
+            return self.shell._record_py(service_id, latency_s, success, request_type, now)
+        cdef Backend bb = <Backend>b
+        if bb.in_flight <= 0 or bb.state != HEALTHY or self.locked():
+            return self.shell._record_py(service_id, latency_s, success, request_type, now)
+        rt = (<tuple>entry)[0]
+        bb.in_flight -= 1
+        st = bb.stats.get(rt)
+        cdef TypeStats ts = bb.type_stats(rt) if st is None else <TypeStats>st
+        ts.requests += 1
+        ts.sketch._add(latency_s)
+        bb.observe_latency(latency_s, now, self.tau)
+        bb.observe_base(latency_s)
+        bb.record_outcome(0, self.window)
+        if self.shell._waiters:
+            self.shell._wake()

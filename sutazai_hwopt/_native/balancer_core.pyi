@@ -1,0 +1,104 @@
+"""Stub of the compiled balancer core (_native/balancer_core.pyx)."""
+
+from collections.abc import Callable
+from typing import Any
+
+from typing_extensions import disjoint_base
+
+__test__: dict[str, str]
+
+@disjoint_base
+class Sketch:
+    buckets: dict[int, int]
+    gamma: float
+    inv_log_gamma: float
+    total: float
+    max: float
+    count: int
+    zero: int
+    def __init__(self, relative_accuracy: float = ...) -> None: ...
+    def add(self, value: float) -> None: ...
+    def quantile(self, q: float) -> float: ...
+    def merge(self, other: Sketch) -> None: ...
+    def summary(self) -> dict[str, float]: ...
+
+@disjoint_base
+class TypeStats:
+    requests: int
+    errors: int
+    sketch: Sketch
+    service_est: float
+    def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+
+@disjoint_base
+class Rotor:
+    i: int
+    rand: Any
+    scan_limit: int
+    d: int
+    def __init__(self, rand: Any = ..., scan_limit: int = ..., d: int = ...) -> None: ...
+
+@disjoint_base
+class Backend:
+    service: Any
+    sid: Any
+    stats: Any
+    ring: Any
+    weight: float
+    ewma: float
+    ewma_t: float
+    pending_work: float
+    ejected_until: float
+    recovered_at: float
+    swrr_current: float
+    base: float
+    max_conn: int
+    in_flight: int
+    state: int
+    ejections: int
+    total_ejections: int
+    probes_in_flight: int
+    consecutive: int
+    ring_i: int
+    ring_fails: int
+    ring_n: int
+    check_pass_run: int
+    check_fail_run: int
+    index: int
+    active_ok: bool
+    check_failed_in_ejection: bool
+    def __init__(self, service: Any, index: int) -> None: ...
+    def type_stats(self, rt: Any) -> TypeStats: ...
+    def observe_latency(self, sample: float, now: float, tau: float) -> None: ...
+    def observe_base(self, sample: float) -> None: ...
+    def record_outcome(self, failed: int, window: int) -> None: ...
+    def reset_window(self) -> None: ...
+
+def native_select(code: int, st: Rotor, cands: list[Any]) -> Any: ...
+
+@disjoint_base
+class Core:
+    dirty: bool
+    learn: bool
+    affinity: bool
+    probing: bool
+    next_change: float
+    next_decay: float
+    tau: float
+    penalty: float
+    cands: list[Any]
+    route: dict[Any, Any]
+    backends: dict[Any, Any]
+    shell: Any
+    clock: Any
+    shared: Any
+    default_rt: Any
+    locked: Any
+    window: int
+    consecutive_limit: int
+    min_requests: int
+    rate_threshold: float
+    def __init__(self, shell: Any, clock: Callable[[], float], route: dict[Any, Any], backends: dict[Any, Any],
+                 default_rt: Any, locked: Callable[[], bool]) -> None: ...
+    def select(self, request_type: Any = ..., session_id: Any = ...) -> Any: ...
+    def record(self, service_id: Any, latency_s: float, success: Any, request_type: Any = ...) -> None: ...
