@@ -58,11 +58,11 @@ def throwaway_namespace(prefix: str = "test") -> _Iterator[str]:
     import os
     import secrets
 
-    from .memory.segment import list_segments, segment_name, unlink_segment, validate_name
+    from .memory.segment import list_segment_names, unlink_segment, validate_name
 
     namespace = validate_name("prefix", f"{prefix}-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         yield namespace
     finally:
-        for pool_id in list_segments(namespace):
-            unlink_segment(segment_name(namespace, pool_id))
+        for name in list_segment_names(namespace):
+            unlink_segment(name)

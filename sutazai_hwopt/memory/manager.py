@@ -1,6 +1,7 @@
 """MemoryPoolManager: named shared-memory pools that every agent process allocates in directly.
 
-Each pool is one shared segment (see :mod:`.segment`) laid out as ``[header | tables | heap]``: the compiled
+Each pool is a shared segment (see :mod:`.segment`; it may grow by extension segments, see :mod:`.pool`) laid
+out as ``[header | tables | heap]``: the compiled
 allocator and robust lock (:class:`~sutazai_hwopt._native.pool_alloc.SegmentHeap`) own the header and heap,
 :class:`~.tables.Tables` the block / agent / holder / dedup tables. Any process of the same user that builds a
 manager with the same namespace sees the same pools and blocks; a block id (``"pool:slot:generation"``) is a
@@ -13,11 +14,8 @@ XXH3-128 plus a byte-for-byte comparison) -> ``get_array`` / ``read`` by any age
 
 from __future__ import annotations
 
-import functools
-import mmap
 import os
 import threading
-import weakref
 from typing import Any
 
 import numpy as np
@@ -34,10 +32,12 @@ from ..logs import get_logger
 from . import compression as comp
 from . import dedup as dd
 from .access import BlockAccess, check_agent, check_int
+from .pool import AttachedPool as _Pool
 from .segment import (
     attach_segment,
     close_quietly,
     create_segment,
+    list_segment_names,
     list_segments,
     segment_name,
     unlink_segment,
@@ -49,8 +49,6 @@ __all__ = ["MemoryPoolManager", "process_start_time"]
 
 log = get_logger("memory")
 _MAX_POOL = 1 << 44
-#: Freed blocks at least this big give their pages back to the kernel (MADV_REMOVE).
-PUNCH_MIN = 1 << 20
 
 
 def process_start_time(pid: int) -> int | None:
@@ -71,68 +69,6 @@ def process_start_time(pid: int) -> int | None:
 
 def _round_up(n: int, a: int) -> int:
     return (n + a - 1) // a * a
-
-
-class _Pool:
-    """One attached pool in this process: segment, heap handle, tables."""
-
-    def __init__(self, pool_id: str, name: str, shm: Any, heap: pool_alloc.SegmentHeap, tables: Tables) -> None:
-        self.pool_id = pool_id
-        self.name = name
-        self.shm = shm
-        buf = shm.buf
-        assert buf is not None
-        self.buf: memoryview = buf
-        self.heap = heap
-        self.t = tables
-        self.agents: dict[str, int] = {}
-        self.closed = False
-        # A weak reference: no cycle, so dropping the manager closes pools in order (tables and heap views
-        # first, then the segment) instead of letting SharedMemory.__del__ meet live exports.
-        heap.on_recover = functools.partial(_recover_hook, weakref.ref(self))
-
-    def release(self, off: int, size: int) -> None:
-        """Free a heap block; for big blocks first return its whole pages to the kernel.
-
-        Freed heap memory of a tmpfs segment stays resident (and counted in every mapper's PSS) until punched
-        out: ``madvise(MADV_REMOVE)`` frees the pages for every process (they read back as zeros if reused).
-        Called under the pool lock, so nobody can be handed the range while we punch it.
-        """
-        if size >= PUNCH_MIN:
-            start = _round_up(off, mmap.PAGESIZE)
-            end = (off + size) // mmap.PAGESIZE * mmap.PAGESIZE
-            mm = getattr(self.shm, "_mmap", None)
-            if end > start and mm is not None:
-                try:
-                    mm.madvise(mmap.MADV_REMOVE, start, end - start)
-                except OSError as exc:   # not fatal: the memory is merely kept resident
-                    log.debug("madvise(MADV_REMOVE) failed on pool %s: %s", self.pool_id, exc)
-        self.heap.free(off)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.t.close()
-        self.heap.close()
-        del self.buf
-        close_quietly(self.shm)
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: modules may already be gone
-            pass
-
-
-def _recover_hook(ref: weakref.ReferenceType[_Pool]) -> None:
-    """Run by the heap, under the lock, when the previous lock holder died: reconcile the tables."""
-    pool = ref()
-    if pool is None:
-        return
-    report = pool.t.reconcile(pool.heap)
-    pool.agents.clear()
-    log.warning("pool %s: recovered after a process died holding its lock: %s", pool.pool_id, report)
 
 
 class MemoryPoolManager:
@@ -178,13 +114,15 @@ class MemoryPoolManager:
                 pool.close()
             self._pools.clear()
 
-    def create_pool(self, pool_id: str, size: int | None = None, *, max_blocks: int | None = None,
-                    max_agents: int = 1024) -> str:
+    def create_pool(self, pool_id: str, size: int | None = None, *, max_size: int | None = None,
+                    max_blocks: int | None = None, max_agents: int = 1024) -> str:
         """Create a pool of ``size`` heap bytes (default: ``shared_memory_size_mb`` of the config).
 
         Args:
             pool_id: name of the pool, unique in the namespace.
             size: heap capacity in bytes (tables and header come on top, a few % at most).
+            max_size: let the pool grow, by extension segments of ``size`` bytes each, up to this total heap
+                (default: no growth).
             max_blocks: capacity of the block table (default: one block per 16 KiB, 1024..1M).
             max_agents: how many distinct agent ids may use the pool.
 
@@ -196,6 +134,9 @@ class MemoryPoolManager:
         if size is None:
             size = self.default_pool_size
         check_int("size", size, 1 << 17, _MAX_POOL)
+        if max_size is None:
+            max_size = size
+        check_int("max_size", max_size, size, _MAX_POOL)
         if max_blocks is None:
             max_blocks = min(max(size // 16384, 1024), 1 << 20)
         check_int("max_blocks", max_blocks, 1, 1 << 24)
@@ -210,7 +151,8 @@ class MemoryPoolManager:
         try:
             pool_alloc.format_segment(buf, meta)
             heap = pool_alloc.SegmentHeap(buf)
-            tables = Tables(buf, heap.meta_offset, heap.meta_size, sizes)
+            tables = Tables(buf, heap.meta_offset, heap.meta_size, sizes,
+                            growth=(max_size, size if max_size > heap.heap_size else 0))
         except BaseException:
             close_quietly(shm)
             unlink_segment(name)
@@ -285,12 +227,18 @@ class MemoryPoolManager:
             pool = self._pool(pool_id)
         except IncompatibleLayoutError as exc:
             name = segment_name(self.namespace, validate_name("pool_id", pool_id))
-            unlink_segment(name)
+            for stray in list_segment_names(self.namespace):
+                if stray == name or stray.startswith(name + "."):
+                    unlink_segment(stray)
             log.warning("destroyed unreadable pool segment %s: %s", name, exc)
             return
         with pool.heap:
             pool.t.mark_destroyed()
-            unlink_segment(pool.name)
+            for name in pool.segment_names():
+                unlink_segment(name)
+            for stray in list_segment_names(self.namespace):   # left by a process killed while growing it
+                if stray.startswith(pool.name + "."):
+                    unlink_segment(stray)
         with self._mutex:
             self._pools.pop(pool_id, None)
         pool.close()
@@ -342,7 +290,7 @@ class MemoryPoolManager:
             slot = t.core.free_slot()
             if slot < 0:
                 raise PoolExhaustedError(f"pool {pool_id!r} block table is full ({len(t.state)} blocks)")
-            off = pool.heap.alloc(size)
+            off = pool.alloc(size)
             gen = t.core.new_block(slot, WRITING, off, size, nbytes, codec, shuf, F_DEDUP if dedup else 0,
                                    agent, -1)
             return f"{pool_id}:{slot}:{gen}"
@@ -357,7 +305,7 @@ class MemoryPoolManager:
             state, _gen, off, size = pool.t.core.block(slot)[:4]
             if state != WRITING:
                 raise StateError(f"block {block_id!r} is sealed and immutable; use get_array() or read()")
-            return pool.buf[off:off + size]
+            return pool.view(off, size)
 
     def seal(self, agent_id: str, block_id: str) -> str:
         """Make the block immutable; with dedup, an identical sealed block absorbs it. Returns ``block_id``.
@@ -372,7 +320,7 @@ class MemoryPoolManager:
             if not flags & F_DEDUP:
                 core.seal(slot, 0, 0, False)
                 return block_id
-        data = pool.buf[off:off + size]
+        data = pool.view(off, size)
         cand, c_gen, equal = -1, 0, False
         if size >= dd.FUSED_MIN:
             head = dd.head_key(data)
@@ -394,7 +342,7 @@ class MemoryPoolManager:
                     c_state, _g, c_off, c_size, c_nbytes, c_codec, c_shuf, _f, _t, _l, c_hi = core.block(cand)
                     equal = (c_state == SEALED and c_hi == h_hi and (c_size, c_nbytes, c_codec, c_shuf)
                              == (size, nbytes, codec, shuf)
-                             and pool_alloc.bytes_equal(data, pool.buf[c_off:c_off + size]))
+                             and pool_alloc.bytes_equal(data, pool.view(c_off, size)))
             if equal:
                 core.make_alias(slot, cand, h_lo, h_hi)
                 pool.release(off, size)
@@ -421,7 +369,7 @@ class MemoryPoolManager:
                 c_digest = c_lo | (c_hi << 64)
             else:
                 c_gen, c_off = 0, 0
-        h, equal = dd.compare_or_digest(data, pool.buf[c_off:c_off + key[1]] if cand >= 0 else None, c_digest)
+        h, equal = dd.compare_or_digest(data, pool.view(c_off, key[1]) if cand >= 0 else None, c_digest)
         return h, equal, cand, c_gen
 
     def _sealed_region(self, pool: _Pool, slot: int, block_id: str) -> tuple[int, int, int, int, int]:
@@ -444,7 +392,7 @@ class MemoryPoolManager:
             off, _size, nbytes, codec, _shuf = self._sealed_region(pool, slot, block_id)
             if codec:
                 raise StateError(f"block {block_id!r} is compressed ({comp.CODEC_NAMES[codec]}); use read()")
-            mv = pool.buf[off:off + nbytes].toreadonly()
+            mv = pool.view(off, nbytes).toreadonly()
         dt = np.dtype(dtype)
         if dt.itemsize == 0 or nbytes % dt.itemsize:
             raise InvalidArgumentError(f"dtype {dt} does not divide the block's {nbytes} bytes")
@@ -463,7 +411,7 @@ class MemoryPoolManager:
         """
         with self._locked_block(agent_id, block_id) as (pool, slot, _agent):
             off, size, nbytes, codec, shuf = self._sealed_region(pool, slot, block_id)
-            payload = pool.buf[off:off + size]
+            payload = pool.view(off, size)
         target = bytearray(nbytes) if out is None else out
         try:
             dst = memoryview(target).cast("B")
@@ -606,8 +554,8 @@ class MemoryPoolManager:
         """Verify the allocator's and the tables' invariants; True, or CorruptionError naming what is wrong."""
         pool = self._pool(pool_id)
         with pool.heap:
-            pool.heap.check()
-            pool.t.check(pool.heap.allocations())
+            pool.check_heaps()
+            pool.t.check(pool.allocations())
         return True
 
     def stats(self, pool_id: str) -> dict[str, Any]:
@@ -615,10 +563,10 @@ class MemoryPoolManager:
         pool = self._pool(pool_id)
         t = pool.t
         with pool.heap:
-            hs = pool.heap.stats()
+            hs = pool.heap_stats()
             used = hs["heap_size"] - hs["free_bytes"]
             return {
                 "pool_id": pool_id, "capacity": hs["heap_size"], "used": used, "free": hs["free_bytes"],
                 "largest_free_block": hs["largest_free"], "fragmentation": hs["fragmentation"],
-                "recoveries": hs["recoveries"], **t.summary(),
+                "recoveries": hs["recoveries"], "segments": hs["segments"], **t.summary(),
             }

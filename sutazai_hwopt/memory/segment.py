@@ -28,6 +28,7 @@ __all__ = [
     "attach_segment",
     "close_quietly",
     "create_segment",
+    "list_segment_names",
     "list_segments",
     "segment_name",
     "unlink_segment",
@@ -133,14 +134,20 @@ def unlink_segment(name: str) -> bool:
     return True
 
 
-def list_segments(namespace: str) -> list[str]:
-    """Pool ids with a segment of ``namespace`` in ``/dev/shm``."""
+def list_segment_names(namespace: str) -> list[str]:
+    """Every segment name of ``namespace`` in ``/dev/shm`` (pools' primary and extension segments)."""
     prefix = f"{PREFIX}.{namespace}."
     try:
         names = os.listdir(SHM_DIR)
     except OSError:
         return []
-    return sorted(n[len(prefix):] for n in names if n.startswith(prefix))
+    return sorted(n for n in names if n.startswith(prefix))
+
+
+def list_segments(namespace: str) -> list[str]:
+    """Pool ids of ``namespace`` (from their primary segments in ``/dev/shm``)."""
+    prefix = f"{PREFIX}.{namespace}."
+    return [n[len(prefix):] for n in list_segment_names(namespace) if "." not in n[len(prefix):]]
 
 
 def close_quietly(shm: shared_memory.SharedMemory) -> bool:

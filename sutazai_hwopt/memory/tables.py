@@ -26,7 +26,8 @@ META_MAGIC = 0x4154454D57485A53  # "SZHWMETA"
 META_VERSION = 1
 
 HEADER_DTYPE = np.dtype([("magic", "<u8"), ("version", "<u4"), ("destroyed", "<u4"), ("n_agents", "<u4"),
-                         ("n_blocks", "<u4"), ("n_holders", "<u4"), ("n_dedup", "<u4"), ("pad", "<u8", (4,))])
+                         ("n_blocks", "<u4"), ("n_holders", "<u4"), ("n_dedup", "<u4"), ("n_ext", "<u8"),
+                         ("max_heap", "<u8"), ("ext_size", "<u8"), ("pad", "<u8")])
 AGENT_DTYPE = np.dtype([("name", "S48"), ("pid", "<i4"), ("pad", "<u4"), ("start", "<u8")])
 BLOCK_DTYPE = np.dtype([("state", "u1"), ("codec", "u1"), ("shuffle", "u1"), ("flags", "u1"), ("gen", "<u4"),
                         ("off", "<u8"), ("size", "<u8"), ("nbytes", "<u8"), ("refs", "<u4"), ("target", "<i4"),
@@ -136,9 +137,11 @@ def dedup_key(h_lo: int) -> int:
 class Tables:
     """Views of one pool's shared tables (numpy arrays over the segment; no copies)."""
 
-    def __init__(self, buf: memoryview, meta_off: int, meta_size: int, sizes: dict[str, int] | None = None) -> None:
+    def __init__(self, buf: memoryview, meta_off: int, meta_size: int, sizes: dict[str, int] | None = None,
+                 growth: tuple[int, int] = (0, 0)) -> None:
         hdr = np.frombuffer(buf, HEADER_DTYPE, 1, meta_off)
         if sizes is not None:
+            hdr["max_heap"], hdr["ext_size"] = growth
             if meta_bytes(sizes) > meta_size:
                 raise IncompatibleLayoutError("meta area too small for the requested tables")
             hdr["n_agents"], hdr["n_blocks"] = sizes["n_agents"], sizes["n_blocks"]
@@ -186,6 +189,19 @@ class Tables:
 
     def mark_destroyed(self) -> None:
         self.hdr["destroyed"] = 1
+
+    @property
+    def n_ext(self) -> int:
+        """Extension segments the pool has grown into."""
+        return int(self.hdr["n_ext"][0])
+
+    def set_n_ext(self, n: int) -> None:
+        self.hdr["n_ext"] = n
+
+    @property
+    def growth(self) -> tuple[int, int]:
+        """(total heap bytes the pool may reach, heap bytes per extension segment; 0 = no growth)."""
+        return int(self.hdr["max_heap"][0]), int(self.hdr["ext_size"][0])
 
     # ---- agents ---------------------------------------------------------------------------------------------
     def agent_index(self, name: bytes) -> int:
@@ -334,7 +350,7 @@ class Tables:
             raise CorruptionError(f"sealed blocks {sorted(indexed - seen)[:3]} are flagged indexed but not in the "
                                   f"dedup index")
 
-    def reconcile(self, heap: Any) -> dict[str, int]:
+    def reconcile(self, heap: Any) -> dict[str, int]:  # heap: anything with allocations() and free(offset)
         """Rebuild derived state after a holder died mid-update (runs under the lock); returns what it did.
 
         Authoritative: heap allocations, and block entries (state, offset, target, flags). Derived: holder

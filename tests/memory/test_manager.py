@@ -512,3 +512,49 @@ def test_destroy_pool_with_unreadable_header(pm: MemoryPoolManager, ns: str) -> 
     with MemoryPoolManager(namespace=ns) as other:
         other.destroy_pool("data")
     assert not os.path.exists(os.path.join(SHM_DIR, segment_name(ns, "data")))
+
+
+def _child_reads(ns: str, bids: list[str], q: Any) -> None:
+    with MemoryPoolManager(namespace=ns) as m:
+        q.put([m.read("reader", b) for b in bids])
+
+
+def test_pool_grows_into_extension_segments(ns: str, children: Any) -> None:
+    """A pool with max_size > size adds 0600 segments when full; other processes read blocks in them."""
+    with MemoryPoolManager(namespace=ns) as pm:
+        pm.create_pool("g", size=256 * 1024, max_size=1024 * 1024)
+        assert pm.stats("g")["segments"] == 1
+        bids = [pm.put_bytes("a", bytes([i]) * 100_000, pool_id="g", enable_dedup=False) for i in range(8)]
+        s = pm.stats("g")
+        assert s["segments"] >= 3 and s["capacity"] > 256 * 1024
+        assert pm.pools() == ["g"]                              # extensions are not pools
+        for name in os.listdir(SHM_DIR):
+            if name.startswith(segment_name(ns, "g")):
+                assert stat.S_IMODE(os.stat(os.path.join(SHM_DIR, name)).st_mode) == 0o600
+        with pytest.raises(PoolExhaustedError):
+            pm.allocate_memory("a", 900_000, pool_id="g")
+        for b in bids:
+            pm.share_memory("a", "reader", b)
+        q = FORK.Queue()
+        p = children(_child_reads, ns, bids, q)
+        assert q.get(timeout=60) == [bytes([i]) * 100_000 for i in range(8)]
+        p.join()
+        q.close()
+        q.join_thread()
+        assert pm.check("g")
+        for b in bids:
+            pm.free_memory("a", b)
+            pm.free_memory("reader", b)
+        assert pm.check("g") and pm.stats("g")["blocks"] == 0
+        pm.destroy_pool("g")
+    assert not [n for n in os.listdir(SHM_DIR) if n.startswith(segment_name(ns, "g"))]
+
+
+def test_growth_is_not_spent_on_requests_no_segment_can_hold(ns: str) -> None:
+    """A request larger than an extension segment raises without adding segments."""
+    with MemoryPoolManager(namespace=ns) as pm:
+        pm.create_pool("g", size=256 * 1024, max_size=4 * MiB)
+        with pytest.raises(PoolExhaustedError, match="cannot grow"):
+            pm.allocate_memory("a", 300 * 1024, pool_id="g")
+        assert pm.stats("g")["segments"] == 1
+        pm.destroy_pool("g")

@@ -30,7 +30,8 @@ class PoolModel(RuleBasedStateMachine):
         self._ns = throwaway_namespace("memtest")
         ns = self._ns.__enter__()
         self.pm = MemoryPoolManager(namespace=ns)
-        self.pm.create_pool("data", size=1 << 20, max_blocks=64)
+        # A small pool that must grow into extension segments during the run.
+        self.pm.create_pool("data", size=1 << 17, max_size=4 << 20, max_blocks=64)
         self.L: dict[str, dict[str, Any]] = {}
         self.index: dict[tuple[bytes, str | None], str] = {}
 
