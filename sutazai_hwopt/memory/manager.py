@@ -1,9 +1,9 @@
 """MemoryPoolManager: named shared-memory pools that every agent process allocates in directly.
 
 Each pool is a shared segment (see :mod:`.segment`; it may grow by extension segments, see :mod:`.pool`) laid
-out as ``[header | tables | heap]``: the compiled
-allocator and robust lock (:class:`~sutazai_hwopt._native.pool_alloc.SegmentHeap`) own the header and heap,
-:class:`~.tables.Tables` the block / agent / holder / dedup tables. Any process of the same user that builds a
+out as ``[header | tables | heap]``: the compiled allocator and robust lock
+(:class:`~sutazai_hwopt._native.pool_alloc.SegmentHeap`) own the header and heap, :class:`~.tables.Tables` the
+block / agent / holder / dedup tables. Any process of the same user that builds a
 manager with the same namespace sees the same pools and blocks; a block id (``"pool:slot:generation"``) is a
 plain string that can be sent to another process.
 
