@@ -381,3 +381,59 @@ cdef class Core:
         bb.record_outcome(0, self.window)
         if self.shell._waiters:
             self.shell._wake()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shared table across processes (sutazai_hwopt/balancer/shared.py owns the segment and its layout): 64-bit
+# slots updated with GCC atomics, so outstanding counts from many processes add up without a lock.
+
+cdef extern from *:
+    """
+    static inline long long hwopt_atomic_add(long long *p, long long d) {
+        return __atomic_add_fetch(p, d, __ATOMIC_SEQ_CST);
+    }
+    static inline long long hwopt_atomic_load(long long *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    static inline void hwopt_atomic_store(long long *p, long long v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+    """
+    long long hwopt_atomic_add(long long *p, long long d) nogil
+    long long hwopt_atomic_load(long long *p) nogil
+    void hwopt_atomic_store(long long *p, long long v) nogil
+
+
+cdef class AtomicWords:
+    """Atomic 64-bit words over a writable buffer (a shared-memory segment); index = word number."""
+
+    cdef object _view
+    cdef long long *_base
+    cdef public Py_ssize_t nwords
+
+    def __init__(self, buf):
+        cdef unsigned char[::1] mv = buf
+        if mv.shape[0] < 8 or (<size_t>&mv[0]) % 8 != 0:
+            raise ValueError("buffer must be 8-byte aligned and hold at least one word")
+        self._view = mv
+        self._base = <long long *>&mv[0]
+        self.nwords = mv.shape[0] // 8
+
+    cdef inline long long *_at(self, Py_ssize_t i) except NULL:
+        if i < 0 or i >= self.nwords:
+            raise IndexError(f"word {i} out of range 0..{self.nwords - 1}")
+        return self._base + i
+
+    def add(self, Py_ssize_t i, long long delta):
+        """Atomically add ``delta`` to word ``i``; returns the new value."""
+        return hwopt_atomic_add(self._at(i), delta)
+
+    def load(self, Py_ssize_t i):
+        """Atomic load of word ``i``."""
+        return hwopt_atomic_load(self._at(i))
+
+    def store(self, Py_ssize_t i, long long value):
+        """Atomic store into word ``i``."""
+        hwopt_atomic_store(self._at(i), value)
+
+    def release(self):
+        """Drop the buffer reference (before the segment is closed)."""
+        self._view = None
+        self._base = NULL
+        self.nwords = 0

@@ -181,8 +181,6 @@ class DynamicLoadBalancer:
         self._c.next_change = nxt
         self._c.probing = any(b.state == PROBING for b in self._c.cands)
         self._c.dirty = False
-        if self._shared is not None:
-            self._shared.publish_states(self._list)
 
     def _decay(self, now: float) -> None:
         """Let the peak-EWMA of backends that got no answer lately decay (Finagle decays at read time), so a
@@ -220,6 +218,8 @@ class DynamicLoadBalancer:
                 self._decay(now)
             if self._shared is not None and self._shared.version != self._shared.seen_version:
                 self._shared.apply(self, now)
+                if self._c.dirty:
+                    self._refresh(now)
             if session_id is not None and self.config.session_affinity and not isinstance(algo, ConsistentHash):
                 if self._hash is None:
                     self._hash = ConsistentHash(fallback=algo)
@@ -238,7 +238,7 @@ class DynamicLoadBalancer:
                 if st is not None:
                     b.pending_work += st.service_est
             if self._shared is not None:
-                self._shared.add_outstanding(b.index, 1)
+                self._shared.add_outstanding(b.sid, 1)
             return b.service
 
     def _why_none(self) -> str:
@@ -332,8 +332,8 @@ class DynamicLoadBalancer:
             if b.in_flight <= 0:
                 raise StateError(f"service_id {service_id!r} has no request in flight")
             b.in_flight -= 1
-            if self._shared is not None and b.sid in self._backends:
-                self._shared.add_outstanding(b.index, -1)
+            if self._shared is not None:
+                self._shared.add_outstanding(b.sid, -1)
             st = b.stats.get(rt)
             if st is None:
                 st = b.type_stats(rt)
@@ -370,8 +370,8 @@ class DynamicLoadBalancer:
             if b.in_flight <= 0:
                 raise StateError(f"service_id {service_id!r} has no request in flight")
             b.in_flight -= 1
-            if self._shared is not None and b.sid in self._backends:
-                self._shared.add_outstanding(b.index, -1)
+            if self._shared is not None:
+                self._shared.add_outstanding(b.sid, -1)
             if b.state == PROBING and b.probes_in_flight > 0:
                 b.probes_in_flight -= 1
                 self._c.dirty = True
@@ -432,8 +432,20 @@ class DynamicLoadBalancer:
         b.reset_window()
         self._c.dirty = True
         if self._shared is not None:
-            self._shared.publish_ejection(b.index, b.ejected_until)
+            self._shared.publish_ejection(b.sid, b.ejected_until)
         log.warning("backend %s ejected for %.3g s (%s)", b.sid, dur, why)
+
+    def _adopt_ejection(self, b: Backend, until: float) -> None:
+        """Eject ``b`` until ``until`` because another process did (under the lock; not re-published)."""
+        if b.state == EJECTED and b.ejected_until >= until:
+            return
+        b.state = EJECTED
+        b.ejected_until = until
+        b.probes_in_flight = 0
+        b.ewma = 0.0
+        b.reset_window()
+        self._c.dirty = True
+        log.info("backend %s ejected until %.3f: published by another process", b.sid, until)
 
     # ------------------------------------------------------------------------------------------ health
     def report_health(self, service_id: str, healthy: bool) -> None:

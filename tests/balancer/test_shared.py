@@ -1,0 +1,109 @@
+"""Shared state across real processes: one process's ejection stops the others; outstanding counts add up."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import stat
+import uuid
+
+import pytest
+
+from sutazai_hwopt.balancer import BackendService, DynamicLoadBalancer
+from sutazai_hwopt.balancer.shared import SharedState
+from sutazai_hwopt.errors import IncompatibleLayoutError, PoolExhaustedError
+
+
+def _make(shared: SharedState) -> DynamicLoadBalancer:
+    lb = DynamicLoadBalancer(algorithm="round_robin", shared=shared)
+    for i in range(4):
+        lb.register_service(BackendService(service_id=f"b{i}", port=8000 + i))
+    return lb
+
+
+def _failer(name: str, ready: mp.Event) -> None:  # type: ignore[valid-type]
+    """Child: fail b1 until its own balancer ejects it (which publishes the ejection)."""
+    shared = SharedState.attach(name)
+    lb = _make(shared)
+    while lb.state_of("b1") != "ejected":
+        s = lb.select_backend_sync()
+        lb.record_result(s.service_id, 0.001, s.service_id != "b1")
+    ready.set()  # type: ignore[attr-defined]
+    shared.close()
+
+
+def _holder(name: str, n: int, held: mp.Event, go: mp.Event) -> None:  # type: ignore[valid-type]
+    """Child: hold n requests on b0 until told to finish them."""
+    shared = SharedState.attach(name)
+    lb = DynamicLoadBalancer(algorithm="round_robin", shared=shared)
+    lb.register_service(BackendService(service_id="b0", port=8000))
+    for _ in range(n):
+        lb.select_backend_sync()
+    held.set()  # type: ignore[attr-defined]
+    assert go.wait(60)  # type: ignore[attr-defined]
+    for _ in range(n):
+        lb.record_result("b0", 0.001, True)
+    shared.close()
+
+
+@pytest.fixture()
+def shared() -> SharedState:
+    name = f"hwopt_test_lb_{uuid.uuid4().hex[:12]}"
+    s = SharedState.create(name, slots=16)
+    yield s
+    s.close()
+    s.unlink()
+    assert not os.path.exists(f"/dev/shm/{name}")
+
+
+def test_ejection_published_to_other_process(shared: SharedState) -> None:
+    """After a child process ejects b1, this process sends nothing to b1 without seeing a failure itself."""
+    lb = _make(shared)
+    assert {lb.select_backend_sync().service_id for _ in range(4)} == {"b0", "b1", "b2", "b3"}
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    p = ctx.Process(target=_failer, args=(shared.name, ready))
+    p.start()
+    p.join(120)
+    assert p.exitcode == 0 and ready.is_set()
+    assert shared.ejected_until("b1") > 0
+    picks = [lb.select_backend_sync().service_id for _ in range(12)]
+    assert "b1" not in picks
+    assert lb.state_of("b1") == "ejected"
+
+
+def test_outstanding_counts_add_up_across_processes(shared: SharedState) -> None:
+    """Two children holding requests show up in the host-wide count, and it returns to zero after."""
+    ctx = mp.get_context("spawn")
+    go = ctx.Event()
+    held = [ctx.Event(), ctx.Event()]
+    procs = [ctx.Process(target=_holder, args=(shared.name, n, h, go)) for n, h in zip((3, 5), held)]
+    for p in procs:
+        p.start()
+    for h in held:
+        assert h.wait(120)
+    assert shared.outstanding("b0") == 8
+    go.set()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert shared.outstanding("b0") == 0
+
+
+def test_segment_private_and_checked(shared: SharedState) -> None:
+    """The segment is mode 0600; attaching to a foreign segment raises; a full table raises typed."""
+    mode = stat.S_IMODE(os.stat(f"/dev/shm/{shared.name}").st_mode)
+    assert mode == 0o600
+    from multiprocessing import shared_memory
+
+    other = shared_memory.SharedMemory(name=f"hwopt_test_foreign_{uuid.uuid4().hex[:8]}", create=True, size=4096)
+    try:
+        with pytest.raises(IncompatibleLayoutError):
+            SharedState.attach(other.name)
+    finally:
+        other.close()
+        other.unlink()
+    for i in range(16):
+        shared.slot(f"s{i}")
+    with pytest.raises(PoolExhaustedError):
+        shared.slot("one-too-many")
