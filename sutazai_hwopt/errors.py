@@ -7,7 +7,8 @@ Each subclass also inherits the builtin a caller would already catch, so
     ├── UsageError                        you called the API wrongly
     │   ├── ConfigError(ValueError)       bad configuration value, key, type or file
     │   ├── InvalidArgumentError(ValueError)
-    │   │   └── WeightError               a weigher/size that is negative, not a number or too large
+    │   │   ├── WeightError               a weigher/size that is negative, not a number or too large
+    │   │   └── UnhashableKeyError(TypeError)  a cache key that cannot be hashed
     │   ├── NotFoundError(KeyError)       unknown pool, block, agent, backend or bottleneck id
     │   ├── AccessDeniedError(PermissionError)  an agent touched a block it holds no grant for
     │   ├── StateError(RuntimeError)      the object is in the wrong state (sealed, freed, closed)
@@ -35,6 +36,7 @@ __all__ = [
     "ConfigError",
     "InvalidArgumentError",
     "WeightError",
+    "UnhashableKeyError",
     "NotFoundError",
     "AccessDeniedError",
     "StateError",
@@ -88,6 +90,10 @@ class InvalidArgumentError(UsageError, ValueError):
 
 class WeightError(InvalidArgumentError):
     """A size or weigher result is negative, not a number, or larger than the bound."""
+
+
+class UnhashableKeyError(InvalidArgumentError, TypeError):
+    """A cache key is not hashable (``except TypeError`` still catches it, as for a dict)."""
 
 
 class NotFoundError(UsageError, KeyError):

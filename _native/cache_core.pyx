@@ -1,0 +1,1402 @@
+# Compiled cache core: one open-addressing hash table of slot indices, slot metadata in C arrays and
+# intrusive doubly-linked lists, so a hit allocates no Python object.
+#
+# Policies (each also modelled in plain Python in sutazai_hwopt/cache/reference.py):
+#   LRU; LFU with O(1) frequency buckets (Shah, Mitra, Matani 2010), ties evict the oldest of the lowest
+#   frequency; ARC (Megiddo & Modha, FAST 2003, Fig. 4, real-valued target p); S3-FIFO (Yang et al.,
+#   SOSP 2023); SIEVE (Zhang et al., NSDI 2024); W-TinyLFU (Einziger, Friedman, Manes, ACM ToS 2017) with a
+#   1% window and SLRU main; LIRS (Jiang & Zhang, SIGMETRICS 2002); "adaptive": W-TinyLFU whose window is
+#   tuned by hill climbing on the sampled hit ratio (Einziger et al., "Adaptive Software Cache Management",
+#   Middleware 2018).
+#
+# Atomicity: with the GIL, a method of this class is atomic as long as it runs no Python code. The only
+# Python code it may run is the key's __hash__/__eq__ (the lookup restarts if the table changed meanwhile),
+# the weigher and the clock (both called before anything is changed), and the on_evict callback and
+# __del__ of released keys and values (both run after the structure is consistent again).
+
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_DECREF
+from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libc.string cimport memset
+from libc.math cimport ceil, floor, INFINITY
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from debug cimport HWOPT_DEBUG
+
+import math
+
+from sutazai_hwopt.errors import InvalidArgumentError, WeightError, UnhashableKeyError
+
+cdef extern from "Python.h":
+    Py_hash_t PyObject_Hash(object o) except? -1
+    int PyObject_RichCompareBool(PyObject* a, PyObject* b, int op) except -1
+    int Py_EQ
+
+# policy kinds
+DEF K_LRU = 0
+DEF K_LFU = 1
+DEF K_ARC = 2
+DEF K_S3 = 3
+DEF K_SIEVE = 4
+DEF K_WTLFU = 5
+DEF K_LIRS = 6
+DEF K_ADAPT = 7
+# fixed list ids; LFU frequency buckets use ids >= L_BUCKET
+DEF L_MAIN = 0      # LRU, ARC T2, S3 main, SIEVE queue, W-TinyLFU protected, LIRS stack S
+DEF L_SMALL = 1     # ARC T1, S3 small, W-TinyLFU window, LIRS queue Q
+DEF L_PROB = 2      # W-TinyLFU probation
+DEF L_G1 = 3        # ARC B1, S3 ghost
+DEF L_G2 = 4        # ARC B2
+DEF L_PRIO = 10     # priority p >= 1 lives in list L_PRIO + p - 1 (LRU within a level)
+DEF L_BUCKET = 20
+DEF NPRIO = 10
+DEF WHEEL = 256
+DEF W_NONE = -100000   # wprv value of a slot not in the timer wheel (heads hold -1 - bucket)
+# LIRS flags (meta bits)
+DEF F_LIR = 1
+DEF F_INQ = 2
+
+DEF SEED = 0x243F6A8885A308D3  # TinyLFU sketch hash seed (hex digits of pi)
+
+cdef object _MISSING = object()
+
+POLICIES = ("lru", "lfu", "arc", "s3fifo", "sieve", "wtinylfu", "lirs", "adaptive")
+
+cdef inline double _mono() noexcept:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline uint64_t _mix(uint64_t h, uint64_t seed) noexcept:
+    h = (h ^ seed) * <uint64_t>0x9E3779B97F4A7C15
+    return h ^ (h >> 29)
+
+
+cdef class CacheCore:
+    """The compiled engine behind :class:`sutazai_hwopt.cache.Cache` (use that class, not this one)."""
+
+    cdef PyObject** keys
+    cdef PyObject** vals
+    cdef Py_hash_t* hashes
+    cdef int32_t* prv
+    cdef int32_t* nxt
+    cdef int32_t* lst
+    cdef uint8_t* freq
+    cdef uint8_t* prio
+    cdef int64_t* wts          # NULL until a weight != 1 is stored
+    cdef double* expires       # NULL until a TTL is used
+    cdef int32_t* wprv         # timer-wheel links
+    cdef int32_t* wnxt
+    cdef int32_t* lprv         # LIRS second list (queue Q) links
+    cdef int32_t* lnxt
+    cdef int32_t cap, max_slots, free_head, nslots_used
+    cdef int32_t* table
+    cdef uint64_t tsize
+    cdef int tshift
+    # lists
+    cdef int32_t* lhead
+    cdef int32_t* ltail
+    cdef int32_t* lcnt
+    cdef int32_t nlists
+    # LFU buckets
+    cdef int64_t* bfreq
+    cdef int32_t* bprv
+    cdef int32_t* bnxt
+    cdef int32_t bfree, bmin
+    # config / state
+    cdef readonly int kind
+    cdef readonly int64_t maxsize
+    cdef readonly int64_t max_weight
+    cdef int64_t n_res, weight
+    cdef int64_t lvl_cnt[NPRIO]
+    cdef int64_t lvl_wt[NPRIO]
+    cdef uint64_t version
+    cdef public object weigher
+    cdef public object on_evict
+    cdef public object clock
+    cdef double default_ttl, tick
+    cdef int64_t n_ttl, last_tick
+    cdef int32_t wheel[WHEEL]
+    cdef list events
+    # deferred releases
+    cdef PyObject** dead
+    cdef Py_ssize_t ndead, dead_cap
+    # stats
+    cdef readonly int64_t hits, misses, evictions, evicted_weight, expirations, rejections
+    # policy state
+    cdef double arc_p
+    cdef int32_t hand
+    cdef int64_t small_max, ghost_max, win_max, prot_max, lir_max, nonres_max
+    cdef uint8_t* sketch
+    cdef uint64_t sk_mask
+    cdef int64_t sk_add, sk_period
+    cdef int64_t cl_count, cl_hits, cl_period
+    cdef double cl_prev, cl_step
+
+    def __cinit__(self, *args, **kwargs):
+        self.keys = NULL
+        self.table = NULL
+        self.cap = 0
+        self.dead = NULL
+
+    def __init__(self, int64_t maxsize, str policy="adaptive", int64_t max_weight=-1, object weigher=None,
+                 object ttl=None, object on_evict=None, object clock=None, double window=0.01,
+                 int64_t climb_period=0):
+        cdef int32_t i
+        if self.keys != NULL:
+            raise InvalidArgumentError("CacheCore.__init__ may be called only once")
+        if maxsize < 1 or maxsize > (1 << 29):
+            raise InvalidArgumentError(f"maxsize must be an integer in [1, 2**29], got {maxsize!r}")
+        if policy not in POLICIES:
+            raise InvalidArgumentError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
+        self.kind = POLICIES.index(policy)
+        self.maxsize = maxsize
+        self.max_weight = max_weight if max_weight >= 0 else (1 << 62)
+        self.weigher = weigher
+        self.on_evict = on_evict
+        self.clock = clock
+        self.events = []
+        self.default_ttl = self._check_ttl(ttl) if ttl is not None else 0.0
+        self.tick = min(max(self.default_ttl / 32.0, 0.001), 60.0) if self.default_ttl > 0 else 1.0
+        for i in range(WHEEL):
+            self.wheel[i] = -1
+        self.last_tick = -1
+        cdef int64_t ghosts = 0
+        if self.kind == K_ARC:
+            ghosts = maxsize
+        elif self.kind == K_S3:
+            self.small_max = max(1, <int64_t>(0.1 * maxsize))
+            self.ghost_max = max(1, <int64_t>(0.9 * maxsize))
+            ghosts = self.ghost_max
+        elif self.kind == K_LIRS:
+            self.lir_max = max(1, <int64_t>(0.99 * maxsize)) if maxsize > 1 else 1
+            if self.lir_max >= maxsize and maxsize > 1:
+                self.lir_max = maxsize - 1
+            self.nonres_max = 2 * maxsize
+            ghosts = self.nonres_max
+        elif self.kind == K_WTLFU or self.kind == K_ADAPT:
+            if not (0.0 <= window < 1.0):
+                raise InvalidArgumentError(f"window must be in [0, 1), got {window!r}")
+            self._set_window(max(1, <int64_t>(window * maxsize)) if maxsize > 1 else 0)
+            self.sk_mask = 1
+            while self.sk_mask * 8 < <uint64_t>min(maxsize, 1 << 24):
+                self.sk_mask <<= 1
+            self.sketch = <uint8_t*>PyMem_Malloc(self.sk_mask << 6)
+            if self.sketch == NULL:
+                raise MemoryError()
+            memset(self.sketch, 0, self.sk_mask << 6)
+            self.sk_mask -= 1
+            self.sk_period = 10 * maxsize
+            self.cl_period = climb_period if climb_period > 0 else max(10 * maxsize, 1000)
+            self.cl_step = 0.0625 * maxsize
+            self.cl_prev = -1.0
+        self.max_slots = <int32_t>(maxsize + ghosts + 2)
+        self.nlists = L_BUCKET + (self.max_slots + 1 if self.kind == K_LFU else 0)
+        self.lhead = <int32_t*>PyMem_Malloc(self.nlists * sizeof(int32_t))
+        self.ltail = <int32_t*>PyMem_Malloc(self.nlists * sizeof(int32_t))
+        self.lcnt = <int32_t*>PyMem_Malloc(self.nlists * sizeof(int32_t))
+        if self.lhead == NULL or self.ltail == NULL or self.lcnt == NULL:
+            raise MemoryError()
+        for i in range(self.nlists):
+            self.lhead[i] = -1
+            self.ltail[i] = -1
+            self.lcnt[i] = 0
+        if self.kind == K_LFU:
+            self.bfreq = <int64_t*>PyMem_Malloc(self.nlists * sizeof(int64_t))
+            self.bprv = <int32_t*>PyMem_Malloc(self.nlists * sizeof(int32_t))
+            self.bnxt = <int32_t*>PyMem_Malloc(self.nlists * sizeof(int32_t))
+            if self.bfreq == NULL or self.bprv == NULL or self.bnxt == NULL:
+                raise MemoryError()
+            self.bfree = -1
+            for i in range(self.nlists - 1, L_BUCKET - 1, -1):
+                self.bnxt[i] = self.bfree
+                self.bfree = i
+            self.bmin = -1
+        self.hand = -1
+        self._grow(min(self.max_slots, 16))
+
+    def __dealloc__(self):
+        cdef int32_t i
+        if self.keys != NULL:
+            for i in range(self.cap):
+                if self.keys[i] != NULL:
+                    Py_DECREF(<object>self.keys[i])
+                if self.vals[i] != NULL:
+                    Py_DECREF(<object>self.vals[i])
+        PyMem_Free(self.keys); PyMem_Free(self.vals); PyMem_Free(self.hashes); PyMem_Free(self.prv)
+        PyMem_Free(self.nxt); PyMem_Free(self.lst); PyMem_Free(self.freq); PyMem_Free(self.prio)
+        PyMem_Free(self.wts); PyMem_Free(self.expires); PyMem_Free(self.wprv); PyMem_Free(self.wnxt)
+        PyMem_Free(self.lprv); PyMem_Free(self.lnxt); PyMem_Free(self.table); PyMem_Free(self.lhead)
+        PyMem_Free(self.ltail); PyMem_Free(self.lcnt); PyMem_Free(self.bfreq); PyMem_Free(self.bprv)
+        PyMem_Free(self.bnxt); PyMem_Free(self.sketch); PyMem_Free(self.dead)
+
+    # ------------------------------------------------------------------ storage
+    cdef int _grow(self, int32_t newcap) except -1:
+        cdef int32_t i, old = self.cap
+        cdef void* p
+        if newcap <= old:
+            return 0
+        self.keys = <PyObject**>self._re(self.keys, newcap * sizeof(PyObject*))
+        self.vals = <PyObject**>self._re(self.vals, newcap * sizeof(PyObject*))
+        self.hashes = <Py_hash_t*>self._re(self.hashes, newcap * sizeof(Py_hash_t))
+        self.prv = <int32_t*>self._re(self.prv, newcap * sizeof(int32_t))
+        self.nxt = <int32_t*>self._re(self.nxt, newcap * sizeof(int32_t))
+        self.lst = <int32_t*>self._re(self.lst, newcap * sizeof(int32_t))
+        self.freq = <uint8_t*>self._re(self.freq, newcap)
+        self.prio = <uint8_t*>self._re(self.prio, newcap)
+        if self.wts != NULL:
+            self.wts = <int64_t*>self._re(self.wts, newcap * sizeof(int64_t))
+        if self.expires != NULL:
+            self.expires = <double*>self._re(self.expires, newcap * sizeof(double))
+            self.wprv = <int32_t*>self._re(self.wprv, newcap * sizeof(int32_t))
+            self.wnxt = <int32_t*>self._re(self.wnxt, newcap * sizeof(int32_t))
+        if self.kind == K_LIRS:
+            self.lprv = <int32_t*>self._re(self.lprv, newcap * sizeof(int32_t))
+            self.lnxt = <int32_t*>self._re(self.lnxt, newcap * sizeof(int32_t))
+        for i in range(newcap - 1, old - 1, -1):
+            self.keys[i] = NULL
+            self.vals[i] = NULL
+            self.lst[i] = -1
+            self.freq[i] = 0
+            self.prio[i] = 0
+            self.nxt[i] = self.free_head if i < newcap - 1 or old > 0 else -1
+            if self.wts != NULL:
+                self.wts[i] = 1
+            if self.expires != NULL:
+                self.expires[i] = INFINITY
+                self.wprv[i] = W_NONE
+        # free list: new slots old..newcap-1 in order, then the previous free list
+        for i in range(old, newcap - 1):
+            self.nxt[i] = i + 1
+        self.nxt[newcap - 1] = self.free_head if old > 0 else -1
+        self.free_head = old
+        self.cap = newcap
+        # table: a power of two with load factor <= 3/4 when every slot is used
+        cdef uint64_t ts = 16
+        cdef int sh = 60
+        while 3 * ts < <uint64_t>(4 * newcap):
+            ts <<= 1
+            sh -= 1
+        if ts != self.tsize:
+            PyMem_Free(self.table)
+            self.table = <int32_t*>PyMem_Malloc(ts * sizeof(int32_t))
+            if self.table == NULL:
+                raise MemoryError()
+            for i in range(<int32_t>ts):
+                self.table[i] = -1
+            self.tsize = ts
+            self.tshift = sh
+            for i in range(old):
+                if self.keys[i] != NULL or self.lst[i] >= 0:   # resident or ghost
+                    self._tinsert(i)
+        return 0
+
+    cdef void* _re(self, void* p, size_t n) except NULL:
+        cdef void* q = PyMem_Realloc(p, n)
+        if q == NULL:
+            raise MemoryError()
+        return q
+
+    cdef int32_t _alloc(self) except -1:
+        cdef int32_t i
+        if self.free_head < 0:
+            self._grow(min(self.max_slots, max(16, 2 * self.cap)))
+            if self.free_head < 0:
+                raise MemoryError("cache slots exhausted")
+        i = self.free_head
+        self.free_head = self.nxt[i]
+        self.nslots_used += 1
+        return i
+
+    cdef inline void _free(self, int32_t i) noexcept:
+        self.lst[i] = -1
+        self.nxt[i] = self.free_head
+        self.free_head = i
+        self.nslots_used -= 1
+
+    cdef inline uint64_t _home(self, Py_hash_t h) noexcept:
+        return (<uint64_t>h * <uint64_t>0x9E3779B97F4A7C15) >> (self.tshift + 0) & (self.tsize - 1)
+
+    cdef void _tinsert(self, int32_t i) noexcept:
+        cdef uint64_t pos = self._home(self.hashes[i]), mask = self.tsize - 1
+        while self.table[pos] >= 0:
+            pos = (pos + 1) & mask
+        self.table[pos] = i
+
+    cdef void _tdelete(self, int32_t i) noexcept:
+        cdef uint64_t mask = self.tsize - 1
+        cdef uint64_t pos = self._home(self.hashes[i]), j, home
+        cdef int32_t e
+        while self.table[pos] != i:
+            pos = (pos + 1) & mask
+        j = pos
+        while True:
+            j = (j + 1) & mask
+            e = self.table[j]
+            if e < 0:
+                break
+            home = self._home(self.hashes[e])
+            if ((j - home) & mask) >= ((j - pos) & mask):
+                self.table[pos] = e
+                pos = j
+        self.table[pos] = -1
+        self.version += 1
+
+    cdef int32_t _find(self, object key, Py_hash_t h, int32_t* ghost) except -2:
+        """Resident slot of ``key`` or -1; ``ghost[0]`` gets a ghost slot with the same hash, or -1."""
+        cdef uint64_t mask, pos
+        cdef int32_t i
+        cdef PyObject* k
+        cdef uint64_t ver
+        cdef int r
+        while True:
+            mask = self.tsize - 1
+            pos = self._home(h)
+            ghost[0] = -1
+            while True:
+                i = self.table[pos]
+                if i < 0:
+                    return -1
+                if self.hashes[i] == h:
+                    k = self.keys[i]
+                    if k == NULL:
+                        if ghost[0] < 0:
+                            ghost[0] = i
+                    elif k == <PyObject*>key:
+                        return i
+                    else:
+                        ver = self.version
+                        Py_INCREF(<object>k)
+                        try:
+                            r = PyObject_RichCompareBool(k, <PyObject*>key, Py_EQ)
+                        finally:
+                            Py_DECREF(<object>k)
+                        if self.version != ver:
+                            break  # the table changed under __eq__: restart the lookup
+                        if r:
+                            return i
+                pos = (pos + 1) & mask
+
+    cdef inline void _defer(self, PyObject* o) except *:
+        if self.ndead == self.dead_cap:
+            self.dead_cap = max(16, 2 * self.dead_cap)
+            self.dead = <PyObject**>self._re(self.dead, self.dead_cap * sizeof(PyObject*))
+        self.dead[self.ndead] = o
+        self.ndead += 1
+
+    cdef int _release(self) except -1:
+        """Drop deferred references and fire on_evict, now that the structure is consistent."""
+        cdef PyObject* o
+        cdef list ev
+        while self.ndead:
+            self.ndead -= 1
+            o = self.dead[self.ndead]
+            Py_DECREF(<object>o)
+        if self.events:
+            ev = self.events
+            self.events = []
+            if self.on_evict is not None:
+                for k, v, cause in ev:
+                    self.on_evict(k, v, cause)
+        return 0
+
+    # ------------------------------------------------------------------ lists
+    cdef inline void _push(self, int32_t l, int32_t i) noexcept:
+        cdef int32_t h = self.lhead[l]
+        self.prv[i] = -1
+        self.nxt[i] = h
+        if h >= 0:
+            self.prv[h] = i
+        else:
+            self.ltail[l] = i
+        self.lhead[l] = i
+        self.lcnt[l] += 1
+        self.lst[i] = l
+
+    cdef inline void _unlink(self, int32_t i) noexcept:
+        cdef int32_t l = self.lst[i], p = self.prv[i], n = self.nxt[i]
+        if p >= 0:
+            self.nxt[p] = n
+        else:
+            self.lhead[l] = n
+        if n >= 0:
+            self.prv[n] = p
+        else:
+            self.ltail[l] = p
+        self.lcnt[l] -= 1
+        self.lst[i] = -1
+
+    cdef inline void _move(self, int32_t l, int32_t i) noexcept:
+        if self.lhead[l] == i:
+            return
+        self._unlink(i)
+        self._push(l, i)
+
+    # LIRS second intrusive list (queue Q of resident HIR blocks, or the FIFO of non-resident ones)
+    cdef inline void _qpush(self, int32_t l, int32_t i) noexcept:
+        cdef int32_t h = self.lhead[l]
+        self.lprv[i] = -1
+        self.lnxt[i] = h
+        if h >= 0:
+            self.lprv[h] = i
+        else:
+            self.ltail[l] = i
+        self.lhead[l] = i
+        self.lcnt[l] += 1
+
+    cdef inline void _qunlink(self, int32_t l, int32_t i) noexcept:
+        cdef int32_t p = self.lprv[i], n = self.lnxt[i]
+        if p >= 0:
+            self.lnxt[p] = n
+        else:
+            self.lhead[l] = n
+        if n >= 0:
+            self.lprv[n] = p
+        else:
+            self.ltail[l] = p
+        self.lcnt[l] -= 1
+
+
+    # ------------------------------------------------------------------ bookkeeping
+    cdef inline bint _over(self) noexcept:
+        return self.n_res > self.maxsize or self.weight > self.max_weight
+
+    cdef inline int64_t _w(self, int32_t i) noexcept:
+        return self.wts[i] if self.wts != NULL else 1
+
+    cdef int _drop(self, int32_t i, int cause, int32_t ghost) except -1:
+        """Forget resident ``i`` (already unlinked from policy lists); keep it as a ghost if asked.
+
+        ``cause``: 0 removed by the caller, 1 evicted, 2 expired. ``ghost``: -1 free the slot, -3 keep the
+        slot and its table entry (the caller links it), else the ghost list to push it to.
+        """
+        cdef int64_t w = self._w(i)
+        cdef int p = self.prio[i]
+        self.n_res -= 1
+        self.weight -= w
+        self.lvl_cnt[p] -= 1
+        self.lvl_wt[p] -= w
+        if self.expires != NULL and self.wprv[i] != W_NONE:
+            self._wheel_unlink(i)
+        if cause == 1:
+            self.evictions += 1
+            self.evicted_weight += w
+        elif cause == 2:
+            self.expirations += 1
+        if cause and self.on_evict is not None:
+            self.events.append((<object>self.keys[i], <object>self.vals[i],
+                                "evicted" if cause == 1 else "expired"))
+        self._defer(self.keys[i])
+        self._defer(self.vals[i])
+        self.keys[i] = NULL
+        self.vals[i] = NULL
+        self.prio[i] = 0
+        self.freq[i] = 0
+        if self.wts != NULL:
+            self.wts[i] = 1
+        self.version += 1
+        if ghost == -1:
+            self._tdelete(i)
+            self._free(i)
+        elif ghost >= 0:
+            self._push(ghost, i)
+        return 0
+
+    cdef inline void _free_ghost(self, int32_t g) noexcept:
+        self._unlink(g)
+        self._tdelete(g)
+        self._free(g)
+
+    # ------------------------------------------------------------------ TTL: timer wheel
+    cdef double _now(self) except? -1.0:
+        if self.clock is None:
+            return _mono()
+        return float(self.clock())
+
+    cdef double _check_ttl(self, object ttl) except -1.0:
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not (0 < ttl < math.inf):
+            raise InvalidArgumentError(f"ttl must be a finite number of seconds > 0 or None, got {ttl!r}")
+        return float(ttl)
+
+    cdef int _ensure_ttl(self) except -1:
+        cdef int32_t i
+        if self.expires != NULL:
+            return 0
+        self.expires = <double*>self._re(NULL, self.cap * sizeof(double))
+        self.wprv = <int32_t*>self._re(NULL, self.cap * sizeof(int32_t))
+        self.wnxt = <int32_t*>self._re(NULL, self.cap * sizeof(int32_t))
+        for i in range(self.cap):
+            self.expires[i] = INFINITY
+            self.wprv[i] = W_NONE
+        return 0
+
+    cdef void _wheel_link(self, int32_t i, double now, double exp) noexcept:
+        cdef int64_t t = <int64_t>floor(exp / self.tick)
+        if self.last_tick < 0:
+            self.last_tick = <int64_t>floor(now / self.tick)
+        if t < self.last_tick:
+            t = self.last_tick
+        cdef int b = t & (WHEEL - 1)
+        cdef int32_t h = self.wheel[b]
+        self.expires[i] = exp
+        self.wprv[i] = -1 - b      # -1-b marks "bucket head" (b >= 0)
+        self.wnxt[i] = h
+        if h >= 0:
+            self.wprv[h] = i
+        self.wheel[b] = i
+        self.n_ttl += 1
+
+    cdef void _wheel_unlink(self, int32_t i) noexcept:
+        cdef int32_t p = self.wprv[i], n = self.wnxt[i]
+        if p >= 0:
+            self.wnxt[p] = n
+        else:
+            self.wheel[-1 - p] = n
+        if n >= 0:
+            self.wprv[n] = p
+        self.wprv[i] = W_NONE
+        self.expires[i] = INFINITY
+        self.n_ttl -= 1
+
+    cdef int _expire(self, double now) except -1:
+        """Remove every expired entry in the wheel buckets passed since the last call."""
+        cdef int64_t cur = <int64_t>floor(now / self.tick), t, start
+        cdef int32_t e, n
+        if self.last_tick < 0:
+            self.last_tick = cur
+        start = self.last_tick
+        if cur - start >= WHEEL:
+            start = cur - WHEEL + 1
+        t = start
+        while t <= cur:
+            e = self.wheel[t & (WHEEL - 1)]
+            while e >= 0:
+                n = self.wnxt[e]
+                if self.expires[e] <= now:
+                    self._remove(e, 2)
+                e = n
+            t += 1
+        self.last_tick = cur
+        return 0
+
+    # ------------------------------------------------------------------ TinyLFU frequency sketch
+    # Counters are bytes saturating at 15, grouped in 64-byte blocks (one cache line): an item's 4 counters
+    # (one per 16-byte row of its block) sit in the block its hash selects, as in Caffeine's sketch.
+    cdef inline void _sk_inc(self, Py_hash_t h) noexcept:
+        cdef uint64_t x = _mix(<uint64_t>h, SEED)
+        cdef uint8_t* b = &self.sketch[((x >> 32) & self.sk_mask) << 6]
+        cdef int r
+        for r in range(4):
+            if b[(r << 4) + ((x >> (r << 2)) & 15)] < 15:
+                b[(r << 4) + ((x >> (r << 2)) & 15)] += 1
+        self.sk_add += 1
+        if self.sk_add >= self.sk_period:
+            self._sk_age()
+
+    cdef void _sk_age(self) noexcept:
+        cdef uint64_t j
+        for j in range((self.sk_mask + 1) << 6):
+            self.sketch[j] >>= 1
+        self.sk_add //= 2
+
+    cdef inline int _sk_est(self, Py_hash_t h) noexcept:
+        cdef uint64_t x = _mix(<uint64_t>h, SEED)
+        cdef uint8_t* b = &self.sketch[((x >> 32) & self.sk_mask) << 6]
+        cdef int r, m = 15, v
+        for r in range(4):
+            v = b[(r << 4) + ((x >> (r << 2)) & 15)]
+            if v < m:
+                m = v
+        return m
+
+    cdef void _set_window(self, int64_t w) noexcept:
+        self.win_max = w
+        self.prot_max = <int64_t>(0.8 * (self.maxsize - w))
+
+    cdef void _climb(self) noexcept:
+        """Hill climbing on the window size (Einziger et al. 2018; the constants follow Caffeine)."""
+        cdef double rate = <double>self.cl_hits / self.cl_count, delta, amount, w
+        if self.cl_prev >= 0:
+            delta = rate - self.cl_prev
+            amount = self.cl_step if delta >= 0 else -self.cl_step
+            if delta >= 0.05 or delta <= -0.05:
+                self.cl_step = 0.0625 * self.maxsize * (1.0 if amount >= 0 else -1.0)
+            else:
+                self.cl_step = 0.98 * amount
+        else:
+            amount = self.cl_step
+        w = self.win_max + amount
+        if w < 1:
+            w = 1
+        if w > self.maxsize - 1:
+            w = self.maxsize - 1
+        self._set_window(<int64_t>w)
+        self.cl_prev = rate
+        self.cl_count = 0
+        self.cl_hits = 0
+
+    # ------------------------------------------------------------------ policy dispatch
+    cdef int _p_hit(self, int32_t i) except -1:
+        cdef int k = self.kind
+        cdef int32_t d
+        if self.prio[i]:
+            self._move(L_PRIO + self.prio[i] - 1, i)
+        elif k == K_ADAPT or k == K_WTLFU:
+            self._sk_inc(self.hashes[i])
+            if self.lst[i] == L_PROB:
+                self._unlink(i)
+                self._push(L_MAIN, i)
+                while self.lcnt[L_MAIN] > self.prot_max and self.lcnt[L_MAIN] > 0:
+                    d = self.ltail[L_MAIN]
+                    self._unlink(d)
+                    self._push(L_PROB, d)
+            else:
+                self._move(self.lst[i], i)
+        elif k == K_LRU or k == K_ARC:
+            self._move(L_MAIN, i)
+        elif k == K_SIEVE:
+            self.freq[i] = 1
+        elif k == K_S3:
+            if self.freq[i] < 3:
+                self.freq[i] += 1
+        elif k == K_LFU:
+            self._lfu_hit(i)
+        else:
+            self._lirs_hit(i)
+        return 0
+
+    cdef int _p_insert(self, int32_t i, int32_t g) except -1:
+        """Give new resident ``i`` (priority 0) to the policy; ``g`` is a ghost with its hash, or -1."""
+        cdef int k = self.kind
+        if k == K_ADAPT or k == K_WTLFU:
+            self._wt_insert(i)
+        elif k == K_ARC:
+            self._arc_insert(i, g)
+        elif k == K_S3:
+            while self._over() and self._p_evict_one():
+                pass
+            if g >= 0 and self.lst[g] == L_G1:   # the evictions may have trimmed it
+                self._free_ghost(g)
+                self._push(L_MAIN, i)
+            else:
+                self._push(L_SMALL, i)
+        elif k == K_LIRS:
+            self._lirs_insert(i, g)
+        else:
+            while self._over() and self._p_evict_one():
+                pass
+            if k == K_LFU:
+                self._lfu_push(i)
+            else:
+                self._push(L_MAIN, i)
+        return 0
+
+    cdef int _p_remove(self, int32_t i) except -1:
+        """Unlink resident ``i`` from its policy or priority list (explicit delete or expiry)."""
+        if self.prio[i]:
+            self._unlink(i)
+        elif self.kind == K_SIEVE:
+            if self.hand == i:
+                self.hand = self.prv[i]
+            self._unlink(i)
+        elif self.kind == K_LFU:
+            self._lfu_unlink(i)
+        elif self.kind == K_LIRS:
+            self._lirs_remove(i)
+        else:
+            self._unlink(i)
+        return 0
+
+    cdef bint _p_evict_one(self) except -1:
+        """Evict one priority-0 entry chosen by the policy; False if it holds none."""
+        cdef int k = self.kind
+        cdef int32_t v
+        if k == K_LRU:
+            v = self.ltail[L_MAIN]
+        elif k == K_ADAPT or k == K_WTLFU:
+            v = self.ltail[L_PROB]
+            if v < 0:
+                v = self.ltail[L_MAIN]
+            if v < 0:
+                v = self.ltail[L_SMALL]
+        elif k == K_SIEVE:
+            return self._sieve_evict()
+        elif k == K_S3:
+            return self._s3_evict()
+        elif k == K_ARC:
+            return self._arc_replace(False)
+        elif k == K_LFU:
+            return self._lfu_evict()
+        else:
+            return self._lirs_evict()
+        if v < 0:
+            return False
+        self._unlink(v)
+        self._drop(v, 1, -1)
+        return True
+
+    cdef bint _evict_prio(self, int pmax) except -1:
+        """Evict the LRU entry of the lowest non-empty priority level in 1..pmax."""
+        cdef int p
+        cdef int32_t v
+        for p in range(1, pmax + 1):
+            v = self.ltail[L_PRIO + p - 1]
+            if v >= 0:
+                self._unlink(v)
+                self._drop(v, 1, -1)
+                return True
+        return False
+
+    # --- W-TinyLFU
+    cdef int _wt_insert(self, int32_t i) except -1:
+        cdef int32_t c, v
+        self._sk_inc(self.hashes[i])
+        self._push(L_SMALL, i)
+        while self.lcnt[L_SMALL] > self.win_max:
+            c = self.ltail[L_SMALL]
+            self._unlink(c)
+            if self._over():
+                v = self.ltail[L_PROB]
+                if v < 0:
+                    v = self.ltail[L_MAIN]
+                if v < 0:
+                    self._push(L_PROB, c)
+                    break
+                if self._sk_est(self.hashes[c]) > self._sk_est(self.hashes[v]):
+                    self._unlink(v)
+                    self._drop(v, 1, -1)
+                    self._push(L_PROB, c)
+                else:
+                    self._drop(c, 1, -1)
+            else:
+                self._push(L_PROB, c)
+        while self._over() and self._p_evict_one():
+            pass
+        return 0
+
+    # --- SIEVE
+    cdef bint _sieve_evict(self) except -1:
+        cdef int32_t o = self.hand if self.hand >= 0 else self.ltail[L_MAIN]
+        if o < 0:
+            return False
+        while self.freq[o]:
+            self.freq[o] = 0
+            o = self.prv[o]
+            if o < 0:
+                o = self.ltail[L_MAIN]
+        self.hand = self.prv[o]
+        self._unlink(o)
+        self._drop(o, 1, -1)
+        return True
+
+    # --- S3-FIFO
+    cdef bint _s3_evict(self) except -1:
+        cdef int32_t t
+        while self.lcnt[L_SMALL] or self.lcnt[L_MAIN]:
+            if self.lcnt[L_SMALL] >= self.small_max or self.lcnt[L_MAIN] == 0:
+                t = self.ltail[L_SMALL]
+                self._unlink(t)
+                if self.freq[t] > 1:
+                    self.freq[t] = 0
+                    self._push(L_MAIN, t)
+                    if self.lcnt[L_MAIN] > self.maxsize - self.small_max:
+                        return self._s3_evict_main()
+                else:
+                    self._drop(t, 1, L_G1)
+                    if self.lcnt[L_G1] > self.ghost_max:
+                        self._free_ghost(self.ltail[L_G1])
+                    return True
+            else:
+                return self._s3_evict_main()
+        return False
+
+    cdef bint _s3_evict_main(self) except -1:
+        cdef int32_t t
+        while self.lcnt[L_MAIN]:
+            t = self.ltail[L_MAIN]
+            self._unlink(t)
+            if self.freq[t] > 0:
+                self.freq[t] -= 1
+                self._push(L_MAIN, t)
+            else:
+                self._drop(t, 1, -1)
+                return True
+        return False
+
+    # --- ARC (Megiddo & Modha 2003, Fig. 4); T1 = L_SMALL, T2 = L_MAIN, B1 = L_G1, B2 = L_G2
+    cdef bint _arc_replace(self, bint in_b2) except -1:
+        cdef int64_t t1 = self.lcnt[L_SMALL]
+        cdef int32_t v
+        if not self._over():
+            return False
+        if t1 >= 1 and ((in_b2 and t1 == self.arc_p) or t1 > self.arc_p):
+            v = self.ltail[L_SMALL]
+            self._unlink(v)
+            self._drop(v, 1, L_G1)
+        elif self.lcnt[L_MAIN] > 0:
+            v = self.ltail[L_MAIN]
+            self._unlink(v)
+            self._drop(v, 1, L_G2)
+        elif t1 >= 1:
+            v = self.ltail[L_SMALL]
+            self._unlink(v)
+            self._drop(v, 1, L_G1)
+        else:
+            return False
+        return True
+
+    cdef int _arc_insert(self, int32_t i, int32_t g) except -1:
+        cdef int64_t c = self.maxsize, b1 = self.lcnt[L_G1], b2 = self.lcnt[L_G2], l1, total
+        cdef int32_t v
+        if g >= 0 and self.lst[g] == L_G1:
+            self.arc_p = min(self.arc_p + (1.0 if b1 >= b2 else <double>b2 / b1), <double>c)
+            self._arc_replace(False)
+            self._free_ghost(g)
+            self._push(L_MAIN, i)
+        elif g >= 0 and self.lst[g] == L_G2:
+            self.arc_p = max(self.arc_p - (1.0 if b2 >= b1 else <double>b1 / b2), 0.0)
+            self._arc_replace(True)
+            self._free_ghost(g)
+            self._push(L_MAIN, i)
+        else:
+            l1 = self.lcnt[L_SMALL] + b1
+            if l1 >= c:
+                if self.lcnt[L_SMALL] < c:
+                    self._free_ghost(self.ltail[L_G1])
+                    self._arc_replace(False)
+                else:
+                    v = self.ltail[L_SMALL]
+                    self._unlink(v)
+                    self._drop(v, 1, -1)
+            else:
+                total = l1 + self.lcnt[L_MAIN] + b2
+                if total >= c:
+                    if total >= 2 * c and b2 > 0:
+                        self._free_ghost(self.ltail[L_G2])
+                    self._arc_replace(False)
+            self._push(L_SMALL, i)
+        while self._over() and self._arc_replace(False):
+            pass
+        return 0
+
+    # --- LFU with O(1) frequency buckets; bucket lists ordered by frequency from self.bmin
+    cdef int32_t _bnew(self, int64_t f, int32_t after) noexcept:
+        cdef int32_t b = self.bfree, n
+        self.bfree = self.bnxt[b]
+        self.bfreq[b] = f
+        self.lhead[b] = -1
+        self.ltail[b] = -1
+        self.lcnt[b] = 0
+        if after < 0:
+            self.bprv[b] = -1
+            self.bnxt[b] = self.bmin
+            if self.bmin >= 0:
+                self.bprv[self.bmin] = b
+            self.bmin = b
+        else:
+            n = self.bnxt[after]
+            self.bprv[b] = after
+            self.bnxt[b] = n
+            self.bnxt[after] = b
+            if n >= 0:
+                self.bprv[n] = b
+        return b
+
+    cdef void _bdel(self, int32_t b) noexcept:
+        cdef int32_t p = self.bprv[b], n = self.bnxt[b]
+        if p >= 0:
+            self.bnxt[p] = n
+        else:
+            self.bmin = n
+        if n >= 0:
+            self.bprv[n] = p
+        self.bnxt[b] = self.bfree
+        self.bfree = b
+
+    cdef void _lfu_push(self, int32_t i) noexcept:
+        cdef int32_t b = self.bmin
+        if b < 0 or self.bfreq[b] != 1:
+            b = self._bnew(1, -1)
+        self._push(b, i)
+
+    cdef void _lfu_hit(self, int32_t i) noexcept:
+        cdef int32_t b = self.lst[i], nb = self.bnxt[b]
+        if nb < 0 or self.bfreq[nb] != self.bfreq[b] + 1:
+            nb = self._bnew(self.bfreq[b] + 1, b)
+        self._unlink(i)
+        self._push(nb, i)
+        if self.lcnt[b] == 0:
+            self._bdel(b)
+
+    cdef void _lfu_unlink(self, int32_t i) noexcept:
+        cdef int32_t b = self.lst[i]
+        self._unlink(i)
+        if self.lcnt[b] == 0:
+            self._bdel(b)
+
+    cdef bint _lfu_evict(self) except -1:
+        cdef int32_t b = self.bmin, v
+        if b < 0:
+            return False
+        v = self.ltail[b]
+        self._lfu_unlink(v)
+        self._drop(v, 1, -1)
+        return True
+
+    # --- LIRS (Jiang & Zhang 2002). Stack S = L_MAIN (lst/prv/nxt), queue Q = L_SMALL on lprv/lnxt (resident
+    # HIR), non-resident HIR blocks: keys NULL, still in S, and in the FIFO L_G1 on lprv/lnxt (bounded).
+    cdef void _lirs_prune(self) noexcept:
+        cdef int32_t b = self.ltail[L_MAIN]
+        while b >= 0 and not (self.freq[b] & F_LIR):
+            self._unlink(b)
+            if self.keys[b] == NULL:
+                self._qunlink(L_G1, b)
+                self._tdelete(b)
+                self._free(b)
+            b = self.ltail[L_MAIN]
+
+    cdef void _lirs_demote_bottom(self) noexcept:
+        """The LIR block at the bottom of S becomes resident HIR at the end of Q."""
+        cdef int32_t b = self.ltail[L_MAIN]
+        if b < 0:
+            return
+        self._unlink(b)
+        self.freq[b] = F_INQ
+        self.lcnt[L_PROB] -= 1
+        self._qpush(L_SMALL, b)
+        self._lirs_prune()
+
+    cdef void _lirs_hit(self, int32_t i) noexcept:
+        cdef bint bottom
+        if self.freq[i] & F_LIR:
+            bottom = self.ltail[L_MAIN] == i
+            self._move(L_MAIN, i)
+            if bottom:
+                self._lirs_prune()
+        elif self.lst[i] == L_MAIN:       # resident HIR in S: becomes LIR
+            self._qunlink(L_SMALL, i)
+            self.freq[i] = F_LIR
+            self.lcnt[L_PROB] += 1
+            self._move(L_MAIN, i)
+            if self.lcnt[L_PROB] > self.lir_max:
+                self._lirs_demote_bottom()
+        else:                              # resident HIR not in S
+            self._push(L_MAIN, i)
+            self._qunlink(L_SMALL, i)
+            self._qpush(L_SMALL, i)
+
+    cdef bint _lirs_evict(self) except -1:
+        cdef int32_t v = self.ltail[L_SMALL]
+        if v >= 0:
+            self._qunlink(L_SMALL, v)
+            if self.lst[v] == L_MAIN:
+                self._drop(v, 1, -3)
+                self.freq[v] = 0
+                self._qpush(L_G1, v)
+                if self.lcnt[L_G1] > self.nonres_max:
+                    v = self.ltail[L_G1]
+                    self._qunlink(L_G1, v)
+                    self._unlink(v)
+                    self._tdelete(v)
+                    self._free(v)
+                    self._lirs_prune()
+            else:
+                self._drop(v, 1, -1)
+            return True
+        v = self.ltail[L_MAIN]
+        if v < 0:
+            return False
+        self._unlink(v)
+        self.lcnt[L_PROB] -= 1
+        self._drop(v, 1, -1)
+        self._lirs_prune()
+        return True
+
+    cdef int _lirs_insert(self, int32_t i, int32_t g) except -1:
+        while self._over() and self._lirs_evict():
+            pass
+        if g >= 0 and self.lst[g] != L_MAIN:
+            g = -1
+        if g >= 0:                           # non-resident HIR still in S: becomes LIR
+            self._qunlink(L_G1, g)
+            self._unlink(g)
+            self._tdelete(g)
+            self._free(g)
+            self.freq[i] = F_LIR
+            self.lcnt[L_PROB] += 1
+            self._push(L_MAIN, i)
+            if self.lcnt[L_PROB] > self.lir_max:
+                self._lirs_demote_bottom()
+        elif self.lcnt[L_PROB] < self.lir_max:   # warm-up: LIR set not full
+            self.freq[i] = F_LIR
+            self.lcnt[L_PROB] += 1
+            self._push(L_MAIN, i)
+        else:
+            self.freq[i] = F_INQ
+            self._push(L_MAIN, i)
+            self._qpush(L_SMALL, i)
+        return 0
+
+    cdef void _lirs_remove(self, int32_t i) noexcept:
+        if self.freq[i] & F_LIR:
+            self._unlink(i)
+            self.lcnt[L_PROB] -= 1
+            self._lirs_prune()
+        else:
+            self._qunlink(L_SMALL, i)
+            if self.lst[i] == L_MAIN:
+                self._unlink(i)
+                self._lirs_prune()
+
+    # ------------------------------------------------------------------ operations
+    cdef int _remove(self, int32_t i, int cause) except -1:
+        self._p_remove(i)
+        self._drop(i, cause, -1)
+        return 0
+
+    cdef inline Py_hash_t _hash(self, object key) except? -1:
+        try:
+            return PyObject_Hash(key)
+        except TypeError:
+            raise UnhashableKeyError(f"key must be hashable, got {type(key).__name__} {key!r:.80}") from None
+
+    cdef int32_t _lookup(self, object key, Py_hash_t h) except -2:
+        """Resident, unexpired slot of ``key`` or -1 (an expired entry found here is removed)."""
+        cdef int32_t g
+        cdef int32_t i = self._find(key, h, &g)
+        if i >= 0 and self.n_ttl and self.expires[i] != INFINITY and self.expires[i] <= self._now():
+            self._remove(i, 2)
+            self._release()
+            return -1
+        return i
+
+    cdef inline void _count(self, bint hit) noexcept:
+        if hit:
+            self.hits += 1
+        else:
+            self.misses += 1
+        if self.kind == K_ADAPT:
+            self.cl_count += 1
+            self.cl_hits += hit
+            if self.cl_count >= self.cl_period:
+                self._climb()
+
+    def __getitem__(self, key):
+        cdef int32_t i = self._lookup(key, self._hash(key))
+        if i >= 0:
+            self._count(True)
+            self._p_hit(i)
+            return <object>self.vals[i]
+        self._count(False)
+        raise KeyError(key)
+
+    def get(self, key, default=None):
+        """Return the value of ``key`` (an access: counts a hit or miss) or ``default``."""
+        cdef int32_t i = self._lookup(key, self._hash(key))
+        if i >= 0:
+            self._count(True)
+            self._p_hit(i)
+            return <object>self.vals[i]
+        self._count(False)
+        return default
+
+    def peek(self, key, default=None):
+        """Return the value of ``key`` or ``default`` without counting an access."""
+        cdef int32_t i = self._lookup(key, self._hash(key))
+        return <object>self.vals[i] if i >= 0 else default
+
+    def __contains__(self, key):
+        return self._lookup(key, self._hash(key)) >= 0
+
+    def __setitem__(self, key, value):
+        self._put(key, value, -1, -1.0, 0)
+
+    def __delitem__(self, key):
+        cdef int32_t i = self._lookup(key, self._hash(key))
+        if i < 0:
+            raise KeyError(key)
+        self._remove(i, 0)
+        self._release()
+
+    def pop(self, key, default=_MISSING):
+        """Remove ``key`` and return its value; ``default`` (or KeyError) when absent."""
+        cdef int32_t i = self._lookup(key, self._hash(key))
+        if i < 0:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        value = <object>self.vals[i]
+        self._remove(i, 0)
+        self._release()
+        return value
+
+    def __len__(self):
+        return self.n_res
+
+    def __iter__(self):
+        return iter(self.keys_list())
+
+    def keys_list(self):
+        """Snapshot of the resident, unexpired keys (arbitrary order)."""
+        cdef int32_t i
+        cdef double now = self._now() if self.n_ttl else 0.0
+        out = []
+        for i in range(self.cap):
+            if self.keys[i] != NULL and not (self.n_ttl and self.expires[i] <= now):
+                out.append(<object>self.keys[i])
+        return out
+
+    def put(self, key, value, *, weight=None, ttl=None, priority=0):
+        """Store ``value`` under ``key``; return False when the entry could not be kept (see the docs)."""
+        cdef int64_t w = -1
+        cdef double t = -1.0
+        if weight is not None:
+            w = self._check_weight(weight, "weight")
+        if ttl is not None:
+            t = self._check_ttl(ttl)
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+            raise InvalidArgumentError(f"priority must be an integer in 0..9, got {priority!r}")
+        return self._put(key, value, w, t, priority)
+
+    cdef int64_t _check_weight(self, object w, str what) except -1:
+        cdef double f
+        if isinstance(w, bool) or not isinstance(w, (int, float)):
+            raise WeightError(f"{what} must be a non-negative number, got {w!r}")
+        if isinstance(w, float):
+            if not (0.0 <= w < 9.2e18):
+                raise WeightError(f"{what} must be a finite non-negative number, got {w!r}")
+            w = int(ceil(w))
+        if w < 0:
+            raise WeightError(f"{what} must be >= 0, got {w!r}")
+        if w > self.max_weight:
+            raise WeightError(f"{what} {w!r} is larger than max_bytes={self.max_weight}")
+        return w
+
+    cdef bint _put(self, object key, object value, int64_t w, double ttl, int p) except -1:
+        cdef Py_hash_t h = self._hash(key)
+        cdef int32_t i, g
+        cdef double now = 0.0
+        cdef int64_t cnt_le = 0, wt_le = 0
+        cdef int q
+        if w < 0:
+            w = self._check_weight(self.weigher(key, value), "weigher result") if self.weigher is not None else 1
+        if ttl < 0 and self.default_ttl > 0:
+            ttl = self.default_ttl
+        if ttl > 0 or self.n_ttl:
+            now = self._now()
+            if ttl > 0:
+                self._ensure_ttl()
+            if self.n_ttl:
+                self._expire(now)
+        i = self._find(key, h, &g)
+        if i >= 0:
+            if self._w(i) == w and self.prio[i] == p:
+                self._defer(self.vals[i])
+                Py_INCREF(value)
+                self.vals[i] = <PyObject*>value
+                if self.expires != NULL and self.wprv[i] != W_NONE:
+                    self._wheel_unlink(i)
+                if ttl > 0:
+                    self._wheel_link(i, now, now + ttl)
+                self._p_hit(i)
+                self._release()
+                return True
+            self._remove(i, 0)
+            self._find(key, h, &g)
+        for q in range(p + 1):
+            cnt_le += self.lvl_cnt[q]
+            wt_le += self.lvl_wt[q]
+        if self.n_res - cnt_le + 1 > self.maxsize or self.weight - wt_le + w > self.max_weight:
+            self.rejections += 1
+            self._release()
+            return False
+        if w != 1 and self.wts == NULL:
+            self.wts = <int64_t*>self._re(NULL, self.cap * sizeof(int64_t))
+            for q in range(self.cap):
+                self.wts[q] = 1
+        i = self._alloc()
+        Py_INCREF(key)
+        Py_INCREF(value)
+        self.keys[i] = <PyObject*>key
+        self.vals[i] = <PyObject*>value
+        self.hashes[i] = h
+        self.prio[i] = p
+        self.freq[i] = 0
+        if self.wts != NULL:
+            self.wts[i] = w
+        self._tinsert(i)
+        self.version += 1
+        self.n_res += 1
+        self.weight += w
+        self.lvl_cnt[p] += 1
+        self.lvl_wt[p] += w
+        if ttl > 0:
+            self._wheel_link(i, now, now + ttl)
+        if p == 0:
+            self._p_insert(i, g)
+        else:
+            while self._over() and self._p_evict_one():
+                pass
+            while self._over() and self._evict_prio(p):
+                pass
+            self._push(L_PRIO + p - 1, i)
+        if HWOPT_DEBUG:
+            assert not self._over(), "bound exceeded after put"
+        i = self._find(key, h, &g)
+        self._release()
+        return i >= 0
+
+    def expire(self):
+        """Remove the entries whose TTL has passed; return how many were removed."""
+        cdef int64_t before = self.expirations
+        if self.n_ttl:
+            self._expire(self._now())
+            self._release()
+        return self.expirations - before
+
+    def clear(self):
+        """Remove every entry (no eviction callbacks); counters are kept."""
+        cdef int32_t i
+        for i in range(self.cap):
+            if self.keys[i] != NULL:
+                self._defer(self.keys[i])
+                self._defer(self.vals[i])
+                self.keys[i] = NULL
+                self.vals[i] = NULL
+            self.lst[i] = -1
+            self.freq[i] = 0
+            self.prio[i] = 0
+            self.nxt[i] = i + 1 if i + 1 < self.cap else -1
+            if self.wts != NULL:
+                self.wts[i] = 1
+            if self.expires != NULL:
+                self.expires[i] = INFINITY
+                self.wprv[i] = W_NONE
+        self.free_head = 0 if self.cap else -1
+        self.nslots_used = 0
+        for i in range(<int32_t>self.tsize):
+            self.table[i] = -1
+        for i in range(L_BUCKET):
+            self.lhead[i] = -1
+            self.ltail[i] = -1
+            self.lcnt[i] = 0
+        if self.kind == K_LFU:
+            self.bfree = -1
+            for i in range(self.nlists - 1, L_BUCKET - 1, -1):
+                self.bnxt[i] = self.bfree
+                self.bfree = i
+            self.bmin = -1
+        for i in range(WHEEL):
+            self.wheel[i] = -1
+        for i in range(NPRIO):
+            self.lvl_cnt[i] = 0
+            self.lvl_wt[i] = 0
+        self.n_res = 0
+        self.weight = 0
+        self.n_ttl = 0
+        self.hand = -1
+        self.arc_p = 0.0
+        self.version += 1
+        self._release()
+
+    def counters(self):
+        """Raw counters as a dict (the API layer adds loads and load time)."""
+        return {"hits": self.hits, "misses": self.misses, "evictions": self.evictions,
+                "evicted_weight": self.evicted_weight, "expirations": self.expirations,
+                "rejections": self.rejections, "currsize": self.n_res, "weight": self.weight}
+
+    def policy_state(self):
+        """Internal policy state for tests and the reference-model comparison."""
+        d = {"lists": [self._list(l) for l in range(L_BUCKET)], "arc_p": self.arc_p,
+             "window": self.win_max, "protected_max": self.prot_max, "hand": self._key_of(self.hand)}
+        if self.kind == K_LFU:
+            b = self.bmin
+            buckets = []
+            while b >= 0:
+                buckets.append((self.bfreq[b], self._list(b)))
+                b = self.bnxt[b]
+            d["buckets"] = buckets
+        if self.kind == K_LIRS:
+            d["lists"][L_SMALL] = []
+            d["lists"][L_G1] = []
+            d["queue"] = self._qlist(L_SMALL)
+            d["nonresident"] = self._qlist(L_G1)
+            d["lir"] = sorted((self._key_of(i) for i in range(self.cap)
+                               if self.lst[i] == L_MAIN and self.freq[i] & F_LIR), key=repr)
+        return d
+
+    cdef object _key_of(self, int32_t i):
+        if i < 0:
+            return None
+        return <object>self.keys[i] if self.keys[i] != NULL else ("ghost", self.hashes[i])
+
+    cdef list _list(self, int32_t l):
+        cdef int32_t i = self.lhead[l]
+        out = []
+        while i >= 0:
+            out.append(self._key_of(i))
+            i = self.nxt[i]
+        return out
+
+    cdef list _qlist(self, int32_t l):
+        cdef int32_t i = self.lhead[l]
+        out = []
+        while i >= 0:
+            out.append(self._key_of(i))
+            i = self.lnxt[i]
+        return out
+
+    def __sizeof__(self):
+        cdef size_t per = 2 * sizeof(PyObject*) + sizeof(Py_hash_t) + 3 * sizeof(int32_t) + 2
+        cdef size_t n = sizeof(CacheCore) + self.cap * per + self.tsize * sizeof(int32_t)
+        n += self.nlists * 3 * sizeof(int32_t)
+        if self.wts != NULL:
+            n += self.cap * sizeof(int64_t)
+        if self.expires != NULL:
+            n += self.cap * (sizeof(double) + 2 * sizeof(int32_t))
+        if self.lprv != NULL:
+            n += self.cap * 2 * sizeof(int32_t)
+        if self.sketch != NULL:
+            n += (self.sk_mask + 1) << 6
+        if self.bfreq != NULL:
+            n += self.nlists * (sizeof(int64_t) + 2 * sizeof(int32_t))
+        return n
+
+    def simulate(self, const int64_t[::1] trace):
+        """Replay integer keys as get-then-put-on-miss (value None); return the number of hits."""
+        cdef Py_ssize_t t, n = trace.shape[0]
+        cdef int64_t before = self.hits
+        cdef int32_t i
+        cdef Py_hash_t h
+        for t in range(n):
+            key = trace[t]
+            h = self._hash(key)
+            i = self._lookup(key, h)
+            if i >= 0:
+                self._count(True)
+                self._p_hit(i)
+            else:
+                self._count(False)
+                self._put(key, None, 1, -1.0, 0)
+        return self.hits - before
+
+    def check(self):
+        """Verify the internal invariants (counts, lists, table); raise CorruptionError if one fails."""
+        from sutazai_hwopt.errors import CorruptionError
+        cdef int32_t i, n = 0, found
+        cdef int64_t wsum = 0
+        cdef int32_t g
+        for i in range(self.cap):
+            if self.keys[i] != NULL:
+                n += 1
+                wsum += self._w(i)
+                found = self._find(<object>self.keys[i], self.hashes[i], &g)
+                if found != i:
+                    raise CorruptionError(f"slot {i} is not reachable through the table")
+        if n != self.n_res or wsum != self.weight:
+            raise CorruptionError(f"counts: {n} resident / weight {wsum}, recorded {self.n_res} / {self.weight}")
+        if self._over():
+            raise CorruptionError("a bound is exceeded")
+        return True
+
