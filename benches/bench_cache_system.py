@@ -14,7 +14,7 @@ table prints ratios to the L2 tier. Rows:
 * ``Manager().dict()[k]``: the standard library's proxy (a server process, pickled over a socket);
 * ``LMDB get (copy)`` / ``LMDB get (zero-copy)``: py-lmdb in a tmpfs directory, ``buffers=True`` for the second.
 
-Throughput: 1 and 8 reader processes doing random L2 gets of 100 B and 64 KiB values; aggregate gets/s.
+Throughput: 1, 2 and 8 reader processes doing random L2 gets of 100 B and 64 KiB values; aggregate gets/s.
 """
 
 from __future__ import annotations
@@ -197,9 +197,10 @@ def main() -> None:
         n = 20000 if args.quick else 50000
         for kind, label in (("s", "100 B"), ("m", "64 KiB")):
             one = throughput(ns, kind, 1, n)
+            two = throughput(ns, kind, 2, n)
             eight = throughput(ns, kind, 8, n // 2)
-            print(f"  {label:7s} 1 process {one:12,.0f}   8 processes {eight:12,.0f}   ratio {eight / one:5.2f}x "
-                  f"(host has {os.cpu_count()} cores)")
+            print(f"  {label:7s} 1 process {one:12,.0f}   2 processes {two:12,.0f} ({two / one:4.2f}x)   "
+                  f"8 processes {eight:12,.0f} ({eight / one:4.2f}x)   host has {os.cpu_count()} cores")
         cache_pf.close()
         cache.destroy()
         tier.close()

@@ -399,3 +399,16 @@ def test_threads_share_one_cache(ns: str) -> None:
     gc.collect()
     assert cache.check() and cache._l2.index.local_pin_count() == 0
     cache.destroy()
+
+
+def test_l3_directory_is_trimmed_to_budget(ns: str, tmp_path: Path) -> None:
+    """The L3 directory never holds more than l3_size bytes after a write."""
+    import os
+
+    d = tmp_path / "l3"
+    cache = IntelligentCacheSystem(_cfg(ns, l2_size=0, l1_size=0, l3_size=1 << 20, l3_directory=str(d)))
+    for i in range(200):
+        cache.put(i, os.urandom(20000), "a")
+        assert sum(p.stat().st_size for p in d.glob("*.l3")) <= 1 << 20
+    assert cache.get(199, "a")[1] == "L3"
+    cache.destroy()
