@@ -128,9 +128,12 @@ class AttachedPool:
     # ---- allocation -----------------------------------------------------------------------------------------
     def alloc(self, size: int) -> int:
         """Allocate in the first segment with room, growing the pool if allowed; returns an encoded offset."""
+        try:
+            return self.heap.alloc(size)          # the primary first: segment 0, plain offset
+        except PoolExhaustedError as exc:
+            error: PoolExhaustedError | None = exc
         self.sync()
-        error: PoolExhaustedError | None = None
-        for n, seg in enumerate(list(self.segs)):
+        for n, seg in enumerate(list(self.segs)[1:], start=1):
             try:
                 return (n << SEG_SHIFT) | seg.heap.alloc(size)
             except PoolExhaustedError as exc:
