@@ -16,7 +16,8 @@ Algorithms:
   derived and is rebuilt from one walk of the heap by :meth:`ShmIndex.repair` when a lock holder died
   (keeping, per key, the committed block with the highest sequence number).
 * Zero-copy reads: :class:`BlockView` exports a block's body read-only through the buffer protocol and pins
-  the block; its ``__dealloc__`` unpins. Pins are a bitmap of process slots in the block header, so the pins
+  the block; its ``__dealloc__`` unpins (the last unpin of a block is applied at the process's next locked
+  operation, at most 16 unpins late, so a get costs one lock round trip). Pins are a bitmap of process slots in the block header, so the pins
   of a dead process can be found and released (:meth:`ShmIndex.reclaim_proc`). An evicted or overwritten
   block that is still pinned becomes DEAD (a "zombie"): out of the index, freed by its last unpinner.
 * L1 coherence: an array of epoch stripes (one u64 per hash stripe) is bumped on every change of a key of the
@@ -51,6 +52,7 @@ cdef enum:
     MAXPROC = 256
     NPRIO = 10
     COPY_NOGIL = 65536
+    PENDING_MAX = 16
 
 # Block states.
 ST_WRITING = 1
@@ -677,20 +679,29 @@ cdef class ShmIndex:
         return v
 
     cdef void _unpin_quiet(self, uint64_t off) noexcept:
-        # Called from BlockView.__dealloc__: never raise; defer when this thread is inside a locked section.
+        # Called from BlockView.__dealloc__: never raise. A view of a block this process pins more than once
+        # only decrements the local count. The last unpin is queued and applied at this process's next locked
+        # operation (no extra lock round trip per get), or at once when PENDING_MAX unpins are queued.
+        cdef object c
         try:
             if self.base == NULL:
                 return
-            if self.heap.locked_here:
-                self.pending.append(off)
+            c = self.local_pins.get(off, 0)
+            if c > 1:
+                self.local_pins[off] = c - 1
                 return
-            self._lock()
-            try:
-                self._unpin_locked(off)
-            finally:
+            self.pending.append(off)
+            if len(self.pending) >= PENDING_MAX and not self.heap.locked_here:
+                self._lock()      # drains
                 self._unlock()
         except BaseException:
             pass
+
+    def flush_unpins(self):
+        """Apply queued unpins now (released views whose blocks are still pinned)."""
+        if self.pending:
+            self._lock()
+            self._unlock()
 
     cdef int _unpin_locked(self, uint64_t off) except -1:
         cdef blk_t *b = <blk_t *>(self.base + off)
@@ -876,7 +887,8 @@ cdef class ShmIndex:
             self._unlock()
 
     def local_pin_count(self):
-        """Blocks this process currently pins (distinct)."""
+        """Blocks this process currently pins (distinct), after applying queued unpins."""
+        self.flush_unpins()
         return len(self.local_pins)
 
     # ---- invariants and recovery ---------------------------------------------------------------------------
