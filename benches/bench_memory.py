@@ -308,7 +308,7 @@ def bench_dedup(quick: bool) -> None:
     size = (128 if quick else 512) * MiB
     reps = 3 if quick else 5
     data = np.random.default_rng(1).integers(0, 255, size, dtype=np.uint8)
-    print(f"\n== dedup: sealing a {size // MiB} MiB block already in the pool (median of {reps}) ==")
+    print(f"\n== dedup: storing or sealing a {size // MiB} MiB block already in the pool (median of {reps}) ==")
     raw, seal, put = [], [], []
     with throwaway_namespace("bench") as ns, MemoryPoolManager(namespace=ns) as pm:
         pm.create_pool("dedup", size=2 * size + 64 * MiB)
