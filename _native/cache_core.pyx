@@ -127,6 +127,7 @@ cdef class CacheCore:
     # policy state
     cdef double arc_p
     cdef int32_t hand
+    cdef bint s3_evicted
     cdef int64_t small_max, ghost_max, win_max, prot_max, lir_max, nonres_max
     cdef uint8_t* sketch
     cdef uint64_t sk_mask
@@ -674,11 +675,14 @@ cdef class CacheCore:
         elif k == K_ARC:
             self._arc_insert(i, g)
         elif k == K_S3:
+            if g >= 0:                           # consumed before evicting, as libCacheSim does
+                self._free_ghost(g)
             while self._over() and self._p_evict_one():
                 pass
-            if g >= 0 and self.lst[g] == L_G1:   # the evictions may have trimmed it
-                self._free_ghost(g)
+            if g >= 0:
                 self._push(L_MAIN, i)
+            elif not self.s3_evicted and self.lcnt[L_SMALL] >= self.small_max:
+                self._push(L_MAIN, i)            # warm-up: small is full, the cache is not
             else:
                 self._push(L_SMALL, i)
         elif k == K_LIRS:
@@ -791,24 +795,27 @@ cdef class CacheCore:
         return True
 
     # --- S3-FIFO
+    # Eviction order as in libCacheSim's S3FIFO.c: evict from main when it is over its share (or small is
+    # empty), else walk small: objects seen twice move to main, the first other one is ghosted.
     cdef bint _s3_evict(self) except -1:
         cdef int32_t t
+        self.s3_evicted = True
         while self.lcnt[L_SMALL] or self.lcnt[L_MAIN]:
-            if self.lcnt[L_SMALL] >= self.small_max or self.lcnt[L_MAIN] == 0:
+            if self.lcnt[L_MAIN] > self.maxsize - self.small_max or self.lcnt[L_SMALL] == 0:
+                if self._s3_evict_main():
+                    return True
+                continue
+            while self.lcnt[L_SMALL]:
                 t = self.ltail[L_SMALL]
                 self._unlink(t)
                 if self.freq[t] > 1:
                     self.freq[t] = 0
                     self._push(L_MAIN, t)
-                    if self.lcnt[L_MAIN] > self.maxsize - self.small_max:
-                        return self._s3_evict_main()
                 else:
                     self._drop(t, 1, L_G1)
                     if self.lcnt[L_G1] > self.ghost_max:
                         self._free_ghost(self.ltail[L_G1])
                     return True
-            else:
-                return self._s3_evict_main()
         return False
 
     cdef bint _s3_evict_main(self) except -1:
@@ -1297,6 +1304,7 @@ cdef class CacheCore:
         self.n_ttl = 0
         self.hand = -1
         self.arc_p = 0.0
+        self.s3_evicted = False
         self.version += 1
         self._release()
 

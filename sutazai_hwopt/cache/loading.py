@@ -31,9 +31,10 @@ _MISS = object()
 class _Flight:
     """One in-flight synchronous load: waiters block on ``done`` and read ``value`` or ``error``."""
 
-    __slots__ = ("done", "error", "value")
+    __slots__ = ("done", "error", "value", "waiters")
 
     def __init__(self) -> None:
+        self.waiters = 0
         self.done = threading.Event()
         self.value: Any = None
         self.error: BaseException | None = None
@@ -89,6 +90,8 @@ class LoadingMixin:
                 if value is not _MISS:
                     return value
                 flight = self._flights[key] = _Flight()
+            else:
+                flight.waiters += 1
         if not leader:
             flight.done.wait()
             if flight.error is not None:

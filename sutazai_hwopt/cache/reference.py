@@ -210,10 +210,13 @@ class RefCache:
         elif k == "arc":
             self._arc_insert(e, g)
         elif k == "s3fifo":
+            if g is not None:
+                self._unlink(g)
             while self._over() and self._p_evict_one():
                 pass
-            if g is not None and self._lst(g) == G1:
-                self._unlink(g)
+            if g is not None:
+                self._push(MAIN, e)
+            elif not self.s3_evicted and len(self.lists[SMALL]) >= self.small_max:
                 self._push(MAIN, e)
             else:
                 self._push(SMALL, e)
@@ -312,24 +315,27 @@ class RefCache:
         self._drop(o, 1)
         return True
 
+    s3_evicted = False
+
     def _s3_evict(self) -> bool:
+        self.s3_evicted = True
         S, M = self.lists[SMALL], self.lists[MAIN]
         while S or M:
-            if len(S) >= self.small_max or not M:
+            if len(M) > self.maxsize - self.small_max or not S:
+                if self._s3_evict_main():
+                    return True
+                continue
+            while S:
                 t = S.pop()
                 if t.freq > 1:
                     t.freq = 0
                     M.insert(0, t)
-                    if len(M) > self.maxsize - self.small_max:
-                        return self._s3_evict_main()
                 else:
                     self._drop(t, 1)
                     self._push(G1, self._make_ghost(t))
                     if len(self.lists[G1]) > self.ghost_max:
                         self.lists[G1].pop()
                     return True
-            else:
-                return self._s3_evict_main()
         return False
 
     def _s3_evict_main(self) -> bool:
@@ -613,6 +619,7 @@ class RefCache:
         self.weight = 0
         self.hand = None
         self.arc_p = 0.0
+        self.s3_evicted = False
 
     # ---------------------------------------------------------------- comparison
     def policy_state(self) -> dict[str, Any]:
