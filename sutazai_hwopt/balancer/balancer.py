@@ -183,13 +183,30 @@ class DynamicLoadBalancer:
         self._c.dirty = False
 
     def _decay(self, now: float) -> None:
-        """Let the peak-EWMA of backends that got no answer lately decay (Finagle decays at read time), so a
-        backend penalised once is tried again instead of being starved forever."""
+        """Let the peak-EWMA (and learned service times) of backends that got no answer lately decay (Finagle
+        decays at read time), so a backend penalised once is tried again instead of being starved forever."""
         tau = self._op.ewma_tau_s
+        prior: dict[Any, float] = {}
+        if self._c.learn:  # per type: the mean learned service time over the backends
+            sums: dict[Any, list[float]] = {}
+            for b in self._list:
+                for rt, st in b.stats.items():
+                    if st.service_est > 0.0:
+                        acc = sums.setdefault(rt, [0.0, 0.0])
+                        acc[0] += st.service_est
+                        acc[1] += 1.0
+            prior = {rt: a[0] / a[1] for rt, a in sums.items()}
         for b in self._list:
             if b.ewma > 0.0 and now - b.ewma_t >= tau * 0.25:
-                b.ewma *= math.exp(-(now - b.ewma_t) / tau)
+                f = math.exp(-(now - b.ewma_t) / tau)
+                b.ewma *= f
                 b.ewma_t = now
+                # A stale learned estimate drifts towards the type's mean, so a backend judged slow during
+                # a bad spell is tried again (and re-measured) instead of being starved forever.
+                for rt, st in b.stats.items():
+                    p = prior.get(rt)
+                    if p is not None and st.service_est > 0.0:
+                        st.service_est = p + (st.service_est - p) * f ** 0.2  # 5x slower than the EWMA
         self._c.next_decay = now + tau * 0.25
 
     def select_backend_sync(self, request_type: RequestType = RequestType.DEFAULT,
