@@ -46,7 +46,8 @@ cdef extern from *:
     int __builtin_popcountll(unsigned long long) nogil
 
 cdef enum:
-    IDX_VERSION = 1
+    IDX_VERSION = 2
+    PSTAT_WORDS = 8       # per-process counters: one 64-byte line per process slot
     IHDR_BYTES = 4096
     BLK_HDR = 128
     MAXPROC = 256
@@ -90,6 +91,7 @@ ctypedef struct ihdr_t:
     uint64_t q_head[10]     # newest entry of each priority queue
     uint64_t q_tail[10]     # oldest
     uint64_t q_hand[10]     # SIEVE hand (0: start at the tail)
+    uint64_t pstats_off     # per-process-slot hit/miss counters (no cache line shared between readers)
 
 ctypedef struct slot_t:
     uint64_t hash
@@ -140,7 +142,8 @@ cdef inline uint64_t r64(uint64_t n) noexcept nogil:
 def layout_for(uint64_t nslots):
     """(meta bytes, nstripes) needed for an index of ``nslots`` slots (a power of two >= 64)."""
     cdef uint64_t nstripes = nslots if nslots < 65536 else 65536
-    cdef uint64_t size = IHDR_BYTES + nslots * sizeof(slot_t) + nstripes * 8 + MAXPROC * sizeof(proc_t)
+    cdef uint64_t size = (IHDR_BYTES + nslots * sizeof(slot_t) + nstripes * 8 + MAXPROC * sizeof(proc_t)
+                          + MAXPROC * PSTAT_WORDS * 8)
     return (size + 4095) // 4096 * 4096, nstripes
 
 
@@ -169,6 +172,7 @@ def format_index(object buffer, uint64_t meta_off, uint64_t meta_size, uint64_t 
         ih.nstripes = nstripes
         ih.stripes_off = ih.slots_off + nslots * sizeof(slot_t)
         ih.procs_off = ih.stripes_off + nstripes * 8
+        ih.pstats_off = ih.procs_off + MAXPROC * sizeof(proc_t)
         ih.max_entries = nslots - nslots // 4
         ih.magic = IDX_MAGIC
     finally:
@@ -222,6 +226,7 @@ cdef class ShmIndex:
     cdef slot_t *slots
     cdef uint64_t *stripes
     cdef proc_t *procs
+    cdef uint64_t *pstats
     cdef uint64_t mask
     cdef readonly object heap
     cdef readonly int proc_slot
@@ -262,6 +267,7 @@ cdef class ShmIndex:
         self.slots = <slot_t *>(self.base + self.ih.slots_off)
         self.stripes = <uint64_t *>(self.base + self.ih.stripes_off)
         self.procs = <proc_t *>(self.base + self.ih.procs_off)
+        self.pstats = <uint64_t *>(self.base + self.ih.pstats_off)
         self.mask = self.ih.nslots - 1
 
     def close(self):
@@ -348,6 +354,11 @@ cdef class ShmIndex:
         cdef int w = i >> 6
         cdef blk_t *b
         cdef int n = 0
+        # Fold the slot's counters into the shared ones before the slot changes hands.
+        self.ih.st_hits += self.pstats[i * PSTAT_WORDS]
+        self.ih.st_misses += self.pstats[i * PSTAT_WORDS + 1]
+        self.pstats[i * PSTAT_WORDS] = 0
+        self.pstats[i * PSTAT_WORDS + 1] = 0
         for off in self.heap.allocations().tolist():
             b = <blk_t *>(self.base + <uint64_t>off)
             if b.magic != BLK_MAGIC or not (b.pinmap[w] & word):
@@ -644,13 +655,20 @@ cdef class ShmIndex:
             i = self._lookup_locked(key, h)
             if i < 0 or (<blk_t *>(self.base + self.slots[i].off)).state != ST_VALID:
                 if count:
-                    self.ih.st_misses += 1
+                    if self.proc_slot >= 0:
+                        self.pstats[self.proc_slot * PSTAT_WORDS + 1] += 1
+                    else:
+                        self.ih.st_misses += 1
                 return None
             off = self.slots[i].off
-            (<blk_t *>(self.base + off)).visited = 1
-            if count:
-                self.ih.st_hits += 1
             b = <blk_t *>(self.base + off)
+            if not b.visited:   # a hot entry's header line is not dirtied by every reader
+                b.visited = 1
+            if count:
+                if self.proc_slot >= 0:
+                    self.pstats[self.proc_slot * PSTAT_WORDS] += 1
+                else:
+                    self.ih.st_hits += 1
             hd = self.base + off + BLK_HDR + r64(b.klen)
             head = hd[:b.hlen]
             if pin and self.proc_slot >= 0:
@@ -876,7 +894,9 @@ cdef class ShmIndex:
             return {
                 "entries": self.ih.count, "bytes": self.ih.nbytes, "zombies": self.ih.zombies,
                 "zombie_bytes": self.ih.zombie_bytes, "capacity_entries": self.ih.max_entries,
-                "heap_bytes": self.heap.heap_size, "hits": self.ih.st_hits, "misses": self.ih.st_misses,
+                "heap_bytes": self.heap.heap_size,
+                "hits": self.ih.st_hits + sum(self.pstats[p * PSTAT_WORDS] for p in range(MAXPROC)),
+                "misses": self.ih.st_misses + sum(self.pstats[p * PSTAT_WORDS + 1] for p in range(MAXPROC)),
                 "inserts": self.ih.st_inserts, "updates": self.ih.st_updates,
                 "evictions": self.ih.st_evictions, "evicted_bytes": self.ih.st_evicted_bytes,
                 "pinned_evictions": self.ih.st_pinned_evictions, "deletes": self.ih.st_deletes,
