@@ -18,6 +18,8 @@ Reported per cell: p50 / p99 / p99.9 latency of successful requests (ms), p99 / 
 errors per client for the one failure, the "black hole" ratio (share of requests sent to the failing backend
 while it failed, over its capacity share; > 1 means it attracted traffic), and the slowest re-admission of
 the recovered backend over all clients (simulated seconds from recovery to its first success per client).
+``adaptive+shared`` is the default policy with the clients' ejections published through one
+``SharedState`` table (the optional host-wide sharing), i.e. NOT "only what one client sees".
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import math
+import os
 import random
 import sys
 import time
@@ -32,6 +35,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from sutazai_hwopt.balancer import BackendService, DynamicLoadBalancer, RequestType
+from sutazai_hwopt.balancer.shared import SharedState
 from sutazai_hwopt.config import BalancerSection
 from sutazai_hwopt.errors import NoBackendAvailableError
 
@@ -79,11 +83,17 @@ class Sim:
         self.first_ok_after_recovery = [math.inf] * clients
         self.lbs: list[DynamicLoadBalancer | None] = []
         cfg = BalancerSection(health_check_interval_s=HC_INTERVAL)
+        self.shared = None
+        base_algo = algo
+        if algo.endswith("+shared"):  # every client publishes its ejections through one shared table
+            base_algo = algo[: -len("+shared")]
+            self.shared = SharedState.create(f"hwopt_arena_{os.getpid()}_{seed}", slots=64)
         for c in range(clients):
             if algo == "oracle":
                 self.lbs.append(None)
                 continue
-            lb = DynamicLoadBalancer(cfg, algorithm=algo, clock=self.clock, seed=seed * 1000 + c)
+            lb = DynamicLoadBalancer(cfg, algorithm=base_algo, clock=self.clock, seed=seed * 1000 + c,
+                                     shared=self.shared)
             for s in self.servers:
                 lb.register_service(BackendService(service_id=f"b{s.idx:02d}", port=9000 + s.idx,
                                                    weight=round(0.01 / s.mean, 3), max_connections=1000))
@@ -205,12 +215,17 @@ def quantile(sorted_vals: list[float], q: float) -> float:
 
 
 ALGOS = ["oracle", "round_robin", "weighted_round_robin", "least_connections", "p2c", "p2c_ewma",
-         "latency_predicting", "consistent_hash", "adaptive"]
+         "latency_predicting", "consistent_hash", "adaptive", "adaptive+shared"]
 
 
 def run_cell(algo: str, load: float, workload: str, clients: int, duration: float, seed: int) -> dict:
     sim = Sim(algo, load, workload, clients, duration, seed)
-    sim.run()
+    try:
+        sim.run()
+    finally:
+        if sim.shared is not None:
+            sim.shared.close()
+            sim.shared.unlink()
     lat = sorted(sim.lat)
     fail_share = sim.sent_fail_failwin / max(1, sim.sent_total_failwin)
     readmit = max(sim.first_ok_after_recovery) if algo != "oracle" else 0.0

@@ -95,6 +95,7 @@ class DynamicLoadBalancer:
         self._health: Any = None
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._shared = shared
+        self._shared_seen = -1  # the table's ejection version this balancer last applied
         self._ejections_total = 0
         if algorithms:
             for rt, algo in algorithms.items():
@@ -233,8 +234,8 @@ class DynamicLoadBalancer:
                 self._refresh(now)
             if now >= self._c.next_decay:
                 self._decay(now)
-            if self._shared is not None and self._shared.version != self._shared.seen_version:
-                self._shared.apply(self, now)
+            if self._shared is not None and self._shared.version != self._shared_seen:
+                self._shared_seen = self._shared.apply(self, now)
                 if self._c.dirty:
                     self._refresh(now)
             if session_id is not None and self.config.session_affinity and not isinstance(algo, ConsistentHash):

@@ -72,7 +72,6 @@ class SharedState:
         self._words = AtomicWords(shm.buf)
         self._slots: dict[str, int] = {}
         self.nslots = 0
-        self.seen_version = 0
         self.name = shm.name
 
     @classmethod
@@ -105,7 +104,6 @@ class SharedState:
         if w.nwords < HEADER_WORDS + SLOT_WORDS * self.nslots:
             self.close()
             raise IncompatibleLayoutError(f"shared segment {name!r} is shorter than its {self.nslots} slots")
-        self.seen_version = w.load(_VERSION)
         return self
 
     def close(self) -> None:
@@ -178,10 +176,14 @@ class SharedState:
         """Zero a count left behind by a killed process."""
         self._words.store(self.slot(service_id) + _OUT, 0)
 
-    def apply(self, lb: DynamicLoadBalancer, now: float) -> None:
-        """Adopt ejections other processes published (called by the balancer under its lock)."""
-        self.seen_version = self.version
+    def apply(self, lb: DynamicLoadBalancer, now: float) -> int:
+        """Adopt ejections other processes published (called by the balancer under its lock).
+
+        Returns the version applied; the balancer keeps it (one handle may serve several balancers).
+        """
+        version = self.version
         for b in list(lb._backends.values()):
             until = self.ejected_until(b.sid)
             if until > now:
                 lb._adopt_ejection(b, until)
+        return version
