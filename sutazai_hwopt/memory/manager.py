@@ -195,17 +195,21 @@ class MemoryPoolManager:
         buf = shm.buf
         assert buf is not None
         for attempt in range(400):
+            meta_off = 0
             try:
                 heap = pool_alloc.SegmentHeap(buf)
+                meta_off = heap.meta_offset
                 try:
-                    tables = Tables(buf, heap.meta_offset, heap.meta_size)
+                    tables = Tables(buf, meta_off, heap.meta_size)
                 except BaseException:
                     heap.close()
                     raise
                 break
             except IncompatibleLayoutError:
-                # A creator may still be formatting a brand-new segment (its first bytes are zero until then).
-                if attempt < 399 and not any(buf[:16]):
+                # A creator may still be formatting a brand-new segment: the allocator header, then the tables'
+                # header, are all zero until written. Anything else is a real error.
+                unfinished = not any(buf[:16]) or (meta_off and not any(buf[meta_off:meta_off + 16]))
+                if attempt < 399 and unfinished:
                     threading.Event().wait(0.005)
                     continue
                 close_quietly(shm)
