@@ -240,11 +240,12 @@ cdef Backend least_loaded(list cands, long long start):
 
 
 # Algorithm codes (the ``native_code`` attribute of the Python algorithm classes).
-DEF ALG_PY = 0
-DEF ALG_ADAPTIVE = 1
-DEF ALG_RR = 2
-DEF ALG_P2C = 3
-DEF ALG_LC = 4
+cdef enum:
+    ALG_PY = 0
+    ALG_ADAPTIVE = 1
+    ALG_RR = 2
+    ALG_P2C = 3
+    ALG_LC = 4
 
 
 cpdef object native_select(int code, Rotor st, list cands):
