@@ -209,6 +209,7 @@ cdef class BlockView:
 
     def __dealloc__(self):
         if self.idx is not None:
+            self.idx.nviews -= 1
             self.idx._unpin_quiet(self.off)
 
 
@@ -232,6 +233,7 @@ cdef class ShmIndex:
     cdef readonly int proc_slot
     cdef dict local_pins
     cdef list pending
+    cdef Py_ssize_t nviews
 
     def __cinit__(self):
         self.has_view = False
@@ -691,6 +693,7 @@ cdef class ShmIndex:
             b.pins += 1
         self.local_pins[off] = c + 1
         v.idx = self
+        self.nviews += 1
         v.off = off
         v.ptr = self.base + off + BLK_HDR + r64(b.klen) + r64(b.hlen)
         v.length = <Py_ssize_t>b.vlen
@@ -905,6 +908,11 @@ cdef class ShmIndex:
             }
         finally:
             self._unlock()
+
+    @property
+    def live_views(self):
+        """BlockView objects of this handle still alive (also ones inherited across fork)."""
+        return self.nviews
 
     def local_pin_count(self):
         """Blocks this process currently pins (distinct), after applying queued unpins."""

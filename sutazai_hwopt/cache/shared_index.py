@@ -108,7 +108,7 @@ class _Attachment:
     def close(self) -> None:
         """Unmap — unless zero-copy views are still alive: then the handles stay open (the views keep the
         mapping and can still unpin) and go away with the last view; the slot is reclaimed after our exit."""
-        if self.index.local_pin_count() == 0:
+        if self.index.local_pin_count() == 0 and self.index.live_views == 0:
             try:
                 if self.index.proc_slot >= 0:
                     self.index.reclaim_proc(self.index.proc_slot)

@@ -29,6 +29,14 @@ def ns() -> Iterator[str]:
         assert not [t for t in threading.enumerate() if t.name == "sutazai-cache-prefetch"], "prefetch thread left"
 
 
+def _die_with_parent() -> None:
+    # prctl(PR_SET_PDEATHSIG, SIGTERM): the server goes away even if the test process is killed.
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -46,7 +54,7 @@ def redis_url() -> Iterator[str]:
     tmp = tempfile.mkdtemp(prefix="szcache-redis-")
     proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
                              "--appendonly", "no", "--dir", tmp], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     import redis
 
     client = redis.Redis(host="127.0.0.1", port=port)

@@ -412,3 +412,27 @@ def test_l3_directory_is_trimmed_to_budget(ns: str, tmp_path: Path) -> None:
         assert sum(p.stat().st_size for p in d.glob("*.l3")) <= 1 << 20
     assert cache.get(199, "a")[1] == "L3"
     cache.destroy()
+
+
+def test_views_inherited_by_a_forked_child_stay_valid_after_close(ns: str) -> None:
+    """A child that inherits a live view, closes its cache and reads the view still reads the value."""
+    import multiprocessing as mp
+
+    cache = IntelligentCacheSystem(_cfg(ns, l1_size=0))
+    cache.put("k", np.arange(3000, dtype=np.int64), "a")
+    view, _ = cache.get("k", "a")
+
+    def child(q: mp.Queue) -> None:
+        cache.close()
+        gc.collect()
+        q.put(int(view.sum()))
+
+    q: mp.Queue = mp.get_context("fork").Queue()
+    p = mp.get_context("fork").Process(target=child, args=(q,))
+    p.start()
+    assert q.get(timeout=30) == sum(range(3000))
+    p.join(30)
+    assert p.exitcode == 0
+    del view
+    gc.collect()
+    cache.destroy()
