@@ -422,13 +422,13 @@ def test_views_inherited_by_a_forked_child_stay_valid_after_close(ns: str) -> No
     cache.put("k", np.arange(3000, dtype=np.int64), "a")
     view, _ = cache.get("k", "a")
 
-    def child(q: mp.Queue) -> None:
+    def child(q: mp.Queue, inherited: np.ndarray) -> None:
         cache.close()
         gc.collect()
-        q.put(int(view.sum()))
+        q.put(int(inherited.sum()))
 
     q: mp.Queue = mp.get_context("fork").Queue()
-    p = mp.get_context("fork").Process(target=child, args=(q,))
+    p = mp.get_context("fork").Process(target=child, args=(q, view))
     p.start()
     assert q.get(timeout=30) == sum(range(3000))
     p.join(30)
