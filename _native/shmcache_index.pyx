@@ -683,6 +683,8 @@ cdef class ShmIndex:
 
     cdef BlockView _pin_view(self, uint64_t off):
         cdef blk_t *b = <blk_t *>(self.base + off)
+        # Allocate the view first: allocating a GC-tracked object may run the cyclic GC, whose BlockView
+        # deallocs change local_pins; nothing below allocates a GC-tracked object before the count is written.
         cdef BlockView v = BlockView.__new__(BlockView)
         cdef int p = self.proc_slot
         c = self.local_pins.get(off, 0)
