@@ -132,6 +132,7 @@ cdef class Backend:
 
     cdef public object service, sid, stats, ring
     cdef public double weight, ewma, ewma_t, pending_work, ejected_until, recovered_at, swrr_current, base
+    cdef public double extra  # requests other processes have in flight here (shared mode), else 0
     cdef public long long max_conn, in_flight, state, ejections, total_ejections, probes_in_flight
     cdef public long long consecutive, ring_i, ring_fails, ring_n, check_pass_run, check_fail_run, index
     cdef public bint active_ok, check_failed_in_ejection
@@ -146,6 +147,7 @@ cdef class Backend:
         self.ewma = 0.0
         self.ewma_t = 0.0
         self.base = 0.0
+        self.extra = 0.0
         self.pending_work = 0.0
         self.state = HEALTHY
         self.ejected_until = 0.0
@@ -219,7 +221,7 @@ cdef class Backend:
 
 
 cdef inline double adaptive_cost(Backend b):
-    cdef double c = (b.in_flight + 1) / b.weight
+    cdef double c = (b.in_flight + b.extra + 1) / b.weight
     if b.base > 0.0 and b.ewma > 2.0 * b.base:
         c *= sqrt(b.ewma / (2.0 * b.base))
     return c
@@ -232,7 +234,7 @@ cdef Backend least_loaded(list cands, long long start):
     for k in range(n):
         b = <Backend>cands[(start + k) % n]
         if b.in_flight < b.max_conn:
-            load = (b.in_flight + 1) / b.weight
+            load = (b.in_flight + b.extra + 1) / b.weight
             if load < best_load:
                 best = b
                 best_load = load
@@ -300,7 +302,7 @@ cpdef object native_select(int code, Rotor st, list cands):
             a = <Backend>cands[i]
             b = <Backend>cands[j]
         if a.in_flight < a.max_conn and b.in_flight < b.max_conn:
-            return a if (a.in_flight + 1) / a.weight <= (b.in_flight + 1) / b.weight else b
+            return a if (a.in_flight + a.extra + 1) / a.weight <= (b.in_flight + b.extra + 1) / b.weight else b
         if a.in_flight < a.max_conn:
             return a
         if b.in_flight < b.max_conn:
@@ -432,6 +434,14 @@ cdef class AtomicWords:
     def store(self, Py_ssize_t i, long long value):
         """Atomic store into word ``i``."""
         hwopt_atomic_store(self._at(i), value)
+
+    def gather(self, list indices):
+        """Atomic loads of several words (one call for a whole table scan)."""
+        cdef Py_ssize_t k, n = len(indices)
+        cdef list out = [0] * n
+        for k in range(n):
+            out[k] = hwopt_atomic_load(self._at(indices[k]))
+        return out
 
     def release(self):
         """Drop the buffer reference (before the segment is closed)."""

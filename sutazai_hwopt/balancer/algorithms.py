@@ -48,7 +48,7 @@ def _least_loaded(cands: Sequence[Backend], start: int) -> Backend | None:
     for k in range(n):
         b = cands[(start + k) % n]
         if b.in_flight < b.max_conn:
-            load = (b.in_flight + 1) / b.weight
+            load = (b.in_flight + b.extra + 1) / b.weight
             if load < best_load:
                 best, best_load = b, load
     return best
@@ -140,7 +140,7 @@ class P2C:
         fa = a.in_flight < a.max_conn
         fb = b.in_flight < b.max_conn
         if fa and fb:
-            return a if (a.in_flight + 1) / a.weight <= (b.in_flight + 1) / b.weight else b
+            return a if (a.in_flight + a.extra + 1) / a.weight <= (b.in_flight + b.extra + 1) / b.weight else b
         if fa:
             return a
         if fb:
@@ -277,7 +277,7 @@ class ConsistentHash:
 class Adaptive:
     """The default: weighted least-outstanding, corrected by how much slower than its own normal a backend is.
 
-    Cost = ``(in_flight + 1) / weight x max(1, sqrt(peak_ewma / (2 x base)))`` where ``base`` is the backend's
+    Cost = ``(in_flight + extra + 1) / weight x max(1, sqrt(peak_ewma / (2 x base)))`` where ``base`` is the backend's
     long-run mean latency (slow EWMA) and ``peak_ewma`` its recent latency with failures counted as
     ``failure_penalty_s``. Weighted least-outstanding alone was the most robust local-only rule in the arena
     (latency-proportional costs herd: every client flees to the same fast backend at once); the capped
@@ -295,7 +295,7 @@ class Adaptive:
     @staticmethod
     def cost(b: Backend) -> float:
         """The cost this policy minimises (lower is better)."""
-        c = (b.in_flight + 1) / b.weight
+        c = (b.in_flight + b.extra + 1) / b.weight
         base = b.base
         if base > 0.0 and b.ewma > 2.0 * base:
             c *= math.sqrt(b.ewma / (2.0 * base))
@@ -316,7 +316,7 @@ class Adaptive:
                 f = b.in_flight
                 if f >= b.max_conn:
                     continue
-                c = (f + 1) / b.weight
+                c = (f + b.extra + 1) / b.weight
                 base = b.base
                 if base > 0.0 and b.ewma > 2.0 * base:
                     c *= math.sqrt(b.ewma / (2.0 * base))

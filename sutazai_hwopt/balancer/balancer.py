@@ -234,10 +234,14 @@ class DynamicLoadBalancer:
                 self._refresh(now)
             if now >= self._c.next_decay:
                 self._decay(now)
-            if self._shared is not None and self._shared.version != self._shared_seen:
-                self._shared_seen = self._shared.apply(self, now)
-                if self._c.dirty:
-                    self._refresh(now)
+            if self._shared is not None:
+                if self._shared.version != self._shared_seen:
+                    self._shared_seen = self._shared.apply(self, now)
+                    if self._c.dirty:
+                        self._refresh(now)
+                lst = self._list
+                for x, g in zip(lst, self._shared.outstanding_many([x.sid for x in lst])):
+                    x.extra = g - x.in_flight if g > x.in_flight else 0.0
             if session_id is not None and self.config.session_affinity and not isinstance(algo, ConsistentHash):
                 if self._hash is None:
                     self._hash = ConsistentHash(fallback=algo)

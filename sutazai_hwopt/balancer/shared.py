@@ -14,10 +14,14 @@ append-only); claiming a free slot is the only step that takes a lock, an ``floc
 which the kernel releases if its holder dies. When one process ejects a backend it stores the ejection's
 end and bumps the version; every other balancer notices the new version on its next selection and ejects
 the backend locally until that time, so the host stops sending to it after one process saw it fail.
+Before each selection a sharing balancer also reads every backend's host-wide outstanding count and gives the
+algorithms the other processes' share as ``Backend.extra``: adaptive, least-connections and P2C then balance
+on the host-wide load instead of their own ~1/n sample of it.
 
 Limits: the balancers must share a clock (``time.monotonic`` is host-wide on Linux); a process killed
 with requests in flight leaves its share of ``outstanding`` counted (``reset_outstanding`` clears it); a
-balancer with ``shared`` set takes the Python selection path (the compiled fast path skips sharing).
+balancer with ``shared`` set takes the Python selection path (the compiled fast path skips sharing), and
+reading the counts costs O(backends) per selection.
 """
 
 from __future__ import annotations
@@ -171,6 +175,10 @@ class SharedState:
     def outstanding(self, service_id: str) -> int:
         """Requests in flight on ``service_id`` summed over every process."""
         return self._words.load(self.slot(service_id) + _OUT)
+
+    def outstanding_many(self, service_ids: list[str]) -> list[int]:
+        """Host-wide outstanding counts of several backends in one compiled call."""
+        return self._words.gather([self.slot(s) + _OUT for s in service_ids])
 
     def reset_outstanding(self, service_id: str) -> None:
         """Zero a count left behind by a killed process."""

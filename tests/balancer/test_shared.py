@@ -73,7 +73,7 @@ def test_ejection_published_to_other_process(shared: SharedState) -> None:
 
 
 def test_outstanding_counts_add_up_across_processes(shared: SharedState) -> None:
-    """Two children holding requests show up in the host-wide count, and it returns to zero after."""
+    """Children's held requests add up host-wide, steer another balancer away, and return to zero after."""
     ctx = mp.get_context("spawn")
     go = ctx.Event()
     held = [ctx.Event(), ctx.Event()]
@@ -83,6 +83,13 @@ def test_outstanding_counts_add_up_across_processes(shared: SharedState) -> None
     for h in held:
         assert h.wait(120)
     assert shared.outstanding("b0") == 8
+    # A balancer sharing the table sees the host-wide load: with b0 busy elsewhere it picks b1.
+    lb = DynamicLoadBalancer(algorithm="adaptive", shared=shared)
+    lb.register_service(BackendService(service_id="b0", port=8000))
+    lb.register_service(BackendService(service_id="b1", port=8001))
+    assert [lb.select_backend_sync().service_id for _ in range(5)] == ["b1"] * 5
+    for _ in range(5):
+        lb.record_result("b1", 0.001, True)
     go.set()
     for p in procs:
         p.join(120)
@@ -94,12 +101,14 @@ def test_segment_private_and_checked(shared: SharedState) -> None:
     """The segment is mode 0600; attaching to a foreign segment raises; a full table raises typed."""
     mode = stat.S_IMODE(os.stat(f"/dev/shm/{shared.name}").st_mode)
     assert mode == 0o600
-    from multiprocessing import shared_memory
+    from multiprocessing import resource_tracker, shared_memory
 
     other = shared_memory.SharedMemory(name=f"hwopt_test_foreign_{uuid.uuid4().hex[:8]}", create=True, size=4096)
     try:
         with pytest.raises(IncompatibleLayoutError):
             SharedState.attach(other.name)
+        # attach() unregistered the name from this process's resource tracker, which also created it here
+        resource_tracker.register(other._name, "shared_memory")  # type: ignore[attr-defined]
     finally:
         other.close()
         other.unlink()
