@@ -76,9 +76,9 @@ class RefCache:
             self.sk_mask = mask - 1
             self.sketch = bytearray(mask << 6)
             self.sk_add = 0
-            self.sk_period = 10 * maxsize
+            self.sk_period = (5 if policy == "adaptive" else 10) * maxsize
             self.cl_period = climb_period if climb_period > 0 else max(10 * maxsize, 1000)
-            self.cl_step = 0.0625 * maxsize
+            self.cl_step = -0.0625 * maxsize
             self.cl_prev = -1.0
             self.cl_count = self.cl_hits = 0
         self.tick = min(max(self.default_ttl / 32.0, 0.001), 60.0) if self.default_ttl > 0 else 1.0
