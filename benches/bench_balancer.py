@@ -115,9 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     print("# per-call overhead, median of", repeats, "repeats x", LOOPS, "calls (ns); ratios are what count")
     pb = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
     cb = CircuitBreaker()
-    t_bare = per_call(bare, LOOPS, repeats)
-    t_pb = per_call(bench_breaker_call(pb.call), LOOPS, repeats) - t_bare
-    t_cb = per_call(bench_breaker_call(cb.call), LOOPS, repeats) - t_bare
+    # Interleaved: each repeat times bare, pybreaker and ours back to back, so machine noise hits all three.
+    fns = {"bare": bare, "pb": bench_breaker_call(pb.call), "cb": bench_breaker_call(cb.call)}
+    pb_over, cb_over = [], []
+    for _ in range(repeats):
+        t = {k: per_call(f, LOOPS, 1) for k, f in fns.items()}
+        pb_over.append(t["pb"] - t["bare"])
+        cb_over.append(t["cb"] - t["bare"])
+    t_pb = statistics.median(pb_over)
+    t_cb = statistics.median(cb_over)
     print(f"{'pybreaker.call (overhead)':46} {t_pb * 1e9:8.0f}  1.00x")
     print(f"{'CircuitBreaker.call (overhead)':46} {t_cb * 1e9:8.0f}  {t_cb / t_pb:.2f}x pybreaker")
     for algo in ("adaptive", "p2c", "round_robin"):

@@ -173,6 +173,10 @@ class CircuitBreaker:
 
         Low-level: :meth:`call`, :meth:`call_async` and the decorator use it for you.
         """
+        with self._lock:  # fast path: closed
+            if self._state is CLOSED:
+                self._m["calls"] += 1
+                return _CLOSED_TOKEN
         events: list[tuple[str, str]] = []
         try:
             with self._lock:
@@ -212,6 +216,20 @@ class CircuitBreaker:
 
     def record(self, token: int, failed: bool | None) -> None:
         """Outcome of an admitted call: ``True`` failed, ``False`` succeeded, ``None`` not counted."""
+        if failed is False and token == _CLOSED_TOKEN:  # fast path: a success while closed
+            with self._lock:
+                self._m["successes"] += 1
+                if self._state is CLOSED:
+                    self._consecutive = 0
+                    ring = self._ring
+                    if len(ring) < self._win:
+                        ring.append(0)
+                    else:
+                        i = self._ring_i
+                        self._ring_fails -= ring[i]
+                        ring[i] = 0
+                        self._ring_i = (i + 1) % self._win
+            return
         events: list[tuple[str, str]] = []
         with self._lock:
             m = self._m
