@@ -62,6 +62,19 @@ cdef object _MISSING = object()
 
 POLICIES = ("lru", "lfu", "arc", "s3fifo", "sieve", "wtinylfu", "lirs", "adaptive")
 
+cdef struct Slot:
+    PyObject* key          # NULL for a free slot or a ghost
+    PyObject* val
+    Py_hash_t hash
+
+cdef struct Link:
+    int32_t prv
+    int32_t nxt
+    int32_t lst            # list id, -1 when in no list
+    uint8_t freq           # policy bits: SIEVE visited, S3-FIFO counter, LIRS flags
+    uint8_t prio
+
+
 cdef inline double _mono() noexcept:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -76,14 +89,8 @@ cdef inline uint64_t _mix(uint64_t h, uint64_t seed) noexcept:
 cdef class CacheCore:
     """The compiled engine behind :class:`sutazai_hwopt.cache.Cache` (use that class, not this one)."""
 
-    cdef PyObject** keys
-    cdef PyObject** vals
-    cdef Py_hash_t* hashes
-    cdef int32_t* prv
-    cdef int32_t* nxt
-    cdef int32_t* lst
-    cdef uint8_t* freq
-    cdef uint8_t* prio
+    cdef Slot* kv              # key, value, hash (what a lookup touches)
+    cdef Link* ln              # list links and policy bits (what a policy update touches)
     cdef int64_t* wts          # NULL until a weight != 1 is stored
     cdef double* expires       # NULL until a TTL is used
     cdef int32_t* wprv         # timer-wheel links
@@ -136,7 +143,8 @@ cdef class CacheCore:
     cdef double cl_prev, cl_step
 
     def __cinit__(self, *args, **kwargs):
-        self.keys = NULL
+        self.kv = NULL
+        self.ln = NULL
         self.table = NULL
         self.cap = 0
         self.dead = NULL
@@ -145,7 +153,7 @@ cdef class CacheCore:
                  object ttl=None, object on_evict=None, object clock=None, double window=0.01,
                  int64_t climb_period=0, int64_t sketch_period=0):
         cdef int32_t i
-        if self.keys != NULL:
+        if self.kv != NULL:
             raise InvalidArgumentError("CacheCore.__init__ may be called only once")
         if maxsize < 1 or maxsize > (1 << 29):
             raise InvalidArgumentError(f"maxsize must be an integer in [1, 2**29], got {maxsize!r}")
@@ -221,14 +229,13 @@ cdef class CacheCore:
 
     def __dealloc__(self):
         cdef int32_t i
-        if self.keys != NULL:
+        if self.kv != NULL:
             for i in range(self.cap):
-                if self.keys[i] != NULL:
-                    Py_DECREF(<object>self.keys[i])
-                if self.vals[i] != NULL:
-                    Py_DECREF(<object>self.vals[i])
-        PyMem_Free(self.keys); PyMem_Free(self.vals); PyMem_Free(self.hashes); PyMem_Free(self.prv)
-        PyMem_Free(self.nxt); PyMem_Free(self.lst); PyMem_Free(self.freq); PyMem_Free(self.prio)
+                if self.kv[i].key != NULL:
+                    Py_DECREF(<object>self.kv[i].key)
+                if self.kv[i].val != NULL:
+                    Py_DECREF(<object>self.kv[i].val)
+        PyMem_Free(self.kv); PyMem_Free(self.ln)
         PyMem_Free(self.wts); PyMem_Free(self.expires); PyMem_Free(self.wprv); PyMem_Free(self.wnxt)
         PyMem_Free(self.lprv); PyMem_Free(self.lnxt); PyMem_Free(self.table); PyMem_Free(self.lhead)
         PyMem_Free(self.ltail); PyMem_Free(self.lcnt); PyMem_Free(self.bfreq); PyMem_Free(self.bprv)
@@ -240,14 +247,8 @@ cdef class CacheCore:
         cdef void* p
         if newcap <= old:
             return 0
-        self.keys = <PyObject**>self._re(self.keys, newcap * sizeof(PyObject*))
-        self.vals = <PyObject**>self._re(self.vals, newcap * sizeof(PyObject*))
-        self.hashes = <Py_hash_t*>self._re(self.hashes, newcap * sizeof(Py_hash_t))
-        self.prv = <int32_t*>self._re(self.prv, newcap * sizeof(int32_t))
-        self.nxt = <int32_t*>self._re(self.nxt, newcap * sizeof(int32_t))
-        self.lst = <int32_t*>self._re(self.lst, newcap * sizeof(int32_t))
-        self.freq = <uint8_t*>self._re(self.freq, newcap)
-        self.prio = <uint8_t*>self._re(self.prio, newcap)
+        self.kv = <Slot*>self._re(self.kv, newcap * sizeof(Slot))
+        self.ln = <Link*>self._re(self.ln, newcap * sizeof(Link))
         if self.wts != NULL:
             self.wts = <int64_t*>self._re(self.wts, newcap * sizeof(int64_t))
         if self.expires != NULL:
@@ -258,12 +259,12 @@ cdef class CacheCore:
             self.lprv = <int32_t*>self._re(self.lprv, newcap * sizeof(int32_t))
             self.lnxt = <int32_t*>self._re(self.lnxt, newcap * sizeof(int32_t))
         for i in range(newcap - 1, old - 1, -1):
-            self.keys[i] = NULL
-            self.vals[i] = NULL
-            self.lst[i] = -1
-            self.freq[i] = 0
-            self.prio[i] = 0
-            self.nxt[i] = self.free_head if i < newcap - 1 or old > 0 else -1
+            self.kv[i].key = NULL
+            self.kv[i].val = NULL
+            self.ln[i].lst = -1
+            self.ln[i].freq = 0
+            self.ln[i].prio = 0
+            self.ln[i].nxt = self.free_head if i < newcap - 1 or old > 0 else -1
             if self.wts != NULL:
                 self.wts[i] = 1
             if self.expires != NULL:
@@ -271,8 +272,8 @@ cdef class CacheCore:
                 self.wprv[i] = W_NONE
         # free list: new slots old..newcap-1 in order, then the previous free list
         for i in range(old, newcap - 1):
-            self.nxt[i] = i + 1
-        self.nxt[newcap - 1] = self.free_head if old > 0 else -1
+            self.ln[i].nxt = i + 1
+        self.ln[newcap - 1].nxt = self.free_head if old > 0 else -1
         self.free_head = old
         self.cap = newcap
         # table: a power of two with load factor <= 3/4 when every slot is used
@@ -291,7 +292,7 @@ cdef class CacheCore:
             self.tsize = ts
             self.tshift = sh
             for i in range(old):
-                if self.keys[i] != NULL or self.lst[i] >= 0:   # resident or ghost
+                if self.kv[i].key != NULL or self.ln[i].lst >= 0:   # resident or ghost
                     self._tinsert(i)
         return 0
 
@@ -308,13 +309,13 @@ cdef class CacheCore:
             if self.free_head < 0:
                 raise MemoryError("cache slots exhausted")
         i = self.free_head
-        self.free_head = self.nxt[i]
+        self.free_head = self.ln[i].nxt
         self.nslots_used += 1
         return i
 
     cdef inline void _free(self, int32_t i) noexcept:
-        self.lst[i] = -1
-        self.nxt[i] = self.free_head
+        self.ln[i].lst = -1
+        self.ln[i].nxt = self.free_head
         self.free_head = i
         self.nslots_used -= 1
 
@@ -322,14 +323,14 @@ cdef class CacheCore:
         return (<uint64_t>h * <uint64_t>0x9E3779B97F4A7C15) >> (self.tshift + 0) & (self.tsize - 1)
 
     cdef void _tinsert(self, int32_t i) noexcept:
-        cdef uint64_t pos = self._home(self.hashes[i]), mask = self.tsize - 1
+        cdef uint64_t pos = self._home(self.kv[i].hash), mask = self.tsize - 1
         while self.table[pos] >= 0:
             pos = (pos + 1) & mask
         self.table[pos] = i
 
     cdef void _tdelete(self, int32_t i) noexcept:
         cdef uint64_t mask = self.tsize - 1
-        cdef uint64_t pos = self._home(self.hashes[i]), j, home
+        cdef uint64_t pos = self._home(self.kv[i].hash), j, home
         cdef int32_t e
         while self.table[pos] != i:
             pos = (pos + 1) & mask
@@ -339,7 +340,7 @@ cdef class CacheCore:
             e = self.table[j]
             if e < 0:
                 break
-            home = self._home(self.hashes[e])
+            home = self._home(self.kv[e].hash)
             if ((j - home) & mask) >= ((j - pos) & mask):
                 self.table[pos] = e
                 pos = j
@@ -355,8 +356,8 @@ cdef class CacheCore:
             i = self.table[pos]
             if i < 0:
                 return -1
-            if self.hashes[i] == h:
-                if self.keys[i] == <PyObject*>key:
+            if self.kv[i].hash == h:
+                if self.kv[i].key == <PyObject*>key:
                     return i
                 return self._find(key, h, &g)
             pos = (pos + 1) & mask
@@ -376,8 +377,8 @@ cdef class CacheCore:
                 i = self.table[pos]
                 if i < 0:
                     return -1
-                if self.hashes[i] == h:
-                    k = self.keys[i]
+                if self.kv[i].hash == h:
+                    k = self.kv[i].key
                     if k == NULL:
                         if ghost[0] < 0:
                             ghost[0] = i
@@ -422,28 +423,28 @@ cdef class CacheCore:
     # ------------------------------------------------------------------ lists
     cdef inline void _push(self, int32_t l, int32_t i) noexcept:
         cdef int32_t h = self.lhead[l]
-        self.prv[i] = -1
-        self.nxt[i] = h
+        self.ln[i].prv = -1
+        self.ln[i].nxt = h
         if h >= 0:
-            self.prv[h] = i
+            self.ln[h].prv = i
         else:
             self.ltail[l] = i
         self.lhead[l] = i
         self.lcnt[l] += 1
-        self.lst[i] = l
+        self.ln[i].lst = l
 
     cdef inline void _unlink(self, int32_t i) noexcept:
-        cdef int32_t l = self.lst[i], p = self.prv[i], n = self.nxt[i]
+        cdef int32_t l = self.ln[i].lst, p = self.ln[i].prv, n = self.ln[i].nxt
         if p >= 0:
-            self.nxt[p] = n
+            self.ln[p].nxt = n
         else:
             self.lhead[l] = n
         if n >= 0:
-            self.prv[n] = p
+            self.ln[n].prv = p
         else:
             self.ltail[l] = p
         self.lcnt[l] -= 1
-        self.lst[i] = -1
+        self.ln[i].lst = -1
 
     cdef inline void _move(self, int32_t l, int32_t i) noexcept:
         if self.lhead[l] == i:
@@ -490,7 +491,7 @@ cdef class CacheCore:
         slot and its table entry (the caller links it), else the ghost list to push it to.
         """
         cdef int64_t w = self._w(i)
-        cdef int p = self.prio[i]
+        cdef int p = self.ln[i].prio
         self.n_res -= 1
         self.weight -= w
         self.lvl_cnt[p] -= 1
@@ -503,14 +504,14 @@ cdef class CacheCore:
         elif cause == 2:
             self.expirations += 1
         if cause and self.on_evict is not None:
-            self.events.append((<object>self.keys[i], <object>self.vals[i],
+            self.events.append((<object>self.kv[i].key, <object>self.kv[i].val,
                                 "evicted" if cause == 1 else "expired"))
-        self._defer(self.keys[i])
-        self._defer(self.vals[i])
-        self.keys[i] = NULL
-        self.vals[i] = NULL
-        self.prio[i] = 0
-        self.freq[i] = 0
+        self._defer(self.kv[i].key)
+        self._defer(self.kv[i].val)
+        self.kv[i].key = NULL
+        self.kv[i].val = NULL
+        self.ln[i].prio = 0
+        self.ln[i].freq = 0
         if self.wts != NULL:
             self.wts[i] = 1
         self.version += 1
@@ -658,11 +659,11 @@ cdef class CacheCore:
     cdef inline int _p_hit(self, int32_t i) except -1:
         cdef int k = self.kind
         cdef int32_t d
-        if self.prio[i]:
-            self._move(L_PRIO + self.prio[i] - 1, i)
+        if self.ln[i].prio:
+            self._move(L_PRIO + self.ln[i].prio - 1, i)
         elif k == K_ADAPT or k == K_WTLFU:
-            self._sk_inc(self.hashes[i])
-            if self.lst[i] == L_PROB:
+            self._sk_inc(self.kv[i].hash)
+            if self.ln[i].lst == L_PROB:
                 self._unlink(i)
                 self._push(L_MAIN, i)
                 while self.lcnt[L_MAIN] > self.prot_max and self.lcnt[L_MAIN] > 0:
@@ -670,14 +671,14 @@ cdef class CacheCore:
                     self._unlink(d)
                     self._push(L_PROB, d)
             else:
-                self._move(self.lst[i], i)
+                self._move(self.ln[i].lst, i)
         elif k == K_LRU or k == K_ARC:
             self._move(L_MAIN, i)
         elif k == K_SIEVE:
-            self.freq[i] = 1
+            self.ln[i].freq = 1
         elif k == K_S3:
-            if self.freq[i] < 3:
-                self.freq[i] += 1
+            if self.ln[i].freq < 3:
+                self.ln[i].freq += 1
         elif k == K_LFU:
             self._lfu_hit(i)
         else:
@@ -715,11 +716,11 @@ cdef class CacheCore:
 
     cdef int _p_remove(self, int32_t i) except -1:
         """Unlink resident ``i`` from its policy or priority list (explicit delete or expiry)."""
-        if self.prio[i]:
+        if self.ln[i].prio:
             self._unlink(i)
         elif self.kind == K_SIEVE:
             if self.hand == i:
-                self.hand = self.prv[i]
+                self.hand = self.ln[i].prv
             self._unlink(i)
         elif self.kind == K_LFU:
             self._lfu_unlink(i)
@@ -772,7 +773,7 @@ cdef class CacheCore:
     # --- W-TinyLFU
     cdef int _wt_insert(self, int32_t i) except -1:
         cdef int32_t c, v
-        self._sk_inc(self.hashes[i])
+        self._sk_inc(self.kv[i].hash)
         self._push(L_SMALL, i)
         while self.lcnt[L_SMALL] > self.win_max:
             c = self.ltail[L_SMALL]
@@ -784,7 +785,7 @@ cdef class CacheCore:
                 if v < 0:
                     self._push(L_PROB, c)
                     break
-                if self._sk_est(self.hashes[c]) > self._sk_est(self.hashes[v]):
+                if self._sk_est(self.kv[c].hash) > self._sk_est(self.kv[v].hash):
                     self._unlink(v)
                     self._drop(v, 1, -1)
                     self._push(L_PROB, c)
@@ -801,12 +802,12 @@ cdef class CacheCore:
         cdef int32_t o = self.hand if self.hand >= 0 else self.ltail[L_MAIN]
         if o < 0:
             return False
-        while self.freq[o]:
-            self.freq[o] = 0
-            o = self.prv[o]
+        while self.ln[o].freq:
+            self.ln[o].freq = 0
+            o = self.ln[o].prv
             if o < 0:
                 o = self.ltail[L_MAIN]
-        self.hand = self.prv[o]
+        self.hand = self.ln[o].prv
         self._unlink(o)
         self._drop(o, 1, -1)
         return True
@@ -825,8 +826,8 @@ cdef class CacheCore:
             while self.lcnt[L_SMALL]:
                 t = self.ltail[L_SMALL]
                 self._unlink(t)
-                if self.freq[t] > 1:
-                    self.freq[t] = 0
+                if self.ln[t].freq > 1:
+                    self.ln[t].freq = 0
                     self._push(L_MAIN, t)
                 else:
                     self._drop(t, 1, L_G1)
@@ -840,8 +841,8 @@ cdef class CacheCore:
         while self.lcnt[L_MAIN]:
             t = self.ltail[L_MAIN]
             self._unlink(t)
-            if self.freq[t] > 0:
-                self.freq[t] -= 1
+            if self.ln[t].freq > 0:
+                self.ln[t].freq -= 1
                 self._push(L_MAIN, t)
             else:
                 self._drop(t, 1, -1)
@@ -873,12 +874,12 @@ cdef class CacheCore:
     cdef int _arc_insert(self, int32_t i, int32_t g) except -1:
         cdef int64_t c = self.maxsize, b1 = self.lcnt[L_G1], b2 = self.lcnt[L_G2], l1, total
         cdef int32_t v
-        if g >= 0 and self.lst[g] == L_G1:
+        if g >= 0 and self.ln[g].lst == L_G1:
             self.arc_p = min(self.arc_p + (1.0 if b1 >= b2 else <double>b2 / b1), <double>c)
             self._arc_replace(False)
             self._free_ghost(g)
             self._push(L_MAIN, i)
-        elif g >= 0 and self.lst[g] == L_G2:
+        elif g >= 0 and self.ln[g].lst == L_G2:
             self.arc_p = max(self.arc_p - (1.0 if b2 >= b1 else <double>b1 / b2), 0.0)
             self._arc_replace(True)
             self._free_ghost(g)
@@ -945,7 +946,7 @@ cdef class CacheCore:
         self._push(b, i)
 
     cdef void _lfu_hit(self, int32_t i) noexcept:
-        cdef int32_t b = self.lst[i], nb = self.bnxt[b]
+        cdef int32_t b = self.ln[i].lst, nb = self.bnxt[b]
         if nb < 0 or self.bfreq[nb] != self.bfreq[b] + 1:
             nb = self._bnew(self.bfreq[b] + 1, b)
         self._unlink(i)
@@ -954,7 +955,7 @@ cdef class CacheCore:
             self._bdel(b)
 
     cdef void _lfu_unlink(self, int32_t i) noexcept:
-        cdef int32_t b = self.lst[i]
+        cdef int32_t b = self.ln[i].lst
         self._unlink(i)
         if self.lcnt[b] == 0:
             self._bdel(b)
@@ -972,9 +973,9 @@ cdef class CacheCore:
     # HIR), non-resident HIR blocks: keys NULL, still in S, and in the FIFO L_G1 on lprv/lnxt (bounded).
     cdef void _lirs_prune(self) noexcept:
         cdef int32_t b = self.ltail[L_MAIN]
-        while b >= 0 and not (self.freq[b] & F_LIR):
+        while b >= 0 and not (self.ln[b].freq & F_LIR):
             self._unlink(b)
-            if self.keys[b] == NULL:
+            if self.kv[b].key == NULL:
                 self._qunlink(L_G1, b)
                 self._tdelete(b)
                 self._free(b)
@@ -986,21 +987,21 @@ cdef class CacheCore:
         if b < 0:
             return
         self._unlink(b)
-        self.freq[b] = F_INQ
+        self.ln[b].freq = F_INQ
         self.lcnt[L_PROB] -= 1
         self._qpush(L_SMALL, b)
         self._lirs_prune()
 
     cdef void _lirs_hit(self, int32_t i) noexcept:
         cdef bint bottom
-        if self.freq[i] & F_LIR:
+        if self.ln[i].freq & F_LIR:
             bottom = self.ltail[L_MAIN] == i
             self._move(L_MAIN, i)
             if bottom:
                 self._lirs_prune()
-        elif self.lst[i] == L_MAIN:       # resident HIR in S: becomes LIR
+        elif self.ln[i].lst == L_MAIN:       # resident HIR in S: becomes LIR
             self._qunlink(L_SMALL, i)
-            self.freq[i] = F_LIR
+            self.ln[i].freq = F_LIR
             self.lcnt[L_PROB] += 1
             self._move(L_MAIN, i)
             if self.lcnt[L_PROB] > self.lir_max:
@@ -1014,9 +1015,9 @@ cdef class CacheCore:
         cdef int32_t v = self.ltail[L_SMALL]
         if v >= 0:
             self._qunlink(L_SMALL, v)
-            if self.lst[v] == L_MAIN:
+            if self.ln[v].lst == L_MAIN:
                 self._drop(v, 1, -3)
-                self.freq[v] = 0
+                self.ln[v].freq = 0
                 self._qpush(L_G1, v)
                 if self.lcnt[L_G1] > self.nonres_max:
                     v = self.ltail[L_G1]
@@ -1040,36 +1041,36 @@ cdef class CacheCore:
     cdef int _lirs_insert(self, int32_t i, int32_t g) except -1:
         while self._over() and self._lirs_evict():
             pass
-        if g >= 0 and self.lst[g] != L_MAIN:
+        if g >= 0 and self.ln[g].lst != L_MAIN:
             g = -1
         if g >= 0:                           # non-resident HIR still in S: becomes LIR
             self._qunlink(L_G1, g)
             self._unlink(g)
             self._tdelete(g)
             self._free(g)
-            self.freq[i] = F_LIR
+            self.ln[i].freq = F_LIR
             self.lcnt[L_PROB] += 1
             self._push(L_MAIN, i)
             if self.lcnt[L_PROB] > self.lir_max:
                 self._lirs_demote_bottom()
         elif self.lcnt[L_PROB] < self.lir_max:   # warm-up: LIR set not full
-            self.freq[i] = F_LIR
+            self.ln[i].freq = F_LIR
             self.lcnt[L_PROB] += 1
             self._push(L_MAIN, i)
         else:
-            self.freq[i] = F_INQ
+            self.ln[i].freq = F_INQ
             self._push(L_MAIN, i)
             self._qpush(L_SMALL, i)
         return 0
 
     cdef void _lirs_remove(self, int32_t i) noexcept:
-        if self.freq[i] & F_LIR:
+        if self.ln[i].freq & F_LIR:
             self._unlink(i)
             self.lcnt[L_PROB] -= 1
             self._lirs_prune()
         else:
             self._qunlink(L_SMALL, i)
-            if self.lst[i] == L_MAIN:
+            if self.ln[i].lst == L_MAIN:
                 self._unlink(i)
                 self._lirs_prune()
 
@@ -1110,7 +1111,7 @@ cdef class CacheCore:
         if i >= 0:
             self._count(True)
             self._p_hit(i)
-            return <object>self.vals[i]
+            return <object>self.kv[i].val
         self._count(False)
         raise KeyError(key)
 
@@ -1120,14 +1121,14 @@ cdef class CacheCore:
         if i >= 0:
             self._count(True)
             self._p_hit(i)
-            return <object>self.vals[i]
+            return <object>self.kv[i].val
         self._count(False)
         return default
 
     def peek(self, key, default=None):
         """Return the value of ``key`` or ``default`` without counting an access."""
         cdef int32_t i = self._lookup(key, self._hash(key))
-        return <object>self.vals[i] if i >= 0 else default
+        return <object>self.kv[i].val if i >= 0 else default
 
     def __contains__(self, key):
         return self._lookup(key, self._hash(key)) >= 0
@@ -1149,7 +1150,7 @@ cdef class CacheCore:
             if default is _MISSING:
                 raise KeyError(key)
             return default
-        value = <object>self.vals[i]
+        value = <object>self.kv[i].val
         self._remove(i, 0)
         self._release()
         return value
@@ -1166,8 +1167,8 @@ cdef class CacheCore:
         cdef double now = self._now() if self.n_ttl else 0.0
         out = []
         for i in range(self.cap):
-            if self.keys[i] != NULL and not (self.n_ttl and self.expires[i] <= now):
-                out.append(<object>self.keys[i])
+            if self.kv[i].key != NULL and not (self.n_ttl and self.expires[i] <= now):
+                out.append(<object>self.kv[i].key)
         return out
 
     def put(self, key, value, *, weight=None, ttl=None, priority=0):
@@ -1214,10 +1215,10 @@ cdef class CacheCore:
                 self._expire(now)
         i = self._find(key, h, &g)
         if i >= 0:
-            if self._w(i) == w and self.prio[i] == p:
-                self._defer(self.vals[i])
+            if self._w(i) == w and self.ln[i].prio == p:
+                self._defer(self.kv[i].val)
                 Py_INCREF(value)
-                self.vals[i] = <PyObject*>value
+                self.kv[i].val = <PyObject*>value
                 if self.expires != NULL and self.wprv[i] != W_NONE:
                     self._wheel_unlink(i)
                 if ttl > 0:
@@ -1241,11 +1242,11 @@ cdef class CacheCore:
         i = self._alloc()
         Py_INCREF(key)
         Py_INCREF(value)
-        self.keys[i] = <PyObject*>key
-        self.vals[i] = <PyObject*>value
-        self.hashes[i] = h
-        self.prio[i] = p
-        self.freq[i] = 0
+        self.kv[i].key = <PyObject*>key
+        self.kv[i].val = <PyObject*>value
+        self.kv[i].hash = h
+        self.ln[i].prio = p
+        self.ln[i].freq = 0
         if self.wts != NULL:
             self.wts[i] = w
         self._tinsert(i)
@@ -1282,15 +1283,15 @@ cdef class CacheCore:
         """Remove every entry (no eviction callbacks); counters are kept."""
         cdef int32_t i
         for i in range(self.cap):
-            if self.keys[i] != NULL:
-                self._defer(self.keys[i])
-                self._defer(self.vals[i])
-                self.keys[i] = NULL
-                self.vals[i] = NULL
-            self.lst[i] = -1
-            self.freq[i] = 0
-            self.prio[i] = 0
-            self.nxt[i] = i + 1 if i + 1 < self.cap else -1
+            if self.kv[i].key != NULL:
+                self._defer(self.kv[i].key)
+                self._defer(self.kv[i].val)
+                self.kv[i].key = NULL
+                self.kv[i].val = NULL
+            self.ln[i].lst = -1
+            self.ln[i].freq = 0
+            self.ln[i].prio = 0
+            self.ln[i].nxt = i + 1 if i + 1 < self.cap else -1
             if self.wts != NULL:
                 self.wts[i] = 1
             if self.expires != NULL:
@@ -1347,20 +1348,20 @@ cdef class CacheCore:
             d["queue"] = self._qlist(L_SMALL)
             d["nonresident"] = self._qlist(L_G1)
             d["lir"] = sorted((self._key_of(i) for i in range(self.cap)
-                               if self.lst[i] == L_MAIN and self.freq[i] & F_LIR), key=repr)
+                               if self.ln[i].lst == L_MAIN and self.ln[i].freq & F_LIR), key=repr)
         return d
 
     cdef object _key_of(self, int32_t i):
         if i < 0:
             return None
-        return <object>self.keys[i] if self.keys[i] != NULL else ("ghost", self.hashes[i])
+        return <object>self.kv[i].key if self.kv[i].key != NULL else ("ghost", self.kv[i].hash)
 
     cdef list _list(self, int32_t l):
         cdef int32_t i = self.lhead[l]
         out = []
         while i >= 0:
             out.append(self._key_of(i))
-            i = self.nxt[i]
+            i = self.ln[i].nxt
         return out
 
     cdef list _qlist(self, int32_t l):
@@ -1372,7 +1373,7 @@ cdef class CacheCore:
         return out
 
     def __sizeof__(self):
-        cdef size_t per = 2 * sizeof(PyObject*) + sizeof(Py_hash_t) + 3 * sizeof(int32_t) + 2
+        cdef size_t per = sizeof(Slot) + sizeof(Link)
         cdef size_t n = sizeof(CacheCore) + self.cap * per + self.tsize * sizeof(int32_t)
         n += self.nlists * 3 * sizeof(int32_t)
         if self.wts != NULL:
@@ -1412,10 +1413,10 @@ cdef class CacheCore:
         cdef int64_t wsum = 0
         cdef int32_t g
         for i in range(self.cap):
-            if self.keys[i] != NULL:
+            if self.kv[i].key != NULL:
                 n += 1
                 wsum += self._w(i)
-                found = self._find(<object>self.keys[i], self.hashes[i], &g)
+                found = self._find(<object>self.kv[i].key, self.kv[i].hash, &g)
                 if found != i:
                     raise CorruptionError(f"slot {i} is not reachable through the table")
         if n != self.n_res or wsum != self.weight:
