@@ -200,15 +200,20 @@ def _loader(ns: str | None, n: int, agent: str, ready: Any, go: Any) -> None:
         go.wait()
         return
     with MemoryPoolManager(namespace=ns) as pm:
-        w = _weights(n)
-        bid = pm.put_array(agent, w, pool_id="weights")
-        del w                                       # refcount frees it now (no gc.collect: it would COW-copy
-                                                    # the forked interpreter's heap and bias the figure)
-        arr = pm.get_array(agent, bid, np.float32)
-        float(arr.sum(dtype=np.float64))
+        arr = _loader_body(pm, agent, n)
         ready.set()
         go.wait()
         del arr
+
+
+def _loader_body(pm: MemoryPoolManager, agent: str, n: int) -> np.ndarray:
+    w = _weights(n)
+    bid = pm.put_array(agent, w, pool_id="weights")
+    del w                                           # refcount frees it now (no gc.collect: it would COW-copy
+                                                    # the forked interpreter's heap and bias the figure)
+    arr = pm.get_array(agent, bid, np.float32)
+    float(arr.sum(dtype=np.float64))
+    return arr
 
 
 def _fleet_pss(procs: list[Any]) -> int:
@@ -245,28 +250,36 @@ def bench_pss(quick: bool, fleet: int) -> None:
         print(f"pool after the run: {s['blocks']} physical block(s), {s['ids']} ids, "
               f"dedup ratio {s['dedup_ratio']:.1f}")
         idle = _idle_pss(ns, k)
+        bare = _idle_pss(ns, k, load=False)
         for label, total in results.items():
             print(f"{label:<16} total PSS {total / MiB:>8.0f} MiB  = {(total - idle) / size:.3f} x weights "
-                  f"+ per-process overhead ({idle / MiB:.0f} MiB for {k} attached agents holding no weights)")
+                  f"+ per-process overhead ({idle / MiB:.0f} MiB for {k} agents that loaded 1 MiB the same way; "
+                  f"against {k} agents that only attached ({bare / MiB:.0f} MiB): {(total - bare) / size:.3f} x)")
         print(f"ratio private / pool: {results['private copies'] / results['pool + dedup']:.1f}x "
               f"(parent PSS at start {base / MiB:.0f} MiB, not counted)")
         if fleet > k:
-            _fleet(ns, fleet, n, size, _idle_pss(ns, fleet))
+            _fleet(ns, fleet, n, size, _idle_pss(ns, fleet), _idle_pss(ns, fleet, load=False))
         pm.destroy_pool("weights")
 
 
-def _idle(ns: str, ready: Any, go: Any) -> None:
-    with MemoryPoolManager(namespace=ns) as pm:   # the same imports and attach, a tiny block instead of weights
-        bid = pm.put_array(f"idle_{os.getpid()}", np.arange(1000, dtype=np.float32), pool_id="weights")
-        float(pm.get_array(f"idle_{os.getpid()}", bid, np.float32).sum())
+def _idle(ns: str, ready: Any, go: Any, load: bool) -> None:
+    # load=True: the same imports, attach and code path as a loader (private copy, put_array with dedup of a
+    # >= 1 MiB block, get_array) on 1 MiB of "weights" instead of 256 (that 1 MiB block is shared by all).
+    # load=False: attach and store a 4 KB block only.
+    with MemoryPoolManager(namespace=ns) as pm:
+        if load:
+            _loader_body(pm, f"idle_{os.getpid()}", MiB // 4)
+        else:
+            bid = pm.put_array(f"idle_{os.getpid()}", np.arange(1000, dtype=np.float32), pool_id="weights")
+            float(pm.get_array(f"idle_{os.getpid()}", bid, np.float32).sum())
         ready.set()
         go.wait()
 
 
-def _idle_pss(ns: str, k: int) -> int:
+def _idle_pss(ns: str, k: int, load: bool = True) -> int:
     go = FORK.Event()
     readies = [FORK.Event() for _ in range(k)]
-    procs = [FORK.Process(target=_idle, args=(ns, readies[i], go)) for i in range(k)]
+    procs = [FORK.Process(target=_idle, args=(ns, readies[i], go, load)) for i in range(k)]
     for p in procs:
         p.start()
     for r in readies:
@@ -278,7 +291,7 @@ def _idle_pss(ns: str, k: int) -> int:
     return total
 
 
-def _fleet(ns: str, fleet: int, n: int, size: int, idle: int) -> None:
+def _fleet(ns: str, fleet: int, n: int, size: int, idle: int, bare: int) -> None:
     """``fleet`` processes, started one after another (so at most one private copy exists at a time), each
     loading its own copy of the weights and storing it with dedup, then reading through the pool."""
     go = FORK.Event()
@@ -297,7 +310,8 @@ def _fleet(ns: str, fleet: int, n: int, size: int, idle: int) -> None:
         p.join()
     print(f"{fleet} loaders (each put_array of its own copy, merged by dedup): total PSS {total / MiB:.0f} MiB = "
           f"{(total - idle) / size:.3f} x weights + per-process overhead ({idle / MiB:.0f} MiB for {fleet} "
-          f"attached agents holding no weights; private copies would need {fleet * size / MiB:.0f} MiB); "
+          f"agents that loaded 1 MiB the same way; against agents that only attached ({bare / MiB:.0f} MiB): "
+          f"{(total - bare) / size:.3f} x; private copies would need {fleet * size / MiB:.0f} MiB); "
           f"{load / fleet * 1e3:.0f} ms per loader")
 
 
