@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..config import CacheSection, HwoptConfig
-from ..errors import InvalidArgumentError, LoaderError, WeightError
+from ..errors import InvalidArgumentError, LoaderError, StateError, WeightError
 from ..logs import get_logger
 from ..memory.manager import process_start_time
 from ..memory.segment import validate_name
@@ -102,6 +102,7 @@ class IntelligentCacheSystem:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._start = process_start_time(self._pid) or 0
+        self._closed = False
         self._l1: Any = None
         self._l2: Any = None
         self._l3: Any = None
@@ -152,7 +153,11 @@ class IntelligentCacheSystem:
         self.close()
 
     def close(self) -> None:
-        """Stop prefetching and unmap the shared tiers from this process (they stay for the others)."""
+        """Stop prefetching and unmap the shared tiers from this process (they stay for the others).
+
+        Later calls raise StateError. Zero-copy views handed out stay valid until they are released.
+        """
+        self._closed = True
         if getattr(self, "_worker", None) is not None:
             self._worker.close()
         for tier in (self._l3, self._l2, self._remote):
@@ -180,6 +185,8 @@ class IntelligentCacheSystem:
             InvalidArgumentError: wrong key type, bad priority or agent id, or an unpicklable value.
             WeightError: the value is larger than a level's budget. In every case nothing stored changes.
         """
+        if self._closed:
+            raise StateError("the cache system is closed")
         kb = key_bytes(key)
         _check_agent(agent_id)
         _check_priority(priority)
@@ -224,6 +231,8 @@ class IntelligentCacheSystem:
         Raises:
             InvalidArgumentError: wrong key type or agent id.
         """
+        if self._closed:
+            raise StateError("the cache system is closed")
         kb = key_bytes(key)
         _check_agent(agent_id)
         h = key_hash(kb)
@@ -286,6 +295,8 @@ class IntelligentCacheSystem:
 
     def contains(self, key: str | bytes | int) -> bool:
         """True when some level holds ``key`` (no statistics, no promotion)."""
+        if self._closed:
+            raise StateError("the cache system is closed")
         kb = key_bytes(key)
         h = key_hash(kb)
         if self._l1 is not None and kb in self._l1:
@@ -300,6 +311,8 @@ class IntelligentCacheSystem:
 
     def delete(self, key: str | bytes | int, agent_id: str = "default") -> bool:
         """Remove ``key`` from every level (for every process); True when some level held it."""
+        if self._closed:
+            raise StateError("the cache system is closed")
         kb = key_bytes(key)
         _check_agent(agent_id)
         h = key_hash(kb)
@@ -315,6 +328,8 @@ class IntelligentCacheSystem:
 
     def clear(self) -> None:
         """Empty every level — the shared ones for every process of the namespace."""
+        if self._closed:
+            raise StateError("the cache system is closed")
         if self._l1 is not None:
             self._l1.clear()
         if self._l2 is not None:

@@ -436,3 +436,19 @@ def test_views_inherited_by_a_forked_child_stay_valid_after_close(ns: str) -> No
     del view
     gc.collect()
     cache.destroy()
+
+
+def test_closed_cache_refuses_calls(ns: str) -> None:
+    """After close(), operations raise StateError instead of silently skipping the shared levels."""
+    from sutazai_hwopt.errors import StateError
+
+    cache = IntelligentCacheSystem(_cfg(ns))
+    cache.put("k", "v", "a")
+    other = IntelligentCacheSystem(_cfg(ns))
+    cache.close()
+    for call in (lambda: cache.get("k", "a"), lambda: cache.put("k", "v", "a"), lambda: cache.contains("k"),
+                 lambda: cache.delete("k"), cache.clear):
+        with pytest.raises(StateError):
+            call()
+    assert other.get("k", "b") == ("v", "L2")
+    other.destroy()
