@@ -36,107 +36,21 @@ from sutazai_hwopt.errors import (
     StateError,
 )
 
-cdef extern from *:
-    """
-    #define SZ_IDX_MAGIC 0x3158444943485A53ULL
-    #define SZ_BLK_MAGIC 0xB10C5A11U
-    """
-    const uint64_t IDX_MAGIC "SZ_IDX_MAGIC"
-    const uint32_t BLK_MAGIC "SZ_BLK_MAGIC"
-    int __builtin_popcountll(unsigned long long) nogil
-
-cdef enum:
-    IDX_VERSION = 2
-    PSTAT_WORDS = 8       # per-process counters: one 64-byte line per process slot
-    IHDR_BYTES = 4096
-    BLK_HDR = 128
-    MAXPROC = 256
-    NPRIO = 10
-    COPY_NOGIL = 65536
-    PENDING_MAX = 16
-
-# Block states.
-ST_WRITING = 1
-ST_VALID = 2
-ST_LOADING = 3
-ST_FAILED = 4
-ST_DEAD = 5
-
-ctypedef struct ihdr_t:
-    uint64_t magic
-    uint64_t version
-    uint64_t nslots
-    uint64_t slots_off
-    uint64_t nstripes
-    uint64_t stripes_off
-    uint64_t procs_off
-    uint64_t max_entries
-    uint64_t hand
-    uint64_t count
-    uint64_t nbytes
-    uint64_t zombies
-    uint64_t zombie_bytes
-    uint64_t seq
-    uint64_t prio_count[10]
-    uint64_t st_hits
-    uint64_t st_misses
-    uint64_t st_inserts
-    uint64_t st_updates
-    uint64_t st_evictions
-    uint64_t st_evicted_bytes
-    uint64_t st_deletes
-    uint64_t st_repairs
-    uint64_t st_reclaims
-    uint64_t st_pinned_evictions
-    uint64_t q_head[10]     # newest entry of each priority queue
-    uint64_t q_tail[10]     # oldest
-    uint64_t q_hand[10]     # SIEVE hand (0: start at the tail)
-    uint64_t pstats_off     # per-process-slot hit/miss counters (no cache line shared between readers)
-
-ctypedef struct slot_t:
-    uint64_t hash
-    uint64_t off
-    uint32_t klen
-    uint8_t ref
-    uint8_t prio
-    uint16_t pad
-
-ctypedef struct proc_t:
-    uint32_t pid
-    uint32_t pad
-    uint64_t start
-
-ctypedef struct blk_t:
-    uint32_t magic
-    uint32_t state
-    uint64_t hash
-    uint64_t seq
-    uint32_t klen
-    uint32_t hlen
-    uint64_t vlen
-    uint32_t pins
-    uint16_t kind
-    uint8_t prio
-    uint8_t pad8
-    uint32_t owner_pid
-    uint32_t gen
-    uint64_t owner_start
-    uint64_t pinmap[4]
-    uint64_t size       # bytes requested from the heap for this block
-    uint64_t qprev      # SIEVE queue links (towards the older / newer entry); derived, rebuilt by repair
-    uint64_t qnext
-    uint64_t visited
+from shmcache_layout cimport *
 
 #: Processes that can hold zero-copy views at once (process slots in the pin bitmap).
 MAX_PROCESSES = MAXPROC
 #: Bytes of block header before the key.
 BLOCK_HEADER = BLK_HDR
-STATES = {ST_WRITING: "writing", ST_VALID: "valid", ST_LOADING: "loading", ST_FAILED: "failed",
-          ST_DEAD: "dead"}
+#: Block states (Python names of the C enum).
+ST_WRITING = S_WRITING
+ST_VALID = S_VALID
+ST_LOADING = S_LOADING
+ST_FAILED = S_FAILED
+ST_DEAD = S_DEAD
+STATES = {S_WRITING: "writing", S_VALID: "valid", S_LOADING: "loading", S_FAILED: "failed", S_DEAD: "dead"}
 
 
-cdef inline uint64_t r64(uint64_t n) noexcept nogil:
-    return (n + 63) & ~(<uint64_t>63)
 
 
 def layout_for(uint64_t nslots):
@@ -368,7 +282,7 @@ cdef class ShmIndex:
             b.pinmap[w] &= ~word
             b.pins -= 1
             n += 1
-            if b.state == ST_DEAD and b.pins == 0:
+            if b.state == S_DEAD and b.pins == 0:
                 self.ih.zombies -= 1
                 self.ih.zombie_bytes -= b.size
                 self._free_block(<uint64_t>off)
@@ -449,7 +363,7 @@ cdef class ShmIndex:
         cdef blk_t *b = <blk_t *>(self.base + off)
         self._bump(b.hash)
         if b.pins:
-            b.state = ST_DEAD
+            b.state = S_DEAD
             self.ih.zombies += 1
             self.ih.zombie_bytes += b.size
             if evicted:
@@ -512,7 +426,7 @@ cdef class ShmIndex:
             return False
         off = self.slots[i].off
         b = <blk_t *>(self.base + off)
-        if keep and b.state == ST_VALID:
+        if keep and b.state == S_VALID:
             rec = self._record(off)
         self.ih.st_evictions += 1
         self.ih.st_evicted_bytes += b.size
@@ -541,7 +455,7 @@ cdef class ShmIndex:
 
     # ---- public operations ---------------------------------------------------------------------------------
     def put(self, const uint8_t[::1] key, uint64_t h, int kind, int prio, const uint8_t[::1] head,
-            list body, int state=ST_VALID, bint demote=False, uint32_t owner_pid=0, uint64_t owner_start=0,
+            list body, int state=S_VALID, bint demote=False, uint32_t owner_pid=0, uint64_t owner_start=0,
             uint32_t gen=0, bint visited=False):
         """Store ``key`` -> (kind, head, concatenated ``body`` buffers), replacing any previous entry.
 
@@ -571,7 +485,7 @@ cdef class ShmIndex:
             raise InvalidArgumentError(f"kind must be in 0..65535, got {kind}")
         if klen == 0:
             raise InvalidArgumentError("key must not be empty")
-        if state not in (ST_VALID, ST_LOADING, ST_FAILED):
+        if state not in (S_VALID, S_LOADING, S_FAILED):
             raise InvalidArgumentError(f"state must be valid, loading or failed, got {state}")
         for part in body:
             mv = memoryview(part).cast("B")
@@ -590,7 +504,7 @@ cdef class ShmIndex:
             off = self._alloc(n, victims, demote)
             b = <blk_t *>(self.base + off)
             memset(b, 0, BLK_HDR)
-            b.state = ST_WRITING
+            b.state = S_WRITING
             b.magic = BLK_MAGIC
             b.hash = h
             b.klen = klen
@@ -655,7 +569,7 @@ cdef class ShmIndex:
         self._lock()
         try:
             i = self._lookup_locked(key, h)
-            if i < 0 or (<blk_t *>(self.base + self.slots[i].off)).state != ST_VALID:
+            if i < 0 or (<blk_t *>(self.base + self.slots[i].off)).state != S_VALID:
                 if count:
                     if self.proc_slot >= 0:
                         self.pstats[self.proc_slot * PSTAT_WORDS + 1] += 1
@@ -738,7 +652,7 @@ cdef class ShmIndex:
             return 0   # our pins were reclaimed (we were taken for dead) — nothing to release
         b.pinmap[p >> 6] &= ~(<uint64_t>1 << (p & 63))
         b.pins -= 1
-        if b.state == ST_DEAD and b.pins == 0:
+        if b.state == S_DEAD and b.pins == 0:
             self.ih.zombies -= 1
             self.ih.zombie_bytes -= b.size
             self._free_block(off)
@@ -750,7 +664,7 @@ cdef class ShmIndex:
         self._lock()
         try:
             i = self._lookup_locked(key, h)
-            return i >= 0 and (<blk_t *>(self.base + self.slots[i].off)).state == ST_VALID
+            return i >= 0 and (<blk_t *>(self.base + self.slots[i].off)).state == S_VALID
         finally:
             self._unlock()
 
@@ -785,11 +699,11 @@ cdef class ShmIndex:
             i = self._lookup_locked(key, h)
             if i >= 0:
                 b = <blk_t *>(self.base + self.slots[i].off)
-                if b.state == ST_VALID or (b.state == ST_LOADING and (expect_gen == 0 or b.gen != expect_gen)):
+                if b.state == S_VALID or (b.state == S_LOADING and (expect_gen == 0 or b.gen != expect_gen)):
                     return (False, b.state, b.owner_pid, b.owner_start, b.gen)
             gen = <uint32_t>((self.ih.seq + 1) & 0xFFFFFFFF) or 1
-            self.put(key, h, 0, 0, b"", [], ST_LOADING, False, pid, start, gen)
-            return (True, ST_LOADING, pid, start, gen)
+            self.put(key, h, 0, 0, b"", [], S_LOADING, False, pid, start, gen)
+            return (True, S_LOADING, pid, start, gen)
         finally:
             self._unlock()
 
@@ -804,14 +718,14 @@ cdef class ShmIndex:
             if i < 0:
                 return False
             b = <blk_t *>(self.base + self.slots[i].off)
-            if b.state != ST_LOADING or b.gen != gen:
+            if b.state != S_LOADING or b.gen != gen:
                 return False
             if failure is None:
                 off = self.slots[i].off
                 self._remove_slot(<uint64_t>i)
                 self._retire(off, False)
             else:
-                self.put(key, h, 0, 0, failure, [], ST_FAILED, False, b.owner_pid, b.owner_start, gen)
+                self.put(key, h, 0, 0, failure, [], S_FAILED, False, b.owner_pid, b.owner_start, gen)
             return True
         finally:
             self._unlock()
@@ -921,103 +835,16 @@ cdef class ShmIndex:
         self.flush_unpins()
         return len(self.local_pins)
 
-    # ---- invariants and recovery ---------------------------------------------------------------------------
+    # ---- invariants and recovery (implemented in shmcache_check.pxi) ---------------------------------------
     def check(self):
         """Verify every invariant of the index against the heap; True, or CorruptionError naming the broken one.
 
         Slots: block magic, committed state, hash / key length / priority agree with the block, each entry is
         reachable from its home slot without crossing an empty slot, keys are unique. Counters: entries, bytes,
-        per-priority counts, zombies. Heap: every allocation is an indexed block or a pinned zombie; pin counts
+        per-priority counts, zombies. SIEVE queues: links, membership, priority, length, head and hand. Heap: every allocation is an indexed block or a pinned zombie; pin counts
         equal their bitmaps, which name registered process slots only.
         """
-        cdef uint64_t i, j, off, nbytes = 0, count = 0, zb = 0, nz = 0
-        cdef uint64_t pc[10]
-        cdef blk_t *b
-        cdef int p, pins
-        self._lock()
-        try:
-            for p in range(NPRIO):
-                pc[p] = 0
-            indexed = set()
-            keys = set()
-            for i in range(self.ih.nslots):
-                off = self.slots[i].off
-                if not off:
-                    continue
-                b = <blk_t *>(self.base + off)
-                if b.magic != BLK_MAGIC:
-                    raise CorruptionError(f"slot {i} points at {off}, which is not a cache block")
-                if b.state not in (ST_VALID, ST_LOADING, ST_FAILED):
-                    raise CorruptionError(f"slot {i}: indexed block {off} is in state {b.state}")
-                if b.hash != self.slots[i].hash or b.klen != self.slots[i].klen or b.prio != self.slots[i].prio:
-                    raise CorruptionError(f"slot {i} disagrees with its block {off} (hash/klen/prio)")
-                j = b.hash & self.mask
-                while j != i:
-                    if not self.slots[j].off:
-                        raise CorruptionError(f"slot {i} is not reachable from its home slot {b.hash & self.mask}")
-                    j = (j + 1) & self.mask
-                k = (self.base + off + BLK_HDR)[:b.klen]
-                if k in keys:
-                    raise CorruptionError(f"key {k!r} is indexed twice")
-                keys.add(k)
-                indexed.add(off)
-                count += 1
-                nbytes += b.size
-                pc[b.prio] += 1
-            if count != self.ih.count or nbytes != self.ih.nbytes:
-                raise CorruptionError(f"index counters say {self.ih.count} entries / {self.ih.nbytes} bytes, "
-                                      f"the slots hold {count} / {nbytes}")
-            for p in range(NPRIO):
-                if pc[p] != self.ih.prio_count[p]:
-                    raise CorruptionError(f"priority {p} count is {self.ih.prio_count[p]}, slots hold {pc[p]}")
-            for p in range(NPRIO):
-                n = 0
-                prev = 0
-                off = self.ih.q_tail[p]
-                hand_seen = self.ih.q_hand[p] == 0
-                while off:
-                    if off not in indexed:
-                        raise CorruptionError(f"SIEVE queue {p} holds {off}, which is not indexed")
-                    b = <blk_t *>(self.base + off)
-                    if b.prio != p or b.qprev != prev:
-                        raise CorruptionError(f"SIEVE queue {p}: block {off} has priority {b.prio} or a bad link")
-                    hand_seen = hand_seen or off == self.ih.q_hand[p]
-                    n += 1
-                    if n > count:
-                        raise CorruptionError(f"SIEVE queue {p} has a cycle")
-                    prev = off
-                    off = b.qnext
-                if prev != self.ih.q_head[p] or n != pc[p] or not hand_seen:
-                    raise CorruptionError(f"SIEVE queue {p}: {n} linked entries for {pc[p]} indexed, or its "
-                                          f"head/hand is wrong")
-            for off_obj in self.heap.allocations().tolist():
-                off = <uint64_t>off_obj
-                b = <blk_t *>(self.base + off)
-                if b.magic != BLK_MAGIC:
-                    raise CorruptionError(f"heap block {off} is not a cache block (leaked allocation)")
-                pins = 0
-                for p in range(4):
-                    pins += __builtin_popcountll(b.pinmap[p])
-                if pins != <int>b.pins:
-                    raise CorruptionError(f"block {off} counts {b.pins} pins, its bitmap {pins}")
-                for p in range(MAXPROC):
-                    if (b.pinmap[p >> 6] >> (p & 63)) & 1 and self.procs[p].pid == 0:
-                        raise CorruptionError(f"block {off} is pinned by unregistered process slot {p}")
-                if off in indexed:
-                    continue
-                if b.state != ST_DEAD or b.pins == 0:
-                    raise CorruptionError(f"block {off} (state {b.state}, {b.pins} pins) is neither indexed "
-                                          f"nor a pinned zombie")
-                nz += 1
-                zb += b.size
-            if len(indexed) != count:
-                raise CorruptionError("an indexed block is not a live heap allocation")
-            if nz != self.ih.zombies or zb != self.ih.zombie_bytes:
-                raise CorruptionError(f"zombie counters say {self.ih.zombies} / {self.ih.zombie_bytes} bytes, "
-                                      f"the heap holds {nz} / {zb}")
-            return True
-        finally:
-            self._unlock()
+        return _index_check(self)
 
     def repair(self):
         """Rebuild the table and counters from the blocks (runs when a lock holder died).
@@ -1026,71 +853,7 @@ cdef class ShmIndex:
         with the highest sequence number; drops pins of unregistered process slots; bumps every epoch stripe.
         Returns the number of blocks freed.
         """
-        cdef uint64_t off, i
-        cdef blk_t *b
-        cdef blk_t *o
-        cdef int p, freed = 0
-        self._lock()
-        try:
-            best = {}
-            for off_obj in self.heap.allocations().tolist():
-                off = <uint64_t>off_obj
-                b = <blk_t *>(self.base + off)
-                usable = self.heap.usable_size(off_obj)
-                if (b.magic != BLK_MAGIC or b.size > <uint64_t>usable
-                        or BLK_HDR + r64(b.klen) + r64(b.hlen) + b.vlen > b.size or b.prio >= NPRIO
-                        or b.state < ST_WRITING or b.state > ST_DEAD):
-                    b.magic = 0
-                    self.heap.free(off_obj)
-                    freed += 1
-                    continue
-                for p in range(MAXPROC):
-                    if (b.pinmap[p >> 6] >> (p & 63)) & 1 and self.procs[p].pid == 0:
-                        b.pinmap[p >> 6] &= ~(<uint64_t>1 << (p & 63))
-                b.pins = 0
-                for p in range(4):
-                    b.pins += __builtin_popcountll(b.pinmap[p])
-                if b.state == ST_WRITING or (b.state == ST_DEAD and b.pins == 0):
-                    self._free_block(off)
-                    freed += 1
-                    continue
-                if b.state == ST_DEAD:
-                    continue
-                k = (self.base + off + BLK_HDR)[:b.klen]
-                prev = best.get(k)
-                if prev is not None:
-                    o = <blk_t *>(self.base + <uint64_t>prev)
-                    if o.seq > b.seq:
-                        prev, off_obj = off_obj, prev
-                    o = <blk_t *>(self.base + <uint64_t>prev)
-                    if o.pins:
-                        o.state = ST_DEAD
-                    else:
-                        self._free_block(<uint64_t>prev)
-                        freed += 1
-                best[k] = off_obj
-            memset(self.slots, 0, self.ih.nslots * sizeof(slot_t))
-            self.ih.count = 0
-            self.ih.nbytes = 0
-            self.ih.hand = 0
-            for p in range(NPRIO):
-                self.ih.prio_count[p] = 0
-                self.ih.q_head[p] = 0
-                self.ih.q_tail[p] = 0
-                self.ih.q_hand[p] = 0
-            order = sorted(best.values(), key=lambda o: (<blk_t *>(self.base + <uint64_t>o)).seq)
-            for off_obj in order:
-                self._insert_slot(<uint64_t>off_obj)
-            self.ih.zombies = 0
-            self.ih.zombie_bytes = 0
-            for off_obj in self.heap.allocations().tolist():
-                b = <blk_t *>(self.base + <uint64_t>off_obj)
-                if b.state == ST_DEAD:
-                    self.ih.zombies += 1
-                    self.ih.zombie_bytes += b.size
-            for i in range(self.ih.nstripes):
-                self.stripes[i] += 1
-            self.ih.st_repairs += 1
-            return freed
-        finally:
-            self._unlock()
+        return _index_repair(self)
+
+
+include "shmcache_check.pxi"
