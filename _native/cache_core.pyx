@@ -152,7 +152,7 @@ cdef class CacheCore:
 
     def __init__(self, int64_t maxsize, str policy="adaptive", int64_t max_weight=-1, object weigher=None,
                  object ttl=None, object on_evict=None, object clock=None, double window=0.01,
-                 int64_t climb_period=0, int64_t sketch_period=0):
+                 int64_t climb_period=0, int64_t sketch_period=0, int64_t sketch_min=0):
         cdef int32_t i
         if self.kv != NULL:
             raise InvalidArgumentError("CacheCore.__init__ may be called only once")
@@ -190,7 +190,7 @@ cdef class CacheCore:
                 raise InvalidArgumentError(f"window must be in [0, 1), got {window!r}")
             self._set_window(max(1, <int64_t>(window * maxsize)) if maxsize > 1 else 0)
             self.sk_mask = 1
-            while self.sk_mask * 8 < <uint64_t>min(maxsize, 1 << 24):
+            while self.sk_mask * 8 < <uint64_t>min(max(maxsize, sketch_min), 1 << 24):
                 self.sk_mask <<= 1
             self.sketch = <uint8_t*>PyMem_Malloc(self.sk_mask << 6)
             if self.sketch == NULL:

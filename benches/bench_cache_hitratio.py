@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import traces  # noqa: E402
+import traces
 
-from sutazai_hwopt._native.cache_core import POLICIES, CacheCore  # noqa: E402
+from sutazai_hwopt._native.cache_core import POLICIES, CacheCore
 
 LCS = ("LRU", "LFU", "ARC", "LIRS", "S3FIFO", "Sieve", "WTinyLFU")
 #: our policy -> libCacheSim policy whose hit counts must agree (the "Done when" check).
@@ -54,7 +54,7 @@ def theine_hits(trace: np.ndarray, size: int) -> int:
     hits = 0
     get, set_ = c.get, c.set
     for k in trace.tolist():
-        v, ok = get(k)
+        _, ok = get(k)
         if ok:
             hits += 1
         else:
