@@ -36,7 +36,27 @@ from sutazai_hwopt.errors import (
     StateError,
 )
 
+from pool_layout cimport hdr_t
 from shmcache_layout cimport *
+
+cdef extern from *:
+    """
+    #if defined(__GLIBC__) && (defined(__x86_64__) || defined(__aarch64__))
+    /* glibc keeps the lock word (0 = free, else owner tid | waiters bit) first in pthread_mutex_t. */
+    static inline int sz_mutex_busy(const char *m) { return __atomic_load_n((const int *)m, __ATOMIC_RELAXED) != 0; }
+    #else
+    static inline int sz_mutex_busy(const char *m) { (void)m; return 0; }
+    #endif
+    #if defined(__x86_64__) || defined(__i386__)
+    static inline void sz_pause(void) { __builtin_ia32_pause(); }
+    #elif defined(__aarch64__)
+    static inline void sz_pause(void) { __asm__ __volatile__("yield"); }
+    #else
+    static inline void sz_pause(void) { }
+    #endif
+    """
+    bint sz_mutex_busy(const char *m) nogil
+    void sz_pause() nogil
 
 #: Processes that can hold zero-copy views at once (process slots in the pin bitmap).
 MAX_PROCESSES = MAXPROC
@@ -148,6 +168,7 @@ cdef class ShmIndex:
     cdef dict local_pins
     cdef list pending
     cdef Py_ssize_t nviews
+    cdef int depth
 
     def __cinit__(self):
         self.has_view = False
@@ -199,14 +220,27 @@ cdef class ShmIndex:
 
     # ---- locking -------------------------------------------------------------------------------------------
     cdef int _lock(self) except -1:
+        cdef int n = 0
         if self.base == NULL:
             raise StateError("the cache index handle is closed")
+        if self.depth == 0:
+            # Spin briefly while another process holds the lock (a hint read of the mutex word, never a
+            # write) instead of going straight to a futex sleep: critical sections here are sub-microsecond.
+            while n < SPIN_MAX and sz_mutex_busy(<const char *>&(<hdr_t *>self.base).mutex_space[0]):
+                sz_pause()
+                n += 1
         self.heap.acquire()
-        if self.pending and self.heap.locked_here:
-            self._drain_pending()
+        self.depth += 1
+        if self.pending:
+            try:
+                self._drain_pending()
+            except BaseException:
+                self._unlock()
+                raise
         return 0
 
     cdef int _unlock(self) except -1:
+        self.depth -= 1
         self.heap.release()
         return 0
 
@@ -558,7 +592,7 @@ cdef class ShmIndex:
         return self._find(&key[0], <uint32_t>key.shape[0], h)
 
     def get(self, const uint8_t[::1] key, uint64_t h, bint pin=True, bint count=True):
-        """Look ``key`` up; on a hit set its reference bit and return ``(kind, prio, head, body)``.
+        """Look ``key`` up; on a hit set its visited bit and return ``(kind, prio, head, body)``.
 
         ``body`` is a pinned :class:`BlockView` (zero-copy) when ``pin`` and this process holds a process
         slot, else a ``bytes`` copy. Loading markers and failures read as misses. Returns None on a miss.
@@ -566,6 +600,12 @@ cdef class ShmIndex:
         cdef int64_t i
         cdef blk_t *b
         cdef uint64_t off
+        cdef char *hd
+        cdef BlockView v = None
+        # Python objects are made outside the lock (the critical section is only the lookup and the pin);
+        # the head is read after unlocking, from a block our pin keeps alive.
+        if pin and self.proc_slot >= 0:
+            v = BlockView.__new__(BlockView)
         self._lock()
         try:
             i = self._lookup_locked(key, h)
@@ -586,20 +626,17 @@ cdef class ShmIndex:
                 else:
                     self.ih.st_hits += 1
             hd = self.base + off + BLK_HDR + r64(b.klen)
-            head = hd[:b.hlen]
-            if pin and self.proc_slot >= 0:
-                body = self._pin_view(off)
-            else:
-                body = (hd + r64(b.hlen))[:b.vlen]
-            return (b.kind, b.prio, head, body)
+            if v is None:
+                return (b.kind, b.prio, hd[:b.hlen], (hd + r64(b.hlen))[:b.vlen])
+            self._pin_into(off, v)
         finally:
             self._unlock()
+        return (b.kind, b.prio, hd[:b.hlen], v)
 
-    cdef BlockView _pin_view(self, uint64_t off):
+    cdef int _pin_into(self, uint64_t off, BlockView v) except -1:
+        # Under the lock. No GC-tracked object is allocated between reading and writing the local count (a
+        # cyclic-GC run in between could dealloc views of this block and change it).
         cdef blk_t *b = <blk_t *>(self.base + off)
-        # Allocate the view first: allocating a GC-tracked object may run the cyclic GC, whose BlockView
-        # deallocs change local_pins; nothing below allocates a GC-tracked object before the count is written.
-        cdef BlockView v = BlockView.__new__(BlockView)
         cdef int p = self.proc_slot
         c = self.local_pins.get(off, 0)
         if c == 0:
@@ -613,7 +650,7 @@ cdef class ShmIndex:
         v.off = off
         v.ptr = self.base + off + BLK_HDR + r64(b.klen) + r64(b.hlen)
         v.length = <Py_ssize_t>b.vlen
-        return v
+        return 0
 
     cdef void _unpin_quiet(self, uint64_t off) noexcept:
         # Called from BlockView.__dealloc__: never raise. A view of a block this process pins more than once

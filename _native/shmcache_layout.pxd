@@ -24,6 +24,7 @@ cdef enum:
     NPRIO = 10
     COPY_NOGIL = 65536
     PENDING_MAX = 16
+    SPIN_MAX = 200        # pause iterations before a contended lock falls back to a futex wait
 
 # Block states.
 cdef enum:
