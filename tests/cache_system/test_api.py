@@ -452,3 +452,15 @@ def test_closed_cache_refuses_calls(ns: str) -> None:
             call()
     assert other.get("k", "b") == ("v", "L2")
     other.destroy()
+
+
+def test_l1_only_configuration(ns: str) -> None:
+    """With only L1, values live in the process and one larger than l1_size is a WeightError."""
+    cache = IntelligentCacheSystem(_cfg(ns, l2_size=0, l3_size=0))
+    cache.put("k", b"v", "a")
+    assert cache.get("k", "a") == (b"v", "L1")
+    with pytest.raises(WeightError, match="L1 budget"):
+        cache.put("big", b"x" * (1 << 19), "a")
+    assert cache.get("k", "a") == (b"v", "L1") and not cache.contains("big")
+    assert cache.get_or_load("n", "a", lambda k: 5) == 5 and cache.get("n", "a") == (5, "L1")
+    cache.destroy()
