@@ -5,9 +5,13 @@
 #   LRU; LFU with O(1) frequency buckets (Shah, Mitra, Matani 2010), ties evict the oldest of the lowest
 #   frequency; ARC (Megiddo & Modha, FAST 2003, Fig. 4, real-valued target p); S3-FIFO (Yang et al.,
 #   SOSP 2023); SIEVE (Zhang et al., NSDI 2024); W-TinyLFU (Einziger, Friedman, Manes, ACM ToS 2017) with a
-#   1% window and SLRU main; LIRS (Jiang & Zhang, SIGMETRICS 2002); "adaptive": W-TinyLFU whose window is
-#   tuned by hill climbing on the sampled hit ratio (Einziger et al., "Adaptive Software Cache Management",
-#   Middleware 2018).
+#   1% window and SLRU main; LIRS (Jiang & Zhang, SIGMETRICS 2002); "adaptive": runs one of LRU, W-TinyLFU,
+#   LIRS and S3-FIFO, chosen by miniature simulations (Waldspurger et al., "Cache Modeling and Optimization
+#   using Miniature Simulations", ATC 2017): shadow caches of maxsize/R entries fed with the 1/R of keys
+#   whose hash falls in the sample (set dueling, Qureshi et al., ISCA 2007); every selection period the
+#   decayed shadow hit counts are compared and, when another policy leads by more than 1% of the sampled
+#   accesses, the resident entries are migrated into its structure. (The hill-climbing W-TinyLFU of Einziger
+#   et al., Middleware 2018, was tried first and measured worse: see docs/cache.md.)
 #
 # Atomicity: with the GIL, a method of this class is atomic as long as it runs no Python code. The only
 # Python code it may run is the key's __hash__/__eq__ (the lookup restarts if the table changed meanwhile),
@@ -57,9 +61,13 @@ DEF W_NONE = -100000   # wprv value of a slot not in the timer wheel (heads hold
 DEF F_LIR = 1
 DEF F_INQ = 2
 
+DEF SEED2 = 0x13198A2E03707344 # shadow sampling hash seed
 DEF SEED = 0x243F6A8885A308D3  # TinyLFU sketch hash seed (hex digits of pi)
 
 cdef object _MISSING = object()
+
+#: the policies the adaptive policy selects among (its shadow caches, in this order)
+SELECTABLE = ("lru", "wtinylfu", "lirs", "s3fifo")
 
 POLICIES = ("lru", "lfu", "arc", "s3fifo", "sieve", "wtinylfu", "lirs", "adaptive")
 
@@ -142,6 +150,16 @@ cdef class CacheCore:
     cdef int64_t sk_add, sk_period
     cdef int64_t cl_count, cl_hits, cl_period
     cdef double cl_prev, cl_step
+    # adaptive: miniature simulations (spatially sampled shadow caches) of LRU, W-TinyLFU and LIRS choose
+    # which of them the cache runs (Waldspurger et al., ATC 2017; set dueling, Qureshi et al., ISCA 2007)
+    cdef readonly bint adaptive
+    cdef readonly int64_t switches
+    cdef list shadows
+    cdef int64_t sh_hits[4]
+    cdef double sh_score[4]
+    cdef double sh_n, sh_margin
+    cdef int64_t sh_count, sel_count, sel_period
+    cdef uint64_t sh_thresh
 
     def __cinit__(self, *args, **kwargs):
         self.kv = NULL
@@ -152,7 +170,8 @@ cdef class CacheCore:
 
     def __init__(self, int64_t maxsize, str policy="adaptive", int64_t max_weight=-1, object weigher=None,
                  object ttl=None, object on_evict=None, object clock=None, double window=0.01,
-                 int64_t climb_period=0, int64_t sketch_period=0, int64_t sketch_min=0):
+                 int64_t climb_period=0, int64_t sketch_period=0, int64_t sketch_min=0,
+                 double switch_margin=0.01):
         cdef int32_t i
         if self.kv != NULL:
             raise InvalidArgumentError("CacheCore.__init__ may be called only once")
@@ -161,6 +180,9 @@ cdef class CacheCore:
         if policy not in POLICIES:
             raise InvalidArgumentError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
         self.kind = POLICIES.index(policy)
+        if self.kind == K_ADAPT:
+            self.adaptive = True
+            self.kind = K_WTLFU
         self.maxsize = maxsize
         self.max_weight = max_weight if max_weight >= 0 else (1 << 62)
         self.weigher = weigher
@@ -175,17 +197,17 @@ cdef class CacheCore:
         cdef int64_t ghosts = 0
         if self.kind == K_ARC:
             ghosts = maxsize
-        elif self.kind == K_S3:
+        if self.kind == K_S3 or self.adaptive:
             self.small_max = max(1, <int64_t>(0.1 * maxsize))
             self.ghost_max = max(1, <int64_t>(0.9 * maxsize))
             ghosts = self.ghost_max
-        elif self.kind == K_LIRS:
+        if self.kind == K_LIRS or self.adaptive:
             self.lir_max = max(1, <int64_t>((1.0 - window) * maxsize)) if maxsize > 1 else 1
             if self.lir_max >= maxsize and maxsize > 1:
                 self.lir_max = maxsize - 1
             self.nonres_max = 2 * maxsize
             ghosts = self.nonres_max
-        elif self.kind == K_WTLFU or self.kind == K_ADAPT:
+        if self.kind == K_WTLFU:
             if not (0.0 <= window < 1.0):
                 raise InvalidArgumentError(f"window must be in [0, 1), got {window!r}")
             self._set_window(max(1, <int64_t>(window * maxsize)) if maxsize > 1 else 0)
@@ -199,7 +221,7 @@ cdef class CacheCore:
             self.sk_mask -= 1
             # the adaptive policy ages its sketch twice as often (5 x maxsize samples): measured better on
             # phase shifts at no cost on stable Zipf traces (benches/bench_cache_hitratio.py)
-            self.sk_period = sketch_period if sketch_period > 0 else (5 if self.kind == K_ADAPT else 10) * maxsize
+            self.sk_period = sketch_period if sketch_period > 0 else 10 * maxsize
             self.cl_period = climb_period if climb_period > 0 else max(10 * maxsize, 1000)
             self.cl_step = -0.0625 * maxsize   # first move shrinks (clamped at 1 entry), as in Caffeine
             self.cl_prev = -1.0
@@ -227,6 +249,13 @@ cdef class CacheCore:
             self.bmin = -1
         self.hand = -1
         self._grow(min(self.max_slots, 16))
+        cdef int64_t r
+        if self.adaptive:
+            r = min(64, max(1, maxsize // 128))
+            self.sh_thresh = (<uint64_t>1 << 32) // <uint64_t>r
+            self.shadows = [CacheCore(max(1, maxsize // r), p) for p in SELECTABLE]
+            self.sel_period = climb_period if climb_period > 0 else max(4096, 2 * maxsize)
+            self.sh_margin = switch_margin
 
     def __dealloc__(self):
         cdef int32_t i
@@ -256,7 +285,7 @@ cdef class CacheCore:
             self.expires = <double*>self._re(self.expires, newcap * sizeof(double))
             self.wprv = <int32_t*>self._re(self.wprv, newcap * sizeof(int32_t))
             self.wnxt = <int32_t*>self._re(self.wnxt, newcap * sizeof(int32_t))
-        if self.kind == K_LIRS:
+        if self.kind == K_LIRS or self.lprv != NULL:
             self.lprv = <int32_t*>self._re(self.lprv, newcap * sizeof(int32_t))
             self.lnxt = <int32_t*>self._re(self.lnxt, newcap * sizeof(int32_t))
         for i in range(newcap - 1, old - 1, -1):
@@ -305,8 +334,12 @@ cdef class CacheCore:
 
     cdef int32_t _alloc(self) except -1:
         cdef int32_t i
+        cdef int32_t want
         if self.free_head < 0:
-            self._grow(min(self.max_slots, max(16, 2 * self.cap)))
+            want = max(16, 2 * self.cap)
+            if self.cap < self.maxsize + 2 and want > self.maxsize + 2:
+                want = self.maxsize + 2        # room for the residents first; ghosts may grow it later
+            self._grow(min(self.max_slots, want))
             if self.free_head < 0:
                 raise MemoryError("cache slots exhausted")
         i = self.free_head
@@ -662,7 +695,10 @@ cdef class CacheCore:
         cdef int32_t d
         if self.ln[i].prio:
             self._move(L_PRIO + self.ln[i].prio - 1, i)
-        elif k == K_ADAPT or k == K_WTLFU:
+            return 0
+        if self.adaptive and k != K_WTLFU:
+            self._sk_inc(self.kv[i].hash)    # keep the sketch warm for a switch to W-TinyLFU
+        if k == K_WTLFU:
             self._sk_inc(self.kv[i].hash)
             if self.ln[i].lst == L_PROB:
                 self._unlink(i)
@@ -689,7 +725,9 @@ cdef class CacheCore:
     cdef int _p_insert(self, int32_t i, int32_t g) except -1:
         """Give new resident ``i`` (priority 0) to the policy; ``g`` is a ghost with its hash, or -1."""
         cdef int k = self.kind
-        if k == K_ADAPT or k == K_WTLFU:
+        if self.adaptive and k != K_WTLFU:
+            self._sk_inc(self.kv[i].hash)
+        if k == K_WTLFU:
             self._wt_insert(i)
         elif k == K_ARC:
             self._arc_insert(i, g)
@@ -737,7 +775,7 @@ cdef class CacheCore:
         cdef int32_t v
         if k == K_LRU:
             v = self.ltail[L_MAIN]
-        elif k == K_ADAPT or k == K_WTLFU:
+        elif k == K_WTLFU:
             v = self.ltail[L_PROB]
             if v < 0:
                 v = self.ltail[L_MAIN]
@@ -1096,35 +1134,148 @@ cdef class CacheCore:
             return -1
         return i
 
-    cdef inline void _count(self, bint hit) noexcept:
+    cdef inline int _count(self, bint hit, Py_hash_t h) except -1:
         if hit:
             self.hits += 1
         else:
             self.misses += 1
-        if self.kind == K_ADAPT:
-            self.cl_count += 1
-            self.cl_hits += hit
-            if self.cl_count >= self.cl_period:
-                self._climb()
+        if self.adaptive:
+            if (_mix(<uint64_t>h, SEED2) >> 32) < self.sh_thresh:
+                self._shadow(h)
+            self.sel_count += 1
+            if self.sel_count >= self.sel_period:
+                self._select()
+        return 0
+
+    cdef bint _access(self, object key) except -1:
+        """One get-then-put-on-miss access (the shadows' and simulate's step); True on a hit."""
+        cdef Py_hash_t h = self._hash(key)
+        cdef int32_t i = self._lookup(key, h)
+        if i >= 0:
+            self._count(True, h)
+            self._p_hit(i)
+            return True
+        self._count(False, h)
+        self._put(key, None, 1, -1.0, 0)
+        return False
+
+    cdef int _shadow(self, Py_hash_t h) except -1:
+        cdef int j
+        key = h
+        self.sh_count += 1
+        for j in range(4):
+            if (<CacheCore>self.shadows[j])._access(key):
+                self.sh_hits[j] += 1
+        return 0
+
+    cdef int _select(self) except -1:
+        """End of a selection period: decay the scores, switch if another policy led by > 1 point."""
+        cdef int j, best, cur = SELECTABLE.index(POLICIES[self.kind])
+        for j in range(4):
+            self.sh_score[j] = 0.5 * self.sh_score[j] + self.sh_hits[j]
+            self.sh_hits[j] = 0
+        self.sh_n = 0.5 * self.sh_n + self.sh_count
+        self.sh_count = 0
+        self.sel_count = 0
+        best = cur
+        for j in range(4):
+            if self.sh_score[j] > self.sh_score[best]:
+                best = j
+        if best != cur and self.sh_score[best] - self.sh_score[cur] > self.sh_margin * self.sh_n:
+            self._switch(POLICIES.index(SELECTABLE[best]))
+        return 0
+
+    cdef int _switch(self, int newkind) except -1:
+        """Move the priority-0 entries into ``newkind``'s structure, most recently used kept warmest."""
+        cdef int32_t* order = <int32_t*>self._re(NULL, (self.lvl_cnt[0] + 1) * sizeof(int32_t))
+        cdef int64_t n = 0, j
+        cdef int32_t i, nx, l
+        if self.kind == K_LRU:
+            i = self.lhead[L_MAIN]
+            while i >= 0:
+                order[n] = i; n += 1; i = self.ln[i].nxt
+        elif self.kind == K_WTLFU or self.kind == K_S3:
+            for l in (L_SMALL, L_MAIN, L_PROB):
+                i = self.lhead[l]
+                while i >= 0:
+                    order[n] = i; n += 1; i = self.ln[i].nxt
+            i = self.lhead[L_G1]             # S3-FIFO ghosts: forgotten
+            while i >= 0:
+                nx = self.ln[i].nxt
+                self._tdelete(i)
+                self._free(i)
+                i = nx
+        else:
+            i = self.lhead[L_MAIN]
+            while i >= 0:
+                if self.kv[i].key != NULL:
+                    order[n] = i; n += 1
+                i = self.ln[i].nxt
+            i = self.lhead[L_SMALL]
+            while i >= 0:
+                if self.ln[i].lst != L_MAIN:
+                    order[n] = i; n += 1
+                i = self.lnxt[i]
+            i = self.lhead[L_G1]             # non-resident LIRS blocks: forgotten
+            while i >= 0:
+                nx = self.lnxt[i]
+                self._tdelete(i)
+                self._free(i)
+                i = nx
+        for j in range(L_PRIO):
+            self.lhead[j] = -1
+            self.ltail[j] = -1
+            self.lcnt[j] = 0
+        self.kind = newkind
+        self.switches += 1
+        self.s3_evicted = True
+        if newkind == K_LIRS and self.lprv == NULL:
+            self.lprv = <int32_t*>self._re(NULL, self.cap * sizeof(int32_t))
+            self.lnxt = <int32_t*>self._re(NULL, self.cap * sizeof(int32_t))
+        for j in range(n - 1, -1, -1):
+            i = order[j]
+            self.ln[i].lst = -1
+            self.ln[i].freq = 0
+            if newkind == K_LRU or newkind == K_S3:
+                self._push(L_MAIN, i)
+            elif newkind == K_WTLFU:
+                self._push(L_SMALL, i)
+                while self.lcnt[L_SMALL] > self.win_max:
+                    nx = self.ltail[L_SMALL]
+                    self._unlink(nx)
+                    self._push(L_PROB, nx)
+            elif self.lcnt[L_PROB] < self.lir_max:
+                self.ln[i].freq = F_LIR
+                self.lcnt[L_PROB] += 1
+                self._push(L_MAIN, i)
+            else:
+                self.ln[i].freq = F_INQ
+                self._push(L_MAIN, i)
+                self._qpush(L_SMALL, i)
+        PyMem_Free(order)
+        self.version += 1
+        return 0
 
     def __getitem__(self, key):
-        cdef int32_t i = self._lookup(key, self._hash(key))
+        cdef Py_hash_t h = self._hash(key)
+        cdef int32_t i = self._lookup(key, h)
         if i >= 0:
-            self._count(True)
+            self._count(True, h)
             self._p_hit(i)
             return <object>self.kv[i].val
-        self._count(False)
+        self._count(False, h)
         raise KeyError(key)
 
     @cython.binding(False)   # a plain method descriptor: the fastest call path CPython offers
     def get(self, key, default=None):
         """Return the value of ``key`` (an access: counts a hit or miss) or ``default``."""
-        cdef int32_t i = self._lookup(key, self._hash(key))
+        cdef Py_hash_t h = self._hash(key)
+        cdef int32_t i = self._lookup(key, h)
         if i >= 0:
-            self._count(True)
+            self._count(True, h)
             self._p_hit(i)
             return <object>self.kv[i].val
-        self._count(False)
+        self._count(False, h)
         return default
 
     def peek(self, key, default=None):
@@ -1336,7 +1487,8 @@ cdef class CacheCore:
     def policy_state(self):
         """Internal policy state for tests and the reference-model comparison."""
         d = {"lists": [self._list(l) for l in range(L_BUCKET)], "arc_p": self.arc_p,
-             "window": self.win_max, "protected_max": self.prot_max, "hand": self._key_of(self.hand)}
+             "window": self.win_max, "protected_max": self.prot_max, "hand": self._key_of(self.hand),
+             "kind": POLICIES[self.kind], "switches": self.switches}
         if self.kind == K_LFU:
             b = self.bmin
             buckets = []
@@ -1388,24 +1540,16 @@ cdef class CacheCore:
             n += (self.sk_mask + 1) << 6
         if self.bfreq != NULL:
             n += self.nlists * (sizeof(int64_t) + 2 * sizeof(int32_t))
+        if self.shadows:
+            n += sum(sh.__sizeof__() for sh in self.shadows)
         return n
 
     def simulate(self, const int64_t[::1] trace):
         """Replay integer keys as get-then-put-on-miss (value None); return the number of hits."""
         cdef Py_ssize_t t, n = trace.shape[0]
         cdef int64_t before = self.hits
-        cdef int32_t i
-        cdef Py_hash_t h
         for t in range(n):
-            key = trace[t]
-            h = self._hash(key)
-            i = self._lookup(key, h)
-            if i >= 0:
-                self._count(True)
-                self._p_hit(i)
-            else:
-                self._count(False)
-                self._put(key, None, 1, -1.0, 0)
+            self._access(trace[t])
         return self.hits - before
 
     def check(self):

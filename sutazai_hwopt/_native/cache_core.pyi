@@ -6,6 +6,7 @@ import numpy.typing as npt
 from typing_extensions import disjoint_base
 
 POLICIES: tuple[str, ...]
+SELECTABLE: tuple[str, ...]
 __test__: dict[str, str]
 
 def __reduce_cython__(self: Any) -> Any: ...
@@ -15,6 +16,8 @@ def __setstate_cython__(self: Any, __pyx_state: Any) -> Any: ...
 
 class CacheCore:
     kind: int
+    adaptive: bool
+    switches: int
     maxsize: int
     max_weight: int
     hits: int
@@ -39,6 +42,7 @@ class CacheCore:
         climb_period: int = 0,
         sketch_period: int = 0,
         sketch_min: int = 0,
+        switch_margin: float = 0.01,
     ) -> None: ...
     def __getitem__(self, key: Hashable, /) -> Any: ...
     def get(self, key: Hashable, default: Any = None) -> Any: ...

@@ -69,8 +69,8 @@ class Cache(CacheCore, LoadingMixin):
 
     Args:
         maxsize: most entries kept (1 .. 2**29).
-        policy: one of :data:`~sutazai_hwopt.cache.policies.POLICIES`; ``"adaptive"`` (the default) is
-            W-TinyLFU with a hill-climbing window.
+        policy: one of :data:`~sutazai_hwopt.cache.policies.POLICIES`; ``"adaptive"`` (the default) runs
+            whichever of LRU, W-TinyLFU, LIRS and S3-FIFO does best on sampled shadow caches.
         max_bytes: bound on the sum of entry weights; ``None`` for no byte bound.
         weigher: ``weigher(key, value) -> int`` bytes of an entry; defaults to ``sys.getsizeof(value)``
             when ``max_bytes`` is set, else every entry weighs 1.

@@ -24,8 +24,9 @@ _DESCRIPTIONS: Final[dict[str, str]] = {
     "sieve": "SIEVE (Zhang et al., NSDI 2024): FIFO with a visited bit and a moving hand",
     "wtinylfu": "W-TinyLFU (Einziger, Friedman, Manes 2017): 1% LRU window, TinyLFU admission, SLRU main",
     "lirs": "LIRS (Jiang & Zhang, SIGMETRICS 2002): inter-reference recency, 1% resident HIR, 2x ghosts",
-    "adaptive": "W-TinyLFU whose window size is tuned by hill climbing on the hit ratio "
-                "(Einziger et al., Middleware 2018)",
+    "adaptive": "runs whichever of LRU, W-TinyLFU, LIRS and S3-FIFO scores best in spatially sampled "
+                "shadow caches (miniature simulations, Waldspurger et al. ATC 2017; set dueling, Qureshi "
+                "et al. ISCA 2007), migrating the entries when it switches",
 }
 
 

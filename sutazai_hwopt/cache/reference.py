@@ -17,13 +17,16 @@ __all__ = ["RefCache"]
 
 M64 = (1 << 64) - 1
 SEED = 0x243F6A8885A308D3
+SEED2 = 0x13198A2E03707344
+_MISS = object()
+SELECTABLE = ("lru", "wtinylfu", "lirs", "s3fifo")
 POLICIES = ("lru", "lfu", "arc", "s3fifo", "sieve", "wtinylfu", "lirs", "adaptive")
 MAIN, SMALL, PROB, G1, G2 = 0, 1, 2, 3, 4
 PRIO = 10  # list id of priority p is PRIO + p - 1
 
 
-def _mix(h: int) -> int:
-    x = (((h & M64) ^ SEED) * 0x9E3779B97F4A7C15) & M64
+def _mix(h: int, seed: int = SEED) -> int:
+    x = (((h & M64) ^ seed) * 0x9E3779B97F4A7C15) & M64
     return x ^ (x >> 29)
 
 
@@ -45,6 +48,9 @@ class RefCache:
                  clock: Callable[[], float] | None = None, ttl: float | None = None,
                  window: float = 0.01, climb_period: int = 0) -> None:
         self.maxsize = maxsize
+        self.adaptive = policy == "adaptive"
+        if self.adaptive:
+            policy = "wtinylfu"
         self.kind = policy
         self.max_weight = max_weight if max_weight is not None else 1 << 62
         self.clock = clock
@@ -60,15 +66,15 @@ class RefCache:
         self.queue: list[Any] = []        # LIRS Q (resident HIR), head first
         self.nonres: list[Any] = []       # LIRS non-resident FIFO, head first
         self.win_max = self.prot_max = 0
-        if policy == "s3fifo":
+        if policy == "s3fifo" or self.adaptive:
             self.small_max = max(1, int(0.1 * maxsize))
             self.ghost_max = max(1, int(0.9 * maxsize))
-        if policy == "lirs":
+        if policy == "lirs" or self.adaptive:
             self.lir_max = max(1, int(0.99 * maxsize)) if maxsize > 1 else 1
             if self.lir_max >= maxsize > 1:
                 self.lir_max = maxsize - 1
             self.nonres_max = 2 * maxsize
-        if policy in ("wtinylfu", "adaptive"):
+        if policy == "wtinylfu":
             self._set_window(max(1, int(window * maxsize)) if maxsize > 1 else 0)
             mask = 1
             while mask * 8 < min(maxsize, 1 << 24):
@@ -76,11 +82,21 @@ class RefCache:
             self.sk_mask = mask - 1
             self.sketch = bytearray(mask << 6)
             self.sk_add = 0
-            self.sk_period = (5 if policy == "adaptive" else 10) * maxsize
+            self.sk_period = 10 * maxsize
             self.cl_period = climb_period if climb_period > 0 else max(10 * maxsize, 1000)
             self.cl_step = -0.0625 * maxsize
             self.cl_prev = -1.0
             self.cl_count = self.cl_hits = 0
+        self.switches = 0
+        if self.adaptive:
+            r = min(64, max(1, maxsize // 128))
+            self.sh_thresh = (1 << 32) // r
+            self.shadows = [RefCache(max(1, maxsize // r), p) for p in SELECTABLE]
+            self.sel_period = climb_period if climb_period > 0 else max(4096, 2 * maxsize)
+            self.sh_hits = [0, 0, 0, 0]
+            self.sh_score = [0.0, 0.0, 0.0, 0.0]
+            self.sh_n = 0.0
+            self.sh_count = self.sel_count = 0
         self.tick = min(max(self.default_ttl / 32.0, 0.001), 60.0) if self.default_ttl > 0 else 1.0
 
     # ---------------------------------------------------------------- helpers
@@ -166,13 +182,70 @@ class RefCache:
         self.cl_prev = rate
         self.cl_count = self.cl_hits = 0
 
-    def _count(self, hit: bool) -> None:
+    def _count(self, hit: bool, h: int) -> None:
         self.counters["hits" if hit else "misses"] += 1
-        if self.kind == "adaptive":
-            self.cl_count += 1
-            self.cl_hits += hit
-            if self.cl_count >= self.cl_period:
-                self._climb()
+        if self.adaptive:
+            if (_mix(h, SEED2) >> 32) < self.sh_thresh:
+                self.sh_count += 1
+                for j, sh in enumerate(self.shadows):
+                    if sh.access(h):
+                        self.sh_hits[j] += 1
+            self.sel_count += 1
+            if self.sel_count >= self.sel_period:
+                self._select()
+
+    def access(self, key: Hashable) -> bool:
+        """get-then-put-on-miss (value None), as the core's shadows and ``simulate`` do."""
+        if self.get(key, _MISS) is _MISS:
+            self.put(key, None)
+            return False
+        return True
+
+    def _select(self) -> None:
+        names = SELECTABLE
+        cur = names.index(self.kind)
+        for j in range(4):
+            self.sh_score[j] = 0.5 * self.sh_score[j] + self.sh_hits[j]
+            self.sh_hits[j] = 0
+        self.sh_n = 0.5 * self.sh_n + self.sh_count
+        self.sh_count = 0
+        self.sel_count = 0
+        best = cur
+        for j in range(4):
+            if self.sh_score[j] > self.sh_score[best]:
+                best = j
+        if best != cur and self.sh_score[best] - self.sh_score[cur] > 0.01 * self.sh_n:
+            self._switch(names[best])
+
+    def _switch(self, new: str) -> None:
+        if self.kind == "lru":
+            order = list(self.lists[MAIN])
+        elif self.kind in ("wtinylfu", "s3fifo"):
+            order = self.lists[SMALL] + self.lists[MAIN] + self.lists[PROB]
+        else:
+            order = [x for x in self.lists[MAIN] if isinstance(x, _Entry)]
+            order += [x for x in self.queue if not self._in_s(x)]
+        for j in range(PRIO):
+            self.lists[j] = []
+        self.queue, self.nonres, self.lir_n = [], [], 0
+        self.kind = new
+        self.switches += 1
+        self.s3_evicted = True
+        for e in reversed(order):
+            e.freq, e.lir = 0, False
+            if new in ("lru", "s3fifo"):
+                self._push(MAIN, e)
+            elif new == "wtinylfu":
+                self._push(SMALL, e)
+                while len(self.lists[SMALL]) > self.win_max:
+                    self._push(PROB, self.lists[SMALL].pop())
+            elif self.lir_n < self.lir_max:
+                e.lir = True
+                self.lir_n += 1
+                self._push(MAIN, e)
+            else:
+                self._push(MAIN, e)
+                self.queue.insert(0, e)
 
     # ---------------------------------------------------------------- policies
     def _p_hit(self, e: _Entry) -> None:
@@ -180,7 +253,10 @@ class RefCache:
         if e.prio:
             self._unlink(e)
             self._push(PRIO + e.prio - 1, e)
-        elif k in ("wtinylfu", "adaptive"):
+            return
+        if self.adaptive and k != "wtinylfu":
+            self._sk_inc(e.hash)
+        if k == "wtinylfu":
             self._sk_inc(e.hash)
             lid = self._lst(e)
             self._unlink(e)
@@ -205,7 +281,9 @@ class RefCache:
 
     def _p_insert(self, e: _Entry, g: Any) -> None:
         k = self.kind
-        if k in ("wtinylfu", "adaptive"):
+        if self.adaptive and k != "wtinylfu":
+            self._sk_inc(e.hash)
+        if k == "wtinylfu":
             self._wt_insert(e)
         elif k == "arc":
             self._arc_insert(e, g)
@@ -214,9 +292,7 @@ class RefCache:
                 self._unlink(g)
             while self._over() and self._p_evict_one():
                 pass
-            if g is not None:
-                self._push(MAIN, e)
-            elif not self.s3_evicted and len(self.lists[SMALL]) >= self.small_max:
+            if g is not None or (not self.s3_evicted and len(self.lists[SMALL]) >= self.small_max):
                 self._push(MAIN, e)
             else:
                 self._push(SMALL, e)
@@ -252,7 +328,7 @@ class RefCache:
         k = self.kind
         if k == "lru":
             v = self._tail(MAIN)
-        elif k in ("wtinylfu", "adaptive"):
+        elif k == "wtinylfu":
             v = self._tail(PROB) or self._tail(MAIN) or self._tail(SMALL)
         elif k == "sieve":
             return self._sieve_evict()
@@ -552,10 +628,10 @@ class RefCache:
     def get(self, key: Hashable, default: Any = None) -> Any:
         e = self._lookup(key)
         if e is not None:
-            self._count(True)
+            self._count(True, e.hash)
             self._p_hit(e)
             return e.value
-        self._count(False)
+        self._count(False, hash(key))
         return default
 
     def contains(self, key: Hashable) -> bool:
@@ -630,7 +706,8 @@ class RefCache:
 
         d: dict[str, Any] = {"lists": [[name(x) for x in self.lists[i]] for i in range(20)],
                              "arc_p": self.arc_p, "window": self.win_max, "protected_max": self.prot_max,
-                             "hand": None if self.hand is None else name(self.hand)}
+                             "hand": None if self.hand is None else name(self.hand),
+                             "kind": self.kind, "switches": self.switches}
         if self.kind == "lfu":
             d["buckets"] = [(f, [x.key for x in items]) for f, items in self.buckets]
         if self.kind == "lirs":
