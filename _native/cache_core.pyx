@@ -1356,6 +1356,7 @@ cdef class CacheCore:
         cdef double now = 0.0
         cdef int64_t cnt_le = 0, wt_le = 0
         cdef int q
+        cdef bint stored
         if w < 0:
             w = self._check_weight(self.weigher(key, value), "weigher result") if self.weigher is not None else 1
         if ttl < 0 and self.default_ttl > 0:
@@ -1366,7 +1367,11 @@ cdef class CacheCore:
                 self._ensure_ttl()
             if self.n_ttl:
                 self._expire(now)
-        i = self._find(key, h, &g)
+        if self.kind == K_ARC or self.kind == K_S3 or self.kind == K_LIRS:
+            i = self._find(key, h, &g)         # these policies need the ghost with this hash
+        else:
+            i = self._probe(key, h)
+            g = -1
         if i >= 0:
             if self._w(i) == w and self.ln[i].prio == p:
                 self._defer(self.kv[i].val)
@@ -1420,9 +1425,9 @@ cdef class CacheCore:
             self._push(L_PRIO + p - 1, i)
         if HWOPT_DEBUG:
             assert not self._over(), "bound exceeded after put"
-        i = self._find(key, h, &g)
+        stored = self.kv[i].key == <PyObject*>key   # the policy may have refused the new entry itself
         self._release()
-        return i >= 0
+        return stored
 
     def expire(self):
         """Remove the entries whose TTL has passed; return how many were removed."""
