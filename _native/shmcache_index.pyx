@@ -36,6 +36,7 @@ from sutazai_hwopt.errors import (
     StateError,
 )
 
+from debug cimport HWOPT_DEBUG
 from pool_layout cimport hdr_t
 from shmcache_layout cimport *
 
@@ -57,6 +58,19 @@ cdef extern from *:
     """
     bint sz_mutex_busy(const char *m) nogil
     void sz_pause() nogil
+
+# Debug-build resource counters (SUTAZAI_HWOPT_DEBUG=1), per process.
+cdef uint64_t dbg_views_made = 0
+cdef uint64_t dbg_views_freed = 0
+cdef uint64_t dbg_pins_set = 0
+cdef uint64_t dbg_pins_cleared = 0
+
+
+def debug_counters():
+    """Views made/freed and pin bits set/cleared by this process (counted only in a debug build)."""
+    return {"views_made": dbg_views_made, "views_freed": dbg_views_freed, "pins_set": dbg_pins_set,
+            "pins_cleared": dbg_pins_cleared}
+
 
 #: Processes that can hold zero-copy views at once (process slots in the pin bitmap).
 MAX_PROCESSES = MAXPROC
@@ -143,6 +157,9 @@ cdef class BlockView:
 
     def __dealloc__(self):
         if self.idx is not None:
+            if HWOPT_DEBUG:
+                global dbg_views_freed
+                dbg_views_freed += 1
             self.idx.nviews -= 1
             self.idx._unpin_quiet(self.off)
 
@@ -644,7 +661,13 @@ cdef class ShmIndex:
                 raise CorruptionError(f"block {off} is already pinned by this process slot")
             b.pinmap[p >> 6] |= <uint64_t>1 << (p & 63)
             b.pins += 1
+            if HWOPT_DEBUG:
+                global dbg_pins_set
+                dbg_pins_set += 1
         self.local_pins[off] = c + 1
+        if HWOPT_DEBUG:
+            global dbg_views_made
+            dbg_views_made += 1
         v.idx = self
         self.nviews += 1
         v.off = off
@@ -689,6 +712,9 @@ cdef class ShmIndex:
             return 0   # our pins were reclaimed (we were taken for dead) — nothing to release
         b.pinmap[p >> 6] &= ~(<uint64_t>1 << (p & 63))
         b.pins -= 1
+        if HWOPT_DEBUG:
+            global dbg_pins_cleared
+            dbg_pins_cleared += 1
         if b.state == S_DEAD and b.pins == 0:
             self.ih.zombies -= 1
             self.ih.zombie_bytes -= b.size

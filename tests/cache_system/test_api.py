@@ -464,3 +464,24 @@ def test_l1_only_configuration(ns: str) -> None:
     assert cache.get("k", "a") == (b"v", "L1") and not cache.contains("big")
     assert cache.get_or_load("n", "a", lambda k: 5) == 5 and cache.get("n", "a") == (5, "L1")
     cache.destroy()
+
+
+def test_debug_build_counters_balance(ns: str) -> None:
+    """In a debug build, views made/freed and pin bits set/cleared balance once every view is released."""
+    from sutazai_hwopt._native import buildinfo, shmcache_index
+
+    if not buildinfo.DEBUG_BUILD:
+        pytest.skip("counters are compiled in only with SUTAZAI_HWOPT_DEBUG=1")
+    cache = IntelligentCacheSystem(_cfg(ns, l1_size=0))
+    before = shmcache_index.debug_counters()
+    views = []
+    for i in range(50):
+        cache.put(i % 7, np.full(3000, i), "a")
+        views.append(cache.get(i % 7, "a")[0])
+    del views
+    gc.collect()
+    assert cache._l2.index.local_pin_count() == 0
+    after = shmcache_index.debug_counters()
+    d = {k: after[k] - before[k] for k in after}
+    assert d["views_made"] == d["views_freed"] == 50 and d["pins_set"] == d["pins_cleared"] > 0
+    cache.destroy()
