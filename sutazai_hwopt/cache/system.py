@@ -299,8 +299,10 @@ class IntelligentCacheSystem:
             raise StateError("the cache system is closed")
         kb = key_bytes(key)
         h = key_hash(kb)
-        if self._l1 is not None and kb in self._l1:
-            return True
+        if self._l1 is not None:
+            ent = self._l1.peek(kb, _MISS)
+            if ent is not _MISS and (self._l2 is None or self._l2.index.epoch(h) == ent[1]):
+                return True
         if self._l2 is not None and self._l2.index.contains(kb, h):
             return True
         if self._l3 is not None and self._l3.contains(kb, h):

@@ -174,6 +174,7 @@ def test_l1_is_coherent_with_other_processes_writes(ns: str) -> None:
     a.put("k", {"v": 2}, "a")
     assert b.get("k", "b") == ({"v": 2}, "L2")
     a.delete("k")
+    assert not b.contains("k")
     assert b.get("k", "b") == (None, None)
     b.close()
     a.destroy()
