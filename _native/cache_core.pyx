@@ -146,7 +146,7 @@ cdef class CacheCore:
     cdef bint s3_evicted
     cdef int64_t small_max, ghost_max, win_max, prot_max, lir_max, nonres_max
     cdef uint8_t* sketch
-    cdef uint64_t sk_mask
+    cdef uint64_t sk_blocks
     cdef int64_t sk_add, sk_period
     cdef int64_t cl_count, cl_hits, cl_period
     cdef double cl_prev, cl_step
@@ -211,14 +211,13 @@ cdef class CacheCore:
             if not (0.0 <= window < 1.0):
                 raise InvalidArgumentError(f"window must be in [0, 1), got {window!r}")
             self._set_window(max(1, <int64_t>(window * maxsize)) if maxsize > 1 else 0)
-            self.sk_mask = 1
-            while self.sk_mask * 8 < <uint64_t>min(max(maxsize, sketch_min), 1 << 24):
-                self.sk_mask <<= 1
-            self.sketch = <uint8_t*>PyMem_Malloc(self.sk_mask << 6)
+            # one 64-byte block (64 counters) per 8 keys: 8 bytes per entry, any block count (the block
+            # index is a multiply-shift range reduction, Lemire 2019, not a power-of-two mask)
+            self.sk_blocks = max(1, (min(max(maxsize, sketch_min), 1 << 24) + 7) // 8)
+            self.sketch = <uint8_t*>PyMem_Malloc(self.sk_blocks << 6)
             if self.sketch == NULL:
                 raise MemoryError()
-            memset(self.sketch, 0, self.sk_mask << 6)
-            self.sk_mask -= 1
+            memset(self.sketch, 0, self.sk_blocks << 6)
             # the adaptive policy ages its sketch twice as often (5 x maxsize samples): measured better on
             # phase shifts at no cost on stable Zipf traces (benches/bench_cache_hitratio.py)
             self.sk_period = sketch_period if sketch_period > 0 else 10 * maxsize
@@ -309,7 +308,7 @@ cdef class CacheCore:
         # table: a power of two with load factor <= 3/4 when every slot is used
         cdef uint64_t ts = 16
         cdef int sh = 60
-        while 3 * ts < <uint64_t>(4 * newcap):
+        while ts < <uint64_t>(2 * newcap):
             ts <<= 1
             sh -= 1
         if ts != self.tsize:
@@ -638,7 +637,7 @@ cdef class CacheCore:
     # (one per 16-byte row of its block) sit in the block its hash selects, as in Caffeine's sketch.
     cdef inline void _sk_inc(self, Py_hash_t h) noexcept:
         cdef uint64_t x = _mix(<uint64_t>h, SEED)
-        cdef uint8_t* b = &self.sketch[((x >> 32) & self.sk_mask) << 6]
+        cdef uint8_t* b = &self.sketch[(((x >> 32) * self.sk_blocks) >> 32) << 6]
         cdef int r
         for r in range(4):
             if b[(r << 4) + ((x >> (r << 2)) & 15)] < 15:
@@ -649,13 +648,13 @@ cdef class CacheCore:
 
     cdef void _sk_age(self) noexcept:
         cdef uint64_t j
-        for j in range((self.sk_mask + 1) << 6):
+        for j in range(self.sk_blocks << 6):
             self.sketch[j] >>= 1
         self.sk_add //= 2
 
     cdef inline int _sk_est(self, Py_hash_t h) noexcept:
         cdef uint64_t x = _mix(<uint64_t>h, SEED)
-        cdef uint8_t* b = &self.sketch[((x >> 32) & self.sk_mask) << 6]
+        cdef uint8_t* b = &self.sketch[(((x >> 32) * self.sk_blocks) >> 32) << 6]
         cdef int r, m = 15, v
         for r in range(4):
             v = b[(r << 4) + ((x >> (r << 2)) & 15)]
@@ -1542,7 +1541,7 @@ cdef class CacheCore:
         if self.lprv != NULL:
             n += self.cap * 2 * sizeof(int32_t)
         if self.sketch != NULL:
-            n += (self.sk_mask + 1) << 6
+            n += self.sk_blocks << 6
         if self.bfreq != NULL:
             n += self.nlists * (sizeof(int64_t) + 2 * sizeof(int32_t))
         if self.shadows:

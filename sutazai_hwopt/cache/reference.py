@@ -76,11 +76,8 @@ class RefCache:
             self.nonres_max = 2 * maxsize
         if policy == "wtinylfu":
             self._set_window(max(1, int(window * maxsize)) if maxsize > 1 else 0)
-            mask = 1
-            while mask * 8 < min(maxsize, 1 << 24):
-                mask <<= 1
-            self.sk_mask = mask - 1
-            self.sketch = bytearray(mask << 6)
+            self.sk_blocks = max(1, (min(maxsize, 1 << 24) + 7) // 8)
+            self.sketch = bytearray(self.sk_blocks << 6)
             self.sk_add = 0
             self.sk_period = 10 * maxsize
             self.cl_period = climb_period if climb_period > 0 else max(10 * maxsize, 1000)
@@ -145,7 +142,7 @@ class RefCache:
     # ---------------------------------------------------------------- sketch and climber
     def _sk_slots(self, h: int) -> list[int]:
         x = _mix(h)
-        base = ((x >> 32) & self.sk_mask) << 6
+        base = (((x >> 32) * self.sk_blocks) >> 32) << 6
         return [base + (r << 4) + ((x >> (r << 2)) & 15) for r in range(4)]
 
     def _sk_inc(self, h: int) -> None:

@@ -248,3 +248,19 @@ def test_sizeof_within_budget() -> None:
     for i in range(10_000):
         c[i] = None
     assert c.__sizeof__() / 10_000 <= 64
+
+
+def test_adaptive_switches_to_the_better_policy_and_keeps_entries() -> None:
+    """On a zigzag trace where LRU wins, the adaptive policy migrates to LRU and loses no entry."""
+    import numpy as np
+
+    from sutazai_hwopt._native.cache_core import CacheCore
+
+    n = 300
+    zigzag = np.concatenate([np.concatenate([np.arange(n), np.arange(n)[::-1]]) for _ in range(40)])
+    c = CacheCore(200, "adaptive")
+    c.simulate(zigzag.astype(np.int64))
+    assert c.switches >= 1 and c.policy_state()["kind"] == "lru"
+    assert len(c) == 200 and c.check()
+    lru = CacheCore(200, "lru")
+    assert c.hits >= 0.9 * lru.simulate(zigzag.astype(np.int64))
