@@ -16,6 +16,7 @@ import numpy
 import Cython
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).parent
 NATIVE = HERE / "_native"
@@ -62,7 +63,27 @@ def native_extensions() -> list[Extension]:
     return exts
 
 
+MODE = "debug" if DEBUG else "release"
+
+
+class BuildExtForMode(build_ext):
+    """Rebuild everything when switching between a debug and a release build.
+
+    The switch changes only compiler macros, not the sources, so setuptools would otherwise keep the modules
+    of the other mode as up to date.
+    """
+
+    def run(self) -> None:
+        stamp = Path(self.build_temp) / ".hwopt-build-mode"
+        if (stamp.read_text() if stamp.exists() else None) != MODE:
+            self.force = True
+        super().run()
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(MODE)
+
+
 setup(
+    cmdclass={"build_ext": BuildExtForMode},
     ext_modules=cythonize(
         native_extensions(),
         compiler_directives=DIRECTIVES,
