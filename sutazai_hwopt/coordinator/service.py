@@ -34,6 +34,8 @@ DETECT_EVERY = 2
 #: A bottleneck that persists is handed to the eliminator again only after this long (its validation window
 #: and the kernel's reaction need time; re-acting every pass would thrash).
 ACTION_COOLDOWN_S = 30.0
+#: The cache's shared tiers live in the same namespace as the pools, under these segment names.
+_CACHE_TIER_PREFIX = "cache-"
 
 
 def _finite(x: Any) -> Any:
@@ -83,6 +85,7 @@ class CoordinatorService:
         self.baseline: dict[str, Any] = {}
         self.closed = False
         self._placement_dirty = False
+        self._cache_tiers: dict[str, Any] = {}
         self._last_acted: dict[str, float] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -125,6 +128,9 @@ class CoordinatorService:
             restored = 0
             if rollback:
                 restored = len(self.coordinator.rollback() or [])
+            for tier in self._cache_tiers.values():
+                tier.close()
+            self._cache_tiers.clear()
             self.profiler.close()
             self.master.close()
             self.coordinator.close()
@@ -317,13 +323,39 @@ class CoordinatorService:
             })
 
     def _cache_figures(self) -> dict[str, Any]:
-        return {}
+        """Host-wide figures of the namespace's shared cache tiers (L2, L3), read from their shared counters.
+
+        L1 is private to each agent process and is not visible here; the tiers are attached only once an
+        agent has created them.
+        """
+        from ..memory.segment import list_segments
+
+        present = set(list_segments(self.master.memory_namespace))
+        levels: dict[str, Any] = {}
+        for level in ("l2", "l3"):
+            if f"{_CACHE_TIER_PREFIX}{level}" not in present:
+                continue
+            try:
+                tier = self._cache_tiers.get(level)
+                if tier is None:
+                    from ..cache.shared_index import MIN_TIER, SharedTier
+
+                    tier = self._cache_tiers[level] = SharedTier(self.master.memory_namespace, level, MIN_TIER)
+                st = tier.index.stats()
+            except HwoptError as exc:
+                levels[level.upper()] = {"error": str(exc)}
+                continue
+            lookups = st["hits"] + st["misses"]
+            levels[level.upper()] = {"hit_ratio": st["hits"] / lookups if lookups else 0.0, "hits": st["hits"],
+                                     "misses": st["misses"], "entries": st["entries"], "bytes": st["bytes"],
+                                     "budget": tier.size, "evictions": st["evictions"]}
+        return {"levels": levels} if levels else {}
 
     def _pool_figures(self) -> dict[str, Any]:
         """Usage, dedup and compression of every shared pool of the namespace (read from /dev/shm)."""
         from ..memory.segment import list_segments
 
-        names = list_segments(self.master.memory_namespace)
+        names = [n for n in list_segments(self.master.memory_namespace) if not n.startswith(_CACHE_TIER_PREFIX)]
         if not names:  # attach the pool manager only once a pool exists
             return {}
         out = {}

@@ -207,3 +207,28 @@ def test_dashboard_shows_the_namespace_pools(tmp_path: Path) -> None:
             svc.close()
     assert set(pools) == {"weights"}
     assert pools["weights"]["used"] > 0 and pools["weights"]["dedup_ratio"] == pytest.approx(2.0)
+
+
+def test_dashboard_shows_host_wide_cache_tiers(tmp_path: Path) -> None:
+    """Hits in the shared L2 made by an agent's cache appear in the coordinator's cache figures."""
+    from sutazai_hwopt import IntelligentCacheSystem
+    from sutazai_hwopt.testing import throwaway_namespace
+
+    with throwaway_namespace() as ns:
+        writer = IntelligentCacheSystem({"namespace": ns, "l1_size": 0, "l2_size": 4 << 20, "l3_size": 0,
+                                         "enable_prefetch": False})
+        try:
+            writer.put("k", b"v" * 1000, "agent_a")
+            assert writer.get("k", "agent_b")[1] == "L2"
+            assert writer.get("missing", "agent_b")[1] is None
+            config = load_config(overrides={"cache": {"namespace": ns}})
+            svc = CoordinatorService(config, state_dir=str(tmp_path / "j"))
+            try:
+                data = svc.dashboard_data()
+            finally:
+                svc.close()
+        finally:
+            writer.destroy()
+    l2 = data["cache"]["levels"]["L2"]
+    assert l2["hits"] >= 1 and l2["misses"] >= 1 and 0 < l2["hit_ratio"] < 1 and l2["entries"] == 1
+    assert "cache-l2" not in data["pools"]
