@@ -80,10 +80,6 @@ class RefCache:
             self.sketch = bytearray(self.sk_blocks << 6)
             self.sk_add = 0
             self.sk_period = 10 * maxsize
-            self.cl_period = climb_period if climb_period > 0 else max(10 * maxsize, 1000)
-            self.cl_step = -0.0625 * maxsize
-            self.cl_prev = -1.0
-            self.cl_count = self.cl_hits = 0
         self.switches = 0
         if self.adaptive:
             r = min(64, max(1, maxsize // 128))
@@ -139,7 +135,7 @@ class RefCache:
     def _make_ghost(self, e: _Entry) -> tuple[str, int, int]:
         return ("ghost", e.hash, id(e))
 
-    # ---------------------------------------------------------------- sketch and climber
+    # ---------------------------------------------------------------- sketch and policy selection
     def _sk_slots(self, h: int) -> list[int]:
         x = _mix(h)
         base = (((x >> 32) * self.sk_blocks) >> 32) << 6
@@ -161,23 +157,6 @@ class RefCache:
     def _set_window(self, w: int) -> None:
         self.win_max = w
         self.prot_max = int(0.8 * (self.maxsize - w))
-
-    def _climb(self) -> None:
-        rate = self.cl_hits / self.cl_count
-        if self.cl_prev >= 0:
-            delta = rate - self.cl_prev
-            amount = self.cl_step if delta >= 0 else -self.cl_step
-            if delta >= 0.05 or delta <= -0.05:
-                self.cl_step = 0.0625 * self.maxsize * (1.0 if amount >= 0 else -1.0)
-            else:
-                self.cl_step = 0.98 * amount
-        else:
-            amount = self.cl_step
-        w = self.win_max + amount
-        w = min(max(w, 1), self.maxsize - 1)
-        self._set_window(int(w))
-        self.cl_prev = rate
-        self.cl_count = self.cl_hits = 0
 
     def _count(self, hit: bool, h: int) -> None:
         self.counters["hits" if hit else "misses"] += 1
