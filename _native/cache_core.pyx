@@ -248,7 +248,7 @@ cdef class CacheCore:
             r = min(64, max(1, maxsize // 128))
             self.sh_thresh = (<uint64_t>1 << 32) // <uint64_t>r
             self.shadows = [CacheCore(max(1, maxsize // r), p) for p in SELECTABLE]
-            self.sel_period = climb_period if climb_period > 0 else max(4096, 2 * maxsize)
+            self.sel_period = climb_period if climb_period > 0 else max(1024, 4 * maxsize)
             self.sh_margin = switch_margin
 
     def __dealloc__(self):

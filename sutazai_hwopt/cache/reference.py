@@ -85,7 +85,7 @@ class RefCache:
             r = min(64, max(1, maxsize // 128))
             self.sh_thresh = (1 << 32) // r
             self.shadows = [RefCache(max(1, maxsize // r), p) for p in SELECTABLE]
-            self.sel_period = climb_period if climb_period > 0 else max(4096, 2 * maxsize)
+            self.sel_period = climb_period if climb_period > 0 else max(1024, 4 * maxsize)
             self.sh_hits = [0, 0, 0, 0]
             self.sh_score = [0.0, 0.0, 0.0, 0.0]
             self.sh_n = 0.0
