@@ -61,6 +61,9 @@ DEF W_NONE = -100000   # wprv value of a slot not in the timer wheel (heads hold
 DEF F_LIR = 1
 DEF F_INQ = 2
 
+# The TinyLFU sketch covers at most this many keys (1 MiB): a cache with a huge maxsize (an L1 bounded by
+# bytes) does not pay 8 bytes per *potential* entry up front; beyond it the estimates get coarser.
+DEF SKETCH_KEYS_MAX = 131072
 DEF SEED2 = 0x13198A2E03707344 # shadow sampling hash seed
 DEF SEED = 0x243F6A8885A308D3  # TinyLFU sketch hash seed (hex digits of pi)
 
@@ -211,7 +214,7 @@ cdef class CacheCore:
             self._set_window(max(1, <int64_t>(window * maxsize)) if maxsize > 1 else 0)
             # one 64-byte block (64 counters) per 8 keys: 8 bytes per entry, any block count (the block
             # index is a multiply-shift range reduction, Lemire 2019, not a power-of-two mask)
-            self.sk_blocks = max(1, (min(max(maxsize, sketch_min), 1 << 24) + 7) // 8)
+            self.sk_blocks = max(1, (min(max(maxsize, sketch_min), SKETCH_KEYS_MAX) + 7) // 8)
             self.sketch = <uint8_t*>PyMem_Malloc(self.sk_blocks << 6)
             if self.sketch == NULL:
                 raise MemoryError()

@@ -76,7 +76,7 @@ class RefCache:
             self.nonres_max = 2 * maxsize
         if policy == "wtinylfu":
             self._set_window(max(1, int(window * maxsize)) if maxsize > 1 else 0)
-            self.sk_blocks = max(1, (min(maxsize, 1 << 24) + 7) // 8)
+            self.sk_blocks = max(1, (min(maxsize, 1 << 17) + 7) // 8)
             self.sketch = bytearray(self.sk_blocks << 6)
             self.sk_add = 0
             self.sk_period = 10 * maxsize
