@@ -212,9 +212,9 @@ cdef class CacheCore:
             if not (0.0 <= window < 1.0):
                 raise InvalidArgumentError(f"window must be in [0, 1), got {window!r}")
             self._set_window(max(1, <int64_t>(window * maxsize)) if maxsize > 1 else 0)
-            # one 64-byte block (64 counters) per 8 keys: 8 bytes per entry, any block count (the block
+            # one 64-byte block (64 counters) per 10.7 keys: 6 bytes per entry, any block count (the block
             # index is a multiply-shift range reduction, Lemire 2019, not a power-of-two mask)
-            self.sk_blocks = max(1, (min(max(maxsize, sketch_min), SKETCH_KEYS_MAX) + 7) // 8)
+            self.sk_blocks = max(1, (3 * min(max(maxsize, sketch_min), SKETCH_KEYS_MAX) + 31) // 32)
             self.sketch = <uint8_t*>PyMem_Malloc(self.sk_blocks << 6)
             if self.sketch == NULL:
                 raise MemoryError()
@@ -812,7 +812,7 @@ cdef class CacheCore:
             self.misses += 1
         if self.adaptive:
             if (_mix(<uint64_t>h, SEED2) >> 32) < self.sh_thresh:
-                _shadow(self, h)
+                _shadow(self, h, hit)
             self.sel_count += 1
             if self.sel_count >= self.sel_period:
                 _select(self)
@@ -967,6 +967,8 @@ cdef class CacheCore:
             self.rejections += 1
             self._release()
             return False
+        if self.adaptive and (_mix(<uint64_t>h, SEED2) >> 32) < self.sh_thresh:
+            _shadow_put(self, h)
         if w != 1 and self.wts == NULL:
             self.wts = <int64_t*>self._re(NULL, self.cap * sizeof(int64_t))
             for q in range(self.cap):

@@ -306,13 +306,34 @@ cdef void _lirs_remove(CacheCore self, int32_t i) noexcept:
             self._unlink(i)
             _lirs_prune(self)
 
-cdef int _shadow(CacheCore self, Py_hash_t h) except -1:
+cdef int _shadow(CacheCore self, Py_hash_t h, bint main_hit) except -1:
+    """A sampled get: an access in every shadow. A shadow that misses a key the cache holds loads it (as the
+    application would have); a key the cache misses reaches the shadows only if it is then put."""
     cdef int j
+    cdef int32_t i
+    cdef CacheCore sh
     key = h
     self.sh_count += 1
     for j in range(4):
-        if (<CacheCore>self.shadows[j])._access(key):
+        sh = <CacheCore>self.shadows[j]
+        i = sh._lookup(key, sh._hash(key))
+        if i >= 0:
+            sh._count(True, 0)
+            sh._p_hit(i)
             self.sh_hits[j] += 1
+        else:
+            sh._count(False, 0)
+            if main_hit:
+                sh._put(key, None, 1, -1.0, 0)
+    return 0
+
+
+cdef int _shadow_put(CacheCore self, Py_hash_t h) except -1:
+    """A sampled insert of a new key: the shadows store it too."""
+    cdef int j
+    key = h
+    for j in range(4):
+        (<CacheCore>self.shadows[j])._put(key, None, 1, -1.0, 0)
     return 0
 
 cdef int _select(CacheCore self) except -1:

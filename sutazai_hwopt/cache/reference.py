@@ -76,7 +76,7 @@ class RefCache:
             self.nonres_max = 2 * maxsize
         if policy == "wtinylfu":
             self._set_window(max(1, int(window * maxsize)) if maxsize > 1 else 0)
-            self.sk_blocks = max(1, (min(maxsize, 1 << 17) + 7) // 8)
+            self.sk_blocks = max(1, (3 * min(maxsize, 1 << 17) + 31) // 32)
             self.sketch = bytearray(self.sk_blocks << 6)
             self.sk_add = 0
             self.sk_period = 10 * maxsize
@@ -164,8 +164,10 @@ class RefCache:
             if (_mix(h, SEED2) >> 32) < self.sh_thresh:
                 self.sh_count += 1
                 for j, sh in enumerate(self.shadows):
-                    if sh.access(h):
+                    if sh.get(h, _MISS) is not _MISS:
                         self.sh_hits[j] += 1
+                    elif hit:
+                        sh.put(h, None)
             self.sel_count += 1
             if self.sel_count >= self.sel_period:
                 self._select()
@@ -646,6 +648,9 @@ class RefCache:
         if len(self.entries) - n_le + 1 > self.maxsize or self.weight - w_le + weight > self.max_weight:
             self.counters["rejections"] += 1
             return False
+        if self.adaptive and (_mix(hash(key), SEED2) >> 32) < self.sh_thresh:
+            for sh in self.shadows:
+                sh.put(hash(key), None)
         e = _Entry(key, value, weight, p)
         if ttl:
             e.exp = now + ttl
