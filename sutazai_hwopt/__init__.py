@@ -39,9 +39,9 @@ _LAZY: dict[str, str] = {
 }
 
 if TYPE_CHECKING:
+    from .balancer import BackendService, CircuitBreaker, DynamicLoadBalancer, RequestType
     from .cache import Cache, cached
     from .cache.system import IntelligentCacheSystem
-    from .balancer import BackendService, CircuitBreaker, DynamicLoadBalancer, RequestType
     from .config import HwoptConfig, load_config
     from .eliminator import BottleneckEliminator
     from .master import HardwareOptimizationMaster

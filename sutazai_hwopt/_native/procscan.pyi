@@ -1,8 +1,8 @@
 """Per-process /proc scanner over held file descriptors (compiled core of the profiler)."""
 
 import numpy as np
-from typing_extensions import disjoint_base
 import numpy.typing as npt
+from typing_extensions import disjoint_base
 
 COLUMNS: tuple[str, ...]
 NCOLUMNS: int
@@ -25,4 +25,6 @@ class ProcScanner:
     def is_open(self, slot: int) -> bool: ...
     def close_all(self) -> None: ...
     def scan(self, out: npt.NDArray[np.float64], ok: npt.NDArray[np.uint8], with_status: bool = True) -> int: ...
-    def scan_one(self, slot: int, out: npt.NDArray[np.float64], ok: npt.NDArray[np.uint8], with_status: bool = True) -> bool: ...
+    def scan_one(
+        self, slot: int, out: npt.NDArray[np.float64], ok: npt.NDArray[np.uint8], with_status: bool = True
+    ) -> bool: ...
