@@ -133,6 +133,7 @@ cdef class Backend:
     cdef public object service, sid, stats, ring
     cdef public double weight, ewma, ewma_t, pending_work, ejected_until, recovered_at, swrr_current, base
     cdef public double extra  # requests other processes have in flight here (shared mode), else 0
+    cdef public double streak_sent  # send time of the first failed request of the current failure streak
     cdef public long long max_conn, in_flight, state, ejections, total_ejections, probes_in_flight
     cdef public long long consecutive, ring_i, ring_fails, ring_n, check_pass_run, check_fail_run, index
     cdef public bint active_ok, check_failed_in_ejection
@@ -156,6 +157,7 @@ cdef class Backend:
         self.recovered_at = 0.0
         self.probes_in_flight = 0
         self.consecutive = 0
+        self.streak_sent = 0.0
         self.ring = []
         self.ring_i = 0
         self.ring_fails = 0
@@ -195,13 +197,20 @@ cdef class Backend:
         else:
             self.base = self.base + (sample - self.base) * 0.002
 
-    cpdef void record_outcome(self, int failed, Py_ssize_t window):
-        """Consecutive-failure counter and the failure-rate ring of the last ``window`` outcomes."""
+    cpdef void record_outcome(self, int failed, Py_ssize_t window, double sent=_INF):
+        """Consecutive-failure counter and the failure-rate ring of the last ``window`` outcomes.
+
+        ``sent`` is the request's send time (now - latency). A success only ends a failure streak if its
+        request was sent at or after the streak's first failed request: answers of requests queued before
+        the backend broke say nothing about it now, so they must not reset a fresh streak.
+        """
         cdef list ring = self.ring
         cdef Py_ssize_t i
         if failed:
+            if self.consecutive == 0:
+                self.streak_sent = sent
             self.consecutive += 1
-        else:
+        elif sent >= self.streak_sent:
             self.consecutive = 0
         if len(ring) < window:
             ring.append(failed)
@@ -381,7 +390,7 @@ cdef class Core:
         ts.sketch._add(latency_s)
         bb.observe_latency(latency_s, now, self.tau)
         bb.observe_base(latency_s)
-        bb.record_outcome(0, self.window)
+        bb.record_outcome(0, self.window, now - latency_s)
         if self.shell._waiters:
             self.shell._wake()
 

@@ -379,7 +379,7 @@ class DynamicLoadBalancer:
                 if b.in_flight == 0:
                     self._draining.pop(b.sid, None)
             else:
-                self._outlier(b, not success, now)
+                self._outlier(b, not success, now, now - latency_s)
         if self._waiters:
             self._wake()
 
@@ -404,8 +404,8 @@ class DynamicLoadBalancer:
                 self._draining.pop(b.sid, None)
         self._wake()
 
-    def _outlier(self, b: Backend, failed: bool, now: float) -> None:
-        """Passive outlier detection (under the lock)."""
+    def _outlier(self, b: Backend, failed: bool, now: float, sent: float) -> None:
+        """Passive outlier detection (under the lock); ``sent`` is the request's send time (now - latency)."""
         op = self._op
         if b.state == EJECTED:
             return  # a late answer of a request sent before the ejection says nothing new
@@ -421,7 +421,7 @@ class DynamicLoadBalancer:
                 log.info("backend %s re-admitted after a successful probe", b.sid)
             self._c.dirty = True
             return
-        b.record_outcome(1 if failed else 0, op.window)
+        b.record_outcome(1 if failed else 0, op.window, sent)
         if not failed:
             return
         if b.consecutive >= op.consecutive_failures:

@@ -123,3 +123,46 @@ def test_unhealthy_by_checks_gets_no_traffic() -> None:
     lb.report_health("b0", True)
     lb.report_health("b0", True)
     assert lb.state_of("b0") == "healthy"
+
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_streak_rule_ejects_despite_queued_successes(native: bool) -> None:
+    """Successes of requests sent before a failure streak began do not reset it: two fresh failures eject."""
+    clock = FakeClock()
+    lb = DynamicLoadBalancer(BalancerSection(consecutive_failures=2, max_ejection_percent=100.0),
+                             algorithm="round_robin", clock=clock, native=native)
+    lb.register_service(BackendService(service_id="a", port=8001))
+    for _ in range(3):  # queued at t=0
+        lb.select_backend_sync()
+    clock.advance(1.0)
+    lb.select_backend_sync()  # sent at t=1, fails fast: the streak starts
+    clock.advance(0.001)
+    lb.record_result("a", 0.001, False)
+    lb.record_result("a", 1.001, True)  # sent at t=0, before the streak: does not end it
+    lb.record_result("a", 1.001, True)
+    assert lb.state_of("a") == "healthy"
+    lb.select_backend_sync()
+    clock.advance(0.001)
+    lb.record_result("a", 0.001, False)
+    assert lb.state_of("a") == "ejected"
+    lb.record_result("a", 1.002, True)  # the last queued answer arrives late; ejection stands
+    assert lb.in_flight() == 0
+
+
+def test_success_sent_after_the_first_failure_ends_the_streak() -> None:
+    """The streak is kept across older successes and ended by one sent at or after its first failure."""
+    from sutazai_hwopt.balancer.state import Backend
+
+    b = Backend(BackendService(service_id="x", port=8001), 0)
+    b.record_outcome(1, 32, 5.0)
+    b.record_outcome(0, 32, 4.0)
+    assert b.consecutive == 1
+    b.record_outcome(1, 32, 5.2)
+    assert b.consecutive == 2
+    b.record_outcome(0, 32, 5.0)
+    assert b.consecutive == 0
+    b.record_outcome(0, 32)  # no send time given: a success always resets (old behaviour)
+    b.record_outcome(1, 32)
+    b.record_outcome(0, 32)
+    assert b.consecutive == 0
