@@ -22,7 +22,7 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_DECREF
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from libc.math cimport ceil, floor, INFINITY
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from debug cimport HWOPT_DEBUG
@@ -33,6 +33,8 @@ cimport cython
 from sutazai_hwopt.errors import InvalidArgumentError, WeightError, UnhashableKeyError
 
 cdef extern from "Python.h":
+    object PyList_New(Py_ssize_t n)
+    void PyList_SET_ITEM(object l, Py_ssize_t i, object o)
     Py_hash_t PyObject_Hash(object o) except? -1
     int PyObject_RichCompareBool(PyObject* a, PyObject* b, int op) except -1
     int Py_EQ
@@ -78,6 +80,11 @@ cdef struct Slot:
     PyObject* key          # NULL for a free slot or a ghost
     PyObject* val
     Py_hash_t hash
+
+cdef struct Event:
+    PyObject* key
+    PyObject* val
+    int cause
 
 cdef struct Link:
     int32_t prv
@@ -137,7 +144,8 @@ cdef class CacheCore:
     cdef double default_ttl, tick
     cdef int64_t n_ttl, last_tick
     cdef int32_t wheel[WHEEL]
-    cdef list events
+    cdef Event* ev               # evictions waiting for on_evict (owned references)
+    cdef Py_ssize_t nev, ev_cap
     # deferred releases
     cdef PyObject** dead
     cdef Py_ssize_t ndead, dead_cap
@@ -189,7 +197,6 @@ cdef class CacheCore:
         self.weigher = weigher
         self.on_evict = on_evict
         self.clock = clock
-        self.events = []
         self.default_ttl = self._check_ttl(ttl) if ttl is not None else 0.0
         self.tick = min(max(self.default_ttl / 32.0, 0.001), 60.0) if self.default_ttl > 0 else 1.0
         for i in range(WHEEL):
@@ -267,6 +274,10 @@ cdef class CacheCore:
         PyMem_Free(self.lprv); PyMem_Free(self.lnxt); PyMem_Free(self.table); PyMem_Free(self.lhead)
         PyMem_Free(self.ltail); PyMem_Free(self.lcnt); PyMem_Free(self.bfreq); PyMem_Free(self.bprv)
         PyMem_Free(self.bnxt); PyMem_Free(self.sketch); PyMem_Free(self.dead)
+        for j in range(self.nev):
+            Py_DECREF(<object>self.ev[j].key)
+            Py_DECREF(<object>self.ev[j].val)
+        PyMem_Free(self.ev)
 
     # ------------------------------------------------------------------ storage
     cdef int _grow(self, int32_t newcap) except -1:
@@ -436,19 +447,34 @@ cdef class CacheCore:
         self.ndead += 1
 
     cdef int _release(self) except -1:
-        """Drop deferred references and fire on_evict, now that the structure is consistent."""
+        """Drop deferred references and fire on_evict, now that the structure is consistent.
+
+        Nothing during an operation allocates a garbage-collected object (a collection could run finalizers,
+        which may re-enter the cache or let another thread in): evictions are recorded in a C array here
+        and turned into callbacks only now.
+        """
         cdef PyObject* o
-        cdef list ev
+        cdef Event* batch
+        cdef Py_ssize_t n, j
         while self.ndead:
             self.ndead -= 1
             o = self.dead[self.ndead]
             Py_DECREF(<object>o)
-        if self.events:
-            ev = self.events
-            self.events = []
-            if self.on_evict is not None:
-                for k, v, cause in ev:
-                    self.on_evict(k, v, cause)
+        while self.nev:
+            n = self.nev
+            batch = <Event*>self._re(NULL, n * sizeof(Event))
+            memcpy(batch, self.ev, n * sizeof(Event))
+            self.nev = 0                    # callbacks may evict again: they get a fresh buffer
+            try:
+                for j in range(n):
+                    if self.on_evict is not None:
+                        self.on_evict(<object>batch[j].key, <object>batch[j].val,
+                                      "evicted" if batch[j].cause == 1 else "expired")
+            finally:
+                for j in range(n):
+                    Py_DECREF(<object>batch[j].key)
+                    Py_DECREF(<object>batch[j].val)
+                PyMem_Free(batch)
         return 0
 
     # ------------------------------------------------------------------ lists
@@ -535,8 +561,15 @@ cdef class CacheCore:
         elif cause == 2:
             self.expirations += 1
         if cause and self.on_evict is not None:
-            self.events.append((<object>self.kv[i].key, <object>self.kv[i].val,
-                                "evicted" if cause == 1 else "expired"))
+            if self.nev == self.ev_cap:
+                self.ev_cap = max(8, 2 * self.ev_cap)
+                self.ev = <Event*>self._re(self.ev, self.ev_cap * sizeof(Event))
+            Py_INCREF(<object>self.kv[i].key)
+            Py_INCREF(<object>self.kv[i].val)
+            self.ev[self.nev].key = self.kv[i].key
+            self.ev[self.nev].val = self.kv[i].val
+            self.ev[self.nev].cause = cause
+            self.nev += 1
         self._defer(self.kv[i].key)
         self._defer(self.kv[i].val)
         self.kv[i].key = NULL
@@ -798,8 +831,11 @@ cdef class CacheCore:
 
     cdef inline int32_t _lookup(self, object key, Py_hash_t h) except -2:
         """Resident, unexpired slot of ``key`` or -1 (an expired entry found here is removed)."""
+        # the clock (Python code) is read before the probe, so no Python code runs between finding the slot
+        # and using it
+        cdef double now = self._now() if self.n_ttl else 0.0
         cdef int32_t i = self._probe(key, h)
-        if i >= 0 and self.n_ttl and self.expires[i] != INFINITY and self.expires[i] <= self._now():
+        if i >= 0 and self.n_ttl and self.expires[i] != INFINITY and self.expires[i] <= now:
             self._remove(i, 2)
             self._release()
             return -1
@@ -891,12 +927,15 @@ cdef class CacheCore:
     def keys_list(self):
         """Snapshot of the resident, unexpired keys (arbitrary order)."""
         cdef int32_t i
+        cdef Py_ssize_t n = 0
         cdef double now = self._now() if self.n_ttl else 0.0
-        out = []
+        out = PyList_New(self.n_res)        # the only allocation: made before the scan
         for i in range(self.cap):
-            if self.kv[i].key != NULL and not (self.n_ttl and self.expires[i] <= now):
-                out.append(<object>self.kv[i].key)
-        return out
+            if self.kv[i].key != NULL and not (self.n_ttl and self.expires[i] <= now) and n < self.n_res:
+                Py_INCREF(<object>self.kv[i].key)
+                PyList_SET_ITEM(out, n, <object>self.kv[i].key)
+                n += 1
+        return out if n == len(out) else out[:n]
 
     def put(self, key, value, *, weight=None, ttl=None, priority=0):
         """Store ``value`` under ``key``; return False when the entry could not be kept (see the docs)."""

@@ -266,3 +266,18 @@ def test_adaptive_switches_to_the_better_policy_and_keeps_entries() -> None:
     lru_hits = CacheCore(200, "lru").simulate(trace)
     wt_hits = CacheCore(200, "wtinylfu").simulate(trace)
     assert hits > wt_hits and hits >= 0.99 * lru_hits
+
+
+def test_on_evict_may_reenter_the_cache() -> None:
+    """An on_evict callback that writes back into the same cache sees a consistent structure."""
+    c: Cache
+
+    def back(k: object, v: object, cause: str) -> None:
+        if isinstance(k, int) and k % 3 == 0:
+            c.put(("again", k), v)
+
+    c = Cache(20, "adaptive", on_evict=back)
+    for i in range(500):
+        c[i] = i
+        assert len(c) <= 20
+    assert c.check() and any(isinstance(k, tuple) for k in c)
