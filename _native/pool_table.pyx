@@ -15,7 +15,7 @@ from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memset
 
-from sutazai_hwopt.errors import CorruptionError, InvalidArgumentError
+from sutazai_hwopt.errors import CorruptionError, InvalidArgumentError, PoolExhaustedError
 
 ctypedef struct block_t:
     uint8_t state
@@ -55,13 +55,114 @@ cdef enum:
     WRITING = 1
     SEALED = 2
     ALIAS = 3
+    F_DEDUP = 1
     F_INDEXED = 2
     AGENT_BITS = 16
 
+cdef enum:
+    R_BAD_SLOT = -1
+    R_FREED = -2
+    R_NO_ACCESS = -3
+    R_GONE = -4
+    R_AGENT_MISS = -5
+    R_TABLE_FULL = -6
+    C_SEG_SHIFT = 40
+
+cdef uint64_t C_PUNCH_MIN = 1 << 20
+cdef uint64_t C_MAX_SIZE = 1 << 44          # the manager's largest pool
+
 #: resolve() results below zero.
-BAD_SLOT = -1
-FREED = -2
-NO_ACCESS = -3
+BAD_SLOT = R_BAD_SLOT
+FREED = R_FREED
+NO_ACCESS = R_NO_ACCESS
+#: alloc_block() / free_block() results below zero besides those: the caller takes its slow path, which
+#: reports the exact error (or registers the agent) with the same state untouched.
+GONE = R_GONE                # the pool was destroyed
+AGENT_MISS = R_AGENT_MISS    # the cached agent index no longer names this agent
+TABLE_FULL = R_TABLE_FULL    # no free block slot
+#: Heap ranges at least this big, or in an extension segment (``segment << SEG_SHIFT | offset``), are freed
+#: through the pool's ``release`` (page punching, segment lookup); others straight through the primary heap.
+PUNCH_MIN = C_PUNCH_MIN
+SEG_SHIFT = C_SEG_SHIFT
+
+
+cdef int _parse_id(object block_id, Py_ssize_t *colon, uint64_t *slot, uint64_t *gen) except -1:
+    # 1 if block_id is "pool:slot:generation" with ASCII-digit slot and generation (at most 18 digits each).
+    cdef Py_ssize_t n, i, c1 = -1, c2 = -1
+    cdef Py_UCS4 ch
+    if type(block_id) is not str:
+        return 0
+    cdef str s = <str>block_id
+    n = len(s)
+    for i in range(n):
+        ch = s[i]
+        if ch == u':':
+            if c1 < 0:
+                c1 = i
+            elif c2 < 0:
+                c2 = i
+            else:
+                return 0
+    if c2 < 0 or c2 == c1 + 1 or c2 == n - 1 or c2 - c1 > 19 or n - c2 > 19:
+        return 0
+    slot[0] = 0
+    gen[0] = 0
+    for i in range(c1 + 1, c2):
+        ch = s[i]
+        if ch < u'0' or ch > u'9':
+            return 0
+        slot[0] = slot[0] * 10 + (<uint64_t>ch - 48)
+    for i in range(c2 + 1, n):
+        ch = s[i]
+        if ch < u'0' or ch > u'9':
+            return 0
+        gen[0] = gen[0] * 10 + (<uint64_t>ch - 48)
+    colon[0] = c1
+    return 1
+
+
+def parse_block_id(object block_id):
+    """``(pool_id, slot, generation)`` of a ``"pool:slot:generation"`` string (ASCII digits), or None."""
+    cdef Py_ssize_t c1
+    cdef uint64_t slot, gen
+    if not _parse_id(block_id, &c1, &slot, &gen):
+        return None
+    return (<str>block_id)[:c1], slot, gen
+
+
+def alloc_fast(dict pools, dict names, object agent_id, object pool_id, object size, object dedup):
+    """``MemoryPoolManager.allocate_memory`` when everything is cached in this process, in one call.
+
+    ``names`` maps agent ids that passed the manager's checks to their UTF-8; ``pools`` maps pool ids to
+    attached pools whose ``agents`` dict caches this process's agent indexes. Anything not cached, or not of
+    the exact expected type, returns a negative code (nothing changed) and the manager takes its checked path.
+    """
+    if type(agent_id) is not str or type(pool_id) is not str or type(size) is not int:
+        return R_AGENT_MISS
+    name = names.get(agent_id)
+    pool = pools.get(pool_id)
+    if name is None or pool is None or not 0 < size <= C_MAX_SIZE:
+        return R_AGENT_MISS
+    agent = pool.agents.get(agent_id)
+    if agent is None:
+        return R_AGENT_MISS
+    return (<TableCore?>pool.core).alloc_block(pool, agent, name, pool_id, size, F_DEDUP if dedup else 0)
+
+
+def free_fast(dict pools, dict names, object agent_id, object block_id):
+    """``MemoryPoolManager.free_memory`` when everything is cached in this process (see :func:`alloc_fast`)."""
+    cdef Py_ssize_t c1
+    cdef uint64_t slot, gen
+    if type(agent_id) is not str or not _parse_id(block_id, &c1, &slot, &gen):
+        return R_AGENT_MISS
+    name = names.get(agent_id)
+    pool = pools.get((<str>block_id)[:c1])
+    if name is None or pool is None:
+        return R_AGENT_MISS
+    agent = pool.agents.get(agent_id)
+    if agent is None:
+        return R_AGENT_MISS
+    return (<TableCore?>pool.core).free_block(pool, slot, gen, agent, name)
 
 
 cdef class TableCore:
@@ -83,7 +184,9 @@ cdef class TableCore:
     cdef readonly uint64_t n_agents, n_blocks, n_holders, n_dedup
     cdef int h_shift, d_shift
     cdef uint64_t hint
-    cdef list recent
+    cdef uint32_t recent[64]         # slots this handle retired last (reused first: warm cache lines)
+    cdef int n_recent
+    cdef object heap
 
     def __cinit__(self):
         self.has_view = False
@@ -111,7 +214,12 @@ cdef class TableCore:
         self.h_shift = 64 - (n_holders.bit_length() - 1)
         self.d_shift = 64 - (n_dedup.bit_length() - 1)
         self.hint = 0
-        self.recent = []
+        self.n_recent = 0
+        self.heap = None
+
+    def bind_heap(self, object heap):
+        """Remember the pool's primary ``SegmentHeap`` (its lock is the pool lock) for the hot paths."""
+        self.heap = heap
 
     def close(self):
         """Release the buffer export (idempotent)."""
@@ -119,6 +227,7 @@ cdef class TableCore:
             PyBuffer_Release(&self.view)
             self.has_view = False
             self.blocks = NULL
+        self.heap = None
 
     def __dealloc__(self):
         if self.has_view:
@@ -185,6 +294,9 @@ cdef class TableCore:
     def holder_add(self, uint64_t slot, uint64_t agent, long delta):
         """Change one holder's count by ``delta``; the entry goes away at 0. Returns the new count."""
         self._ok()
+        return self._holder_add(slot, agent, delta)
+
+    cdef long _holder_add(self, uint64_t slot, uint64_t agent, long delta) except -1:
         cdef uint64_t key = self._hkey(slot, agent)
         cdef long i = self._find(self.holders, self.n_holders, self.h_shift, key)
         cdef long count = (self.holders[i].val if i >= 0 else 0) + delta
@@ -209,6 +321,9 @@ cdef class TableCore:
 
     def dedup_remove(self, uint64_t h_lo, uint32_t slot):
         self._ok()
+        self._dedup_remove(h_lo, slot)
+
+    cdef void _dedup_remove(self, uint64_t h_lo, uint32_t slot) noexcept:
         cdef long i = self._find(self.dedup, self.n_dedup, self.d_shift, h_lo or 1)
         if i >= 0 and self.dedup[i].val == slot:
             self._delete_at(self.dedup, self.n_dedup, self.d_shift, <uint64_t>i)
@@ -217,6 +332,9 @@ cdef class TableCore:
     def agent_is(self, uint64_t idx, bytes name):
         """True if agent entry ``idx`` holds ``name`` (a cheap check of a cached index)."""
         self._ok()
+        return self._agent_is(idx, name)
+
+    cdef bint _agent_is(self, uint64_t idx, bytes name) noexcept:
         cdef Py_ssize_t n = len(name)
         if idx >= self.n_agents or n > 48:
             return False
@@ -227,28 +345,35 @@ cdef class TableCore:
     def resolve(self, uint64_t slot, uint64_t gen, uint64_t agent):
         """The block's state if ``agent`` may use id (slot, gen), else BAD_SLOT, FREED or NO_ACCESS."""
         self._ok()
+        return self._resolve(slot, gen, agent)
+
+    cdef int _resolve(self, uint64_t slot, uint64_t gen, uint64_t agent) noexcept:
         if slot >= self.n_blocks:
-            return BAD_SLOT
+            return R_BAD_SLOT
         cdef block_t *b = &self.blocks[slot]
         if b.gen != gen or b.state == FREE:
-            return FREED
+            return R_FREED
         if self._find(self.holders, self.n_holders, self.h_shift, self._hkey(slot, agent)) < 0:
-            return NO_ACCESS
+            return R_NO_ACCESS
         return b.state
 
     def free_slot(self):
         """A FREE block slot or -1 (slots this handle retired last, else a scan from a moving hint)."""
         self._ok()
+        return self._free_slot()
+
+    cdef long _free_slot(self) except? -2:
         cdef uint64_t s, i
-        while self.recent:
-            s = self.recent.pop()
-            if self.blocks[s].state == FREE:
-                return s
+        while self.n_recent > 0:
+            self.n_recent -= 1
+            s = self.recent[self.n_recent]
+            if s < self.n_blocks and self.blocks[s].state == FREE:
+                return <long>s
         for i in range(self.n_blocks):
             s = (self.hint + i) % self.n_blocks
             if self.blocks[s].state == FREE:
                 self.hint = s + 1
-                return s
+                return <long>s
         return -1
 
     def new_block(self, uint64_t slot, uint64_t state, uint64_t off, uint64_t size, uint64_t nbytes,
@@ -256,6 +381,12 @@ cdef class TableCore:
                   uint64_t h_lo=0, uint64_t h_hi=0, uint64_t head=0):
         """Fill a FREE entry, publish it with the state store, and give ``agent`` its first reference."""
         self._ok()
+        return self._new_block(slot, state, off, size, nbytes, codec, shuffle, flags, agent, target, h_lo, h_hi,
+                               head)
+
+    cdef uint32_t _new_block(self, uint64_t slot, uint64_t state, uint64_t off, uint64_t size, uint64_t nbytes,
+                             uint64_t codec, uint64_t shuffle, uint64_t flags, uint64_t agent, long target,
+                             uint64_t h_lo, uint64_t h_hi, uint64_t head) except? 0xFFFFFFFF:
         if slot >= self.n_blocks or self.blocks[slot].state != FREE:
             raise CorruptionError(f"block slot {slot} is not free")
         cdef block_t *b = &self.blocks[slot]
@@ -264,12 +395,15 @@ cdef class TableCore:
         b.h_lo, b.h_hi, b.head = h_lo, h_hi, <uint32_t>head
         b.target, b.owner, b.refs = <int32_t>target, <uint32_t>agent, 1
         b.state = <uint8_t>state
-        self.holder_add(slot, agent, 1)
+        self._holder_add(slot, agent, 1)
         return b.gen
 
     def retire(self, uint64_t slot):
         """Mark FREE and bump the generation (old ids then fail); the state store is the commit."""
         self._ok()
+        self._retire(slot)
+
+    cdef int _retire(self, uint64_t slot) except -1:
         cdef block_t *b = &self.blocks[slot]
         b.state = FREE
         b.gen += 1
@@ -277,8 +411,10 @@ cdef class TableCore:
         b.refs = 0
         b.target = -1
         b.head = 0
-        if len(self.recent) < 64:
-            self.recent.append(slot)
+        if self.n_recent < 64:
+            self.recent[self.n_recent] = <uint32_t>slot
+            self.n_recent += 1
+        return 0
 
     def unref(self, uint64_t slot, uint64_t n):
         """Drop ``n`` references of ``slot``; release it (and an alias's target) when none remain.
@@ -286,7 +422,10 @@ cdef class TableCore:
         Returns the ``(offset, size)`` heap ranges the caller must free (under the same lock).
         """
         self._ok()
-        out = []
+        return self._unref(slot, n)
+
+    cdef list _unref(self, uint64_t slot, uint64_t n):
+        cdef list out = []
         cdef block_t *b
         cdef long target
         while True:
@@ -298,15 +437,15 @@ cdef class TableCore:
                 return out
             if b.state == ALIAS:
                 target = b.target
-                self.retire(slot)
+                self._retire(slot)
                 if target < 0 or <uint64_t>target >= self.n_blocks:
                     raise CorruptionError(f"alias slot {slot} points at slot {target}")
                 slot, n = <uint64_t>target, 1
                 continue
             if b.flags & F_INDEXED:
-                self.dedup_remove(b.h_lo, <uint32_t>slot)
+                self._dedup_remove(b.h_lo, <uint32_t>slot)
             out.append((b.off, b.size))
-            self.retire(slot)
+            self._retire(slot)
             return out
 
     def block(self, uint64_t slot):
@@ -350,3 +489,89 @@ cdef class TableCore:
     def add_refs(self, uint64_t slot, long n):
         self._ok()
         self.blocks[slot].refs = <uint32_t>(<long>self.blocks[slot].refs + n)
+
+    # ---- the manager's hot paths: one lock round trip each ---------------------------------------------------
+    cpdef object alloc_block(self, object pool, uint64_t agent, bytes name, str pool_id, uint64_t size,
+                    uint64_t flags):
+        """``allocate_memory`` after argument checks, under one acquisition of ``heap``'s lock.
+
+        Checks the pool is live and that the cached agent index still names ``name``, takes a block slot,
+        allocates ``size`` bytes (the bound heap's ``alloc``, or ``pool.alloc``, which may use or grow
+        extension segments, when the primary is full), fills the entry and gives the agent its reference.
+
+        Returns:
+            The block id ``"pool:slot:generation"``, or GONE / AGENT_MISS / TABLE_FULL (nothing changed).
+        """
+        cdef long slot
+        cdef uint32_t gen
+        self._ok()
+        heap = self.heap
+        if heap is None:
+            raise InvalidArgumentError("no heap bound to this TableCore (call bind_heap first)")
+        heap.acquire()
+        try:
+            if self.meta_flags[0] != 0:
+                return R_GONE
+            if not self._agent_is(agent, name):
+                return R_AGENT_MISS
+            slot = self._free_slot()
+            if slot < 0:
+                return R_TABLE_FULL
+            try:
+                off = heap.alloc(size)
+            except PoolExhaustedError:
+                off = pool.alloc(size)
+            gen = self._new_block(<uint64_t>slot, WRITING, off, size, size, 0, 0, flags, agent, -1, 0, 0, 0)
+            return f"{pool_id}:{slot}:{gen}"
+        finally:
+            heap.release()
+
+    cpdef object free_block(self, object pool, uint64_t slot, uint64_t gen, uint64_t agent, bytes name):
+        """``free_memory`` after argument checks, under one acquisition of ``heap``'s lock.
+
+        Checks the pool, the cached agent index and the agent's access, drops one of its references, and frees
+        the heap ranges of blocks nobody holds any more (big or extension-segment ranges through
+        ``pool.release``).
+
+        Returns:
+            0, or GONE / AGENT_MISS / BAD_SLOT / FREED / NO_ACCESS (nothing changed).
+        """
+        cdef int state
+        cdef uint64_t off, size
+        cdef block_t *b
+        self._ok()
+        heap = self.heap
+        if heap is None:
+            raise InvalidArgumentError("no heap bound to this TableCore (call bind_heap first)")
+        heap.acquire()
+        try:
+            if self.meta_flags[0] != 0:
+                return R_GONE
+            if not self._agent_is(agent, name):
+                return R_AGENT_MISS
+            state = self._resolve(slot, gen, agent)
+            if state < 0:
+                return state
+            self._holder_add(slot, agent, -1)
+            b = &self.blocks[slot]
+            if b.refs > 1:
+                b.refs -= 1
+                return 0
+            if b.state == ALIAS:
+                for rng in self._unref(slot, 1):
+                    off, size = rng
+                    pool.release(off, size)
+                return 0
+            # The last reference of a block holding bytes: as _unref(), without building a list.
+            b.refs = 0
+            if b.flags & F_INDEXED:
+                self._dedup_remove(b.h_lo, <uint32_t>slot)
+            off, size = b.off, b.size
+            self._retire(slot)
+            if size < C_PUNCH_MIN and off >> C_SEG_SHIFT == 0:
+                heap.free(off)
+            else:
+                pool.release(off, size)
+            return 0
+        finally:
+            heap.release()

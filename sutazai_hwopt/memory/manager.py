@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .._native import pool_alloc
+from .._native.pool_table import alloc_fast, free_fast
 from ..errors import (
     IncompatibleLayoutError,
     InvalidArgumentError,
@@ -99,6 +100,7 @@ class MemoryPoolManager:
         self._mutex = threading.RLock()
         self._pid = os.getpid()
         self._start = process_start_time(self._pid) or 0
+        self._names: dict[str, bytes] = {}   # agent ids that passed check_agent -> UTF-8 (bounded)
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
     def __enter__(self) -> MemoryPoolManager:
@@ -272,6 +274,16 @@ class MemoryPoolManager:
         return int(t.target[slot]) if int(t.state[slot]) == ALIAS else slot
 
     # ---- blocks ---------------------------------------------------------------------------------------------
+    def _name(self, agent_id: object) -> bytes:
+        """UTF-8 of a valid agent id (checked once per id and manager, then cached)."""
+        name = self._names.get(agent_id) if type(agent_id) is str else None
+        if name is None:
+            checked = check_agent(agent_id)
+            name = checked.encode()
+            if len(self._names) < 65536:
+                self._names[checked] = name
+        return name
+
     def allocate_memory(self, agent_id: str, size: int, pool_id: str = "default", enable_dedup: bool = True) -> str:
         """Allocate ``size`` bytes for ``agent_id``; returns the block id. Fill it through :meth:`view`, then seal.
 
@@ -279,7 +291,12 @@ class MemoryPoolManager:
             InvalidArgumentError: bad agent id or size. NotFoundError: unknown pool.
             PoolExhaustedError: no room (the pool is unchanged).
         """
-        check_agent(agent_id)
+        # Fast path: agent id already checked, pool and agent index cached in this process: one compiled
+        # call, one lock round trip. Any refusal changed nothing; the checked path below reports it.
+        bid = alloc_fast(self._pools, self._names, agent_id, pool_id, size, enable_dedup)
+        if type(bid) is str:
+            return bid
+        self._name(agent_id)
         check_int("size", size, 1, None)
         return self._allocate(agent_id, size, pool_id, bool(enable_dedup), 0, 0, size)
 
@@ -516,6 +533,11 @@ class MemoryPoolManager:
 
     def free_memory(self, agent_id: str, block_id: str) -> None:
         """Drop one of the agent's references; the block is released when nobody holds it."""
+        # Fast path as in allocate_memory; any refusal (agent unknown here, bad id, no access, destroyed pool)
+        # changed nothing and is reported by the checked path below.
+        if free_fast(self._pools, self._names, agent_id, block_id) == 0:
+            return
+        self._name(agent_id)
         with self._locked_block(agent_id, block_id) as (pool, slot, agent):
             pool.t.holder_add(slot, agent, -1)
             self._unref(pool, slot, 1)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .._native import pool_alloc
+from .._native.pool_table import PUNCH_MIN, SEG_SHIFT
 from ..errors import AlreadyExistsError, CorruptionError, PoolExhaustedError
 from ..logs import get_logger
 from .segment import attach_segment, close_quietly, create_segment, unlink_segment
@@ -29,10 +30,9 @@ __all__ = ["PUNCH_MIN", "SEG_SHIFT", "AttachedPool"]
 
 log = get_logger("memory")
 
-#: Freed blocks at least this big give their pages back to the kernel (MADV_REMOVE).
-PUNCH_MIN = 1 << 20
-#: Block offsets are ``segment << SEG_SHIFT | offset``.
-SEG_SHIFT = 40
+# PUNCH_MIN: freed blocks at least this big give their pages back to the kernel (MADV_REMOVE).
+# SEG_SHIFT: block offsets are ``segment << SEG_SHIFT | offset``. Both are defined by the table core, whose
+# free_block() frees small primary-segment ranges itself and hands the others to release().
 _LOCAL = (1 << SEG_SHIFT) - 1
 
 
@@ -59,6 +59,8 @@ class AttachedPool:
         self.name = name
         self.heap = heap                  # the primary's allocator; its lock is the pool lock
         self.t = tables
+        self.core = tables.core           # the compiled hot paths (allocate / free in one call each)
+        self.core.bind_heap(heap)
         self.segs = [_Segment(shm, heap)]
         self.buf = self.segs[0].buf
         self.agents: dict[str, int] = {}
