@@ -831,9 +831,14 @@ cdef class CacheCore:
 
     cdef inline int32_t _lookup(self, object key, Py_hash_t h) except -2:
         """Resident, unexpired slot of ``key`` or -1 (an expired entry found here is removed)."""
+        if self.n_ttl == 0:
+            return self._probe(key, h)
+        return self._lookup_ttl(key, h)
+
+    cdef int32_t _lookup_ttl(self, object key, Py_hash_t h) except -2:
         # the clock (Python code) is read before the probe, so no Python code runs between finding the slot
         # and using it
-        cdef double now = self._now() if self.n_ttl else 0.0
+        cdef double now = self._now()
         cdef int32_t i = self._probe(key, h)
         if i >= 0 and self.n_ttl and self.expires[i] != INFINITY and self.expires[i] <= now:
             self._remove(i, 2)
