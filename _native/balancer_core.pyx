@@ -119,12 +119,14 @@ cdef class Rotor:
     cdef public long long i
     cdef public object rand
     cdef public int scan_limit, d
+    cdef public double peers
 
-    def __init__(self, rand=None, int scan_limit=32, int d=2):
+    def __init__(self, rand=None, int scan_limit=32, int d=2, double peers=1.0):
         self.i = 0
         self.rand = rand
         self.scan_limit = scan_limit
         self.d = d
+        self.peers = peers
 
 
 cdef class Backend:
@@ -229,8 +231,8 @@ cdef class Backend:
         self.consecutive = 0
 
 
-cdef inline double adaptive_cost(Backend b):
-    cdef double c = (b.in_flight + b.extra + 1) / b.weight
+cdef inline double adaptive_cost(Backend b, double peers):
+    cdef double c = (peers * b.in_flight + b.extra + 1) / b.weight
     if b.base > 0.0 and b.ewma > 2.0 * b.base:
         c *= sqrt(b.ewma / (2.0 * b.base))
     return c
@@ -270,12 +272,12 @@ cpdef object native_select(int code, Rotor st, list cands):
     if code == ALG_ADAPTIVE:
         if n <= st.scan_limit:
             st.i += 1
-            start = st.i % n
+            start = <long long>(<double>st.rand() * n)  # random scan start: ties fall randomly (no herding)
             for k in range(n):
                 b = <Backend>cands[(start + k) % n]
                 if b.in_flight >= b.max_conn:
                     continue
-                c = adaptive_cost(b)
+                c = adaptive_cost(b, st.peers)
                 if c < best_c:
                     best = b
                     best_c = c
@@ -284,7 +286,7 @@ cpdef object native_select(int code, Rotor st, list cands):
             b = <Backend>cands[<Py_ssize_t>(<double>st.rand() * n)]
             if b.in_flight >= b.max_conn:
                 continue
-            c = adaptive_cost(b)
+            c = adaptive_cost(b, st.peers)
             if c < best_c:
                 best = b
                 best_c = c

@@ -36,7 +36,8 @@ class Rotor:
     rand: Any
     scan_limit: int
     d: int
-    def __init__(self, rand: Any = ..., scan_limit: int = ..., d: int = ...) -> None: ...
+    peers: float
+    def __init__(self, rand: Any = ..., scan_limit: int = ..., d: int = ..., peers: float = ...) -> None: ...
 
 @disjoint_base
 class Backend:

@@ -77,6 +77,8 @@ class DynamicLoadBalancer:
             max_ejection_percent=cfg.max_ejection_percent, probes=cfg.half_open_probes,
             ewma_tau_s=cfg.ewma_tau_s, failure_penalty_s=cfg.failure_penalty_s)
         default = make_algorithm(algorithm if algorithm is not None else cfg.algorithm, self._rng)
+        self._shared = shared
+        _global_view(default, shared)
         self._default_algo = default
         self._route: dict[Any, tuple[RequestType, Algorithm, int, Any]] = {
             rt: _entry(rt, default) for rt in RequestType}
@@ -147,6 +149,7 @@ class DynamicLoadBalancer:
         """Route ``request_type`` with ``algorithm`` (a name of ``ALGORITHMS`` or an Algorithm object)."""
         rt = self._request_type(request_type)
         algo = make_algorithm(algorithm, self._rng)
+        _global_view(algo, self._shared)
         with self._lock:
             self._route[rt] = _entry(rt, algo)
             self._update_learn()
@@ -590,6 +593,12 @@ def _entry(rt: RequestType, algo: Algorithm) -> tuple[RequestType, Algorithm, in
     state = getattr(algo, "state", None)
     code: int = getattr(algo, "native_code", 0) if type(algo) in _NATIVE_ALGOS else 0  # not for subclasses
     return (rt, algo, code, state)
+
+
+def _global_view(algo: Algorithm, shared: Any) -> None:
+    """With host-wide outstanding counts (``shared``) adaptive needs no concurrency compensation."""
+    if shared is not None and isinstance(algo, Adaptive) and algo.state.peers != 1.0:
+        algo.state.peers = 1.0
 
 
 def _set_done(fut: asyncio.Future[None]) -> None:

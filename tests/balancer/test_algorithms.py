@@ -157,3 +157,51 @@ def test_every_named_algorithm_routes() -> None:
             s = lb.select_backend_sync(session_id="x" if name == "consistent_hash" else None)
             lb.record_result(s.service_id, 0.001, True)
         assert lb.in_flight() == 0
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_adaptive_scales_own_outstanding_by_peers(native: bool) -> None:
+    """Adaptive counts its own in-flight x peers (C3 compensation): one request on a 2x backend tips to the 1x one."""
+    lb = DynamicLoadBalancer(algorithm="adaptive", clock=FakeClock(), seed=3, native=native)
+    lb.register_service(BackendService(service_id="fast", port=8001, weight=2.0, max_connections=100))
+    lb.register_service(BackendService(service_id="slow", port=8002, weight=1.0, max_connections=100))
+    assert lb.select_backend_sync().service_id == "fast"  # idle: 1/2 < 1/1
+    # in flight on fast: (4 x 1 + 1) / 2 = 2.5 > 1 (with peers = 1 it would be a tie at 1.0)
+    assert lb.select_backend_sync().service_id == "slow"
+
+
+def test_adaptive_peers_is_one_with_shared_counts() -> None:
+    """With a host-wide shared table the other processes' counts are known: no compensation (peers = 1)."""
+    from sutazai_hwopt.balancer.algorithms import Adaptive
+
+    class FakeShared:  # only identity matters for the construction-time choice
+        version = 0
+
+    a = Adaptive()
+    assert a.state.peers == 4.0
+    lb = DynamicLoadBalancer(algorithm=a, shared=FakeShared())
+    assert a.state.peers == 1.0
+    b = Adaptive()
+    lb.set_algorithm(RequestType.LIGHT, b)
+    assert b.state.peers == 1.0
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_adaptive_breaks_ties_randomly(native: bool) -> None:
+    """Equal-cost backends are picked from a seeded random scan start: clients with different seeds do not
+    walk the same order (no herding), and every backend still gets its share."""
+    def picks(seed: int) -> list[str]:
+        lb = DynamicLoadBalancer(algorithm="adaptive", clock=FakeClock(), seed=seed, native=native)
+        for i in range(8):
+            lb.register_service(BackendService(service_id=f"b{i}", port=8000 + i, max_connections=100))
+        out = []
+        for _ in range(400):
+            s = lb.select_backend_sync()
+            out.append(s.service_id)
+            lb.record_result(s.service_id, 0.01, True)
+        return out
+
+    a, b = picks(1), picks(2)
+    assert a != b and a == picks(1)
+    seen = Counter(a)
+    assert len(seen) == 8 and min(seen.values()) >= 20
