@@ -21,11 +21,13 @@ Algorithms:
 """
 
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.pycapsule cimport PyCapsule_New
 from cpython.pythread cimport PyThread_get_thread_ident
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memset
 
 from debug cimport HWOPT_DEBUG
+from pool_heap_api cimport HEAP_API_NAME, heap_api_t
 from pool_layout cimport *
 
 import numpy as np
@@ -404,7 +406,6 @@ cdef class SegmentHeap:
             InvalidArgumentError: ``size`` is not a positive integer.
             PoolExhaustedError: no free range is large enough (the heap is unchanged).
         """
-        cdef uint64_t n, off
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             raise InvalidArgumentError(f"size must be a positive integer, got {size!r}")
         self._acquire()
@@ -412,21 +413,27 @@ cdef class SegmentHeap:
             if size > self.h.heap_size:
                 raise PoolExhaustedError(
                     f"size {size} exceeds the pool's heap of {self.h.heap_size} bytes")
-            n = size
-            if n <= SMALL_MAX:
-                off = self._alloc_small(class_of(n))
-            else:
-                off = self._alloc_large(n)
-            if off == 0:
-                raise PoolExhaustedError(
-                    f"no free range for {size} bytes (heap {self.h.heap_size} bytes; see stats())")
-            if HWOPT_DEBUG:
-                global dbg_allocs
-                dbg_allocs += 1
-                _heap_check(self)
-            return off
+            return self._alloc_locked(<uint64_t>size)
         finally:
             self._release()
+
+    cdef uint64_t _alloc_locked(self, uint64_t n) except? 0:
+        # alloc() with the lock held and n >= 1 checked.
+        cdef uint64_t off
+        if n > self.h.heap_size:
+            raise PoolExhaustedError(f"size {n} exceeds the pool's heap of {self.h.heap_size} bytes")
+        if n <= SMALL_MAX:
+            off = self._alloc_small(class_of(n))
+        else:
+            off = self._alloc_large(n)
+        if off == 0:
+            raise PoolExhaustedError(
+                f"no free range for {n} bytes (heap {self.h.heap_size} bytes; see stats())")
+        if HWOPT_DEBUG:
+            global dbg_allocs
+            dbg_allocs += 1
+            _heap_check(self)
+        return off
 
     cdef uint64_t _find_free(self, uint64_t need) except? 0:
         # First fit among a few chunks of the request's own bin, else the head of the next non-empty larger
@@ -634,13 +641,19 @@ cdef class SegmentHeap:
         cdef uint64_t off = _as_offset(offset)
         self._acquire()
         try:
-            self._free(off)
-            if HWOPT_DEBUG:
-                global dbg_frees
-                dbg_frees += 1
-                _heap_check(self)
+            self._free_locked(off)
         finally:
             self._release()
+
+    cdef int _free_locked(self, uint64_t off) except -1:
+        if off == 0 or off >= (<uint64_t>1 << 63):
+            raise InvalidArgumentError(f"offset must be a positive integer returned by alloc(), got {off}")
+        self._free(off)
+        if HWOPT_DEBUG:
+            global dbg_frees
+            dbg_frees += 1
+            _heap_check(self)
+        return 0
 
     cdef int _slab_of(self, uint64_t offset, uint64_t *slab) except -1:
         # 1 if offset lies in a slab window (slab set), else 0.
@@ -814,6 +827,47 @@ def bytes_equal(a, b):
             PyBuffer_Release(&vb)
     finally:
         PyBuffer_Release(&va)
+
+
+# ---- C entry points for other compiled cores (see pool_heap_api.pxd) ----------------------------------------------
+cdef int _api_acquire(object heap) except -1:
+    return (<SegmentHeap>heap)._acquire()
+
+
+cdef int _api_release(object heap) except -1:
+    return (<SegmentHeap>heap)._release()
+
+
+cdef uint64_t _api_alloc_locked(object heap, uint64_t n) except? 0:
+    cdef SegmentHeap h = <SegmentHeap>heap
+    h._ready()
+    if n == 0:
+        raise InvalidArgumentError("size must be a positive integer, got 0")
+    if h.depth <= 0 or h.owner != PyThread_get_thread_ident():
+        raise StateError("alloc_locked() needs the pool lock held by this thread")
+    return h._alloc_locked(n)
+
+
+cdef int _api_free_locked(object heap, uint64_t offset) except -1:
+    cdef SegmentHeap h = <SegmentHeap>heap
+    h._ready()
+    if h.depth <= 0 or h.owner != PyThread_get_thread_ident():
+        raise StateError("free_locked() needs the pool lock held by this thread")
+    return h._free_locked(offset)
+
+
+cdef heap_api_t _HEAP_API
+_HEAP_API.heap_type = <void *>SegmentHeap
+_HEAP_API.acquire = _api_acquire
+_HEAP_API.release = _api_release
+_HEAP_API.alloc_locked = _api_alloc_locked
+_HEAP_API.free_locked = _api_free_locked
+
+
+def heap_api():
+    """A capsule with C entry points into :class:`SegmentHeap` (lock, and alloc / free under the lock) for
+    other compiled cores, which cannot cimport the class in this build layout."""
+    return PyCapsule_New(&_HEAP_API, HEAP_API_NAME, NULL)
 
 
 include "pool_alloc_check.pxi"

@@ -12,8 +12,11 @@ method must be called with the pool's lock held.
 """
 
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memset
+
+from pool_heap_api cimport HEAP_API_NAME, heap_api_t
 
 from sutazai_hwopt.errors import CorruptionError, InvalidArgumentError, PoolExhaustedError
 
@@ -187,6 +190,7 @@ cdef class TableCore:
     cdef uint32_t recent[64]         # slots this handle retired last (reused first: warm cache lines)
     cdef int n_recent
     cdef object heap
+    cdef heap_api_t *api
 
     def __cinit__(self):
         self.has_view = False
@@ -216,9 +220,17 @@ cdef class TableCore:
         self.hint = 0
         self.n_recent = 0
         self.heap = None
+        self.api = NULL
 
-    def bind_heap(self, object heap):
-        """Remember the pool's primary ``SegmentHeap`` (its lock is the pool lock) for the hot paths."""
+    def bind_heap(self, object heap, object api):
+        """Remember the pool's primary ``SegmentHeap`` (its lock is the pool lock) and the allocator's C entry
+        points (the capsule from ``pool_alloc.heap_api()``) for the hot paths."""
+        if not PyCapsule_IsValid(api, HEAP_API_NAME):
+            raise InvalidArgumentError(f"api must be the capsule from pool_alloc.heap_api(), got {api!r}")
+        cdef heap_api_t *p = <heap_api_t *>PyCapsule_GetPointer(api, HEAP_API_NAME)
+        if not isinstance(heap, <type>p.heap_type):
+            raise InvalidArgumentError(f"heap must be a SegmentHeap, got {type(heap).__name__}")
+        self.api = p
         self.heap = heap
 
     def close(self):
@@ -228,6 +240,7 @@ cdef class TableCore:
             self.has_view = False
             self.blocks = NULL
         self.heap = None
+        self.api = NULL
 
     def __dealloc__(self):
         if self.has_view:
@@ -504,11 +517,14 @@ cdef class TableCore:
         """
         cdef long slot
         cdef uint32_t gen
+        cdef heap_api_t *api
+        cdef uint64_t off
         self._ok()
         heap = self.heap
         if heap is None:
             raise InvalidArgumentError("no heap bound to this TableCore (call bind_heap first)")
-        heap.acquire()
+        api = self.api
+        api.acquire(heap)
         try:
             if self.meta_flags[0] != 0:
                 return R_GONE
@@ -518,13 +534,13 @@ cdef class TableCore:
             if slot < 0:
                 return R_TABLE_FULL
             try:
-                off = heap.alloc(size)
+                off = api.alloc_locked(heap, size)
             except PoolExhaustedError:
                 off = pool.alloc(size)
             gen = self._new_block(<uint64_t>slot, WRITING, off, size, size, 0, 0, flags, agent, -1, 0, 0, 0)
             return f"{pool_id}:{slot}:{gen}"
         finally:
-            heap.release()
+            api.release(heap)
 
     cpdef object free_block(self, object pool, uint64_t slot, uint64_t gen, uint64_t agent, bytes name):
         """``free_memory`` after argument checks, under one acquisition of ``heap``'s lock.
@@ -539,11 +555,13 @@ cdef class TableCore:
         cdef int state
         cdef uint64_t off, size
         cdef block_t *b
+        cdef heap_api_t *api
         self._ok()
         heap = self.heap
         if heap is None:
             raise InvalidArgumentError("no heap bound to this TableCore (call bind_heap first)")
-        heap.acquire()
+        api = self.api
+        api.acquire(heap)
         try:
             if self.meta_flags[0] != 0:
                 return R_GONE
@@ -569,9 +587,9 @@ cdef class TableCore:
             off, size = b.off, b.size
             self._retire(slot)
             if size < C_PUNCH_MIN and off >> C_SEG_SHIFT == 0:
-                heap.free(off)
+                api.free_locked(heap, off)
             else:
                 pool.release(off, size)
             return 0
         finally:
-            heap.release()
+            api.release(heap)

@@ -60,7 +60,7 @@ class AttachedPool:
         self.heap = heap                  # the primary's allocator; its lock is the pool lock
         self.t = tables
         self.core = tables.core           # the compiled hot paths (allocate / free in one call each)
-        self.core.bind_heap(heap)
+        self.core.bind_heap(heap, pool_alloc.heap_api())
         self.segs = [_Segment(shm, heap)]
         self.buf = self.segs[0].buf
         self.agents: dict[str, int] = {}

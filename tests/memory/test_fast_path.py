@@ -123,3 +123,16 @@ def test_fast_path_across_extension_segments_and_aliases(ns: str) -> None:
         m.free_memory("a", big)
         assert m.stats("g")["blocks"] == 0 and m.check("g")
         m.destroy_pool("g")
+
+
+def test_bind_heap_checks_its_arguments(pm: MemoryPoolManager) -> None:
+    """TableCore.bind_heap accepts only a SegmentHeap and the allocator's capsule, and keeps the old binding."""
+    from sutazai_hwopt._native import pool_alloc
+
+    pool = pm._pool("data")
+    with pytest.raises(InvalidArgumentError):
+        pool.core.bind_heap(object(), pool_alloc.heap_api())
+    with pytest.raises(InvalidArgumentError):
+        pool.core.bind_heap(pool.heap, "not a capsule")
+    pm.free_memory("a1", pm.allocate_memory("a1", 64, pool_id="data"))
+    assert pm.check("data")
