@@ -113,6 +113,29 @@ cdef class TypeStats:
         self.service_est = 0.0
 
 
+cdef class TypeCost:
+    """Relative cost of one request type, learned by one balancer (cost-aware outstanding counts).
+
+    ``norm`` is a count-based EWMA (about 100 samples) of successful latency x backend weight, i.e. latency
+    normalised by capacity; ``cost`` = ``norm`` / the smallest ``norm`` over the types seen (1.0 until known),
+    refreshed on the shell's decay tick. A COMPUTE_HEAVY request costing 10x then counts as 10 outstanding.
+    """
+
+    cdef public double norm, cost
+
+    def __init__(self):
+        self.norm = 0.0
+        self.cost = 1.0
+
+    cpdef void learn(self, double latency_s, double weight):
+        """Fold one successful latency on a backend of ``weight`` into ``norm``."""
+        cdef double x = latency_s * weight
+        if self.norm == 0.0:
+            self.norm = x
+        else:
+            self.norm = self.norm + (x - self.norm) * 0.01
+
+
 cdef class Rotor:
     """Mutable state of one algorithm instance shared by its Python and compiled code paths."""
 
@@ -135,6 +158,7 @@ cdef class Backend:
     cdef public object service, sid, stats, ring
     cdef public double weight, ewma, ewma_t, pending_work, ejected_until, recovered_at, swrr_current, base
     cdef public double extra  # requests other processes have in flight here (shared mode), else 0
+    cdef public double load  # this client's in-flight requests here weighted by their type's cost
     cdef public double streak_sent  # send time of the first failed request of the current failure streak
     cdef public long long max_conn, in_flight, state, ejections, total_ejections, probes_in_flight
     cdef public long long consecutive, ring_i, ring_fails, ring_n, check_pass_run, check_fail_run, index
@@ -160,6 +184,7 @@ cdef class Backend:
         self.probes_in_flight = 0
         self.consecutive = 0
         self.streak_sent = 0.0
+        self.load = 0.0
         self.ring = []
         self.ring_i = 0
         self.ring_fails = 0
@@ -170,6 +195,12 @@ cdef class Backend:
         self.check_failed_in_ejection = False
         self.stats = {}
         self.swrr_current = 0.0
+
+    cpdef void end_load(self, double cost):
+        """Remove one finished request of ``cost`` from ``load`` (exactly 0 when nothing is in flight)."""
+        self.load -= cost
+        if self.in_flight <= 0 or self.load < 0.0:
+            self.load = 0.0
 
     cpdef TypeStats type_stats(self, rt):
         """The stats of request type ``rt`` (created on first use)."""
@@ -231,8 +262,8 @@ cdef class Backend:
         self.consecutive = 0
 
 
-cdef inline double adaptive_cost(Backend b, double peers):
-    cdef double c = (peers * b.in_flight + b.extra + 1) / b.weight
+cdef inline double adaptive_cost(Backend b, double peers, double mc):
+    cdef double c = (peers * b.load + b.extra + mc) / b.weight
     if b.base > 0.0 and b.ewma > 2.0 * b.base:
         c *= sqrt(b.ewma / (2.0 * b.base))
     return c
@@ -261,7 +292,7 @@ cdef enum:
     ALG_LC = 4
 
 
-cpdef object native_select(int code, Rotor st, list cands):
+cpdef object native_select(int code, Rotor st, list cands, double mc=1.0):
     """The compiled ``select`` of algorithm ``code`` (same result as its Python twin), or None if all full."""
     cdef Py_ssize_t n = len(cands), k, i, j
     cdef Backend b, a, best = None
@@ -277,7 +308,7 @@ cpdef object native_select(int code, Rotor st, list cands):
                 b = <Backend>cands[(start + k) % n]
                 if b.in_flight >= b.max_conn:
                     continue
-                c = adaptive_cost(b, st.peers)
+                c = adaptive_cost(b, st.peers, mc)
                 if c < best_c:
                     best = b
                     best_c = c
@@ -286,7 +317,7 @@ cpdef object native_select(int code, Rotor st, list cands):
             b = <Backend>cands[<Py_ssize_t>(<double>st.rand() * n)]
             if b.in_flight >= b.max_conn:
                 continue
-            c = adaptive_cost(b, st.peers)
+            c = adaptive_cost(b, st.peers, mc)
             if c < best_c:
                 best = b
                 best_c = c
@@ -328,7 +359,7 @@ cdef class Core:
     cdef public bint dirty, learn, affinity, probing
     cdef public double next_change, next_decay, tau, penalty
     cdef public list cands
-    cdef public dict route, backends
+    cdef public dict route, backends, tcost
     cdef public object shell, clock, shared, default_rt, locked
     cdef public Py_ssize_t window, consecutive_limit, min_requests
     cdef public double rate_threshold
@@ -348,6 +379,7 @@ cdef class Core:
         self.next_change = _INF
         self.next_decay = 0.0
         self.shared = None
+        self.tcost = {}
 
     def select(self, request_type=None, session_id=None):
         """Fast path of ``select_backend_sync``: built-in algorithm, nothing due, no session, no sharing."""
@@ -363,11 +395,13 @@ cdef class Core:
         cdef int code = e[2]
         if code == ALG_PY:
             return self.shell._select_py(request_type, session_id, now)
-        b = native_select(code, <Rotor>e[3], self.cands)
+        cdef TypeCost tc = <TypeCost>self.tcost[e[0]]
+        b = native_select(code, <Rotor>e[3], self.cands, tc.cost)
         if b is None:
             return self.shell._no_backend()
         cdef Backend bb = <Backend>b
         bb.in_flight += 1
+        bb.load += tc.cost
         return bb.service
 
     def record(self, service_id, double latency_s, success, request_type=None):
@@ -386,6 +420,9 @@ cdef class Core:
             return self.shell._record_py(service_id, latency_s, success, request_type, now)
         rt = (<tuple>entry)[0]
         bb.in_flight -= 1
+        cdef TypeCost tc = <TypeCost>self.tcost[rt]
+        bb.end_load(tc.cost)
+        tc.learn(latency_s, bb.weight)
         st = bb.stats.get(rt)
         cdef TypeStats ts = bb.type_stats(rt) if st is None else <TypeStats>st
         ts.requests += 1

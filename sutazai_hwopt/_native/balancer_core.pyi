@@ -31,6 +31,13 @@ class TypeStats:
     def __init__(self, *args: Any, **kwargs: Any) -> None: ...
 
 @disjoint_base
+class TypeCost:
+    norm: float
+    cost: float
+    def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+    def learn(self, latency_s: float, weight: float) -> None: ...
+
+@disjoint_base
 class Rotor:
     i: int
     rand: Any
@@ -62,6 +69,7 @@ class Backend:
     probes_in_flight: int
     consecutive: int
     streak_sent: float
+    load: float
     ring_i: int
     ring_fails: int
     ring_n: int
@@ -71,13 +79,14 @@ class Backend:
     active_ok: bool
     check_failed_in_ejection: bool
     def __init__(self, service: Any, index: int) -> None: ...
+    def end_load(self, cost: float) -> None: ...
     def type_stats(self, rt: Any) -> TypeStats: ...
     def observe_latency(self, sample: float, now: float, tau: float) -> None: ...
     def observe_base(self, sample: float) -> None: ...
     def record_outcome(self, failed: int, window: int, sent: float = ...) -> None: ...
     def reset_window(self) -> None: ...
 
-def native_select(code: int, st: Rotor, cands: list[Any]) -> Any: ...
+def native_select(code: int, st: Rotor, cands: list[Any], mc: float = ...) -> Any: ...
 
 @disjoint_base
 class Core:
@@ -92,6 +101,7 @@ class Core:
     cands: list[Any]
     route: dict[Any, Any]
     backends: dict[Any, Any]
+    tcost: dict[Any, Any]
     shell: Any
     clock: Any
     shared: Any

@@ -22,7 +22,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from .._native.balancer_core import Rotor
+from .._native.balancer_core import Rotor, TypeCost
 from .state import Backend
 from .types import RequestType
 
@@ -297,10 +297,11 @@ class Adaptive:
     def __init__(self, rng: random.Random | None = None, scan_limit: int = 32, d: int = 2,
                  peers: float = 4.0) -> None:
         self.state = Rotor((rng or random.Random()).random, scan_limit, d, peers)
+        self.tcost: dict[RequestType, TypeCost] = {}  # set by the balancer that uses this instance
 
-    def cost(self, b: Backend) -> float:
-        """The cost this policy minimises (lower is better)."""
-        c = (self.state.peers * b.in_flight + b.extra + 1) / b.weight
+    def cost(self, b: Backend, mc: float = 1.0) -> float:
+        """The cost this policy minimises (lower is better) for a request of relative cost ``mc``."""
+        c = (self.state.peers * b.load + b.extra + mc) / b.weight
         base = b.base
         if base > 0.0 and b.ewma > 2.0 * base:
             c *= math.sqrt(b.ewma / (2.0 * base))
@@ -313,16 +314,17 @@ class Adaptive:
         best = None
         best_c = math.inf
         st = self.state
+        tc = self.tcost.get(rt)
+        mc = tc.cost if tc is not None else 1.0
         if n <= st.scan_limit:
             st.i += 1
             start = int(st.rand() * n)  # random scan start: ties fall randomly, so clients do not herd
             peers = st.peers
             for k in range(n):
                 b = cands[(start + k) % n]
-                f = b.in_flight
-                if f >= b.max_conn:
+                if b.in_flight >= b.max_conn:
                     continue
-                c = (peers * f + b.extra + 1) / b.weight
+                c = (peers * b.load + b.extra + mc) / b.weight
                 base = b.base
                 if base > 0.0 and b.ewma > 2.0 * base:
                     c *= math.sqrt(b.ewma / (2.0 * base))
@@ -334,7 +336,7 @@ class Adaptive:
             b = cands[int(r() * n)]
             if b.in_flight >= b.max_conn:
                 continue
-            c = self.cost(b)
+            c = self.cost(b, mc)
             if c < best_c:
                 best, best_c = b, c
         return best if best is not None else _least_loaded(cands, 0)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .._native.balancer_core import Core
+from .._native.balancer_core import Core, TypeCost
 from ..config import BalancerSection
 from ..errors import (
     AlreadyExistsError,
@@ -93,6 +93,8 @@ class DynamicLoadBalancer:
         self._c.window = self._op.window
         self._c.affinity = cfg.session_affinity
         self._c.shared = shared
+        self._c.tcost = {rt: TypeCost() for rt in RequestType}
+        _give_costs(default, self._c.tcost)
         self._checks_active = False
         self._health: Any = None
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -119,6 +121,7 @@ class DynamicLoadBalancer:
             nb = Backend(service, len(self._list))
             if b is not None:  # re-registered while old requests drain: keep their in-flight count
                 nb.in_flight = b.in_flight
+                nb.load = b.load
             self._backends[service.service_id] = nb
             self._list.append(nb)
             self._c.dirty = True
@@ -150,6 +153,7 @@ class DynamicLoadBalancer:
         rt = self._request_type(request_type)
         algo = make_algorithm(algorithm, self._rng)
         _global_view(algo, self._shared)
+        _give_costs(algo, self._c.tcost)
         with self._lock:
             self._route[rt] = _entry(rt, algo)
             self._update_learn()
@@ -190,6 +194,11 @@ class DynamicLoadBalancer:
         """Let the peak-EWMA (and learned service times) of backends that got no answer lately decay (Finagle
         decays at read time), so a backend penalised once is tried again instead of being starved forever."""
         tau = self._op.ewma_tau_s
+        norms = [tc.norm for tc in self._c.tcost.values() if tc.norm > 0.0]
+        if norms:  # relative type costs for cost-aware outstanding counts (adaptive)
+            lo = min(norms)
+            for tc in self._c.tcost.values():
+                tc.cost = tc.norm / lo if tc.norm > 0.0 else 1.0
         prior: dict[Any, float] = {}
         if self._c.learn:  # per type: the mean learned service time over the backends
             sums: dict[Any, list[float]] = {}
@@ -254,6 +263,7 @@ class DynamicLoadBalancer:
             if b is None:
                 raise NoBackendAvailableError(self._why_none())
             b.in_flight += 1
+            b.load += self._c.tcost[rt].cost
             if b.state == PROBING:
                 b.probes_in_flight += 1
                 if b.probes_in_flight >= self._op.probes:
@@ -357,6 +367,8 @@ class DynamicLoadBalancer:
             if b.in_flight <= 0:
                 raise StateError(f"service_id {service_id!r} has no request in flight")
             b.in_flight -= 1
+            tc = self._c.tcost[rt]
+            b.end_load(tc.cost)
             if self._shared is not None:
                 self._shared.add_outstanding(b.sid, -1)
             st = b.stats.get(rt)
@@ -366,6 +378,7 @@ class DynamicLoadBalancer:
             st.sketch.add(latency_s)
             op = self._op
             if success:
+                tc.learn(latency_s, b.weight)
                 b.observe_latency(latency_s, now, op.ewma_tau_s)
                 b.observe_base(latency_s)
             else:
@@ -395,6 +408,7 @@ class DynamicLoadBalancer:
             if b.in_flight <= 0:
                 raise StateError(f"service_id {service_id!r} has no request in flight")
             b.in_flight -= 1
+            b.end_load(self._c.tcost[self._request_type(request_type)].cost)
             if self._shared is not None:
                 self._shared.add_outstanding(b.sid, -1)
             if b.state == PROBING and b.probes_in_flight > 0:
@@ -599,6 +613,12 @@ def _global_view(algo: Algorithm, shared: Any) -> None:
     """With host-wide outstanding counts (``shared``) adaptive needs no concurrency compensation."""
     if shared is not None and isinstance(algo, Adaptive) and algo.state.peers != 1.0:
         algo.state.peers = 1.0
+
+
+def _give_costs(algo: Algorithm, tcost: dict[Any, TypeCost]) -> None:
+    """Adaptive weighs outstanding requests by their type's learned cost: give it this balancer's table."""
+    if isinstance(algo, Adaptive):
+        algo.tcost = tcost
 
 
 def _set_done(fut: asyncio.Future[None]) -> None:

@@ -205,3 +205,26 @@ def test_adaptive_breaks_ties_randomly(native: bool) -> None:
     assert a != b and a == picks(1)
     seen = Counter(a)
     assert len(seen) == 8 and min(seen.values()) >= 20
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_adaptive_counts_outstanding_by_learned_type_cost(native: bool) -> None:
+    """Once COMPUTE_HEAVY is learned to cost 10x, one heavy request in flight weighs like 10 light ones."""
+    clock = FakeClock()
+    lb = DynamicLoadBalancer(algorithm="adaptive", clock=clock, seed=5, native=native)
+    for sid in ("a", "b"):
+        lb.register_service(BackendService(service_id=sid, port=8001 if sid == "a" else 8002))
+    for _ in range(50):
+        for rt, lat in ((RequestType.DEFAULT, 0.01), (RequestType.COMPUTE_HEAVY, 0.1)):
+            s = lb.select_backend_sync(rt)
+            lb.record_result(s.service_id, lat, True, rt)
+    clock.advance(1.0)  # the decay tick refreshes the relative costs
+    heavy = lb.select_backend_sync(RequestType.COMPUTE_HEAVY).service_id
+    assert lb._c.tcost[RequestType.COMPUTE_HEAVY].cost == pytest.approx(10.0)
+    assert lb._c.tcost[RequestType.DEFAULT].cost == 1.0
+    light = [lb.select_backend_sync(RequestType.DEFAULT).service_id for _ in range(5)]
+    assert heavy not in light  # by count alone (peers 4) the 2nd light request would tie with the heavy one
+    lb.record_result(heavy, 0.1, True, RequestType.COMPUTE_HEAVY)
+    for sid in light:
+        lb.record_result(sid, 0.01, True)
+    assert all(lb._backends[s].load == 0.0 for s in ("a", "b"))
