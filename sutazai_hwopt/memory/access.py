@@ -26,7 +26,7 @@ class BlockAccess:
         agent_id, block_id = self.agent_id, self.block_id
         check_agent(agent_id)
         parts = block_id.split(":") if isinstance(block_id, str) else ()
-        if len(parts) != 3 or not (parts[1].isdigit() and parts[2].isdigit()):
+        if len(parts) != 3 or not all(p.isascii() and p.isdigit() and len(p) <= 18 for p in parts[1:]):
             raise InvalidArgumentError(f"block_id must be a string 'pool:slot:generation', got {block_id!r}")
         pool = self.manager._pool(parts[0])
         slot, gen = int(parts[1]), int(parts[2])

@@ -57,7 +57,7 @@ def test_fast_path_refusals_raise_the_checked_errors(pm: MemoryPoolManager) -> N
         pm.free_memory("a1", other)
     with pytest.raises(NotFoundError):
         pm.free_memory("a1", "data:999999:0")
-    for bad in ("data:1", "data:x:0", 42, None, "data:1:2:3"):
+    for bad in ("data:1", "data:x:0", 42, None, "data:1:2:3", "data:\u00b2:0", "data:" + "9" * 30 + ":0"):
         with pytest.raises(InvalidArgumentError):
             pm.free_memory("a1", bad)
     with pytest.raises(InvalidArgumentError):
