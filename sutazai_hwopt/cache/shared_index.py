@@ -23,8 +23,8 @@ from typing import Any
 from .._native import pool_alloc, shmcache_index
 from ..errors import CapacityError, InvalidArgumentError, NotFoundError, PoolExhaustedError, WeightError
 from ..logs import get_logger
-from ..memory.manager import process_start_time
 from ..memory.segment import SHM_DIR, attach_segment, close_quietly, create_segment, segment_name, unlink_segment
+from ..procid import is_same_process, process_start_time
 
 __all__ = ["SharedTier", "tier_segment_name"]
 
@@ -44,8 +44,7 @@ def _pow2_at_least(n: int) -> int:
     return p
 
 
-def _alive(pid: int, start: int) -> bool:
-    return pid != 0 and process_start_time(pid) == start
+_alive = is_same_process
 
 
 class _Attachment:

@@ -32,8 +32,8 @@ from typing import Any
 from ..config import CacheSection, HwoptConfig
 from ..errors import InvalidArgumentError, LoaderError, StateError, WeightError
 from ..logs import get_logger
-from ..memory.manager import process_start_time
 from ..memory.segment import validate_name
+from ..procid import process_start_time
 from . import codec
 from .codec import KIND_PICKLE, KIND_STR, decode, encode, join_body, key_bytes, key_from_bytes, key_hash
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AccessDeniedError
-from ..resources.identity import read_start_time as process_start_time
+from ..procid import process_start_time
 
 __all__ = ["RuntimeDir", "process_start_time", "runtime_dir"]
 

@@ -8,6 +8,7 @@ block / agent / holder / dedup tables; :mod:`.compression` the per-block codecs.
 
 from __future__ import annotations
 
-from .manager import MemoryPoolManager, process_start_time
+from ..procid import process_start_time
+from .manager import MemoryPoolManager
 
 __all__ = ["MemoryPoolManager", "process_start_time"]

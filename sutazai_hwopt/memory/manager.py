@@ -30,6 +30,7 @@ from ..errors import (
     StateError,
 )
 from ..logs import get_logger
+from ..procid import process_start_time
 from . import compression as comp
 from . import dedup as dd
 from .access import BlockAccess, check_agent, check_int
@@ -50,22 +51,6 @@ __all__ = ["MemoryPoolManager", "process_start_time"]
 
 log = get_logger("memory")
 _MAX_POOL = 1 << 44
-
-
-def process_start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22), or None if it is gone.
-
-    A pid plus its start time names one process for good: a reused pid has a different start time.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rindex(b")") + 2:].split()
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[19])
 
 
 def _round_up(n: int, a: int) -> int:

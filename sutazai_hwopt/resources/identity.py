@@ -12,22 +12,9 @@ import os
 from dataclasses import dataclass
 
 from ..errors import NotFoundError
+from ..procid import process_start_time as read_start_time
 
 __all__ = ["AgentProcess", "read_start_time"]
-
-
-def read_start_time(pid: int) -> int | None:
-    """The start time of ``pid`` in clock ticks after boot, or ``None`` if it does not exist or is a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    rest = data[data.rfind(b")") + 2:].split()
-    if len(rest) < 20 or rest[0] == b"Z" or rest[0] == b"X":
-        return None
-    return int(rest[19])
 
 
 @dataclass(frozen=True)
