@@ -45,7 +45,7 @@ class _ServiceCollector:
             if key != "t" and v is not None:
                 host.add_metric([key], v)
         yield host
-        profiles = s.profiler.agent_profiles(1) if s.ticks else {}
+        profiles = s.latest_profiles()
         cpu = GaugeMetricFamily("sutazai_hwopt_agent_cpu_percent", "agent CPU %", labels=["agent"])
         rss = GaugeMetricFamily("sutazai_hwopt_agent_rss_bytes", "agent resident memory", labels=["agent"])
         wait = GaugeMetricFamily("sutazai_hwopt_agent_run_wait_ratio",

@@ -86,6 +86,9 @@ class CoordinatorService:
         self.closed = False
         self._placement_dirty = False
         self._cache_tiers: dict[str, Any] = {}
+        #: per-agent profiles of the latest pass that built them (every DETECT_EVERY passes); the views reuse
+        #: them instead of rebuilding trends over 131 agents on every dashboard poll or scrape.
+        self._latest_profiles: dict[str, dict[str, Any]] = {}
         self._last_acted: dict[str, float] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -152,15 +155,14 @@ class CoordinatorService:
             self.ticks += 1
             self.history.append(_finite({"t": time.time(), **self._headline(metrics)}))
             profiles = None
-            if self._measuring:
-                profiles = self.profiler.agent_profiles()
+            if self._measuring or self.ticks % DETECT_EVERY == 0:
+                profiles = self._latest_profiles = self.profiler.agent_profiles()
+            if self._measuring and profiles is not None:
                 self._measured.append((self._clock(), metrics, profiles))
             self._pass_done.notify_all()
-            if detect and self.ticks >= 3 and self.ticks % DETECT_EVERY == 0:
-                if profiles is None:
-                    profiles = self.profiler.agent_profiles()
+            if detect and self.ticks >= 3 and profiles is not None and self.ticks % DETECT_EVERY == 0:
                 found = self.profiler.detect_bottlenecks(metrics, profiles)
-                self._bottlenecks = {self._bottleneck_id(b): self._bottleneck_dict(b) for b in found}
+                self._bottlenecks = self._keyed(found)
                 if self.auto_fix and self._bottlenecks:
                     self._auto_eliminate()
 
@@ -183,15 +185,14 @@ class CoordinatorService:
         }
 
     @staticmethod
-    def _bottleneck_dict(b: Any) -> dict[str, Any]:
-        d = b.to_dict() if hasattr(b, "to_dict") else dict(b)
-        return _finite(d)
-
-    @classmethod
-    def _bottleneck_id(cls, b: Any) -> str:
-        d = cls._bottleneck_dict(b)
-        key = json.dumps([d.get("type"), sorted(d.get("agents") or [])])
-        return hashlib.blake2s(key.encode(), digest_size=6).hexdigest()
+    def _keyed(found: Any) -> dict[str, dict[str, Any]]:
+        """Findings as JSON-ready dicts keyed by a stable id (type + agents), so a persisting one keeps its id."""
+        out = {}
+        for b in found:
+            d = _finite(b.to_dict())
+            key = json.dumps([d.get("type"), sorted(d.get("agents") or [])])
+            out[hashlib.blake2s(key.encode(), digest_size=6).hexdigest()] = d
+        return out
 
     def _auto_eliminate(self) -> None:
         """Queue each finding for the eliminator, at most once per cool-down while it persists.
@@ -247,10 +248,17 @@ class CoordinatorService:
                 "profiler": "ok" if self.ticks else "starting",
                 "eliminator": "auto" if self.auto_fix else "recommend"}
 
+    def latest_profiles(self) -> dict[str, dict[str, Any]]:
+        """Per-agent profiles as of the latest pass that built them (at most DETECT_EVERY passes old)."""
+        with self._lock:
+            if not self._latest_profiles and self.ticks:
+                self._latest_profiles = self.profiler.agent_profiles()
+            return self._latest_profiles
+
     def metrics(self) -> dict[str, Any]:
         with self._lock:
             return _finite({"system": self.profiler.system_metrics(),
-                            "agents": self.profiler.agent_profiles(1) if self.ticks else {},
+                            "agents": self.latest_profiles(),
                             "baseline": self.baseline})
 
     def agents(self) -> list[dict[str, Any]]:
@@ -280,7 +288,7 @@ class CoordinatorService:
                 raise StateError("the coordinator is stopped")
             plan = self.coordinator.rebalance_resources(strategy=strategy, dry_run=dry_run)
             found = self.profiler.detect_bottlenecks() if self.ticks >= 2 else []
-            self._bottlenecks = {self._bottleneck_id(b): self._bottleneck_dict(b) for b in found}
+            self._bottlenecks = self._keyed(found)
             recommended = []
             for bid, finding in self._bottlenecks.items():
                 advice = self._recommend(finding)
@@ -317,7 +325,7 @@ class CoordinatorService:
         with self._lock:
             return _finite({
                 "status": self.status(), "history": list(self.history),
-                "agents": self.agents(), "load": self.profiler.agent_profiles(1) if self.ticks else {},
+                "agents": self.agents(), "load": self.latest_profiles(),
                 "bottlenecks": self._bottlenecks, "actions": list(self.actions)[-50:],
                 "cache": self._cache_figures(), "pools": self._pool_figures(),
             })
