@@ -20,6 +20,7 @@ Each subclass also inherits the builtin a caller would already catch, so
     ├── LoaderError(RuntimeError)         a cache loader raised; the original is ``__cause__``
     ├── PlatformError(OSError)            the kernel refused or lacks a knob
     │   └── KernelPermissionError(PermissionError)
+    ├── TrustError(PermissionError)       a shared segment or file is not ours (owner, mode): refused unread
     └── InternalError(RuntimeError)       the library's own state is wrong, not the caller's fault
         ├── CorruptionError               a shared structure failed its invariant check
         └── IncompatibleLayoutError       a segment is not ours, or of another layout version
@@ -48,6 +49,7 @@ __all__ = [
     "LoaderError",
     "PlatformError",
     "KernelPermissionError",
+    "TrustError",
     "InternalError",
     "CorruptionError",
     "IncompatibleLayoutError",
@@ -141,6 +143,13 @@ class PlatformError(HwoptError, OSError):
 
 class KernelPermissionError(PlatformError, PermissionError):
     """The kernel denied a change for lack of privilege."""
+
+
+class TrustError(HwoptError, PermissionError):
+    """A segment, file or directory in a shared place is owned by another user or open to others.
+
+    Raised before anything in it is read; the message names the object, the owner found and what to do.
+    """
 
 
 class InternalError(HwoptError, RuntimeError):

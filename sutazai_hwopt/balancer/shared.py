@@ -1,6 +1,6 @@
 """Optional state shared by the balancers of every agent process on a host: ejections and outstanding counts.
 
-One ``multiprocessing.shared_memory`` segment (mode 0600, as Python creates it) holds a small table of
+One shared-memory segment (:mod:`sutazai_hwopt.shm`: mode 0600, checked to be ours on attach) holds a small table of
 64-bit words, updated with atomic operations from the compiled core (``AtomicWords``), so no lock is held
 on the request path and a killed process cannot leave a lock behind::
 
@@ -27,12 +27,12 @@ reading the counts costs O(backends) per selection.
 from __future__ import annotations
 
 import fcntl
-from multiprocessing import resource_tracker, shared_memory
 from typing import TYPE_CHECKING
 
 from .._native.balancer_core import AtomicWords
 from ..errors import IncompatibleLayoutError, InvalidArgumentError, PoolExhaustedError
 from ..logs import get_logger
+from ..shm import Segment, attach_segment, close_quietly, create_segment, segment_name, unlink_segment, validate_name
 
 if TYPE_CHECKING:
     from .balancer import DynamicLoadBalancer
@@ -70,21 +70,27 @@ class SharedState:
         >>> s.close(); s.unlink()
     """
 
-    def __init__(self, shm: shared_memory.SharedMemory, owner: bool) -> None:
+    def __init__(self, shm: Segment, owner: bool, table: str) -> None:
         self._shm = shm
         self._owner = owner
         self._words = AtomicWords(shm.buf)
         self._slots: dict[str, int] = {}
         self.nslots = 0
-        self.name = shm.name
+        self.name = table
+        self.segment_name = shm.name
 
     @classmethod
     def create(cls, name: str, slots: int = 1024) -> SharedState:
-        """Create the segment ``name`` with room for ``slots`` backends."""
+        """Create the table ``name`` (a namespace-like name) with room for ``slots`` backends.
+
+        Raises:
+            AlreadyExistsError: this user already has a table of that name.
+        """
+        validate_name("balancer table name", name)
         if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= 1 << 20:
             raise InvalidArgumentError(f"slots must be an integer in 1..{1 << 20}, got {slots!r}")
-        shm = shared_memory.SharedMemory(name=name, create=True, size=8 * (HEADER_WORDS + SLOT_WORDS * slots))
-        self = cls(shm, owner=True)
+        shm = create_segment(segment_name(name, "lb", "table"), 8 * (HEADER_WORDS + SLOT_WORDS * slots))
+        self = cls(shm, owner=True, table=name)
         w = self._words
         w.store(1, LAYOUT_VERSION)
         w.store(2, slots)
@@ -94,11 +100,14 @@ class SharedState:
 
     @classmethod
     def attach(cls, name: str) -> SharedState:
-        """Attach to an existing segment (checked for our magic and layout version)."""
-        shm = shared_memory.SharedMemory(name=name)
-        # Python 3.11's resource tracker would unlink a segment this process only attached to when it exits.
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-        self = cls(shm, owner=False)
+        """Attach to an existing table (checked to be ours, then for our magic and layout version).
+
+        Raises:
+            NotFoundError: no table of that name. TrustError: the segment is not this user's (never read).
+        """
+        validate_name("balancer table name", name)
+        shm = attach_segment(segment_name(name, "lb", "table"))
+        self = cls(shm, owner=False, table=name)
         w = self._words
         if w.nwords < HEADER_WORDS or w.load(0) != MAGIC or w.load(1) != LAYOUT_VERSION:
             self.close()
@@ -115,11 +124,11 @@ class SharedState:
         if self._words is not None:
             self._words.release()
             self._words = None  # type: ignore[assignment]
-            self._shm.close()
+            close_quietly(self._shm)
 
     def unlink(self) -> None:
         """Remove the segment name (once, by one process)."""
-        self._shm.unlink()
+        unlink_segment(self._shm.name)
 
     # ---------------------------------------------------------------------------------------------- slots
     def slot(self, service_id: str) -> int:
@@ -132,7 +141,7 @@ class SharedState:
         n = self.nslots
         for locked in (False, True):
             if locked:
-                fcntl.flock(self._shm._fd, fcntl.LOCK_EX)  # type: ignore[attr-defined]
+                fcntl.flock(self._shm.fileno(), fcntl.LOCK_EX)
             try:
                 for k in range(n):
                     base = HEADER_WORDS + SLOT_WORDS * ((h + k) % n)
@@ -148,7 +157,7 @@ class SharedState:
                         return base
             finally:
                 if locked:
-                    fcntl.flock(self._shm._fd, fcntl.LOCK_UN)  # type: ignore[attr-defined]
+                    fcntl.flock(self._shm.fileno(), fcntl.LOCK_UN)
         raise PoolExhaustedError(f"shared balancer table {self.name!r} has no free slot of {n} for "
                                  f"{service_id!r}")
 

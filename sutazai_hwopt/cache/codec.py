@@ -6,17 +6,24 @@ and ``b"1"`` are three different keys in every tier; they are hashed with XXH3-6
 Values: ``bytes``-like and C-contiguous numpy arrays are stored raw so a reader gets a zero-copy, read-only view
 of shared memory; ``str`` as UTF-8; anything else through pickle protocol 5 (PEP 574) with its out-of-band
 buffers stored raw after the pickle stream, so large arrays inside objects are not copied into the stream.
+
+Trust: bytes, str and arrays decode without running code (an array's dtype, structured ones included, is stored
+as the ``.npy`` format's text description and read back with ``ast.literal_eval``, never with pickle). Only
+``KIND_PICKLE`` values run code when decoded; :func:`decode` unpickles them only when ``allow_pickle`` is true,
+which the tiers set only for data whose writer is authenticated (a segment or directory checked to be this
+user's, see :mod:`sutazai_hwopt.trust`).
 """
 
 from __future__ import annotations
 
+import ast
 import pickle
 import struct
 from typing import Any
 
 import xxhash
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, TrustError
 
 __all__ = ["KIND_BYTES", "KIND_NDARRAY", "KIND_PICKLE", "KIND_STR", "decode", "encode", "join_body", "key_bytes",
            "key_hash", "value_size"]
@@ -81,7 +88,7 @@ def encode(value: Any) -> tuple[int, bytes, list[Any]]:
     np = _numpy_if_loaded()
     if np is not None and type(value) is np.ndarray and value.dtype.hasobject is False:
         arr = value if value.flags.c_contiguous else np.ascontiguousarray(value)
-        dt = arr.dtype.str.encode() if arr.dtype.names is None else pickle.dumps(arr.dtype, 5)
+        dt = arr.dtype.str.encode() if arr.dtype.names is None else repr(_descr(arr.dtype)).encode()
         head = _ND.pack(arr.ndim) + b"".join(_Q.pack(d) for d in arr.shape) + dt
         return KIND_NDARRAY, head, [arr]
     buffers: list[pickle.PickleBuffer] = []
@@ -96,9 +103,30 @@ def encode(value: Any) -> tuple[int, bytes, list[Any]]:
     return KIND_PICKLE, head, raws
 
 
-def decode(kind: int, head: bytes, body: Any) -> Any:
+def _descr(dtype: Any) -> Any:
+    from numpy.lib import format as npy_format
+
+    return npy_format.dtype_to_descr(dtype)
+
+
+def _dtype_from(text: bytes) -> Any:
+    """A dtype from its stored description: ``dtype.str`` or a structured ``.npy`` descr (no code is run)."""
+    import numpy as np
+    from numpy.lib import format as npy_format
+
+    s = text.decode("ascii")
+    if s.startswith("["):
+        return npy_format.descr_to_dtype(ast.literal_eval(s))
+    return np.dtype(s)
+
+
+def decode(kind: int, head: bytes, body: Any, *, allow_pickle: bool = True) -> Any:
     """Rebuild a value from ``encode``'s parts; ``body`` may be a pinned zero-copy view (kept alive by the
-    result for bytes, arrays and pickle buffers)."""
+    result for bytes, arrays and pickle buffers).
+
+    Raises:
+        TrustError: a pickled value while ``allow_pickle`` is false (its writer is not authenticated).
+    """
     if kind == KIND_BYTES:
         return memoryview(body)
     if kind == KIND_STR:
@@ -109,10 +137,12 @@ def decode(kind: int, head: bytes, body: Any) -> Any:
         ndim = head[0]
         shape = tuple(_Q.unpack_from(head, 1 + 8 * i)[0] for i in range(ndim))
         rest = head[1 + 8 * ndim:]
-        dtype = np.dtype(rest.decode()) if not rest.startswith(b"\x80") else pickle.loads(rest)
-        arr = np.frombuffer(body, dtype=dtype, count=_count(shape))
+        arr = np.frombuffer(body, dtype=_dtype_from(bytes(rest)), count=_count(shape))
         return arr.reshape(shape)
     if kind == KIND_PICKLE:
+        if not allow_pickle:
+            raise TrustError("refusing to unpickle a cached value whose writer is not authenticated (a namespace "
+                             "shared by a group without allow_pickle); store bytes, str or arrays instead")
         n = _Q.unpack_from(head, 0)[0]
         lens = [_Q.unpack_from(head, 8 + 8 * i)[0] for i in range(n)]
         stream = head[8 + 8 * n:]

@@ -23,6 +23,7 @@ from typing import Any
 import xxhash
 
 from ..logs import get_logger
+from ..trust import private_dir
 from .shared_index import SharedTier
 
 __all__ = ["L3Tier"]
@@ -65,6 +66,8 @@ class L3Tier:
 
     def __init__(self, namespace: str, size: int, *, codec: str = "lz4", directory: str | None = None,
                  max_entries: int | None = None) -> None:
+        if directory:   # its files hold pickled values: it must be ours and closed to others
+            private_dir(directory, "L3 directory")
         self.store = SharedTier(namespace, "l3", size, max_entries=max_entries)
         self.codec = codec
         self.size = self.store.size
@@ -73,8 +76,6 @@ class L3Tier:
         self._dir_lock = threading.Lock()
         self.raw_bytes = 0
         self.stored_bytes = 0
-        if self.directory is not None:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def put(self, kb: bytes, h: int, kind: int, priority: int, head: bytes, body: Any) -> None:
         """Compress and store one value (as produced by the codec, body as one buffer)."""

@@ -23,8 +23,8 @@ from typing import Any
 from .._native import pool_alloc, shmcache_index
 from ..errors import CapacityError, InvalidArgumentError, NotFoundError, PoolExhaustedError, WeightError
 from ..logs import get_logger
-from ..memory.segment import SHM_DIR, attach_segment, close_quietly, create_segment, segment_name, unlink_segment
 from ..procid import is_same_process, process_start_time
+from ..shm import SHM_DIR, attach_segment, close_quietly, create_segment, segment_name, unlink_segment
 
 __all__ = ["SharedTier", "tier_segment_name"]
 
@@ -34,7 +34,7 @@ MIN_TIER = 1 << 20
 
 def tier_segment_name(namespace: str, level: str) -> str:
     """The shm name of a tier's segment (``sutazai_hwopt.<namespace>.cache-<level>``)."""
-    return segment_name(namespace, f"cache-{level}")
+    return segment_name(namespace, "cache", level)
 
 
 def _pow2_at_least(n: int) -> int:
@@ -115,10 +115,7 @@ class _Attachment:
                 log.debug("releasing the process slot failed: %s", exc)
             self.index.close()
             self.heap.close()
-        if not close_quietly(self.shm):
-            # Views still export the buffer: drop our memoryview too (the views keep it and the mapping alive),
-            # or SharedMemory.__del__ would try to release it again and raise BufferError.
-            self.shm._buf = None
+        close_quietly(self.shm)   # views still exporting the buffer keep the mapping alive until they die
 
 
 def _recover(ref: weakref.ref[_Attachment]) -> None:
@@ -173,7 +170,7 @@ class SharedTier:
             raise InvalidArgumentError(
                 f"{self.level}_size {size} is too small for an index of {nslots} slots ({meta} bytes); "
                 f"give more bytes or fewer max_entries")
-        tmp = segment_name(self.namespace, f"cache-{self.level}-tmp{os.getpid()}{secrets.token_hex(3)}")
+        tmp = segment_name(self.namespace, "cache", f"{self.level}-tmp{os.getpid()}{secrets.token_hex(3)}")
         shm = create_segment(tmp, size)
         try:
             buf = shm.buf

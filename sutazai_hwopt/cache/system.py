@@ -32,8 +32,8 @@ from typing import Any
 from ..config import CacheSection, HwoptConfig
 from ..errors import InvalidArgumentError, LoaderError, StateError, WeightError
 from ..logs import get_logger
-from ..memory.segment import validate_name
 from ..procid import process_start_time
+from ..shm import sharing_of, validate_name
 from . import codec
 from .codec import KIND_PICKLE, KIND_STR, decode, encode, join_body, key_bytes, key_from_bytes, key_hash
 
@@ -98,6 +98,8 @@ class IntelligentCacheSystem:
         cfg = _section(config, overrides)
         self.config = cfg
         self.namespace = validate_name("namespace", cfg.namespace)
+        share = sharing_of(self.namespace)   # a group-shared namespace: other users may have written the tiers
+        self._allow_pickle = share is None or share.allow_pickle
         self._loader = loader
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -266,7 +268,7 @@ class IntelligentCacheSystem:
             r = l2.get(kb, h)
             if r is not None:
                 kind, prio, head, body = r
-                value = decode(kind, head, body)
+                value = decode(kind, head, body, allow_pickle=self._allow_pickle)
                 # Promote decoded objects, but not ones that view shared memory (bytes, arrays, pickles with
                 # out-of-band buffers): a private L1 copy would pin the L2 block for as long as it stays in L1.
                 if l1 is not None and (kind == KIND_STR or (kind == KIND_PICKLE and len(body) == 0)):
@@ -283,7 +285,7 @@ class IntelligentCacheSystem:
                 victims = l2.put(kb, h, kind, head, [body], prio, demote=self._l3 is not None)
                 for vk, vkind, vprio, vhead, vbody in victims:
                     self._l3.put(vk, key_hash(vk), vkind, vprio, vhead, vbody)
-            value = decode(kind, head, body)
+            value = decode(kind, head, body, allow_pickle=self._allow_pickle)
             if l1 is not None and kind in (KIND_PICKLE, KIND_STR):
                 self._l1_store(kb, value, l2.index.epoch(h) if l2 is not None else 0, prio)
             return value, level

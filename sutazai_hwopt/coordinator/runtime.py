@@ -18,14 +18,13 @@ import contextlib
 import json
 import os
 import secrets
-import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import AccessDeniedError
 from ..procid import process_start_time
+from ..trust import private_dir
 
 __all__ = ["RuntimeDir", "process_start_time", "runtime_dir"]
 
@@ -86,14 +85,8 @@ class RuntimeDir:
         return self.path / "daemon.log"
 
     def ensure(self) -> Path:
-        """Create the directory 0700; refuse one owned by another user or open to others."""
-        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        st = self.path.stat()
-        if st.st_uid != os.getuid():
-            raise AccessDeniedError(f"runtime directory {self.path} belongs to uid {st.st_uid}, not {os.getuid()}")
-        if stat.S_IMODE(st.st_mode) & 0o077:
-            os.chmod(self.path, 0o700)
-        return self.path
+        """Create the directory 0700; refuse (TrustError) one owned by another user or writable by others."""
+        return private_dir(self.path, "runtime directory")
 
     # -- pid file -------------------------------------------------------------------------------------------
     def read_pid(self) -> DaemonRecord | None:

@@ -34,8 +34,6 @@ DETECT_EVERY = 2
 #: A bottleneck that persists is handed to the eliminator again only after this long (its validation window
 #: and the kernel's reaction need time; re-acting every pass would thrash).
 ACTION_COOLDOWN_S = 30.0
-#: The cache's shared tiers live in the same namespace as the pools, under these segment names.
-_CACHE_TIER_PREFIX = "cache-"
 
 
 def _finite(x: Any) -> Any:
@@ -336,12 +334,12 @@ class CoordinatorService:
         L1 is private to each agent process and is not visible here; the tiers are attached only once an
         agent has created them.
         """
-        from ..memory.segment import list_segments
+        from ..shm import list_segments
 
-        present = set(list_segments(self.master.memory_namespace))
+        present = set(list_segments(self.master.memory_namespace, "cache"))
         levels: dict[str, Any] = {}
         for level in ("l2", "l3"):
-            if f"{_CACHE_TIER_PREFIX}{level}" not in present:
+            if level not in present:
                 continue
             try:
                 tier = self._cache_tiers.get(level)
@@ -361,9 +359,9 @@ class CoordinatorService:
 
     def _pool_figures(self) -> dict[str, Any]:
         """Usage, dedup and compression of every shared pool of the namespace (read from /dev/shm)."""
-        from ..memory.segment import list_segments
+        from ..shm import list_segments
 
-        names = [n for n in list_segments(self.master.memory_namespace) if not n.startswith(_CACHE_TIER_PREFIX)]
+        names = list_segments(self.master.memory_namespace, "pool")
         if not names:  # attach the pool manager only once a pool exists
             return {}
         out = {}

@@ -1,6 +1,6 @@
 """MemoryPoolManager: named shared-memory pools that every agent process allocates in directly.
 
-Each pool is a shared segment (see :mod:`.segment`; it may grow by extension segments, see :mod:`.pool`) laid
+Each pool is a shared segment (see :mod:`sutazai_hwopt.shm`; it may grow by extension segments, see :mod:`.pool`) laid
 out as ``[header | tables | heap]``: the compiled allocator and robust lock
 (:class:`~sutazai_hwopt._native.pool_alloc.SegmentHeap`) own the header and heap, :class:`~.tables.Tables` the
 block / agent / holder / dedup tables. Any process of the same user that builds a
@@ -31,11 +31,7 @@ from ..errors import (
 )
 from ..logs import get_logger
 from ..procid import process_start_time
-from . import compression as comp
-from . import dedup as dd
-from .access import BlockAccess, check_agent, check_int
-from .pool import AttachedPool as _Pool
-from .segment import (
+from ..shm import (
     attach_segment,
     close_quietly,
     create_segment,
@@ -45,6 +41,10 @@ from .segment import (
     unlink_segment,
     validate_name,
 )
+from . import compression as comp
+from . import dedup as dd
+from .access import BlockAccess, check_agent, check_int
+from .pool import AttachedPool as _Pool
 from .tables import ALIAS, F_DEDUP, FREE, SEALED, STATE_NAMES, WRITING, Tables, meta_bytes, table_sizes
 
 __all__ = ["MemoryPoolManager", "process_start_time"]
@@ -131,7 +131,7 @@ class MemoryPoolManager:
         sizes = table_sizes(max_blocks, max_agents)
         meta = _round_up(meta_bytes(sizes), 4096)
         total = _round_up(pool_alloc.header_bytes_for(size) + meta + size, 4096)
-        name = segment_name(self.namespace, pool_id)
+        name = segment_name(self.namespace, "pool", pool_id)
         shm = create_segment(name, total)
         buf = shm.buf
         assert buf is not None
@@ -153,7 +153,7 @@ class MemoryPoolManager:
 
     def pools(self) -> list[str]:
         """Ids of the namespace's pools (every process's, from ``/dev/shm``)."""
-        return list_segments(self.namespace)
+        return list_segments(self.namespace, "pool")
 
     def _pool(self, pool_id: object) -> _Pool:
         pool = self._pools.get(pool_id)  # type: ignore[call-overload]
@@ -173,7 +173,7 @@ class MemoryPoolManager:
 
     def _attach(self, pool_id: str) -> _Pool:
         validate_name("pool_id", pool_id)
-        name = segment_name(self.namespace, pool_id)
+        name = segment_name(self.namespace, "pool", pool_id)
         try:
             shm = attach_segment(name)
         except NotFoundError:
@@ -217,8 +217,8 @@ class MemoryPoolManager:
         try:
             pool = self._pool(pool_id)
         except IncompatibleLayoutError as exc:
-            name = segment_name(self.namespace, validate_name("pool_id", pool_id))
-            for stray in list_segment_names(self.namespace):
+            name = segment_name(self.namespace, "pool", validate_name("pool_id", pool_id))
+            for stray in list_segment_names(self.namespace, "pool"):
                 if stray == name or stray.startswith(name + "."):
                     unlink_segment(stray)
             log.warning("destroyed unreadable pool segment %s: %s", name, exc)
@@ -227,7 +227,7 @@ class MemoryPoolManager:
             pool.t.mark_destroyed()
             for name in pool.segment_names():
                 unlink_segment(name)
-            for stray in list_segment_names(self.namespace):   # left by a process killed while growing it
+            for stray in list_segment_names(self.namespace, "pool"):   # left by a process killed while growing it
                 if stray.startswith(pool.name + "."):
                     unlink_segment(stray)
         with self._mutex:

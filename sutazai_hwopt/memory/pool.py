@@ -23,7 +23,7 @@ from .._native import pool_alloc
 from .._native.pool_table import PUNCH_MIN, SEG_SHIFT
 from ..errors import AlreadyExistsError, CorruptionError, PoolExhaustedError
 from ..logs import get_logger
-from .segment import attach_segment, close_quietly, create_segment, unlink_segment
+from ..shm import attach_segment, close_quietly, create_segment, unlink_segment
 from .tables import Tables
 
 __all__ = ["PUNCH_MIN", "SEG_SHIFT", "AttachedPool"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import stat
 import threading
 import time
 import uuid
@@ -29,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
 from ..logs import get_logger
+from ..trust import private_dir
 
 __all__ = ["Journal", "JournalEntry", "default_state_dir"]
 
@@ -88,18 +87,12 @@ class Journal:
         state_dir: directory for ``journal.jsonl``; created 0700. ``None``: :func:`default_state_dir`.
 
     Raises:
-        ConfigError: the directory is not ours or is writable by others (someone could forge undo records).
+        TrustError: the directory is not ours or is writable by others (someone could forge undo records).
     """
 
     def __init__(self, state_dir: str | os.PathLike[str] | None = None) -> None:
         self.dir = Path(state_dir) if state_dir is not None else default_state_dir()
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        st = self.dir.stat()
-        if st.st_uid != os.geteuid():
-            raise ConfigError(f"state directory {self.dir} belongs to uid {st.st_uid}, not to us "
-                              f"(uid {os.geteuid()})", key="state_dir")
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            os.chmod(self.dir, 0o700)
+        private_dir(self.dir, "state directory")   # someone else's could hold forged undo records
         self.path = self.dir / "journal.jsonl"
         self._lock_path = self.dir / "journal.lock"
         self._tlock = threading.RLock()

@@ -99,19 +99,18 @@ def test_outstanding_counts_add_up_across_processes(shared: SharedState) -> None
 
 def test_segment_private_and_checked(shared: SharedState) -> None:
     """The segment is mode 0600; attaching to a foreign segment raises; a full table raises typed."""
-    mode = stat.S_IMODE(os.stat(f"/dev/shm/{shared.name}").st_mode)
+    mode = stat.S_IMODE(os.stat(f"/dev/shm/{shared.segment_name}").st_mode)
     assert mode == 0o600
-    from multiprocessing import resource_tracker, shared_memory
+    from sutazai_hwopt.shm import close_quietly, create_segment, segment_name, unlink_segment
 
-    other = shared_memory.SharedMemory(name=f"hwopt_test_foreign_{uuid.uuid4().hex[:8]}", create=True, size=4096)
+    foreign = f"hwopt_test_foreign_{uuid.uuid4().hex[:8]}"
+    other = create_segment(segment_name(foreign, "lb", "table"), 4096)   # ours, but not a balancer table
     try:
         with pytest.raises(IncompatibleLayoutError):
-            SharedState.attach(other.name)
-        # attach() unregistered the name from this process's resource tracker, which also created it here
-        resource_tracker.register(other._name, "shared_memory")  # type: ignore[attr-defined]
+            SharedState.attach(foreign)
     finally:
-        other.close()
-        other.unlink()
+        close_quietly(other)
+        unlink_segment(other.name)
     for i in range(16):
         shared.slot(f"s{i}")
     with pytest.raises(PoolExhaustedError):

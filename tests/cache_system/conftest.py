@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sutazai_hwopt.memory.segment import list_segments
+from sutazai_hwopt.shm import list_segment_names
 from sutazai_hwopt.testing import throwaway_namespace
 
 
@@ -22,7 +22,7 @@ def ns() -> Iterator[str]:
     """A fresh namespace; the test must destroy its tiers (no segment may remain)."""
     with throwaway_namespace("cs") as name:
         yield name
-        left = list_segments(name)
+        left = list_segment_names(name)
         assert left == [], f"segments left in /dev/shm: {left}"
         import threading
 

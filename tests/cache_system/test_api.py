@@ -289,7 +289,7 @@ def test_foreign_segment_is_a_clear_error(ns: str) -> None:
 
     from sutazai_hwopt.cache.shared_index import tier_segment_name
     from sutazai_hwopt.errors import IncompatibleLayoutError
-    from sutazai_hwopt.memory.segment import close_quietly, create_segment, unlink_segment
+    from sutazai_hwopt.shm import close_quietly, create_segment, unlink_segment
 
     name = tier_segment_name(ns, "l2")
     shm = create_segment(name, 2 << 20)

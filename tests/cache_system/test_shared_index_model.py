@@ -11,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from sutazai_hwopt._native.shmcache_index import ST_FAILED, ST_LOADING, ST_VALID
 from sutazai_hwopt.cache.codec import key_hash
 from sutazai_hwopt.cache.shared_index import SharedTier
-from sutazai_hwopt.memory.segment import list_segments
+from sutazai_hwopt.shm import list_segment_names
 from sutazai_hwopt.testing import throwaway_namespace
 
 KEYS = st.sampled_from([b"k%d" % i for i in range(24)])
@@ -33,7 +33,7 @@ class IndexMachine(RuleBasedStateMachine):
         self.views.clear()
         gc.collect()
         self.tier.destroy()
-        assert list_segments(self.ns) == []
+        assert list_segment_names(self.ns) == []
         self._ns_cm.__exit__(None, None, None)
 
     def _sync(self) -> None:

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 
 from sutazai_hwopt._native import pool_alloc
-from sutazai_hwopt.memory.segment import SHM_DIR, create_segment, list_segments, segment_name, unlink_segment
+from sutazai_hwopt.shm import SHM_DIR, create_segment, list_segment_names, segment_name, unlink_segment
 from sutazai_hwopt.testing import throwaway_namespace
 
 FORK = multiprocessing.get_context("fork")
 
 
 def _ours() -> set[str]:
-    prefix = f"sutazai_hwopt.memtest-{os.getpid()}-"
+    prefix = f"sutazai_hwopt.u{os.geteuid()}.memtest-{os.getpid()}-"
     return {n for n in os.listdir(SHM_DIR) if n.startswith(prefix)}
 
 
@@ -27,7 +27,7 @@ def ns() -> Iterator[str]:
     before = _ours()
     with throwaway_namespace("memtest") as name:
         yield name
-    assert not list_segments(name)
+    assert not list_segment_names(name)
     assert _ours() <= before, f"segments left in /dev/shm: {sorted(_ours() - before)}"
 
 
@@ -37,7 +37,7 @@ def segment(ns: str) -> Iterator[Callable[..., Any]]:
     made: list[Any] = []
 
     def make(size: int = 1 << 20, meta: int = 4096, pool_id: str = "raw") -> Any:
-        name = segment_name(ns, pool_id)
+        name = segment_name(ns, "pool", pool_id)
         shm = create_segment(name, size)
         pool_alloc.format_segment(shm.buf, meta)
         made.append((name, shm))

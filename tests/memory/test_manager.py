@@ -25,7 +25,7 @@ from sutazai_hwopt.errors import (
     StateError,
 )
 from sutazai_hwopt.memory import manager as manager_mod
-from sutazai_hwopt.memory.segment import SHM_DIR, attach_segment, close_quietly, segment_name
+from sutazai_hwopt.shm import SHM_DIR, attach_segment, close_quietly, segment_name
 
 from .conftest import FORK
 
@@ -47,7 +47,7 @@ def test_exported_from_package_root() -> None:
 
 def test_pool_segment_is_private_and_unique(pm: MemoryPoolManager, ns: str) -> None:
     """A pool's segment is created mode 0600; creating it twice raises AlreadyExistsError."""
-    mode = os.stat(os.path.join(SHM_DIR, segment_name(ns, "data"))).st_mode
+    mode = os.stat(os.path.join(SHM_DIR, segment_name(ns, "pool", "data"))).st_mode
     assert stat.S_IMODE(mode) == 0o600
     with pytest.raises(AlreadyExistsError):
         pm.create_pool("data", size=MiB)
@@ -279,7 +279,7 @@ def test_attaching_process_exit_does_not_unlink(pm: MemoryPoolManager, ns: str) 
             "sys.stdout.write(' tracker started' if rt._resource_tracker._pid else '')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout == "persist" and "leaked" not in out.stderr, (out.stdout, out.stderr)
-    assert os.path.exists(os.path.join(SHM_DIR, segment_name(ns, "data")))
+    assert os.path.exists(os.path.join(SHM_DIR, segment_name(ns, "pool", "data")))
     assert pm.read("owner", bid) == b"persist"
 
 
@@ -322,7 +322,7 @@ def test_destroy_pool_unlinks_and_fails_later_calls(ns: str) -> None:
         bid = a.put_bytes("x", b"data", pool_id="tmp")
         assert b.read("x", bid) == b"data"
         a.destroy_pool("tmp")
-        assert not os.path.exists(os.path.join(SHM_DIR, segment_name(ns, "tmp")))
+        assert not os.path.exists(os.path.join(SHM_DIR, segment_name(ns, "pool", "tmp")))
         with pytest.raises(NotFoundError):
             b.read("x", bid)
         with pytest.raises(NotFoundError):
@@ -331,7 +331,7 @@ def test_destroy_pool_unlinks_and_fails_later_calls(ns: str) -> None:
 
 def test_corrupted_header_attach_raises(pm: MemoryPoolManager, ns: str) -> None:
     """Random bytes over a pool's header make attaching raise IncompatibleLayoutError."""
-    shm = attach_segment(segment_name(ns, "data"))
+    shm = attach_segment(segment_name(ns, "pool", "data"))
     assert shm.buf is not None
     shm.buf[:512] = os.urandom(512)
     close_quietly(shm)
@@ -460,7 +460,7 @@ def test_dropping_an_unclosed_manager_is_quiet(ns: str) -> None:
 
 def test_segment_counters_balance(ns: str) -> None:
     """Every segment a test creates is unlinked again (created == unlinked)."""
-    from sutazai_hwopt.memory.segment import COUNTERS
+    from sutazai_hwopt.shm import COUNTERS
 
     before = dict(COUNTERS)
     with MemoryPoolManager(namespace=ns) as pm:
@@ -505,13 +505,13 @@ def test_share_does_not_rebind_the_target(pm: MemoryPoolManager) -> None:
 
 def test_destroy_pool_with_unreadable_header(pm: MemoryPoolManager, ns: str) -> None:
     """destroy_pool also removes a segment whose header is damaged (it cannot be attached)."""
-    shm = attach_segment(segment_name(ns, "data"))
+    shm = attach_segment(segment_name(ns, "pool", "data"))
     assert shm.buf is not None
     shm.buf[:64] = os.urandom(64)
     close_quietly(shm)
     with MemoryPoolManager(namespace=ns) as other:
         other.destroy_pool("data")
-    assert not os.path.exists(os.path.join(SHM_DIR, segment_name(ns, "data")))
+    assert not os.path.exists(os.path.join(SHM_DIR, segment_name(ns, "pool", "data")))
 
 
 def _child_reads(ns: str, bids: list[str], q: Any) -> None:
@@ -529,7 +529,7 @@ def test_pool_grows_into_extension_segments(ns: str, children: Any) -> None:
         assert s["segments"] >= 3 and s["capacity"] > 256 * 1024
         assert pm.pools() == ["g"]                              # extensions are not pools
         for name in os.listdir(SHM_DIR):
-            if name.startswith(segment_name(ns, "g")):
+            if name.startswith(segment_name(ns, "pool", "g")):
                 assert stat.S_IMODE(os.stat(os.path.join(SHM_DIR, name)).st_mode) == 0o600
         with pytest.raises(PoolExhaustedError):
             pm.allocate_memory("a", 900_000, pool_id="g")
@@ -547,7 +547,7 @@ def test_pool_grows_into_extension_segments(ns: str, children: Any) -> None:
             pm.free_memory("reader", b)
         assert pm.check("g") and pm.stats("g")["blocks"] == 0
         pm.destroy_pool("g")
-    assert not [n for n in os.listdir(SHM_DIR) if n.startswith(segment_name(ns, "g"))]
+    assert not [n for n in os.listdir(SHM_DIR) if n.startswith(segment_name(ns, "pool", "g"))]
 
 
 def test_growth_is_not_spent_on_requests_no_segment_can_hold(ns: str) -> None:

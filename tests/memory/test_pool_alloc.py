@@ -24,7 +24,7 @@ from sutazai_hwopt.errors import (
     PoolExhaustedError,
     StateError,
 )
-from sutazai_hwopt.memory.segment import attach_segment
+from sutazai_hwopt.shm import attach_segment
 
 SIZES = st.one_of(st.integers(1, 2048), st.integers(2049, 200_000), st.sampled_from([1, 63, 64, 65, 2048, 2049]))
 

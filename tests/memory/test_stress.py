@@ -18,7 +18,7 @@ import pytest
 
 from sutazai_hwopt import MemoryPoolManager
 from sutazai_hwopt.memory import compression as comp
-from sutazai_hwopt.memory.segment import SHM_DIR, segment_name
+from sutazai_hwopt.shm import SHM_DIR, segment_name
 
 from .conftest import FORK
 
@@ -163,4 +163,4 @@ def test_sigkill_stress(ns: str, children: Any, seed: int) -> None:
         assert s["ids"] == 0 and s["blocks"] == 0, s
         assert pm.check("stress")
         pm.destroy_pool("stress")
-    assert not os.path.exists(os.path.join(SHM_DIR, segment_name(ns, "stress")))
+    assert not os.path.exists(os.path.join(SHM_DIR, segment_name(ns, "pool", "stress")))
