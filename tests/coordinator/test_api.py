@@ -153,7 +153,9 @@ def test_dashboard_and_assets_are_served_locally(client: TestClient) -> None:
 
 def test_static_export_is_self_contained(service: CoordinatorService) -> None:
     """The exported dashboard inlines plotly.js and a data snapshot."""
-    html = service.dashboard_html(static=True)
+    from sutazai_hwopt.coordinator.dashboard import render_dashboard
+
+    html = render_dashboard(service.dashboard_data(), inline_js=True)
     assert "/static/plotly.min.js" not in html
     assert "/*SNAPSHOT*/null" not in html and '"history"' in html
 
@@ -232,3 +234,27 @@ def test_dashboard_shows_host_wide_cache_tiers(tmp_path: Path) -> None:
     l2 = data["cache"]["levels"]["L2"]
     assert l2["hits"] >= 1 and l2["misses"] >= 1 and 0 < l2["hit_ratio"] < 1 and l2["entries"] == 1
     assert "cache-l2" not in data["pools"]
+
+
+def test_validation_windows_are_measured_from_the_services_passes(service: CoordinatorService) -> None:
+    """The eliminator's metric source averages the service's own passes, custom metrics included."""
+    import asyncio
+    import math
+
+    service.eliminator.register_metric("answer", lambda: 42.0)
+    before = service.ticks
+    out = asyncio.run(service.eliminator.metric_source.measure(["custom:answer", "cpu.utilization", "nope"], 0.0))
+    assert out["custom:answer"] == 42.0
+    assert math.isfinite(out["cpu.utilization"]) and math.isnan(out["nope"])
+    assert service.ticks > before  # no sampler loop runs here: the window took its own pass
+
+
+def test_prometheus_figures_are_one_read_of_the_service(service: CoordinatorService) -> None:
+    """GET /metrics renders the service's figures; rendering is the web layer's, not the service's."""
+    from sutazai_hwopt.coordinator.metrics import render
+
+    figures = service.figures()
+    assert figures["running"] is True and figures["agents"] == 0
+    body, content_type = render({**figures, "running": False, "actions": 7})
+    assert b"sutazai_hwopt_up 0.0" in body and b"sutazai_hwopt_eliminator_actions 7.0" in body
+    assert content_type.startswith("text/plain")
