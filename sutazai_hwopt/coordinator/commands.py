@@ -13,16 +13,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..cli import command, runner
 from ..errors import StateError
 from .daemon import add_daemon_arguments, journal_dir
 from .runtime import RuntimeDir
 
+__all__ = ["ALREADY_RUNNING", "COMMANDS", "NOT_RUNNING"]
+
 NOT_RUNNING = 3
 ALREADY_RUNNING = 4
+
+_Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 
 def _rollback_stale(runtime: RuntimeDir) -> int:
@@ -39,7 +43,6 @@ def _rollback_stale(runtime: RuntimeDir) -> int:
 
 
 # -- deploy ---------------------------------------------------------------------------------------------------
-@command("deploy", "start the host coordinator daemon, establish the baseline and apply the mode")
 def _deploy_args(p: argparse.ArgumentParser) -> None:
     add_daemon_arguments(p)
     p.add_argument("--foreground", action="store_true", help="run in this process (for systemd/containers)")
@@ -50,7 +53,6 @@ _FORWARD = ("mode", "config", "log_dir", "host", "port", "l1_size", "l2_size", "
 _FLAGS = ("enable_all", "auto_fix", "enable_ml", "enable_compression")
 
 
-@runner("deploy")
 def _deploy(args: argparse.Namespace) -> int:
     runtime = RuntimeDir(args.runtime_dir)
     running = runtime.running()
@@ -113,13 +115,11 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 # -- status ---------------------------------------------------------------------------------------------------
-@command("status", "show whether the coordinator runs, its agents, placement, cache and pool figures")
 def _status_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime-dir", metavar="DIR")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-@runner("status")
 def _status(args: argparse.Namespace) -> int:
     from .client import CoordinatorClient
 
@@ -174,13 +174,11 @@ def _print_status(data: dict[str, Any], url: str) -> None:
 
 
 # -- stop -----------------------------------------------------------------------------------------------------
-@command("stop", "stop the coordinator gracefully and roll back every setting it applied")
 def _stop_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime-dir", metavar="DIR")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before SIGKILL")
 
 
-@runner("stop")
 def _stop(args: argparse.Namespace) -> int:
     runtime = RuntimeDir(args.runtime_dir)
     record = runtime.running()
@@ -210,7 +208,6 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 # -- profile / export-stats / dashboard -------------------------------------------------------------------
-@command("profile", "profile the host and the registered agents for a while; optionally export a JSON report")
 def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=300.0, help="seconds")
     p.add_argument("--interval", type=float, default=1.0, help="sampling period in seconds")
@@ -218,7 +215,6 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime-dir", metavar="DIR")
 
 
-@runner("profile")
 def _profile(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -256,13 +252,11 @@ def _agents_of_running(runtime: RuntimeDir) -> dict[str, int]:
     return {a["agent_id"]: a["pid"] for a in CoordinatorClient(runtime.path).get("/api/agents")}
 
 
-@command("export-stats", "write the coordinator's (or, if none runs, this host's) figures to a JSON file")
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="output JSON file, e.g. system_metrics.json")
     p.add_argument("--runtime-dir", metavar="DIR")
 
 
-@runner("export-stats")
 def _export(args: argparse.Namespace) -> int:
     runtime = RuntimeDir(args.runtime_dir)
     if runtime.running() is not None:
@@ -283,13 +277,11 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("dashboard", "export the dashboard as one self-contained HTML file (live data snapshot)")
 def _dash_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--export", metavar="FILE", required=True, help="e.g. optimization-dashboard.html")
     p.add_argument("--runtime-dir", metavar="DIR")
 
 
-@runner("dashboard")
 def _dash(args: argparse.Namespace) -> int:
     from .client import CoordinatorClient
     from .dashboard import render_dashboard
@@ -302,3 +294,22 @@ def _dash(args: argparse.Namespace) -> int:
     Path(args.export).write_text(render_dashboard(snapshot, inline_js=True))
     print(f"dashboard written to {args.export}")
     return 0
+
+
+#: The subcommands of this module, in the order ``--help`` lists them: (name, help, add_arguments, run), where
+#: ``run(args)`` returns the exit code. :func:`sutazai_hwopt.cli.build_parser` adds them (nothing registers itself
+#: on import).
+COMMANDS: tuple[_Command, ...] = (
+    ("deploy", "start the host coordinator daemon, establish the baseline and apply the mode",
+     _deploy_args, _deploy),
+    ("status", "show whether the coordinator runs, its agents, placement, cache and pool figures",
+     _status_args, _status),
+    ("stop", "stop the coordinator gracefully and roll back every setting it applied",
+     _stop_args, _stop),
+    ("profile", "profile the host and the registered agents for a while; optionally export a JSON report",
+     _profile_args, _profile),
+    ("export-stats", "write the coordinator's (or, if none runs, this host's) figures to a JSON file",
+     _export_args, _export),
+    ("dashboard", "export the dashboard as one self-contained HTML file (live data snapshot)",
+     _dash_args, _dash),
+)

@@ -109,3 +109,16 @@ def test_connect_without_daemon_is_a_clear_error(runtime_dir: Path) -> None:
 
     with pytest.raises(StateError, match="deploy"):
         connect("lonely")
+
+
+def test_cli_reads_the_command_table_explicitly() -> None:
+    """The host's subcommands come from its COMMANDS table, added by build_parser, none by import side effect."""
+    import argparse
+
+    from sutazai_hwopt import cli
+    from sutazai_hwopt.coordinator import commands
+
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == ["info", "config", *(c[0] for c in commands.COMMANDS)]
+    for name, _help, _add, run in commands.COMMANDS:
+        assert sub.choices[name].get_default("run") is run
