@@ -2,7 +2,7 @@
 
 Subcommands are small functions; ``info`` and ``config`` are here, and each module of :data:`COMMAND_MODULES` adds
 its own through an explicit ``COMMANDS`` table that :func:`build_parser` reads (``deploy``/``status``/``stop``/
-``profile`` come with the coordinator). Exit codes: 0 success, 1 a library error (message on stderr), 2 bad
+``profile`` come with the host service). Exit codes: 0 success, 1 a library error (message on stderr), 2 bad
 usage, 3 "not running" for ``status``/``stop``.
 """
 
@@ -25,7 +25,7 @@ Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[a
 #: Modules that add subcommands, each through its ``COMMANDS`` table (of :data:`Command`). Imported only when the
 #: command line is built, so ``import sutazai_hwopt`` stays light; one whose optional dependencies are missing is
 #: skipped.
-COMMAND_MODULES: tuple[str, ...] = ("sutazai_hwopt.coordinator.commands",)
+COMMAND_MODULES: tuple[str, ...] = ("sutazai_hwopt.host.commands",)
 
 
 def _info_args(p: argparse.ArgumentParser) -> None:

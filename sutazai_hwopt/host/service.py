@@ -1,4 +1,4 @@
-"""The coordinator's state and behaviour, independent of HTTP: what the daemon owns for the whole host.
+"""The host service's state and behaviour, independent of HTTP: what the daemon owns for the whole host.
 
 It holds the :class:`~sutazai_hwopt.resources.ResourcePoolCoordinator` (agents, placement, journal), a
 :class:`~sutazai_hwopt.profiler.PerformanceProfiler` over those agents, and the bottleneck eliminator. ``tick()``
@@ -29,7 +29,7 @@ from ..config import HwoptConfig
 from ..errors import HwoptError, NotFoundError, StateError
 from ..logs import get_logger
 
-__all__ = ["CoordinatorService"]
+__all__ = ["HostService"]
 
 _HISTORY = 600  # dashboard points (10 minutes at 1 Hz)
 #: Detection runs every DETECT_EVERY passes (2 s at 1 Hz: inside the 3 s time-to-detect target, half the cost).
@@ -54,8 +54,8 @@ def _finite(x: Any) -> Any:
     return x
 
 
-class CoordinatorService:
-    """Everything the host coordinator does, callable without a server (the tests drive it directly)."""
+class HostService:
+    """Everything the host service does, callable without a server (the tests drive it directly)."""
 
     def __init__(self, config: HwoptConfig, *, auto_fix: bool | None = None, enable_all: bool = False,
                  state_dir: str | None = None,
@@ -124,7 +124,7 @@ class CoordinatorService:
             return self.optimize("priority", False)
 
     def close(self, *, rollback: bool = True) -> dict[str, Any]:
-        """Stop: roll back every setting this coordinator applied (unless told not to)."""
+        """Stop: roll back every setting this service applied (unless told not to)."""
         with self._lock:
             if self.closed:
                 return {"rolled_back": 0}
@@ -143,14 +143,14 @@ class CoordinatorService:
             self.profiler.close()
             self.master.close()
             self.coordinator.close()
-            self.log.info("coordinator closed; %d settings rolled back", restored)
+            self.log.info("host service closed; %d settings rolled back", restored)
             return {"rolled_back": restored}
 
     # -- the 1 Hz pass --------------------------------------------------------------------------------------
     def tick(self, *, detect: bool = True) -> None:
         with self._lock:
             if self.closed:
-                raise StateError("the coordinator is stopped")
+                raise StateError("the host service is stopped")
             if self.coordinator.prune_dead():
                 self._placement_dirty = True
             if self._placement_dirty and self.coordinator.agents():
@@ -249,8 +249,8 @@ class CoordinatorService:
             })
 
     def services(self) -> dict[str, str]:
-        """Health of each component the coordinator runs."""
-        return {"coordinator": "ok" if not self.closed else "stopped",
+        """Health of each component the host service runs."""
+        return {"host": "ok" if not self.closed else "stopped",
                 "profiler": "ok" if self.ticks else "starting",
                 "eliminator": "auto" if self.auto_fix else "recommend"}
 
@@ -291,7 +291,7 @@ class CoordinatorService:
         """One pass: a placement plan (applied unless ``dry_run``) plus detection and the eliminator's advice."""
         with self._lock:
             if self.closed:
-                raise StateError("the coordinator is stopped")
+                raise StateError("the host service is stopped")
             plan = self.coordinator.rebalance_resources(strategy=strategy, dry_run=dry_run)
             found = self.profiler.detect_bottlenecks() if self.ticks >= 2 else []
             self._bottlenecks = self._keyed(found)
@@ -317,7 +317,7 @@ class CoordinatorService:
         """Apply the eliminator to one detected bottleneck; returns the result with its validation."""
         with self._lock:
             if self.closed:
-                raise StateError("the coordinator is stopped")
+                raise StateError("the host service is stopped")
             finding = self._bottlenecks.get(bottleneck_id)
             if finding is None:
                 raise NotFoundError(f"unknown bottleneck id {bottleneck_id!r}; GET /api/bottlenecks lists them")
@@ -433,11 +433,11 @@ class SamplerMetricSource:
     window to pass while the sampler keeps running, then averages the passes that fell inside it.
 
     Args:
-        service: whose passes are measured (:meth:`CoordinatorService.measure_window`).
+        service: whose passes are measured (:meth:`HostService.measure_window`).
         custom: the ``custom:<name>`` metrics (the eliminator's :attr:`custom_metrics`, bound after it exists).
     """
 
-    def __init__(self, service: CoordinatorService,
+    def __init__(self, service: HostService,
                  custom: Mapping[str, Callable[[], float]] | None = None) -> None:
         self.service = service
         self.custom: Mapping[str, Callable[[], float]] = custom if custom is not None else {}

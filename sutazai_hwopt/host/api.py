@@ -1,4 +1,4 @@
-"""The coordinator's REST API, Prometheus endpoint and dashboard, as one Starlette application.
+"""The host service's REST API, Prometheus endpoint and dashboard, as one Starlette application.
 
 This is the web layer: it reads the service through its public methods and renders with :mod:`.dashboard` and
 :mod:`.metrics`; the service imports none of them.
@@ -34,7 +34,7 @@ from ..errors import (
 from .dashboard import plotly_js, render_dashboard
 from .metrics import render as render_metrics
 from .openapi import openapi_document
-from .service import CoordinatorService
+from .service import HostService
 
 __all__ = ["create_app"]
 
@@ -57,7 +57,7 @@ def _status_for(exc: HwoptError) -> int:
     return 500
 
 
-def create_app(service: CoordinatorService, token: str | None) -> Starlette:
+def create_app(service: HostService, token: str | None) -> Starlette:
     """Build the ASGI app over ``service``; ``token`` guards mutating calls (``None`` refuses them all)."""
 
     def authorized(request: Request) -> bool:

@@ -1,6 +1,6 @@
-"""Prometheus exposition of the coordinator's figures (``GET /metrics``).
+"""Prometheus exposition of the host service's figures (``GET /metrics``).
 
-A custom collector turns the service's figures of the moment (:meth:`CoordinatorService.figures`, read at scrape
+A custom collector turns the service's figures of the moment (:meth:`HostService.figures`, read at scrape
 time) into gauges, so nothing is kept twice and a scrape costs one pass over the latest sample. This module only
 renders data: it does not import the service. Uses prometheus_client for the text format rather than formatting
 it by hand.
@@ -31,7 +31,7 @@ class _FiguresCollector:
 
     def collect(self) -> Iterator[Metric]:
         f = self.figures
-        up = GaugeMetricFamily("sutazai_hwopt_up", "1 while the coordinator runs")
+        up = GaugeMetricFamily("sutazai_hwopt_up", "1 while the host service runs")
         up.add_metric([], 1.0 if f["running"] else 0.0)
         yield up
         n_agents = GaugeMetricFamily("sutazai_hwopt_agents", "registered agent processes")
@@ -68,7 +68,7 @@ class _FiguresCollector:
 
 
 def render(figures: Mapping[str, Any]) -> tuple[bytes, str]:
-    """The exposition text of ``figures`` (:meth:`CoordinatorService.figures`) and its content type."""
+    """The exposition text of ``figures`` (:meth:`HostService.figures`) and its content type."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_FiguresCollector(figures))
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,4 +1,4 @@
-"""CLI subcommands of the host coordinator: deploy, status, stop, profile, export-stats, dashboard.
+"""CLI subcommands of the host service: deploy, status, stop, profile, export-stats, dashboard.
 
 Exit codes: 0 success; 1 a library error; 3 nothing is running (``status``, ``stop``); 4 already running
 (``deploy``).
@@ -58,13 +58,13 @@ def _deploy(args: argparse.Namespace) -> int:
     running = runtime.running()
     if running is not None:
         url = (runtime.read_endpoint() or {}).get("url", "?")
-        print(f"coordinator already running (pid {running.pid}) at {url}; "
+        print(f"host service already running (pid {running.pid}) at {url}; "
               "use `sutazai-hwopt stop` first", file=sys.stderr)
         return ALREADY_RUNNING
     stale = runtime.stale()
     if stale is not None:
         n = _rollback_stale(runtime)
-        print(f"found the pid file of a dead coordinator (pid {stale.pid}); rolled back {n} settings it applied")
+        print(f"found the pid file of a dead host service (pid {stale.pid}); rolled back {n} settings it applied")
     runtime.ensure()
     runtime.new_token()
     forwarded = ["--runtime-dir", str(runtime.path)]
@@ -79,7 +79,7 @@ def _deploy(args: argparse.Namespace) -> int:
         return daemon_main(forwarded)
     fd = os.open(runtime.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        child = subprocess.Popen([sys.executable, "-m", "sutazai_hwopt.coordinator.daemon", *forwarded],
+        child = subprocess.Popen([sys.executable, "-m", "sutazai_hwopt.host.daemon", *forwarded],
                                  stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True,
                                  close_fds=True)
     finally:
@@ -91,16 +91,16 @@ def _deploy(args: argparse.Namespace) -> int:
         if endpoint.get("pid") == child.pid:
             break
         if child.poll() is not None:
-            print(f"the coordinator exited during start-up (code {child.returncode}); log {runtime.log_file}:",
+            print(f"the host service exited during start-up (code {child.returncode}); log {runtime.log_file}:",
                   file=sys.stderr)
             print(_tail(runtime.log_file), file=sys.stderr)
             return 1
         time.sleep(0.05)
     else:
-        print(f"the coordinator did not start listening within {args.wait:.0f} s; log: {runtime.log_file}",
+        print(f"the host service did not start listening within {args.wait:.0f} s; log: {runtime.log_file}",
               file=sys.stderr)
         return 1
-    print(f"coordinator running (pid {child.pid}, mode {args.mode or 'from config, else balanced'})")
+    print(f"host service running (pid {child.pid}, mode {args.mode or 'from config, else balanced'})")
     print(f"dashboard: {endpoint['url']}")
     print(f"api token: {runtime.token_file} (readable by you only)")
     print(f"logs:      {args.log_dir or runtime.path / 'logs'}")
@@ -121,15 +121,15 @@ def _status_args(p: argparse.ArgumentParser) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .client import CoordinatorClient
+    from .client import HostClient
 
     runtime = RuntimeDir(args.runtime_dir)
     if runtime.running() is None:
         stale = runtime.stale()
         extra = f" (stale pid file of dead pid {stale.pid}; `stop` or `deploy` cleans it up)" if stale else ""
-        print(f"coordinator: not running{extra}")
+        print(f"host service: not running{extra}")
         return NOT_RUNNING
-    client = CoordinatorClient(runtime.path)
+    client = HostClient(runtime.path)
     data = client.get("/api/dashboard")
     if args.json:
         print(json.dumps(data, indent=2))
@@ -144,7 +144,7 @@ def _print_status(data: dict[str, Any], url: str) -> None:
 
     console = Console()
     st = data["status"]
-    console.print(f"[bold]coordinator[/] running · pid {st['pid']} · mode {st['mode']} · "
+    console.print(f"[bold]host service[/] running · pid {st['pid']} · mode {st['mode']} · "
                   f"up {st['uptime_s']:.0f} s · {url}")
     services = Table(title="services")
     services.add_column("service")
@@ -185,10 +185,10 @@ def _stop(args: argparse.Namespace) -> int:
     if record is None:
         stale = runtime.stale()
         if stale is None:
-            print("coordinator: not running")
+            print("host service: not running")
             return NOT_RUNNING
         n = _rollback_stale(runtime)
-        print(f"coordinator (pid {stale.pid}) had died; rolled back {n} settings it applied and removed its pid file")
+        print(f"host service (pid {stale.pid}) had died; rolled back {n} settings it applied and removed its pid file")
         return 0
     os.kill(record.pid, signal.SIGTERM)
     deadline = time.monotonic() + args.timeout
@@ -202,7 +202,7 @@ def _stop(args: argparse.Namespace) -> int:
             time.sleep(0.02)
     n = _rollback_stale(runtime)  # after a graceful stop this finds nothing left to restore
     how = "killed after the timeout" if forced else "stopped"
-    print(f"coordinator (pid {record.pid}) {how}; every setting it applied is rolled back"
+    print(f"host service (pid {record.pid}) {how}; every setting it applied is rolled back"
           + (f" ({n} restored from its journal)" if n else ""))
     return 0
 
@@ -247,9 +247,9 @@ def _profile(args: argparse.Namespace) -> int:
 def _agents_of_running(runtime: RuntimeDir) -> dict[str, int]:
     if runtime.running() is None:
         return {}
-    from .client import CoordinatorClient
+    from .client import HostClient
 
-    return {a["agent_id"]: a["pid"] for a in CoordinatorClient(runtime.path).get("/api/agents")}
+    return {a["agent_id"]: a["pid"] for a in HostClient(runtime.path).get("/api/agents")}
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
@@ -260,9 +260,9 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 def _export(args: argparse.Namespace) -> int:
     runtime = RuntimeDir(args.runtime_dir)
     if runtime.running() is not None:
-        from .client import CoordinatorClient
+        from .client import HostClient
 
-        client = CoordinatorClient(runtime.path)
+        client = HostClient(runtime.path)
         data = {"dashboard": client.get("/api/dashboard"), "metrics": client.get("/api/metrics")}
     else:
         from ..profiler import PerformanceProfiler
@@ -270,7 +270,7 @@ def _export(args: argparse.Namespace) -> int:
         profiler = PerformanceProfiler(agents={})
         profiler.sample()
         time.sleep(0.5)
-        data = {"metrics": {"system": profiler.sample().system_metrics}, "coordinator": "not running"}
+        data = {"metrics": {"system": profiler.sample().system_metrics}, "host": "not running"}
         profiler.close()
     Path(args.path).write_text(json.dumps(data, indent=2, default=str))
     print(f"stats written to {args.path}")
@@ -283,14 +283,14 @@ def _dash_args(p: argparse.ArgumentParser) -> None:
 
 
 def _dash(args: argparse.Namespace) -> int:
-    from .client import CoordinatorClient
+    from .client import HostClient
     from .dashboard import render_dashboard
 
     runtime = RuntimeDir(args.runtime_dir)
     if runtime.running() is None:
-        print("coordinator: not running")
+        print("host service: not running")
         return NOT_RUNNING
-    snapshot = CoordinatorClient(runtime.path).get("/api/dashboard")
+    snapshot = HostClient(runtime.path).get("/api/dashboard")
     Path(args.export).write_text(render_dashboard(snapshot, inline_js=True))
     print(f"dashboard written to {args.export}")
     return 0
@@ -300,15 +300,15 @@ def _dash(args: argparse.Namespace) -> int:
 #: ``run(args)`` returns the exit code. :func:`sutazai_hwopt.cli.build_parser` adds them (nothing registers itself
 #: on import).
 COMMANDS: tuple[_Command, ...] = (
-    ("deploy", "start the host coordinator daemon, establish the baseline and apply the mode",
+    ("deploy", "start the host service daemon, establish the baseline and apply the mode",
      _deploy_args, _deploy),
-    ("status", "show whether the coordinator runs, its agents, placement, cache and pool figures",
+    ("status", "show whether the host service runs, its agents, placement, cache and pool figures",
      _status_args, _status),
-    ("stop", "stop the coordinator gracefully and roll back every setting it applied",
+    ("stop", "stop the host service gracefully and roll back every setting it applied",
      _stop_args, _stop),
     ("profile", "profile the host and the registered agents for a while; optionally export a JSON report",
      _profile_args, _profile),
-    ("export-stats", "write the coordinator's (or, if none runs, this host's) figures to a JSON file",
+    ("export-stats", "write the host service's (or, if none runs, this host's) figures to a JSON file",
      _export_args, _export),
     ("dashboard", "export the dashboard as one self-contained HTML file (live data snapshot)",
      _dash_args, _dash),
