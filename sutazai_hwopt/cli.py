@@ -1,8 +1,9 @@
 """The ``sutazai-hwopt`` command line.
 
-Subcommands are small functions registered in :data:`COMMANDS`; each part of the library adds its own
-(``deploy``/``status``/``stop``/``profile`` come with the coordinator). Exit codes: 0 success, 1 a library
-error (message on stderr), 2 bad usage, 3 "not running" for ``status``/``stop``.
+Subcommands are small functions; ``info`` and ``config`` are here, and each module of :data:`COMMAND_MODULES` adds
+its own through an explicit ``COMMANDS`` table that :func:`build_parser` reads (``deploy``/``status``/``stop``/
+``profile`` come with the host service). Exit codes: 0 success, 1 a library error (message on stderr), 2 bad
+usage, 3 "not running" for ``status``/``stop``.
 """
 
 from __future__ import annotations
@@ -11,47 +12,26 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ._version import __version__
 from .errors import HwoptError
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMAND_MODULES", "Command", "build_parser", "main"]
 
-#: name -> (help, add_arguments, run). ``run(args)`` returns the exit code.
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
-                          Callable[[argparse.Namespace], int]]] = {}
+#: One subcommand: (name, help, add_arguments(parser), run(args) -> exit code).
+Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
-
-def command(name: str, help: str) -> Callable[[Callable[[argparse.ArgumentParser], None]],
-                                              Callable[[argparse.ArgumentParser], None]]:
-    """Register ``name``: decorate its argument builder, then set ``run`` via :func:`runner`."""
-
-    def deco(add_args: Callable[[argparse.ArgumentParser], None]) -> Callable[[argparse.ArgumentParser], None]:
-        COMMANDS[name] = (help, add_args, _not_implemented)
-        return add_args
-
-    return deco
+#: Modules that add subcommands, each through its ``COMMANDS`` table (of :data:`Command`). Imported only when the
+#: command line is built, so ``import sutazai_hwopt`` stays light; one whose optional dependencies are missing is
+#: skipped.
+COMMAND_MODULES: tuple[str, ...] = ("sutazai_hwopt.host.commands",)
 
 
-def runner(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
-    def deco(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        help_, add_args, _ = COMMANDS[name]
-        COMMANDS[name] = (help_, add_args, run)
-        return run
-
-    return deco
-
-
-def _not_implemented(args: argparse.Namespace) -> int:  # pragma: no cover - every command sets a runner
-    raise HwoptError(f"command {args.command!r} has no implementation")
-
-
-@command("info", "show how the library was built and what this host offers")
 def _info_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-@runner("info")
 def _info(args: argparse.Namespace) -> int:
     import os
 
@@ -73,13 +53,11 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("config", "print the resolved configuration (defaults, mode preset, files)")
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="DIR", help="configuration directory")
     p.add_argument("--mode", choices=("conservative", "balanced", "aggressive"))
 
 
-@runner("config")
 def _config(args: argparse.Namespace) -> int:
     from .config import load_config
 
@@ -87,25 +65,37 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_plugins() -> None:
-    """Import the modules that register further subcommands (kept out of ``import sutazai_hwopt``)."""
+#: The commands that need no optional dependency; same shape as each command module's ``COMMANDS``.
+_BUILTIN: tuple[Command, ...] = (
+    ("info", "show how the library was built and what this host offers", _info_args, _info),
+    ("config", "print the resolved configuration (defaults, mode preset, files)", _config_args, _config),
+)
+
+
+def _command_modules() -> list[Any]:
+    """The modules of :data:`COMMAND_MODULES` that import (their optional dependencies present)."""
     import importlib
 
-    for module in ("sutazai_hwopt.coordinator.commands",):
+    out = []
+    for module in COMMAND_MODULES:
         try:
-            importlib.import_module(module)
+            out.append(importlib.import_module(module))
         except ModuleNotFoundError as exc:
             if exc.name != module and not module.startswith(str(exc.name)):
                 raise
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
-    _load_plugins()
+    """The ``sutazai-hwopt`` parser: the built-in commands, then each of :data:`COMMAND_MODULES`."""
     parser = argparse.ArgumentParser(prog="sutazai-hwopt", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (help_, add_args, _) in COMMANDS.items():
-        add_args(sub.add_parser(name, help=help_, description=help_))
+    tables: list[tuple[Command, ...]] = [_BUILTIN, *(m.COMMANDS for m in _command_modules())]
+    for name, help_, add_args, run in (c for table in tables for c in table):
+        p = sub.add_parser(name, help=help_, description=help_)
+        add_args(p)
+        p.set_defaults(run=run)
     return parser
 
 
@@ -116,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[args.command][2](args)
+        return int(args.run(args))
     except HwoptError as exc:
         print(f"sutazai-hwopt {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

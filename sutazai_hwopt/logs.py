@@ -1,7 +1,7 @@
 """One standard-library logger per component, optionally written to ``<log_dir>/<component>.log``.
 
 The library never configures the root logger: on import every component logger has only a ``NullHandler``
-(the library-logging convention of the ``logging`` HOWTO). The coordinator, or an application, calls
+(the library-logging convention of the ``logging`` HOWTO). The host service, or an application, calls
 :func:`configure_file_logging` to send each component to its own rotating file.
 """
 

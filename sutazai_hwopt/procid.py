@@ -3,7 +3,7 @@
 A bare pid is not an identity: once a process exits the kernel hands its number to the next one. The start time
 (field 22 of ``/proc/<pid>/stat``, clock ticks after boot; proc(5)) never changes for a process, so
 ``(pid, start_time)`` names one process for the life of the boot. Every part that records which process holds
-something (pool blocks, cache pins, placement, the coordinator's pid file) uses these two functions.
+something (pool blocks, cache pins, placement, the host service's pid file) uses these two functions.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from ..config import EliminatorSection, HwoptConfig
@@ -149,6 +150,11 @@ class BottleneckEliminator:
         if not isinstance(name, str) or not name or not callable(fn):
             raise InvalidArgumentError(f"register_metric needs a non-empty name and a callable, got {name!r}")
         self._custom_metrics[name] = fn
+
+    @property
+    def custom_metrics(self) -> Mapping[str, Callable[[], float]]:
+        """The ``custom:<name>`` metrics registered so far (a live read-only view, for metric sources)."""
+        return MappingProxyType(self._custom_metrics)
 
     # -- context and planning ---------------------------------------------------------------------------
     def _context(self, bottleneck_type: str, metrics: Any) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 Everything it changes goes through one :class:`~.transactions.Transactor` and the write-ahead
 :class:`~.journal.Journal`, so ``rollback()`` — here, or on a new coordinator after this process was killed —
 restores every previous value. Other components (the bottleneck eliminator) use the same path through
-:meth:`ResourcePoolCoordinator.apply_change`. Planning is in :mod:`.allocation` and :mod:`.strategies`,
-verification in :mod:`.verify`.
+:meth:`ResourcePoolCoordinator.apply_change`. Planning is in :mod:`.allocation`, :mod:`.strategies` and
+:mod:`.planning`, drift detection in :mod:`.verify`: functions of data; this class gathers their inputs and does
+the side effects (applying, remembering the last plan).
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from ..logs import get_logger
 from .identity import AgentProcess
 from .journal import Journal
 from .knobs import AVAILABLE, Knob, default_knobs
+from .planning import Plan, exited_agents, make_plan
 from .registry import Agent, AgentRegistry, Requirements
+from .strategies import Allocator, ProcLoadSampler, Scheduler, builtin_allocators, builtin_schedulers
 from .topology import Topology, read_topology
 from .transactions import Change, ChangeHandle, KnobResult, Transactor
+from .verify import Drift, SettingKey, find_drifts, heal_changes, read_settings
 
 __all__ = ["ResourcePoolCoordinator"]
 
@@ -71,14 +75,10 @@ class ResourcePoolCoordinator:
         self.clock = clock
         self._load_source = load_source
         self._lock = threading.RLock()
-        self._allocators: dict[str, Any] = {}
-        self._schedulers: dict[str, Any] = {}
-        self._expected: dict[tuple[str, int | None, str | None], tuple[str | None, Any]] = {}
-        self._last_plan: Any = None
-        from .strategies import builtin_allocators, builtin_schedulers
-
-        self._allocators.update(builtin_allocators())
-        self._schedulers.update(builtin_schedulers())
+        self._allocators: dict[str, Allocator] = dict(builtin_allocators())
+        self._schedulers: dict[str, Scheduler] = dict(builtin_schedulers())
+        self._expected: dict[SettingKey, tuple[str | None, Any]] = {}
+        self._last_plan: Plan | None = None
 
     # -- registry ------------------------------------------------------------------------------------------
     def register_agent(self, agent_id: str, requirements: Mapping[str, Any] | Requirements | None = None,
@@ -201,8 +201,6 @@ class ResourcePoolCoordinator:
         an :class:`~.allocation.Allocation`. Its result is validated (CPUs allowed, none empty, exclusive CPUs
         not shared) before anything is applied.
         """
-        from .strategies import Allocator
-
         self._register(self._allocators, "allocator", name, allocator, Allocator)
 
     def register_custom_scheduler(self, name: str, scheduler: Any) -> None:
@@ -211,8 +209,6 @@ class ResourcePoolCoordinator:
         ``scheduler`` follows :class:`~.strategies.Scheduler`: ``settings(demand, placement, config)`` returns
         :class:`~.strategies.SchedSettings`.
         """
-        from .strategies import Scheduler
-
         self._register(self._schedulers, "scheduler", name, scheduler, Scheduler)
 
     @staticmethod
@@ -230,75 +226,103 @@ class ResourcePoolCoordinator:
         """Names of the allocators and schedulers available."""
         return {"allocators": sorted(self._allocators), "schedulers": sorted(self._schedulers)}
 
-    def plan(self, strategy: str = "priority", *, scheduler: str = "priority") -> Any:
+    def plan(self, strategy: str = "priority", *, scheduler: str = "priority") -> Plan:
         """Compute a :class:`~.planning.Plan` for the registered agents without touching anything."""
-        from .planning import make_plan
-
         if strategy not in self._allocators:
             raise InvalidArgumentError(f"strategy {strategy!r} is unknown; known: "
                                        f"{', '.join(sorted(self._allocators))}")
         if scheduler not in self._schedulers:
             raise InvalidArgumentError(f"scheduler {scheduler!r} is unknown; known: "
                                        f"{', '.join(sorted(self._schedulers))}")
+        allocator = self._allocators[strategy]
         agents = self.agents()
-        loads = self.measure_loads(agents) if getattr(self._allocators[strategy], "needs_load", False) else {}
-        return make_plan(self, agents, self._allocators[strategy], self._schedulers[scheduler], loads)
+        loads = self.measure_loads(agents) if getattr(allocator, "needs_load", False) else {}
+        return make_plan(self.topology, self.config, agents, strategy, allocator, self._schedulers[scheduler],
+                         loads)
 
     def measure_loads(self, agents: Sequence[Agent] | None = None) -> dict[str, float]:
         """Measured CPU load per agent in cores (from ``load_source`` or the built-in sampler)."""
         agents = self.agents() if agents is None else agents
         if self._load_source is not None:
             return dict(self._load_source(agents))
-        from .strategies import ProcLoadSampler
-
         sampler = getattr(self, "_sampler", None)
         if sampler is None:
             sampler = self._sampler = ProcLoadSampler(self.clock)
         return sampler.sample(agents)
 
-    def apply(self, plan: Any, *, dry_run: bool = False, file: TextIO | None = None) -> Any:
+    def apply(self, plan: Plan, *, dry_run: bool = False, file: TextIO | None = None) -> Plan:
         """Apply a plan as one transaction; ``dry_run`` prints it (to ``file``, default stdout) and touches
         nothing. Returns the plan with per-knob results filled in.
-        """
-        from .planning import apply_plan
 
+        Raises:
+            NotFoundError: an agent of the plan has exited since it was computed (nothing is applied).
+        """
+        result = self._apply_plan(plan, dry_run=dry_run)
         if dry_run:
-            out = file if file is not None else sys.stdout
-            result = apply_plan(self, plan, dry_run=True)
-            print(result.format(), file=out)
-            return result
-        return apply_plan(self, plan, dry_run=False)
+            print(result.format(), file=file if file is not None else sys.stdout)
+        return result
 
     def rebalance_resources(self, strategy: str = "load_based", dry_run: bool = False, *,
-                            scheduler: str = "priority") -> Any:
+                            scheduler: str = "priority") -> Plan:
         """Compute a placement with ``strategy`` (``load_based``, ``priority``, ``numa`` or a registered
         one) and apply it; with ``dry_run`` only return the plan (with what each knob would do).
         """
-        plan = self.plan(strategy, scheduler=scheduler)
-        from .planning import apply_plan
+        return self._apply_plan(self.plan(strategy, scheduler=scheduler), dry_run=dry_run)
 
-        return apply_plan(self, plan, dry_run=dry_run)
+    def _apply_plan(self, plan: Plan, *, dry_run: bool) -> Plan:
+        """Apply (or with ``dry_run`` only probe) every change of ``plan``; on success record the placement."""
+        exited = exited_agents(plan)
+        if exited:
+            aid = exited[0]
+            raise NotFoundError(f"agent {aid!r}: pid {plan.agents[aid].pid} has exited; unregister it "
+                                "(or call prune_dead()) and plan again")
+        handle = self.apply_changes(plan.changes, dry_run=dry_run)
+        plan.results, plan.dry_run, plan.applied, plan.txn = handle.results, dry_run, not dry_run, handle.txn
+        if not dry_run:
+            for aid, p in plan.placements.items():
+                if aid in self.registry:
+                    self.registry.update(aid, cpus=p.cpus, exclusive=p.exclusive, numa_node=p.numa_node)
+            with self._lock:
+                self._last_plan = plan
+            log.info("plan %s applied: %s", plan.strategy, plan.knob_status())
+            for w in plan.warnings:
+                log.warning("%s", w)
+        return plan
 
     # -- verify / heal -------------------------------------------------------------------------------------
-    def verify(self) -> list[Any]:
-        """Per knob and agent: expected value, value the kernel holds now, and whether it drifted."""
-        from .verify import verify
+    def verify(self) -> list[Drift]:
+        """Per knob and agent: expected value, value the kernel holds now, and whether it drifted.
 
-        return verify(self)
+        Covers every knob applied through this coordinator, and those of an earlier run still in the journal.
+        """
+        expected = self.expected_values()
+        processes = {a.pid: a.process for a in self.agents()}
+        for e in self.journal.active():  # processes known only from the journal (applied by an earlier run)
+            if e.pid is not None and e.start_time is not None:
+                processes.setdefault(e.pid, AgentProcess(e.pid, e.start_time))
+        observed = read_settings(list(expected), self.transactor.knobs, processes)
+        return find_drifts(expected, observed)
 
     def heal(self) -> ChangeHandle | None:
-        """Re-apply every drifted knob (one journaled transaction); ``None`` when nothing drifted."""
-        from .verify import heal
+        """Re-apply every drifted knob (one journaled transaction); ``None`` when nothing drifted.
 
-        return heal(self)
+        The transaction's undo restores the drifted value, then older ones.
+        """
+        drifted = [d for d in self.verify() if d.drifted and not d.error]
+        if not drifted:
+            return None
+        for d in drifted:
+            log.warning("drift: %s of %s (pid %s) is %r, expected %r; re-applying", d.knob, d.agent_id, d.pid,
+                        d.actual, d.expected)
+        return self.apply_changes(heal_changes(drifted))
 
-    def expected_values(self) -> dict[tuple[str, int | None, str | None], tuple[str | None, Any]]:
+    def expected_values(self) -> dict[SettingKey, tuple[str | None, Any]]:
         """What was last applied: (knob, pid, path) -> (agent_id, value).
 
         Starts from the journal's active changes (latest per setting), so a new coordinator — after a restart —
         verifies what a previous one applied; values applied in this process take precedence.
         """
-        out: dict[tuple[str, int | None, str | None], tuple[str | None, Any]] = {}
+        out: dict[SettingKey, tuple[str | None, Any]] = {}
         for e in self.journal.active():
             out[(e.knob, e.pid, e.path)] = (e.agent_id, e.new)
         with self._lock:

@@ -1,30 +1,29 @@
-"""Turn an allocation plus scheduling settings into a plan of knob changes, check it, and apply it.
+"""Turn an allocation plus scheduling settings into a plan of knob changes and check it.
 
 A :class:`Plan` is inspectable before anything happens (``rebalance_resources(dry_run=True)`` returns it;
-``apply(plan, dry_run=True)`` prints it). Applying writes all its changes as one journaled transaction; the
-per-knob outcome (applied / unchanged / not permitted / not available) is stored on the plan.
+``apply(plan, dry_run=True)`` prints it). A plan is a function of the topology, configuration, agents and
+strategies it is given, nothing else: no owner is read or written here. Applying is the owner's side effect
+(:meth:`~.coordinator.ResourcePoolCoordinator.apply`): all changes as one journaled transaction, the per-knob
+outcome (applied / unchanged / not permitted / not available) stored on the plan.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..config import HardwareConfig
 from ..errors import InvalidArgumentError
-from ..logs import get_logger
 from .allocation import AgentDemand, Allocation, Placement
+from .cgroups_plan import cgroup_changes
 from .registry import Agent
-from .strategies import SchedSettings
-from .topology import format_cpulist
+from .strategies import Allocator, SchedSettings, Scheduler
+from .topology import Topology, format_cpulist
 from .transactions import Change, KnobResult
 
-if TYPE_CHECKING:
-    from .coordinator import ResourcePoolCoordinator
-
-__all__ = ["Plan", "apply_plan", "make_plan", "validate_allocation"]
-
-log = get_logger("resources")
+__all__ = ["Plan", "exited_agents", "make_plan", "validate_allocation"]
 
 
 @dataclass
@@ -125,31 +124,33 @@ def validate_allocation(name: str, alloc: Any, demands: list[AgentDemand], allow
                                        f"{sorted(p.cpus & set(owner))}")
 
 
-def make_plan(coord: ResourcePoolCoordinator, agents: list[Agent], allocator: Any, scheduler: Any,
-              loads: dict[str, float]) -> Plan:
-    """Run the strategies for ``agents`` and derive every knob change."""
-    from .cgroups_plan import cgroup_changes
+def make_plan(topology: Topology, config: HardwareConfig, agents: Sequence[Agent], strategy: str,
+              allocator: Allocator, scheduler: Scheduler, loads: Mapping[str, float]) -> Plan:
+    """The plan of ``agents`` under ``allocator`` (named ``strategy``) and ``scheduler``: placement, settings and
+    every knob change. A function of its arguments only: nothing is read from or written to an owner, so a
+    plan can be computed, inspected and thrown away; :class:`~.coordinator.ResourcePoolCoordinator` applies it.
 
-    name = next((k for k, v in coord._allocators.items() if v is allocator), type(allocator).__name__)
+    Raises:
+        InvalidArgumentError: a strategy returned something invalid (nothing is applied).
+    """
     demands = [AgentDemand(a.agent_id, a.priority, a.requirements.cpu_cores, a.requirements.memory_mb, i,
                            loads.get(a.agent_id)) for i, a in enumerate(agents)]
-    alloc = allocator.allocate(coord.topology, demands, coord.config)
-    validate_allocation(name, alloc, demands, coord.topology.cpus)
+    alloc = allocator.allocate(topology, demands, config)
+    validate_allocation(strategy, alloc, demands, topology.cpus)
     by_id = {a.agent_id: a for a in agents}
     settings: dict[str, SchedSettings] = {}
     changes: list[Change] = []
-    cfg = coord.config
     for d in demands:
         p = alloc.placements[d.agent_id]
-        s = scheduler.settings(d, p, cfg)
+        s = scheduler.settings(d, p, config)
         if not isinstance(s, SchedSettings):
             raise InvalidArgumentError(f"scheduler returned {type(s).__name__} for {d.agent_id!r}, "
                                        "expected SchedSettings")
         settings[d.agent_id] = s
         pid = by_id[d.agent_id].pid
         mk = lambda knob, new, _pid=pid, _aid=d.agent_id: Change(knob, new, pid=_pid, agent_id=_aid,  # noqa: E731
-                                                                  reason=f"plan {name}")
-        if cfg.affinity_strategy != "none":
+                                                                  reason=f"plan {strategy}")
+        if config.affinity_strategy != "none":
             changes.append(mk("affinity", sorted(p.cpus)))
         if s.nice is not None:
             changes.append(mk("nice", s.nice))
@@ -159,27 +160,11 @@ def make_plan(coord: ResourcePoolCoordinator, agents: list[Agent], allocator: An
             changes.append(mk("ionice", {"class": s.ionice[0], "value": s.ionice[1]}))
         if s.thp_disabled is not None:
             changes.append(mk("thp_disabled", s.thp_disabled))
-    if cfg.use_cgroups:
-        changes += cgroup_changes(coord.topology, cfg, alloc, by_id)
-    return Plan(name, alloc, settings, changes, by_id)
+    if config.use_cgroups:
+        changes += cgroup_changes(topology, config, alloc, by_id)
+    return Plan(strategy, alloc, settings, changes, by_id)
 
 
-def apply_plan(coord: ResourcePoolCoordinator, plan: Plan, *, dry_run: bool) -> Plan:
-    """Apply (or with ``dry_run`` only probe) every change of ``plan`` as one transaction."""
-    for aid, agent in plan.agents.items():
-        if not agent.process.is_alive():
-            from ..errors import NotFoundError
-
-            raise NotFoundError(f"agent {aid!r}: pid {agent.pid} has exited; unregister it "
-                                "(or call prune_dead()) and plan again")
-    handle = coord.apply_changes(plan.changes, dry_run=dry_run)
-    plan.results, plan.dry_run, plan.applied, plan.txn = handle.results, dry_run, not dry_run, handle.txn
-    if not dry_run:
-        for aid, p in plan.placements.items():
-            if aid in coord.registry:
-                coord.registry.update(aid, cpus=p.cpus, exclusive=p.exclusive, numa_node=p.numa_node)
-        coord._last_plan = plan
-        log.info("plan %s applied: %s", plan.strategy, plan.knob_status())
-        for w in plan.warnings:
-            log.warning("%s", w)
-    return plan
+def exited_agents(plan: Plan) -> list[str]:
+    """Agents of ``plan`` whose process has exited since it was computed (a plan for them must not apply)."""
+    return [aid for aid, agent in plan.agents.items() if not agent.process.is_alive()]

@@ -151,3 +151,42 @@ def test_load_based_shrinks_idle_and_keeps_busy():
 def test_nice_mapping(prio, nice):
     """Priority maps linearly onto the mode's nice range (10 -> nice_min, 0 -> nice_max)."""
     assert nice_for_priority(prio, HardwareConfig()) == nice
+
+
+def test_make_plan_is_a_function_of_its_arguments(spawn):
+    """A plan comes from topology, config, agents and strategies alone; the same inputs give the same changes."""
+    from sutazai_hwopt.resources import AgentProcess
+    from sutazai_hwopt.resources.planning import make_plan
+    from sutazai_hwopt.resources.registry import Agent, Requirements
+    from sutazai_hwopt.resources.strategies import PriorityAllocator, PriorityScheduler
+
+    topo = Topology.synthetic(nodes=1, cores_per_node=4, threads_per_core=1, memory_per_node_mb=2048)
+    pid = spawn().pid
+    agents = [Agent("hi", AgentProcess.of(pid), Requirements(cpu_cores=1, priority=9), 0.0),
+              Agent("lo", AgentProcess.of(pid), Requirements(cpu_cores=1, priority=1), 0.0)]
+    cfg = HardwareConfig()
+    plans = [make_plan(topo, cfg, agents, "mine", PriorityAllocator(), PriorityScheduler(), {}) for _ in range(2)]
+    assert plans[0].strategy == "mine" and set(plans[0].placements) == {"hi", "lo"}
+    assert [(c.knob, c.new, c.agent_id) for c in plans[0].changes] == \
+        [(c.knob, c.new, c.agent_id) for c in plans[1].changes]
+    assert all(c.reason == "plan mine" for c in plans[0].changes)
+    assert not plans[0].applied and not plans[0].results
+
+
+def test_find_drifts_from_expected_and_observed():
+    """Equal values are no drift, different ones are; a gone process is reported but not healed, an
+    unreadable value is a drift that is not healed either."""
+    from sutazai_hwopt.resources.verify import Observation, find_drifts, heal_changes
+
+    expected = {("nice", 1, None): ("a", 5), ("affinity", 1, None): ("a", [0]),
+                ("nice", 2, None): ("b", 3), ("ionice", 1, None): ("a", "x")}
+    observed = {("nice", 1, None): Observation(5), ("affinity", 1, None): Observation([0, 1]),
+                ("nice", 2, None): Observation(missing="process gone"),
+                ("ionice", 1, None): Observation(unreadable="cannot read: EPERM")}
+    drifts = {(d.knob, d.agent_id): d for d in find_drifts(expected, observed)}
+    assert not drifts[("nice", "a")].drifted
+    assert drifts[("affinity", "a")].drifted and drifts[("affinity", "a")].actual == [0, 1]
+    assert not drifts[("nice", "b")].drifted and drifts[("nice", "b")].error == "process gone"
+    assert drifts[("ionice", "a")].drifted and drifts[("ionice", "a")].error.startswith("cannot read")
+    changes = heal_changes(list(drifts.values()))
+    assert [(c.knob, c.new, c.pid, c.reason) for c in changes] == [("affinity", [0], 1, "heal")]

@@ -1,10 +1,13 @@
-"""The coordinator's state and behaviour, independent of HTTP: what the daemon owns for the whole host.
+"""The host service's state and behaviour, independent of HTTP: what the daemon owns for the whole host.
 
 It holds the :class:`~sutazai_hwopt.resources.ResourcePoolCoordinator` (agents, placement, journal), a
 :class:`~sutazai_hwopt.profiler.PerformanceProfiler` over those agents, and the bottleneck eliminator. ``tick()``
 is one 1 Hz pass: sample, keep a short history for the dashboard, detect bottlenecks and (with ``auto_fix``) let
 the eliminator act. Every method is safe to call from the HTTP thread pool while the sampler runs: one lock
 serialises them (each is short; none waits on I/O beyond /proc reads).
+
+It renders nothing: the web layer (:mod:`.api`, :mod:`.dashboard`, :mod:`.metrics`) reads it through its public
+methods, so the dependency goes from the presentation to the service and never back.
 """
 
 from __future__ import annotations
@@ -19,14 +22,14 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..config import HwoptConfig
 from ..errors import HwoptError, NotFoundError, StateError
 from ..logs import get_logger
 
-__all__ = ["CoordinatorService"]
+__all__ = ["HostService"]
 
 _HISTORY = 600  # dashboard points (10 minutes at 1 Hz)
 #: Detection runs every DETECT_EVERY passes (2 s at 1 Hz: inside the 3 s time-to-detect target, half the cost).
@@ -49,8 +52,8 @@ def _finite(x: Any) -> Any:
     return x
 
 
-class CoordinatorService:
-    """Everything the host coordinator does, callable without a server (the tests drive it directly)."""
+class HostService:
+    """Everything the host service does, callable without a server (the tests drive it directly)."""
 
     def __init__(self, config: HwoptConfig, *, auto_fix: bool | None = None, enable_all: bool = False,
                  state_dir: str | None = None,
@@ -96,8 +99,11 @@ class CoordinatorService:
         from ..eliminator import BottleneckEliminator
 
         settings = dataclasses.replace(self.config.eliminator, auto_fix=self.auto_fix)
-        return BottleneckEliminator(settings, coordinator=self.coordinator, profiler=self.profiler,
-                                    metric_source=SamplerMetricSource(self))
+        source = SamplerMetricSource(self)
+        eliminator = BottleneckEliminator(settings, coordinator=self.coordinator, profiler=self.profiler,
+                                          metric_source=source)
+        source.custom = eliminator.custom_metrics
+        return eliminator
 
     def establish_baseline(self) -> dict[str, Any]:
         """Take the first samples (rates need two passes) and remember them as the baseline."""
@@ -116,7 +122,7 @@ class CoordinatorService:
             return self.optimize("priority", False)
 
     def close(self, *, rollback: bool = True) -> dict[str, Any]:
-        """Stop: roll back every setting this coordinator applied (unless told not to)."""
+        """Stop: roll back every setting this service applied (unless told not to)."""
         with self._lock:
             if self.closed:
                 return {"rolled_back": 0}
@@ -135,14 +141,14 @@ class CoordinatorService:
             self.profiler.close()
             self.master.close()
             self.coordinator.close()
-            self.log.info("coordinator closed; %d settings rolled back", restored)
+            self.log.info("host service closed; %d settings rolled back", restored)
             return {"rolled_back": restored}
 
     # -- the 1 Hz pass --------------------------------------------------------------------------------------
     def tick(self, *, detect: bool = True) -> None:
         with self._lock:
             if self.closed:
-                raise StateError("the coordinator is stopped")
+                raise StateError("the host service is stopped")
             if self.coordinator.prune_dead():
                 self._placement_dirty = True
             if self._placement_dirty and self.coordinator.agents():
@@ -241,8 +247,8 @@ class CoordinatorService:
             })
 
     def services(self) -> dict[str, str]:
-        """Health of each component the coordinator runs."""
-        return {"coordinator": "ok" if not self.closed else "stopped",
+        """Health of each component the host service runs."""
+        return {"host": "ok" if not self.closed else "stopped",
                 "profiler": "ok" if self.ticks else "starting",
                 "eliminator": "auto" if self.auto_fix else "recommend"}
 
@@ -283,7 +289,7 @@ class CoordinatorService:
         """One pass: a placement plan (applied unless ``dry_run``) plus detection and the eliminator's advice."""
         with self._lock:
             if self.closed:
-                raise StateError("the coordinator is stopped")
+                raise StateError("the host service is stopped")
             plan = self.coordinator.rebalance_resources(strategy=strategy, dry_run=dry_run)
             found = self.profiler.detect_bottlenecks() if self.ticks >= 2 else []
             self._bottlenecks = self._keyed(found)
@@ -309,7 +315,7 @@ class CoordinatorService:
         """Apply the eliminator to one detected bottleneck; returns the result with its validation."""
         with self._lock:
             if self.closed:
-                raise StateError("the coordinator is stopped")
+                raise StateError("the host service is stopped")
             finding = self._bottlenecks.get(bottleneck_id)
             if finding is None:
                 raise NotFoundError(f"unknown bottleneck id {bottleneck_id!r}; GET /api/bottlenecks lists them")
@@ -376,63 +382,71 @@ class CoordinatorService:
             out[pool_id] = {k: st[k] for k in keep}
         return out
 
-    def prometheus(self) -> tuple[bytes, str]:
-        from .metrics import render
-
+    def figures(self) -> dict[str, Any]:
+        """The headline figures at this moment, one consistent read (what ``GET /metrics`` exposes)."""
         with self._lock:
-            return render(self)
+            return {"running": not self.closed, "agents": len(self.coordinator.agents()),
+                    "host": dict(self.history[-1]) if self.history else {},
+                    "profiles": self.latest_profiles(), "bottlenecks": dict(self._bottlenecks),
+                    "actions": len(self.actions)}
 
-    def dashboard_html(self, *, static: bool) -> str:
-        from .dashboard import render_dashboard
+    # -- measurement windows (the eliminator's validation) -----------------------------------------------
+    def measure_window(self, window_s: float) -> list[tuple[dict[str, Any], dict[str, dict[str, Any]]]]:
+        """Block for ``window_s`` and return the passes that fell inside it: (system metrics, agent profiles).
 
+        At least one pass falls in the window, however short it is. While a window is open every pass keeps
+        the agent profiles. If no sampler loop runs (the service is driven directly, as in tests), the passes
+        are taken here.
+        """
         with self._lock:
-            return render_dashboard(self.dashboard_data() if static else None, inline_js=static)
+            self._measuring += 1
+            start = self._clock()
+        try:
+            self._wait_for_pass_after(start + max(window_s, 0.0))
+            with self._lock:
+                return [(m, p) for t, m, p in self._measured if t > start]
+        finally:
+            with self._lock:
+                self._measuring -= 1
+
+    def _wait_for_pass_after(self, until: float) -> None:
+        """Block until a pass at or after ``until`` is recorded, taking passes here if no sampler runs."""
+        period = self.config.hardware.sample_interval_s
+        with self._pass_done:
+            while not self.closed:
+                last = self._measured[-1][0] if self._measured else -math.inf
+                if last >= until:
+                    return
+                seen = len(self._measured), last
+                self._pass_done.wait(timeout=max(0.01, min(until - self._clock(), 2.0 * period)) + 0.01)
+                now_last = self._measured[-1][0] if self._measured else -math.inf
+                if (len(self._measured), now_last) == seen and self._clock() >= min(until, last + 2.0 * period):
+                    self.tick(detect=False)
 
 
 class SamplerMetricSource:
-    """The eliminator's validation windows, measured from the coordinator's own 1 Hz passes.
+    """The eliminator's validation windows, measured from the service's own 1 Hz passes.
 
     The eliminator would otherwise sample the profiler itself, racing the sampler; here it waits for the
     window to pass while the sampler keeps running, then averages the passes that fell inside it.
+
+    Args:
+        service: whose passes are measured (:meth:`HostService.measure_window`).
+        custom: the ``custom:<name>`` metrics (the eliminator's :attr:`custom_metrics`, bound after it exists).
     """
 
-    def __init__(self, service: CoordinatorService) -> None:
+    def __init__(self, service: HostService,
+                 custom: Mapping[str, Callable[[], float]] | None = None) -> None:
         self.service = service
+        self.custom: Mapping[str, Callable[[], float]] = custom if custom is not None else {}
 
     async def measure(self, keys: Sequence[str], window_s: float) -> dict[str, float]:
         from ..eliminator.validation import metric_value
 
-        svc = self.service
-        with svc._lock:
-            svc._measuring += 1
-            start = svc._clock()
-        try:
-            # at least one pass must fall in the window, however short it is
-            await asyncio.to_thread(self._wait_for_pass_after, start + max(window_s, 0.0))
-            with svc._lock:
-                rows = [(m, p) for t, m, p in svc._measured if t > start]
-        finally:
-            with svc._lock:
-                svc._measuring -= 1
+        rows = await asyncio.to_thread(self.service.measure_window, window_s)
         out = {}
         for k in keys:
-            vals = [metric_value(k, m, p, svc.eliminator._custom_metrics) for m, p in rows]
+            vals = [metric_value(k, m, p, self.custom) for m, p in rows]
             vals = [v for v in vals if math.isfinite(v)]
             out[k] = sum(vals) / len(vals) if vals else math.nan
         return out
-
-    def _wait_for_pass_after(self, until: float) -> None:
-        """Block until a pass at or after ``until`` is recorded; if no sampler loop is running (the service is
-        driven directly, as in tests), take the passes here."""
-        svc = self.service
-        period = svc.config.hardware.sample_interval_s
-        with svc._pass_done:
-            while not svc.closed:
-                last = svc._measured[-1][0] if svc._measured else -math.inf
-                if last >= until:
-                    return
-                seen = len(svc._measured), last
-                svc._pass_done.wait(timeout=max(0.01, min(until - svc._clock(), 2.0 * period)) + 0.01)
-                now_last = svc._measured[-1][0] if svc._measured else -math.inf
-                if (len(svc._measured), now_last) == seen and svc._clock() >= min(until, last + 2.0 * period):
-                    svc.tick(detect=False)

@@ -1,4 +1,7 @@
-"""The coordinator's REST API, Prometheus endpoint and dashboard, as one Starlette application.
+"""The host service's REST API, Prometheus endpoint and dashboard, as one Starlette application.
+
+This is the web layer: it reads the service through its public methods and renders with :mod:`.dashboard` and
+:mod:`.metrics`; the service imports none of them.
 
 Starlette rather than aiohttp: it is a small ASGI toolkit whose apps run under uvicorn and are tested in-process
 (its ``TestClient``, schemathesis' ASGI mode) without sockets; aiohttp would bring its own server and client
@@ -12,7 +15,6 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from importlib import resources
 from typing import Any
 
 from starlette.applications import Starlette
@@ -29,8 +31,10 @@ from ..errors import (
     StateError,
     UsageError,
 )
+from .dashboard import plotly_js, render_dashboard
+from .metrics import render as render_metrics
 from .openapi import openapi_document
-from .service import CoordinatorService
+from .service import HostService
 
 __all__ = ["create_app"]
 
@@ -53,7 +57,7 @@ def _status_for(exc: HwoptError) -> int:
     return 500
 
 
-def create_app(service: CoordinatorService, token: str | None) -> Starlette:
+def create_app(service: HostService, token: str | None) -> Starlette:
     """Build the ASGI app over ``service``; ``token`` guards mutating calls (``None`` refuses them all)."""
 
     def authorized(request: Request) -> bool:
@@ -152,22 +156,23 @@ def create_app(service: CoordinatorService, token: str | None) -> Starlette:
         return await call(service.eliminate, request.path_params["bottleneck_id"])
 
     async def prometheus(request: Request) -> Response:
-        body, content_type = await run_in_threadpool(service.prometheus)
+        figures = await run_in_threadpool(service.figures)
+        body, content_type = render_metrics(figures)
         return Response(body, media_type=content_type)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document())
 
     async def dashboard(request: Request) -> Response:
-        return HTMLResponse(service.dashboard_html(static=False))
+        return HTMLResponse(render_dashboard(None, inline_js=False))
 
-    async def plotly_js(request: Request) -> Response:
-        return Response(_plotly_js(), media_type="application/javascript",
+    async def plotly_script(request: Request) -> Response:
+        return Response(plotly_js(), media_type="application/javascript",
                         headers={"cache-control": "max-age=86400"})
 
     routes = [
         Route("/", dashboard, methods=["GET"]),
-        Route("/static/plotly.min.js", plotly_js, methods=["GET"]),
+        Route("/static/plotly.min.js", plotly_script, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
         Route("/api/status", status, methods=["GET"]),
@@ -186,14 +191,3 @@ def create_app(service: CoordinatorService, token: str | None) -> Starlette:
         return _error(500, f"internal error: {type(exc).__name__}")
 
     return Starlette(routes=routes, exception_handlers={Exception: server_error})
-
-
-_PLOTLY: bytes | None = None
-
-
-def _plotly_js() -> bytes:
-    """plotly.min.js as shipped inside the plotly package (no CDN)."""
-    global _PLOTLY
-    if _PLOTLY is None:
-        _PLOTLY = resources.files("plotly").joinpath("package_data").joinpath("plotly.min.js").read_bytes()
-    return _PLOTLY

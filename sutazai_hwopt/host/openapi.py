@@ -1,4 +1,4 @@
-"""The OpenAPI 3.0 description of the coordinator's API (served at ``/openapi.json``).
+"""The OpenAPI 3.0 description of the host service's API (served at ``/openapi.json``).
 
 Written out by hand, next to the routes in ``api.py``, so the contract is explicit and a schemathesis run can
 check the server against it.
@@ -25,8 +25,8 @@ def openapi_document() -> dict[str, Any]:
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
         "openapi": "3.0.3",
-        "info": {"title": "sutazai_hwopt coordinator", "version": __version__,
-                 "description": "Host coordinator of sutazai_hwopt. Mutating calls need the bearer token that "
+        "info": {"title": "sutazai_hwopt host service", "version": __version__,
+                 "description": "Host service of sutazai_hwopt. Mutating calls need the bearer token that "
                                 "`sutazai-hwopt deploy` wrote to the private runtime directory."},
         "servers": [{"url": "/"}],
         "components": {
@@ -56,7 +56,7 @@ def openapi_document() -> dict[str, Any]:
             },
         },
         "paths": {
-            "/api/status": {"get": {"summary": "Is the coordinator running; mode, uptime, agents, services",
+            "/api/status": {"get": {"summary": "Is the host service running; mode, uptime, agents, services",
                                     "responses": {"200": _ok("status")}}},
             "/api/metrics": {"get": {"summary": "Latest host and per-agent metrics",
                                      "responses": {"200": _ok("metrics")}}},

@@ -1,11 +1,11 @@
-"""The host coordinator: one daemon per host that owns placement, profiling and the eliminator loop, serves the
+"""The host service: one daemon per host that owns placement, profiling and the eliminator loop, serves the
 REST API, Prometheus metrics and the live dashboard, and is driven by ``sutazai-hwopt deploy/status/stop``.
 
 Agents register with :func:`connect`. Importing this package imports no server dependency; ``api``, ``daemon``
 and ``metrics`` need the ``[server]`` extra.
 """
 
-from .client import CoordinatorClient, connect
+from .client import HostClient, connect
 from .runtime import RuntimeDir
 
-__all__ = ["CoordinatorClient", "RuntimeDir", "connect"]
+__all__ = ["HostClient", "RuntimeDir", "connect"]

@@ -1,21 +1,20 @@
-"""Prometheus exposition of the coordinator's figures (``GET /metrics``).
+"""Prometheus exposition of the host service's figures (``GET /metrics``).
 
-A custom collector reads the service's state at scrape time, so nothing is kept twice and a scrape costs one
-pass over the latest sample. Uses prometheus_client for the text format rather than formatting it by hand.
+A custom collector turns the service's figures of the moment (:meth:`HostService.figures`, read at scrape
+time) into gauges, so nothing is kept twice and a scrape costs one pass over the latest sample. This module only
+renders data: it does not import the service. Uses prometheus_client for the text format rather than formatting
+it by hand.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-
-if TYPE_CHECKING:
-    from .service import CoordinatorService
 
 __all__ = ["render"]
 
@@ -26,31 +25,29 @@ def _num(x: Any) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-class _ServiceCollector:
-    def __init__(self, service: CoordinatorService) -> None:
-        self.service = service
+class _FiguresCollector:
+    def __init__(self, figures: Mapping[str, Any]) -> None:
+        self.figures = figures
 
     def collect(self) -> Iterator[Metric]:
-        s = self.service
-        up = GaugeMetricFamily("sutazai_hwopt_up", "1 while the coordinator runs")
-        up.add_metric([], 0.0 if s.closed else 1.0)
+        f = self.figures
+        up = GaugeMetricFamily("sutazai_hwopt_up", "1 while the host service runs")
+        up.add_metric([], 1.0 if f["running"] else 0.0)
         yield up
         n_agents = GaugeMetricFamily("sutazai_hwopt_agents", "registered agent processes")
-        n_agents.add_metric([], float(len(s.coordinator.agents())))
+        n_agents.add_metric([], float(f["agents"]))
         yield n_agents
-        latest = s.history[-1] if s.history else {}
         host = GaugeMetricFamily("sutazai_hwopt_host", "latest host figures", labels=["figure"])
-        for key, value in latest.items():
+        for key, value in f["host"].items():
             v = _num(value)
             if key != "t" and v is not None:
                 host.add_metric([key], v)
         yield host
-        profiles = s.latest_profiles()
         cpu = GaugeMetricFamily("sutazai_hwopt_agent_cpu_percent", "agent CPU %", labels=["agent"])
         rss = GaugeMetricFamily("sutazai_hwopt_agent_rss_bytes", "agent resident memory", labels=["agent"])
         wait = GaugeMetricFamily("sutazai_hwopt_agent_run_wait_ratio",
                                  "share of time the agent waited for a CPU (schedstat)", labels=["agent"])
-        for agent_id, p in profiles.items():
+        for agent_id, p in f["profiles"].items():
             for family, key in ((cpu, "cpu_percent"), (rss, "rss_bytes"), (wait, "run_wait_ratio")):
                 v = _num(p.get(key))
                 if v is not None:
@@ -59,19 +56,19 @@ class _ServiceCollector:
         bn = GaugeMetricFamily("sutazai_hwopt_bottlenecks", "bottlenecks detected in the latest pass",
                                labels=["type", "severity"])
         counts: dict[tuple[str, str], int] = {}
-        for b in s.bottlenecks().values():
+        for b in f["bottlenecks"].values():
             k = (str(b.get("type")), str(b.get("severity")))
             counts[k] = counts.get(k, 0) + 1
         for (t, sev), c in counts.items():
             bn.add_metric([t, sev], float(c))
         yield bn
         actions = GaugeMetricFamily("sutazai_hwopt_eliminator_actions", "eliminator results kept in the audit")
-        actions.add_metric([], float(len(s.actions)))
+        actions.add_metric([], float(f["actions"]))
         yield actions
 
 
-def render(service: CoordinatorService) -> tuple[bytes, str]:
-    """The exposition text and its content type."""
+def render(figures: Mapping[str, Any]) -> tuple[bytes, str]:
+    """The exposition text of ``figures`` (:meth:`HostService.figures`) and its content type."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ServiceCollector(service))
+    registry.register(_FiguresCollector(figures))
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -2,8 +2,8 @@
 
 Layout (directory mode 0700, files 0600)::
 
-    <runtime>/coordinator.pid     "<pid> <start_time_ticks>" of the running daemon
-    <runtime>/coordinator.json    {"host": ..., "port": ..., "pid": ..., "url": ...} once it listens
+    <runtime>/daemon.pid     "<pid> <start_time_ticks>" of the running daemon
+    <runtime>/daemon.json    {"host": ..., "port": ..., "pid": ..., "url": ...} once it listens
     <runtime>/token               the bearer token for mutating API calls (written by ``deploy``)
     <runtime>/daemon.log          the daemon's stdout/stderr
 
@@ -70,11 +70,11 @@ class RuntimeDir:
 
     @property
     def pid_file(self) -> Path:
-        return self.path / "coordinator.pid"
+        return self.path / "daemon.pid"
 
     @property
     def endpoint_file(self) -> Path:
-        return self.path / "coordinator.json"
+        return self.path / "daemon.json"
 
     @property
     def token_file(self) -> Path:

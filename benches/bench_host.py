@@ -1,4 +1,4 @@
-"""Idle cost of the coordinator daemon with 131 registered agents: python benches/bench_coordinator.py [--window 30]
+"""Idle cost of the host service daemon with 131 registered agents: python benches/bench_host.py [--window 30]
 
 Starts 131 real ``sleep`` agent processes, deploys the daemon (1 Hz sampler, detection, placement) in a private
 runtime directory, registers every agent through the REST API, lets it settle, then measures the daemon's CPU time
@@ -59,8 +59,8 @@ def main() -> None:
     try:
         subprocess.run([sys.executable, "-m", "sutazai_hwopt", "deploy", "--mode", "balanced"], env=env,
                        check=True, capture_output=True)
-        from sutazai_hwopt.coordinator import connect
-        from sutazai_hwopt.coordinator.runtime import RuntimeDir
+        from sutazai_hwopt.host import connect
+        from sutazai_hwopt.host.runtime import RuntimeDir
 
         for i, p in enumerate(sleepers):
             connect(f"agent_{i:03d}", {"cpu_cores": 0.1, "priority": i % 10}, pid=p.pid, runtime_dir=runtime)
@@ -76,7 +76,7 @@ def main() -> None:
             daemon_shares.append(100.0 * (sum(daemon.cpu_times()[:4]) - c0) / (time.monotonic() - t0))
             loop_shares.append(psutil_loop_share([p.pid for p in sleepers], args.window))
         d, loop = statistics.median(daemon_shares), statistics.median(loop_shares)
-        print(f"idle coordinator, {N_AGENTS} agents, 1 Hz, {args.repeats} windows of {args.window:g} s (medians)")
+        print(f"idle host service, {N_AGENTS} agents, 1 Hz, {args.repeats} windows of {args.window:g} s (medians)")
         print(f"{'what':48} {'% of one core':>14}")
         print(f"{'sutazai-hwopt daemon (sample+detect+API)':48} {d:14.2f}")
         print(f"{'bare psutil loop (cpu_times+memory_info+io)':48} {loop:14.2f}")

@@ -14,7 +14,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 
-from sutazai_hwopt.coordinator import CoordinatorClient, connect
+from sutazai_hwopt.host import HostClient, connect
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -31,7 +31,7 @@ def test_dashboard_renders_live_data_without_console_errors(runtime_dir: Path,
                          timeout=120, env=os.environ.copy())
     assert run.returncode == 0, run.stderr
     connect("agent_dash", {"cpu_cores": 1, "priority": 5}, pid=sleepers[0].pid, runtime_dir=runtime_dir)
-    url = CoordinatorClient(runtime_dir).url + "/"
+    url = HostClient(runtime_dir).url + "/"
 
     options = Options()
     options.binary_location = CHROMIUM  # type: ignore[assignment]

@@ -1,4 +1,4 @@
-"""The coordinator daemon: ``python -m sutazai_hwopt.coordinator.daemon`` (started by ``sutazai-hwopt deploy``).
+"""The host service daemon: ``python -m sutazai_hwopt.host.daemon`` (started by ``sutazai-hwopt deploy``).
 
 One process per host. It writes its pid file, establishes the baseline, applies the mode, listens on loopback
 (unless told otherwise) and samples at 1 Hz. On SIGTERM/SIGINT it stops serving, rolls back every setting it
@@ -45,7 +45,7 @@ async def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .api import create_app
-    from .service import CoordinatorService
+    from .service import HostService
 
     runtime = RuntimeDir(args.runtime_dir)
     runtime.ensure()
@@ -54,7 +54,7 @@ async def serve(args: argparse.Namespace) -> int:
     configure_file_logging(log_dir, level=config.hardware.log_level)
     runtime.write_pid(os.getpid())
     token = runtime.read_token()
-    service = CoordinatorService(config, auto_fix=args.auto_fix or None, enable_all=args.enable_all,
+    service = HostService(config, auto_fix=args.auto_fix or None, enable_all=args.enable_all,
                                  state_dir=journal_dir(runtime))
     sock = None
     try:
@@ -66,7 +66,7 @@ async def serve(args: argparse.Namespace) -> int:
         server = uvicorn.Server(uvicorn.Config(create_app(service, token), log_level="warning",
                                                lifespan="off", access_log=False))
         runtime.write_endpoint(host, port, os.getpid())
-        log.info("coordinator listening on http://%s:%d/ (mode %s)", host, port, config.mode)
+        log.info("host service listening on http://%s:%d/ (mode %s)", host, port, config.mode)
         sampler = asyncio.create_task(_sample_forever(service, config.hardware.sample_interval_s))
         # uvicorn captures SIGTERM/SIGINT while serving and re-raises them to the previous handlers when it
         # returns; ignore-handlers here let that re-raise fall through to the rollback below instead of
@@ -81,7 +81,7 @@ async def serve(args: argparse.Namespace) -> int:
                 await sampler
     finally:
         result = service.close(rollback=True)
-        log.info("coordinator stopped; %s", result)
+        log.info("host service stopped; %s", result)
         if sock is not None:
             sock.close()
         runtime.clear()
@@ -89,9 +89,9 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 async def _sample_forever(service: object, interval: float) -> None:
-    from .service import CoordinatorService
+    from .service import HostService
 
-    assert isinstance(service, CoordinatorService)
+    assert isinstance(service, HostService)
     while True:
         try:
             await asyncio.to_thread(service.tick)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sutazai_hwopt.coordinator import CoordinatorClient, connect
-from sutazai_hwopt.coordinator.runtime import RuntimeDir
+from sutazai_hwopt.host import HostClient, connect
+from sutazai_hwopt.host.runtime import RuntimeDir
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -49,7 +49,7 @@ def test_deploy_register_status_metrics_stop(runtime_dir: Path, sleepers: list[s
         record = connect(f"agent_{i:03d}", {"cpu_cores": 1, "priority": 9 - 4 * i}, pid=p.pid,
                          runtime_dir=runtime_dir)
         assert record["pid"] == p.pid
-    client = CoordinatorClient(runtime_dir)
+    client = HostClient(runtime_dir)
     result = client.post("/api/optimize", {"strategy": "priority"})
     assert len(result["placement"]["placements"]) == 3
 
@@ -87,7 +87,7 @@ def test_sigkilled_daemon_is_rolled_back_by_next_command(runtime_dir: Path,
     before = (os.sched_getaffinity(p.pid), os.getpriority(os.PRIO_PROCESS, p.pid))
     assert cli("deploy", "--mode", "aggressive").returncode == 0
     connect("victim", {"cpu_cores": 1, "priority": 1}, pid=p.pid, runtime_dir=runtime_dir)
-    CoordinatorClient(runtime_dir).post("/api/optimize", {"strategy": "priority"})
+    HostClient(runtime_dir).post("/api/optimize", {"strategy": "priority"})
     wait_for(lambda: os.getpriority(os.PRIO_PROCESS, p.pid) != before[1], "the low-priority agent to be reniced")
     rt = RuntimeDir(runtime_dir)
     record = rt.running()
@@ -104,8 +104,21 @@ def test_sigkilled_daemon_is_rolled_back_by_next_command(runtime_dir: Path,
 
 
 def test_connect_without_daemon_is_a_clear_error(runtime_dir: Path) -> None:
-    """An agent calling connect() with no coordinator gets a StateError naming the fix."""
+    """An agent calling connect() with no host service running gets a StateError naming the fix."""
     from sutazai_hwopt.errors import StateError
 
     with pytest.raises(StateError, match="deploy"):
         connect("lonely")
+
+
+def test_cli_reads_the_command_table_explicitly() -> None:
+    """The host's subcommands come from its COMMANDS table, added by build_parser, none by import side effect."""
+    import argparse
+
+    from sutazai_hwopt import cli
+    from sutazai_hwopt.host import commands
+
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == ["info", "config", *(c[0] for c in commands.COMMANDS)]
+    for name, _help, _add, run in commands.COMMANDS:
+        assert sub.choices[name].get_default("run") is run

@@ -1,4 +1,4 @@
-"""Fixtures for the coordinator tests: a private runtime directory, agent processes, an in-process service."""
+"""Fixtures for the host service tests: a private runtime directory, agent processes, an in-process service."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     path = tmp_path / "rt"
     monkeypatch.setenv("SUTAZAI_HWOPT_RUNTIME_DIR", str(path))
     yield path
-    pid_file = path / "coordinator.pid"
+    pid_file = path / "daemon.pid"
     if pid_file.exists():
         subprocess.run([sys.executable, "-m", "sutazai_hwopt", "stop", "--timeout", "10"],
                        capture_output=True, env={**os.environ, "SUTAZAI_HWOPT_RUNTIME_DIR": str(path)})

@@ -12,23 +12,23 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from sutazai_hwopt.config import load_config
-from sutazai_hwopt.coordinator.api import create_app
-from sutazai_hwopt.coordinator.service import CoordinatorService
+from sutazai_hwopt.host.api import create_app
+from sutazai_hwopt.host.service import HostService
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[CoordinatorService]:
-    svc = CoordinatorService(load_config(mode="balanced"), state_dir=str(tmp_path / "journal"))
+def service(tmp_path: Path) -> Iterator[HostService]:
+    svc = HostService(load_config(mode="balanced"), state_dir=str(tmp_path / "journal"))
     svc.establish_baseline()
     yield svc
     svc.close(rollback=True)
 
 
 @pytest.fixture
-def client(service: CoordinatorService) -> Iterator[TestClient]:
+def client(service: HostService) -> Iterator[TestClient]:
     with TestClient(create_app(service, TOKEN), raise_server_exceptions=False) as c:
         yield c
 
@@ -50,7 +50,7 @@ def test_reads_need_no_token(client: TestClient) -> None:
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
                                      {"Authorization": "Basic " + TOKEN}])
-def test_mutations_need_the_token(client: TestClient, service: CoordinatorService,
+def test_mutations_need_the_token(client: TestClient, service: HostService,
                                   sleeper: subprocess.Popen[bytes], headers: dict[str, str]) -> None:
     """POST/DELETE without the right bearer token are 401 and change nothing."""
     r = client.post("/api/agents", json={"agent_id": "a1", "pid": sleeper.pid}, headers=headers)
@@ -61,7 +61,7 @@ def test_mutations_need_the_token(client: TestClient, service: CoordinatorServic
     assert service.agents() == []
 
 
-def test_no_token_configured_refuses_mutations(service: CoordinatorService) -> None:
+def test_no_token_configured_refuses_mutations(service: HostService) -> None:
     """A daemon started without a token refuses every mutating call."""
     with TestClient(create_app(service, None)) as c:
         assert c.post("/api/optimize", json={}, headers={"Authorization": "Bearer "}).status_code == 401
@@ -79,7 +79,7 @@ def test_no_token_configured_refuses_mutations(service: CoordinatorService) -> N
         (b'{"agent_id": "a", "pid": 1, "extra": 1}', "unknown field"),
     ],
 )
-def test_malformed_registration_is_422(client: TestClient, service: CoordinatorService, body: bytes,
+def test_malformed_registration_is_422(client: TestClient, service: HostService, body: bytes,
                                        fragment: str) -> None:
     """A malformed body is 422 with a message naming what is wrong; nothing is registered."""
     r = client.post("/api/agents", content=body, headers={**AUTH, "content-type": "application/json"})
@@ -130,8 +130,8 @@ def test_optimize_rejects_bad_fields(client: TestClient) -> None:
     assert client.post("/api/optimize", json={"strategy": "nope"}, headers=AUTH).status_code == 422
 
 
-def test_prometheus_exposition_parses(client: TestClient, service: CoordinatorService) -> None:
-    """/metrics is valid Prometheus text with the coordinator's figures."""
+def test_prometheus_exposition_parses(client: TestClient, service: HostService) -> None:
+    """/metrics is valid Prometheus text with the host service's figures."""
     service.tick()
     r = client.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
@@ -151,9 +151,11 @@ def test_dashboard_and_assets_are_served_locally(client: TestClient) -> None:
     assert js.status_code == 200 and len(js.content) > 1_000_000
 
 
-def test_static_export_is_self_contained(service: CoordinatorService) -> None:
+def test_static_export_is_self_contained(service: HostService) -> None:
     """The exported dashboard inlines plotly.js and a data snapshot."""
-    html = service.dashboard_html(static=True)
+    from sutazai_hwopt.host.dashboard import render_dashboard
+
+    html = render_dashboard(service.dashboard_data(), inline_js=True)
     assert "/static/plotly.min.js" not in html
     assert "/*SNAPSHOT*/null" not in html and '"history"' in html
 
@@ -172,7 +174,7 @@ def test_eliminate_a_detected_bottleneck_through_the_api(tmp_path: Path, sleeper
     """A bottleneck the service holds is handed to the eliminator; the result carries its validation."""
     config = load_config(mode="aggressive", overrides={"eliminator": {"validation_window_s": 0.2,
                                                                       "validation_interval_s": 0.05}})
-    svc = CoordinatorService(config, auto_fix=True, state_dir=str(tmp_path / "j"))
+    svc = HostService(config, auto_fix=True, state_dir=str(tmp_path / "j"))
     try:
         svc.register_agent("io_agent", sleeper.pid, {"cpu_cores": 1, "priority": 1})
         svc.establish_baseline()
@@ -191,7 +193,7 @@ def test_eliminate_a_detected_bottleneck_through_the_api(tmp_path: Path, sleeper
 
 
 def test_dashboard_shows_the_namespace_pools(tmp_path: Path) -> None:
-    """A pool created by an agent in the coordinator's namespace appears with its usage and dedup ratio."""
+    """A pool created by an agent in the host service's namespace appears with its usage and dedup ratio."""
     from sutazai_hwopt import MemoryPoolManager
     from sutazai_hwopt.testing import throwaway_namespace
 
@@ -200,7 +202,7 @@ def test_dashboard_shows_the_namespace_pools(tmp_path: Path) -> None:
         for _ in range(2):
             pm.put_bytes("agent_a", b"w" * 100_000, pool_id="weights")
         config = load_config(overrides={"cache": {"namespace": ns}})
-        svc = CoordinatorService(config, state_dir=str(tmp_path / "j"))
+        svc = HostService(config, state_dir=str(tmp_path / "j"))
         try:
             pools = svc.dashboard_data()["pools"]
         finally:
@@ -210,7 +212,7 @@ def test_dashboard_shows_the_namespace_pools(tmp_path: Path) -> None:
 
 
 def test_dashboard_shows_host_wide_cache_tiers(tmp_path: Path) -> None:
-    """Hits in the shared L2 made by an agent's cache appear in the coordinator's cache figures."""
+    """Hits in the shared L2 made by an agent's cache appear in the host service's cache figures."""
     from sutazai_hwopt import IntelligentCacheSystem
     from sutazai_hwopt.testing import throwaway_namespace
 
@@ -222,7 +224,7 @@ def test_dashboard_shows_host_wide_cache_tiers(tmp_path: Path) -> None:
             assert writer.get("k", "agent_b")[1] == "L2"
             assert writer.get("missing", "agent_b")[1] is None
             config = load_config(overrides={"cache": {"namespace": ns}})
-            svc = CoordinatorService(config, state_dir=str(tmp_path / "j"))
+            svc = HostService(config, state_dir=str(tmp_path / "j"))
             try:
                 data = svc.dashboard_data()
             finally:
@@ -232,3 +234,27 @@ def test_dashboard_shows_host_wide_cache_tiers(tmp_path: Path) -> None:
     l2 = data["cache"]["levels"]["L2"]
     assert l2["hits"] >= 1 and l2["misses"] >= 1 and 0 < l2["hit_ratio"] < 1 and l2["entries"] == 1
     assert "cache-l2" not in data["pools"]
+
+
+def test_validation_windows_are_measured_from_the_services_passes(service: HostService) -> None:
+    """The eliminator's metric source averages the service's own passes, custom metrics included."""
+    import asyncio
+    import math
+
+    service.eliminator.register_metric("answer", lambda: 42.0)
+    before = service.ticks
+    out = asyncio.run(service.eliminator.metric_source.measure(["custom:answer", "cpu.utilization", "nope"], 0.0))
+    assert out["custom:answer"] == 42.0
+    assert math.isfinite(out["cpu.utilization"]) and math.isnan(out["nope"])
+    assert service.ticks > before  # no sampler loop runs here: the window took its own pass
+
+
+def test_prometheus_figures_are_one_read_of_the_service(service: HostService) -> None:
+    """GET /metrics renders the service's figures; rendering is the web layer's, not the service's."""
+    from sutazai_hwopt.host.metrics import render
+
+    figures = service.figures()
+    assert figures["running"] is True and figures["agents"] == 0
+    body, content_type = render({**figures, "running": False, "actions": 7})
+    assert b"sutazai_hwopt_up 0.0" in body and b"sutazai_hwopt_eliminator_actions 7.0" in body
+    assert content_type.startswith("text/plain")

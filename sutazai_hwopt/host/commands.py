@@ -1,4 +1,4 @@
-"""CLI subcommands of the host coordinator: deploy, status, stop, profile, export-stats, dashboard.
+"""CLI subcommands of the host service: deploy, status, stop, profile, export-stats, dashboard.
 
 Exit codes: 0 success; 1 a library error; 3 nothing is running (``status``, ``stop``); 4 already running
 (``deploy``).
@@ -13,16 +13,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..cli import command, runner
 from ..errors import StateError
 from .daemon import add_daemon_arguments, journal_dir
 from .runtime import RuntimeDir
 
+__all__ = ["ALREADY_RUNNING", "COMMANDS", "NOT_RUNNING"]
+
 NOT_RUNNING = 3
 ALREADY_RUNNING = 4
+
+_Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 
 def _rollback_stale(runtime: RuntimeDir) -> int:
@@ -39,7 +43,6 @@ def _rollback_stale(runtime: RuntimeDir) -> int:
 
 
 # -- deploy ---------------------------------------------------------------------------------------------------
-@command("deploy", "start the host coordinator daemon, establish the baseline and apply the mode")
 def _deploy_args(p: argparse.ArgumentParser) -> None:
     add_daemon_arguments(p)
     p.add_argument("--foreground", action="store_true", help="run in this process (for systemd/containers)")
@@ -50,19 +53,18 @@ _FORWARD = ("mode", "config", "log_dir", "host", "port", "l1_size", "l2_size", "
 _FLAGS = ("enable_all", "auto_fix", "enable_ml", "enable_compression")
 
 
-@runner("deploy")
 def _deploy(args: argparse.Namespace) -> int:
     runtime = RuntimeDir(args.runtime_dir)
     running = runtime.running()
     if running is not None:
         url = (runtime.read_endpoint() or {}).get("url", "?")
-        print(f"coordinator already running (pid {running.pid}) at {url}; "
+        print(f"host service already running (pid {running.pid}) at {url}; "
               "use `sutazai-hwopt stop` first", file=sys.stderr)
         return ALREADY_RUNNING
     stale = runtime.stale()
     if stale is not None:
         n = _rollback_stale(runtime)
-        print(f"found the pid file of a dead coordinator (pid {stale.pid}); rolled back {n} settings it applied")
+        print(f"found the pid file of a dead host service (pid {stale.pid}); rolled back {n} settings it applied")
     runtime.ensure()
     runtime.new_token()
     forwarded = ["--runtime-dir", str(runtime.path)]
@@ -77,7 +79,7 @@ def _deploy(args: argparse.Namespace) -> int:
         return daemon_main(forwarded)
     fd = os.open(runtime.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        child = subprocess.Popen([sys.executable, "-m", "sutazai_hwopt.coordinator.daemon", *forwarded],
+        child = subprocess.Popen([sys.executable, "-m", "sutazai_hwopt.host.daemon", *forwarded],
                                  stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True,
                                  close_fds=True)
     finally:
@@ -89,16 +91,16 @@ def _deploy(args: argparse.Namespace) -> int:
         if endpoint.get("pid") == child.pid:
             break
         if child.poll() is not None:
-            print(f"the coordinator exited during start-up (code {child.returncode}); log {runtime.log_file}:",
+            print(f"the host service exited during start-up (code {child.returncode}); log {runtime.log_file}:",
                   file=sys.stderr)
             print(_tail(runtime.log_file), file=sys.stderr)
             return 1
         time.sleep(0.05)
     else:
-        print(f"the coordinator did not start listening within {args.wait:.0f} s; log: {runtime.log_file}",
+        print(f"the host service did not start listening within {args.wait:.0f} s; log: {runtime.log_file}",
               file=sys.stderr)
         return 1
-    print(f"coordinator running (pid {child.pid}, mode {args.mode or 'from config, else balanced'})")
+    print(f"host service running (pid {child.pid}, mode {args.mode or 'from config, else balanced'})")
     print(f"dashboard: {endpoint['url']}")
     print(f"api token: {runtime.token_file} (readable by you only)")
     print(f"logs:      {args.log_dir or runtime.path / 'logs'}")
@@ -113,23 +115,21 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 # -- status ---------------------------------------------------------------------------------------------------
-@command("status", "show whether the coordinator runs, its agents, placement, cache and pool figures")
 def _status_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime-dir", metavar="DIR")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-@runner("status")
 def _status(args: argparse.Namespace) -> int:
-    from .client import CoordinatorClient
+    from .client import HostClient
 
     runtime = RuntimeDir(args.runtime_dir)
     if runtime.running() is None:
         stale = runtime.stale()
         extra = f" (stale pid file of dead pid {stale.pid}; `stop` or `deploy` cleans it up)" if stale else ""
-        print(f"coordinator: not running{extra}")
+        print(f"host service: not running{extra}")
         return NOT_RUNNING
-    client = CoordinatorClient(runtime.path)
+    client = HostClient(runtime.path)
     data = client.get("/api/dashboard")
     if args.json:
         print(json.dumps(data, indent=2))
@@ -144,7 +144,7 @@ def _print_status(data: dict[str, Any], url: str) -> None:
 
     console = Console()
     st = data["status"]
-    console.print(f"[bold]coordinator[/] running · pid {st['pid']} · mode {st['mode']} · "
+    console.print(f"[bold]host service[/] running · pid {st['pid']} · mode {st['mode']} · "
                   f"up {st['uptime_s']:.0f} s · {url}")
     services = Table(title="services")
     services.add_column("service")
@@ -174,23 +174,21 @@ def _print_status(data: dict[str, Any], url: str) -> None:
 
 
 # -- stop -----------------------------------------------------------------------------------------------------
-@command("stop", "stop the coordinator gracefully and roll back every setting it applied")
 def _stop_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime-dir", metavar="DIR")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before SIGKILL")
 
 
-@runner("stop")
 def _stop(args: argparse.Namespace) -> int:
     runtime = RuntimeDir(args.runtime_dir)
     record = runtime.running()
     if record is None:
         stale = runtime.stale()
         if stale is None:
-            print("coordinator: not running")
+            print("host service: not running")
             return NOT_RUNNING
         n = _rollback_stale(runtime)
-        print(f"coordinator (pid {stale.pid}) had died; rolled back {n} settings it applied and removed its pid file")
+        print(f"host service (pid {stale.pid}) had died; rolled back {n} settings it applied and removed its pid file")
         return 0
     os.kill(record.pid, signal.SIGTERM)
     deadline = time.monotonic() + args.timeout
@@ -204,13 +202,12 @@ def _stop(args: argparse.Namespace) -> int:
             time.sleep(0.02)
     n = _rollback_stale(runtime)  # after a graceful stop this finds nothing left to restore
     how = "killed after the timeout" if forced else "stopped"
-    print(f"coordinator (pid {record.pid}) {how}; every setting it applied is rolled back"
+    print(f"host service (pid {record.pid}) {how}; every setting it applied is rolled back"
           + (f" ({n} restored from its journal)" if n else ""))
     return 0
 
 
 # -- profile / export-stats / dashboard -------------------------------------------------------------------
-@command("profile", "profile the host and the registered agents for a while; optionally export a JSON report")
 def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=300.0, help="seconds")
     p.add_argument("--interval", type=float, default=1.0, help="sampling period in seconds")
@@ -218,7 +215,6 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime-dir", metavar="DIR")
 
 
-@runner("profile")
 def _profile(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -251,24 +247,22 @@ def _profile(args: argparse.Namespace) -> int:
 def _agents_of_running(runtime: RuntimeDir) -> dict[str, int]:
     if runtime.running() is None:
         return {}
-    from .client import CoordinatorClient
+    from .client import HostClient
 
-    return {a["agent_id"]: a["pid"] for a in CoordinatorClient(runtime.path).get("/api/agents")}
+    return {a["agent_id"]: a["pid"] for a in HostClient(runtime.path).get("/api/agents")}
 
 
-@command("export-stats", "write the coordinator's (or, if none runs, this host's) figures to a JSON file")
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="output JSON file, e.g. system_metrics.json")
     p.add_argument("--runtime-dir", metavar="DIR")
 
 
-@runner("export-stats")
 def _export(args: argparse.Namespace) -> int:
     runtime = RuntimeDir(args.runtime_dir)
     if runtime.running() is not None:
-        from .client import CoordinatorClient
+        from .client import HostClient
 
-        client = CoordinatorClient(runtime.path)
+        client = HostClient(runtime.path)
         data = {"dashboard": client.get("/api/dashboard"), "metrics": client.get("/api/metrics")}
     else:
         from ..profiler import PerformanceProfiler
@@ -276,29 +270,46 @@ def _export(args: argparse.Namespace) -> int:
         profiler = PerformanceProfiler(agents={})
         profiler.sample()
         time.sleep(0.5)
-        data = {"metrics": {"system": profiler.sample().system_metrics}, "coordinator": "not running"}
+        data = {"metrics": {"system": profiler.sample().system_metrics}, "host": "not running"}
         profiler.close()
     Path(args.path).write_text(json.dumps(data, indent=2, default=str))
     print(f"stats written to {args.path}")
     return 0
 
 
-@command("dashboard", "export the dashboard as one self-contained HTML file (live data snapshot)")
 def _dash_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--export", metavar="FILE", required=True, help="e.g. optimization-dashboard.html")
     p.add_argument("--runtime-dir", metavar="DIR")
 
 
-@runner("dashboard")
 def _dash(args: argparse.Namespace) -> int:
-    from .client import CoordinatorClient
+    from .client import HostClient
     from .dashboard import render_dashboard
 
     runtime = RuntimeDir(args.runtime_dir)
     if runtime.running() is None:
-        print("coordinator: not running")
+        print("host service: not running")
         return NOT_RUNNING
-    snapshot = CoordinatorClient(runtime.path).get("/api/dashboard")
+    snapshot = HostClient(runtime.path).get("/api/dashboard")
     Path(args.export).write_text(render_dashboard(snapshot, inline_js=True))
     print(f"dashboard written to {args.export}")
     return 0
+
+
+#: The subcommands of this module, in the order ``--help`` lists them: (name, help, add_arguments, run), where
+#: ``run(args)`` returns the exit code. :func:`sutazai_hwopt.cli.build_parser` adds them (nothing registers itself
+#: on import).
+COMMANDS: tuple[_Command, ...] = (
+    ("deploy", "start the host service daemon, establish the baseline and apply the mode",
+     _deploy_args, _deploy),
+    ("status", "show whether the host service runs, its agents, placement, cache and pool figures",
+     _status_args, _status),
+    ("stop", "stop the host service gracefully and roll back every setting it applied",
+     _stop_args, _stop),
+    ("profile", "profile the host and the registered agents for a while; optionally export a JSON report",
+     _profile_args, _profile),
+    ("export-stats", "write the host service's (or, if none runs, this host's) figures to a JSON file",
+     _export_args, _export),
+    ("dashboard", "export the dashboard as one self-contained HTML file (live data snapshot)",
+     _dash_args, _dash),
+)

@@ -17,14 +17,14 @@ from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 
 from sutazai_hwopt.config import load_config
-from sutazai_hwopt.coordinator.api import create_app
-from sutazai_hwopt.coordinator.openapi import openapi_document
-from sutazai_hwopt.coordinator.service import CoordinatorService
+from sutazai_hwopt.host.api import create_app
+from sutazai_hwopt.host.openapi import openapi_document
+from sutazai_hwopt.host.service import HostService
 
 TOKEN = "schemathesis-token"
 _STATE = tempfile.mkdtemp(prefix="hwopt-schemathesis-")
 _SLEEPER = subprocess.Popen(["sleep", "600"])
-_SERVICE = CoordinatorService(load_config(mode="conservative"), state_dir=_STATE)
+_SERVICE = HostService(load_config(mode="conservative"), state_dir=_STATE)
 _SERVICE.establish_baseline()
 APP = create_app(_SERVICE, TOKEN)
 

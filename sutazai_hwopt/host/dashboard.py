@@ -11,7 +11,17 @@ import json
 from importlib import resources
 from typing import Any
 
-__all__ = ["render_dashboard"]
+__all__ = ["plotly_js", "render_dashboard"]
+
+_PLOTLY: bytes | None = None
+
+
+def plotly_js() -> bytes:
+    """plotly.min.js as shipped inside the plotly package (no CDN); read once, then kept."""
+    global _PLOTLY
+    if _PLOTLY is None:
+        _PLOTLY = resources.files("plotly").joinpath("package_data").joinpath("plotly.min.js").read_bytes()
+    return _PLOTLY
 
 
 def _template() -> str:
@@ -22,9 +32,7 @@ def render_dashboard(snapshot: dict[str, Any] | None, *, inline_js: bool) -> str
     """The page; ``snapshot`` (data) and ``inline_js`` make it work without a server."""
     page = _template()
     if inline_js:
-        from .api import _plotly_js
-
-        script = "<script>" + _plotly_js().decode("utf-8").replace("</script", "<\\/script") + "</script>"
+        script = "<script>" + plotly_js().decode("utf-8").replace("</script", "<\\/script") + "</script>"
     else:
         script = '<script src="/static/plotly.min.js"></script>'
     page = page.replace("<!--PLOTLY-->", script, 1)

@@ -1,4 +1,4 @@
-"""How agents and the CLI talk to the coordinator: find it through the runtime directory, call its API.
+"""How agents and the CLI talk to the host service: find it through the runtime directory, call its API.
 
 Standard-library HTTP only (``urllib``), so an agent that embeds the library needs no server extra to register.
 """
@@ -14,18 +14,18 @@ from typing import Any
 from ..errors import AccessDeniedError, HwoptError, NotFoundError, StateError
 from .runtime import RuntimeDir
 
-__all__ = ["CoordinatorClient", "connect"]
+__all__ = ["HostClient", "connect"]
 
 
-class CoordinatorClient:
-    """A small client of the coordinator's REST API (reads the endpoint and token from the runtime directory)."""
+class HostClient:
+    """A small client of the host service's REST API (reads the endpoint and token from the runtime directory)."""
 
     def __init__(self, runtime_dir: str | os.PathLike[str] | None = None, *, timeout: float = 10.0) -> None:
         self.runtime = RuntimeDir(runtime_dir)
         self.timeout = timeout
         endpoint = self.runtime.read_endpoint() if self.runtime.running() else None
         if endpoint is None:
-            raise StateError(f"no coordinator is running (runtime directory {self.runtime.path}); "
+            raise StateError(f"no host service is running (runtime directory {self.runtime.path}); "
                              "start one with `sutazai-hwopt deploy`")
         self.url = str(endpoint["url"]).rstrip("/")
         self.token = self.runtime.read_token()
@@ -49,7 +49,7 @@ class CoordinatorClient:
             cls: type[HwoptError] = {401: AccessDeniedError, 404: NotFoundError}.get(exc.code, HwoptError)
             raise cls(f"{method} {path}: HTTP {exc.code}: {detail}") from None
         except OSError as exc:
-            raise StateError(f"coordinator at {self.url} is unreachable: {exc}") from None
+            raise StateError(f"host service at {self.url} is unreachable: {exc}") from None
         return json.loads(raw) if "json" in ctype else raw.decode()
 
     def get(self, path: str) -> Any:
@@ -61,15 +61,15 @@ class CoordinatorClient:
 
 def connect(agent_id: str, requirements: dict[str, Any] | None = None, *, pid: int | None = None,
             runtime_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """Register this process (or ``pid``) with the host's coordinator in one call.
+    """Register this process (or ``pid``) with the host service in one call.
 
-    Returns the agent record the coordinator keeps (placement included).
+    Returns the agent record the host service keeps (placement included).
 
     Raises:
-        StateError: no coordinator runs. AccessDeniedError: the token file is missing or wrong.
+        StateError: no host service runs. AccessDeniedError: the token file is missing or wrong.
         AlreadyExistsError-like HTTP 409 and validation errors arrive as :class:`HwoptError` with the message.
     """
-    client = CoordinatorClient(runtime_dir)
+    client = HostClient(runtime_dir)
     result: dict[str, Any] = client.post("/api/agents", {"agent_id": agent_id, "pid": pid or os.getpid(),
                                                          "requirements": requirements or {}})
     return result
