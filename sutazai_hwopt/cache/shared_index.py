@@ -1,7 +1,7 @@
 """A shared-memory cache tier (L2, and L3's store): one pool segment holding the compiled index and the values.
 
-The segment is a memory pool of :mod:`sutazai_hwopt.memory` (same header, allocator and robust lock; created
-mode 0600 and kept away from Python 3.11's resource tracker by :mod:`sutazai_hwopt.memory.segment`); its meta
+The segment is a memory pool of :mod:`sutazai_hwopt.memory` (same header, allocator and robust lock; named,
+created 0600 and owner-checked on attach by :mod:`sutazai_hwopt.shm`); its meta
 area holds the hash table of :mod:`sutazai_hwopt._native.shmcache_index`.
 
 Creation race: a creator formats the segment under a temporary name and publishes it with ``link(2)`` in
