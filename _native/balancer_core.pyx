@@ -6,7 +6,9 @@
 # Algorithms (all cited in sutazai_hwopt/balancer/algorithms.py): round-robin, weighted least-outstanding,
 # power of two choices (Mitzenmacher 2001) and the adaptive cost; the sketch is DDSketch's logarithmic
 # mapping (Masson, Rim, Lee, VLDB 2019, section 2). The Python shell (balancer.py) keeps every rare path
-# (ejection, refresh, waiters, shared state, session hashing, user algorithms) and calls back into it.
+# (ejection, refresh, waiters, shared state, session hashing, user algorithms); ``Core`` hands those cases to
+# the callables the shell gave it (its written contract, in its docstring) and never sees the shell itself.
+# Backend states and algorithm codes are defined once, in balancer_codes.pxi.
 #
 # Concurrency: the fast paths run under the GIL without calling Python code between reading and writing a
 # backend's counters (the clock is read first), so they are atomic with respect to other Python threads and
@@ -14,9 +16,7 @@
 
 from libc.math cimport ceil, exp, log, sqrt
 
-cdef int HEALTHY = 0
-cdef int EJECTED = 1
-cdef int PROBING = 2
+include "balancer_codes.pxi"
 
 cdef double _INF = float("inf")
 
@@ -283,15 +283,6 @@ cdef Backend least_loaded(list cands, long long start):
     return best
 
 
-# Algorithm codes (the ``native_code`` attribute of the Python algorithm classes).
-cdef enum:
-    ALG_PY = 0
-    ALG_ADAPTIVE = 1
-    ALG_RR = 2
-    ALG_P2C = 3
-    ALG_LC = 4
-
-
 cpdef object native_select(int code, Rotor st, list cands, double mc=1.0):
     """The compiled ``select`` of algorithm ``code`` (same result as its Python twin), or None if all full."""
     cdef Py_ssize_t n = len(cands), k, i, j
@@ -354,30 +345,53 @@ cpdef object native_select(int code, Rotor st, list cands, double mc=1.0):
 
 
 cdef class Core:
-    """Fast select + record of one balancer; anything unusual is handed to the Python shell."""
+    """Fast select + record of one balancer; anything unusual is handed to the Python shell's callables.
+
+    The contract, all given at construction (the core never holds the balancer object):
+
+    * ``clock()`` -> monotonic seconds;
+    * ``route``: request type -> ``(canonical type, algorithm, code, Rotor)`` and ``backends``: service id ->
+      ``Backend``, the shell's own dicts, read here, changed only by the shell under its lock;
+    * ``default_rt``: the request type of a call that names none; ``locked()``: the shell holds its lock;
+    * ``waiters``: the shell's list of waiting async callers (mutated in place, never rebound): when it is not
+      empty after a result, ``wake()`` is called;
+    * ``select_slow(request_type, session_id, now)`` and ``record_slow(service_id, latency_s, success,
+      request_type, now or None)``: the complete Python paths; ``no_backend()`` raises the shell's error.
+
+    The shell writes the flags (``dirty``, ``learn``, ``affinity``, ``probing``, ``next_change``,
+    ``next_decay``), ``cands``, ``tcost``, ``shared``, ``tau`` and ``window``; the core only reads them.
+    """
 
     cdef public bint dirty, learn, affinity, probing
-    cdef public double next_change, next_decay, tau, penalty
+    cdef public double next_change, next_decay, tau
     cdef public list cands
     cdef public dict route, backends, tcost
-    cdef public object shell, clock, shared, default_rt, locked
-    cdef public Py_ssize_t window, consecutive_limit, min_requests
-    cdef public double rate_threshold
+    cdef public object clock, shared, default_rt, locked
+    cdef public Py_ssize_t window
+    cdef readonly list waiters
+    cdef readonly object select_slow, record_slow, no_backend, wake
 
-    def __init__(self, shell, clock, dict route, dict backends, default_rt, locked):
-        self.shell = shell
-        self.locked = locked
-        self.probing = False
+    def __init__(self, clock, dict route, dict backends, default_rt, locked, list waiters, *,
+                 select_slow, record_slow, no_backend, wake):
         self.clock = clock
         self.route = route
         self.backends = backends
         self.default_rt = default_rt
+        self.locked = locked
+        self.waiters = waiters
+        self.select_slow = select_slow
+        self.record_slow = record_slow
+        self.no_backend = no_backend
+        self.wake = wake
+        self.probing = False
         self.cands = []
         self.dirty = True
         self.learn = False
         self.affinity = True
         self.next_change = _INF
         self.next_decay = 0.0
+        self.tau = 1.0
+        self.window = 32
         self.shared = None
         self.tcost = {}
 
@@ -390,15 +404,15 @@ cdef class Core:
         if (entry is None or self.dirty or now >= self.next_change or now >= self.next_decay
                 or self.shared is not None or self.learn or self.probing
                 or (session_id is not None and self.affinity) or self.locked()):
-            return self.shell._select_py(request_type, session_id, now)
+            return self.select_slow(request_type, session_id, now)
         cdef tuple e = <tuple>entry
         cdef int code = e[2]
         if code == ALG_PY:
-            return self.shell._select_py(request_type, session_id, now)
+            return self.select_slow(request_type, session_id, now)
         cdef TypeCost tc = <TypeCost>self.tcost[e[0]]
         b = native_select(code, <Rotor>e[3], self.cands, tc.cost)
         if b is None:
-            return self.shell._no_backend()
+            return self.no_backend()
         cdef Backend bb = <Backend>b
         bb.in_flight += 1
         bb.load += tc.cost
@@ -407,17 +421,17 @@ cdef class Core:
     def record(self, service_id, double latency_s, success, request_type=None):
         """Fast path of ``record_result``: a healthy backend, nothing shared or learned."""
         if not (0.0 <= latency_s < _INF) or self.shared is not None or self.learn:
-            return self.shell._record_py(service_id, latency_s, success, request_type, None)
+            return self.record_slow(service_id, latency_s, success, request_type, None)
         if request_type is None:
             request_type = self.default_rt
         cdef double now = self.clock()  # first: user code may switch threads, nothing below does
         entry = self.route.get(request_type)
         b = self.backends.get(service_id)
         if entry is None or b is None or not success:
-            return self.shell._record_py(service_id, latency_s, success, request_type, now)
+            return self.record_slow(service_id, latency_s, success, request_type, now)
         cdef Backend bb = <Backend>b
         if bb.in_flight <= 0 or bb.state != HEALTHY or self.locked():
-            return self.shell._record_py(service_id, latency_s, success, request_type, now)
+            return self.record_slow(service_id, latency_s, success, request_type, now)
         rt = (<tuple>entry)[0]
         bb.in_flight -= 1
         cdef TypeCost tc = <TypeCost>self.tcost[rt]
@@ -430,8 +444,8 @@ cdef class Core:
         bb.observe_latency(latency_s, now, self.tau)
         bb.observe_base(latency_s)
         bb.record_outcome(0, self.window, now - latency_s)
-        if self.shell._waiters:
-            self.shell._wake()
+        if self.waiters:
+            self.wake()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 
 from sutazai_hwopt.balancer import BackendService, CircuitBreaker, DynamicLoadBalancer, LatencySketch
-from sutazai_hwopt.balancer.sketch import PyLatencySketch
+from sutazai_hwopt.balancer.sketch import ReferenceLatencySketch
 
 LOOPS = 2000
 
@@ -34,8 +34,8 @@ def per_call(fn: Callable[[int], None], loops: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def make_lb(n: int, algorithm: str = "adaptive", native: bool = True) -> DynamicLoadBalancer:
-    lb = DynamicLoadBalancer(algorithm=algorithm, seed=1, native=native)
+def make_lb(n: int, algorithm: str = "adaptive", reference: bool = False) -> DynamicLoadBalancer:
+    lb = DynamicLoadBalancer(algorithm=algorithm, seed=1, reference=reference)
     for i in range(n):
         lb.register_service(BackendService(service_id=f"b{i}", port=1 + i % 65000, weight=1.0 + i % 3))
     return lb
@@ -139,16 +139,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"{ta / t_pb:.2f}x pybreaker   target <= 3000 ns: {'MET' if ta <= 3e-6 else 'NOT MET'}")
 
     for n in (16, 1024):
-        ts = per_call(bench_sync(make_lb(n, "adaptive", native=False)), LOOPS, repeats)
+        ts = per_call(bench_sync(make_lb(n, "adaptive", reference=True)), LOOPS, repeats)
         print(f"{f'balancer adaptive n={n} sync, pure-Python path':46} {ts * 1e9:8.0f}  {ts / t_pb:.2f}x pybreaker"
               "   (the reference the compiled path is tested against)")
 
     sk = LatencySketch()
     t_sk = per_call(lambda n: [sk.add(0.001 * (i % 97 + 1)) for i in range(n)] and None, LOOPS, repeats)
     line = f"{'LatencySketch.add (compiled)':46} {t_sk * 1e9:8.0f}"
-    psk = PyLatencySketch()
+    psk = ReferenceLatencySketch()
     t_psk = per_call(lambda n: [psk.add(0.001 * (i % 97 + 1)) for i in range(n)] and None, LOOPS, repeats)
-    line += f"   PyLatencySketch.add {t_psk * 1e9:.0f} ns"
+    line += f"   ReferenceLatencySketch.add {t_psk * 1e9:.0f} ns"
     try:
         from ddsketch import DDSketch
 

@@ -7,6 +7,9 @@ from typing_extensions import disjoint_base
 
 __test__: dict[str, str]
 
+BACKEND_STATES: dict[str, int]
+ALGORITHM_CODES: dict[str, int]
+
 @disjoint_base
 class Sketch:
     buckets: dict[int, int]
@@ -97,24 +100,32 @@ class Core:
     next_change: float
     next_decay: float
     tau: float
-    penalty: float
     cands: list[Any]
     route: dict[Any, Any]
     backends: dict[Any, Any]
     tcost: dict[Any, Any]
-    shell: Any
     clock: Any
     shared: Any
     default_rt: Any
     locked: Any
     window: int
-    consecutive_limit: int
-    min_requests: int
-    rate_threshold: float
-    def __init__(self, shell: Any, clock: Callable[[], float], route: dict[Any, Any], backends: dict[Any, Any],
-                 default_rt: Any, locked: Callable[[], bool]) -> None: ...
-    def select(self, request_type: Any = ..., session_id: Any = ...) -> Any: ...
-    def record(self, service_id: Any, latency_s: float, success: Any, request_type: Any = ...) -> None: ...
+    @property
+    def waiters(self) -> list[Any]: ...
+    @property
+    def select_slow(self) -> Callable[[Any, str | None, float], Any]: ...
+    @property
+    def record_slow(self) -> Callable[[str, float, bool, Any, float | None], None]: ...
+    @property
+    def no_backend(self) -> Callable[[], Any]: ...
+    @property
+    def wake(self) -> Callable[[], None]: ...
+    def __init__(self, clock: Callable[[], float], route: dict[Any, Any], backends: dict[Any, Any],
+                 default_rt: Any, locked: Callable[[], bool], waiters: list[Any], *,
+                 select_slow: Callable[[Any, str | None, float], Any],
+                 record_slow: Callable[[str, float, bool, Any, float | None], None],
+                 no_backend: Callable[[], Any], wake: Callable[[], None]) -> None: ...
+    def select(self, request_type: Any = ..., session_id: str | None = ...) -> Any: ...
+    def record(self, service_id: str, latency_s: float, success: bool, request_type: Any = ...) -> None: ...
 
 @disjoint_base
 class AtomicWords:

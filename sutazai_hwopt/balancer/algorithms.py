@@ -17,17 +17,29 @@ Every ``select`` receives the backends that are admitted (healthy, not ejected) 
 
 from __future__ import annotations
 
+import enum
 import math
 import random
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from .._native.balancer_core import Rotor, TypeCost
+from .._native.balancer_core import ALGORITHM_CODES, Rotor, TypeCost
 from .state import Backend
 from .types import RequestType
 
-__all__ = ["ALGORITHMS", "Adaptive", "Algorithm", "ConsistentHash", "LatencyPredicting", "LeastConnections",
-           "P2C", "P2CPeakEWMA", "RoundRobin", "SmoothWeightedRoundRobin", "make_algorithm"]
+__all__ = ["ALGORITHMS", "Adaptive", "Algorithm", "AlgorithmCode", "ConsistentHash", "LatencyPredicting",
+           "LeastConnections", "P2C", "P2CPeakEWMA", "RoundRobin", "SmoothWeightedRoundRobin", "make_algorithm"]
+
+
+class AlgorithmCode(enum.IntEnum):
+    """Code of an algorithm's compiled ``select`` (``native_code``); the codes are the compiled core's, defined
+    once in ``_native/balancer_codes.pxi`` (``tests/balancer/test_parity.py`` checks the two agree)."""
+
+    PYTHON = ALGORITHM_CODES["python"]  # no compiled twin
+    ADAPTIVE = ALGORITHM_CODES["adaptive"]
+    ROUND_ROBIN = ALGORITHM_CODES["round_robin"]
+    P2C = ALGORITHM_CODES["p2c"]
+    LEAST_CONNECTIONS = ALGORITHM_CODES["least_connections"]
 
 
 @runtime_checkable
@@ -69,7 +81,7 @@ class RoundRobin:
     """Plain rotation, ignoring weights (the baseline)."""
 
     name = "round_robin"
-    native_code = 2
+    native_code = AlgorithmCode.ROUND_ROBIN
 
     def __init__(self) -> None:
         self.state = Rotor()
@@ -113,7 +125,7 @@ class LeastConnections:
     """Fewest in-flight requests per unit of weight (this client's view); ties rotate."""
 
     name = "least_connections"
-    native_code = 4
+    native_code = AlgorithmCode.LEAST_CONNECTIONS
 
     def __init__(self) -> None:
         self.state = Rotor()
@@ -127,7 +139,7 @@ class P2C:
     """Power of two choices over in-flight requests per unit of weight (Envoy's least-request)."""
 
     name = "p2c"
-    native_code = 3
+    native_code = AlgorithmCode.P2C
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self.state = Rotor((rng or random.Random()).random)
@@ -292,7 +304,7 @@ class Adaptive:
     """
 
     name = "adaptive"
-    native_code = 1
+    native_code = AlgorithmCode.ADAPTIVE
 
     def __init__(self, rng: random.Random | None = None, scan_limit: int = 32, d: int = 2,
                  peers: float = 4.0) -> None:

@@ -13,8 +13,8 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 from .._native.balancer_core import Core, TypeCost
 from ..config import BalancerSection
@@ -26,16 +26,89 @@ from ..errors import (
     StateError,
 )
 from ..logs import get_logger
-from .algorithms import P2C, Adaptive, Algorithm, ConsistentHash, LeastConnections, RoundRobin, make_algorithm
+from .algorithms import (
+    P2C,
+    Adaptive,
+    Algorithm,
+    AlgorithmCode,
+    ConsistentHash,
+    LeastConnections,
+    RoundRobin,
+    make_algorithm,
+)
+from .health import HealthChecker
 from .lease import Lease
 from .state import EJECTED, HEALTHY, PROBING, STATE_NAMES, Backend, OutlierPolicy, backend_as_dict
 from .types import BackendService, RequestType
 
-__all__ = ["DynamicLoadBalancer"]
+__all__ = ["DynamicLoadBalancer", "ReferenceCore", "SelectionPath", "SharedTable"]
 
 log = get_logger("balancer")
 _NATIVE_ALGOS = (Adaptive, RoundRobin, P2C, LeastConnections)
 _INF = math.inf
+
+
+class SharedTable(Protocol):
+    """What a balancer needs of a host-wide table (:class:`~.shared.SharedState` is the implementation)."""
+
+    @property
+    def version(self) -> int: ...
+
+    def ejections_after(self, service_ids: Iterable[str], now: float) -> tuple[int, list[tuple[str, float]]]: ...
+
+    def publish_ejection(self, service_id: str, until: float) -> None: ...
+
+    def add_outstanding(self, service_id: str, delta: int) -> int: ...
+
+    def outstanding_many(self, service_ids: list[str]) -> list[int]: ...
+
+
+class SelectFn(Protocol):
+    """``select_backend_sync``'s signature (what a :class:`SelectionPath` provides as ``select``)."""
+
+    def __call__(self, request_type: RequestType = ..., session_id: str | None = ...) -> BackendService: ...
+
+
+class RecordFn(Protocol):
+    """``record_result``'s signature (what a :class:`SelectionPath` provides as ``record``)."""
+
+    def __call__(self, service_id: str, latency_s: float, success: bool,
+                 request_type: RequestType = ...) -> None: ...
+
+
+class SelectionPath(Protocol):
+    """The strategy behind ``select_backend_sync`` and ``record_result``, chosen when a balancer is built:
+    the compiled ``Core`` (the default) or :class:`ReferenceCore` (``reference=True``)."""
+
+    @property
+    def select(self) -> SelectFn: ...
+
+    @property
+    def record(self) -> RecordFn: ...
+
+
+class ReferenceCore:
+    """The pure-Python reference model of the compiled ``Core``'s select and record: every call takes the
+    balancer's complete Python steps, which the compiled fast path must match (``tests/balancer/test_native.py``)."""
+
+    __slots__ = ("_clock", "_record", "_select")
+
+    def __init__(self, clock: Callable[[], float],
+                 select_slow: Callable[[RequestType, str | None, float], BackendService],
+                 record_slow: Callable[[str, float, bool, RequestType | None, float | None], None]) -> None:
+        self._clock = clock
+        self._select = select_slow
+        self._record = record_slow
+
+    def select(self, request_type: RequestType = RequestType.DEFAULT,
+               session_id: str | None = None) -> BackendService:
+        """``select_backend_sync`` on the Python path."""
+        return self._select(request_type, session_id, self._clock())
+
+    def record(self, service_id: str, latency_s: float, success: bool,
+               request_type: RequestType = RequestType.DEFAULT) -> None:
+        """``record_result`` on the Python path."""
+        self._record(service_id, latency_s, success, request_type, None)
 
 
 class DynamicLoadBalancer:
@@ -49,8 +122,11 @@ class DynamicLoadBalancer:
         seed: seeds the randomised algorithms (P2C, adaptive) for reproducible runs.
         shared: optional :class:`~.shared.SharedState` publishing ejections and outstanding counts to other
             processes on the host.
-        native: use the compiled fast path (``False``: the pure-Python path, the reference the tests compare
-            it with).
+        reference: take the pure-Python path (:class:`ReferenceCore`, the reference model the tests compare
+            the compiled fast path with) instead of the compiled one.
+
+    ``select_backend_sync`` and ``record_result`` are the bound methods of the :class:`SelectionPath` chosen
+    at construction (no wrapper in between: they are the hot path).
 
     Example:
         >>> lb = DynamicLoadBalancer(algorithm="round_robin")
@@ -63,7 +139,7 @@ class DynamicLoadBalancer:
     def __init__(self, config: BalancerSection | None = None, *, algorithm: str | Algorithm | None = None,
                  algorithms: Mapping[RequestType, str | Algorithm] | None = None,
                  clock: Callable[[], float] | None = None, seed: int | None = None,
-                 shared: Any = None, native: bool = True) -> None:
+                 shared: SharedTable | None = None, reference: bool = False) -> None:
         cfg = config if config is not None else BalancerSection()
         if not isinstance(cfg, BalancerSection):
             raise InvalidArgumentError(f"config must be a BalancerSection, got {type(cfg).__name__}")
@@ -87,8 +163,12 @@ class DynamicLoadBalancer:
         self._backends: dict[str, Backend] = {}
         self._draining: dict[str, Backend] = {}
         self._list: list[Backend] = []
-        # The compiled fast path shares the route and backend dicts and owns the "something changed" flags.
-        self._c = Core(self, self._clock, self._route, self._backends, RequestType.DEFAULT, self._lock.locked)
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []  # never rebound
+        # The compiled core shares the route and backend dicts and owns the "something changed" flags; it
+        # gets the callables of its contract, not this object.
+        self._c = Core(self._clock, self._route, self._backends, RequestType.DEFAULT, self._lock.locked,
+                       self._waiters, select_slow=self._select_py, record_slow=self._record_py,
+                       no_backend=self._no_backend, wake=self._wake)
         self._c.tau = self._op.ewma_tau_s
         self._c.window = self._op.window
         self._c.affinity = cfg.session_affinity
@@ -96,18 +176,34 @@ class DynamicLoadBalancer:
         self._c.tcost = {rt: TypeCost() for rt in RequestType}
         _give_costs(default, self._c.tcost)
         self._checks_active = False
-        self._health: Any = None
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._shared = shared
+        self._health: HealthChecker | None = None
         self._shared_seen = -1  # the table's ejection version this balancer last applied
         self._ejections_total = 0
         if algorithms:
             for rt, algo in algorithms.items():
                 self.set_algorithm(rt, algo)
         self._update_learn()
-        if native:
-            self.select_backend_sync = self._c.select  # type: ignore[method-assign]
-            self.record_result = self._c.record  # type: ignore[method-assign]
+        self._path: SelectionPath = (ReferenceCore(self._clock, self._select_py, self._record_py) if reference
+                                     else self._c)
+        self.select_backend_sync: SelectFn = self._path.select
+        """Pick a backend for one request and count it in flight; end it with :attr:`record_result`.
+
+        ``select_backend_sync(request_type=RequestType.DEFAULT, session_id=None) -> BackendService``
+
+        Raises:
+            NoBackendAvailableError: every backend is full, ejected or unhealthy (or none is registered).
+            InvalidArgumentError: ``request_type`` is not a :class:`RequestType`.
+        """
+        self.record_result: RecordFn = self._path.record
+        """End one in-flight request on ``service_id`` with its latency and outcome.
+
+        ``record_result(service_id, latency_s, success, request_type=RequestType.DEFAULT) -> None``
+
+        Raises:
+            NotFoundError: unknown ``service_id``.
+            StateError: no request is in flight on it (a result recorded twice).
+            InvalidArgumentError: ``latency_s`` negative or not finite, or an unknown request type.
+        """
 
     # ----------------------------------------------------------------------------------------- membership
     def register_service(self, service: BackendService) -> None:
@@ -222,16 +318,6 @@ class DynamicLoadBalancer:
                         st.service_est = p + (st.service_est - p) * f ** 0.2  # 5x slower than the EWMA
         self._c.next_decay = now + tau * 0.25
 
-    def select_backend_sync(self, request_type: RequestType = RequestType.DEFAULT,
-                            session_id: str | None = None) -> BackendService:
-        """Pick a backend for one request and count it in flight; end it with :meth:`record_result`.
-
-        Raises:
-            NoBackendAvailableError: every backend is full, ejected or unhealthy (or none is registered).
-            InvalidArgumentError: ``request_type`` is not a :class:`RequestType`.
-        """
-        return self._select_py(request_type, session_id, self._clock())
-
     def _no_backend(self) -> BackendService:
         raise NoBackendAvailableError(self._why_none())
 
@@ -246,13 +332,16 @@ class DynamicLoadBalancer:
                 self._refresh(now)
             if now >= self._c.next_decay:
                 self._decay(now)
-            if self._shared is not None:
-                if self._shared.version != self._shared_seen:
-                    self._shared_seen = self._shared.apply(self, now)
+            shared = self._shared
+            if shared is not None:
+                if shared.version != self._shared_seen:
+                    self._shared_seen, ejected = shared.ejections_after(list(self._backends), now)
+                    for sid, until in ejected:
+                        self._adopt_ejection(self._backends[sid], until)
                     if self._c.dirty:
                         self._refresh(now)
                 lst = self._list
-                for x, g in zip(lst, self._shared.outstanding_many([x.sid for x in lst])):
+                for x, g in zip(lst, shared.outstanding_many([x.sid for x in lst])):
                     x.extra = g - x.in_flight if g > x.in_flight else 0.0
             if session_id is not None and self.config.session_affinity and not isinstance(algo, ConsistentHash):
                 if self._hash is None:
@@ -326,7 +415,8 @@ class DynamicLoadBalancer:
         if not self._waiters:
             return
         with self._lock:
-            waiters, self._waiters = self._waiters, []
+            waiters = self._waiters[:]
+            self._waiters.clear()  # in place: the compiled core holds this list
         for loop, fut in waiters:
             try:
                 loop.call_soon_threadsafe(_set_done, fut)
@@ -334,17 +424,6 @@ class DynamicLoadBalancer:
                 pass
 
     # ---------------------------------------------------------------------------------------- outcomes
-    def record_result(self, service_id: str, latency_s: float, success: bool,
-                      request_type: RequestType = RequestType.DEFAULT) -> None:
-        """End one in-flight request on ``service_id`` with its latency and outcome.
-
-        Raises:
-            NotFoundError: unknown ``service_id``.
-            StateError: no request is in flight on it (a result recorded twice).
-            InvalidArgumentError: ``latency_s`` negative or not finite, or an unknown request type.
-        """
-        self._record_py(service_id, latency_s, success, request_type, None)
-
     def _record_py(self, service_id: str, latency_s: float, success: bool, request_type: RequestType | None,
                    now: float | None) -> None:
         """The complete result recording (the compiled fast path hands every unusual case to this)."""
@@ -527,8 +606,6 @@ class DynamicLoadBalancer:
 
     async def start(self) -> None:
         """Start active health checks (TCP connect, or HTTP GET of ``health_path``) as one asyncio task."""
-        from .health import HealthChecker
-
         if self._health is not None:
             raise StateError("the balancer is already started")
         self._checks_active = True
@@ -538,8 +615,6 @@ class DynamicLoadBalancer:
 
     async def check_now(self) -> None:
         """Run one round of active checks now and wait for it (started or not)."""
-        from .health import HealthChecker
-
         self._checks_active = True
         h = self._health or HealthChecker(self, interval_s=self.config.health_check_interval_s,
                                           timeout_s=self.config.health_check_timeout_s)
@@ -567,7 +642,7 @@ class DynamicLoadBalancer:
         for exceptions the caller marks as not the backend's fault with ``lease.ignore()``).
         """
         self._request_type(request_type)
-        return Lease(self, request_type, session_id, wait_timeout)
+        return Lease(self, request_type, session_id, wait_timeout, clock=self._clock)
 
     # ---------------------------------------------------------------------------------------- analytics
     def state_of(self, service_id: str) -> str:
@@ -605,11 +680,12 @@ class DynamicLoadBalancer:
 def _entry(rt: RequestType, algo: Algorithm) -> tuple[RequestType, Algorithm, int, Any]:
     """A route entry: the canonical type, the algorithm, its compiled code (0: Python only) and its state."""
     state = getattr(algo, "state", None)
-    code: int = getattr(algo, "native_code", 0) if type(algo) in _NATIVE_ALGOS else 0  # not for subclasses
+    # int(): the compiled core reads the code on every selection; not for subclasses (their select may differ)
+    code = int(getattr(algo, "native_code", AlgorithmCode.PYTHON)) if type(algo) in _NATIVE_ALGOS else 0
     return (rt, algo, code, state)
 
 
-def _global_view(algo: Algorithm, shared: Any) -> None:
+def _global_view(algo: Algorithm, shared: SharedTable | None) -> None:
     """With host-wide outstanding counts (``shared``) adaptive needs no concurrency compensation."""
     if shared is not None and isinstance(algo, Adaptive) and algo.state.peers != 1.0:
         algo.state.peers = 1.0

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..logs import get_logger
 from .types import BackendService
 
-if TYPE_CHECKING:
-    from .balancer import DynamicLoadBalancer
-
-__all__ = ["HealthChecker", "check_backend"]
+__all__ = ["HealthChecker", "HealthTarget", "check_backend"]
 
 log = get_logger("balancer")
 
@@ -46,10 +43,18 @@ async def check_backend(service: BackendService, timeout_s: float) -> bool:
         return False
 
 
+class HealthTarget(Protocol):
+    """What the checker needs of its balancer: the backends to check and where to report the results."""
+
+    def services(self) -> list[BackendService]: ...
+
+    def report_health(self, service_id: str, healthy: bool) -> None: ...
+
+
 class HealthChecker:
     """The periodic check loop of one balancer."""
 
-    def __init__(self, lb: DynamicLoadBalancer, *, interval_s: float, timeout_s: float) -> None:
+    def __init__(self, lb: HealthTarget, *, interval_s: float, timeout_s: float) -> None:
         self._lb = lb
         self._interval = interval_s
         self._timeout = timeout_s

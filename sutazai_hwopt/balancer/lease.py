@@ -8,28 +8,46 @@ the slot (the backend is not to blame). A cancellation while waiting for a backe
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..errors import StateError
 from .types import BackendService, RequestType
 
-if TYPE_CHECKING:
-    from .balancer import DynamicLoadBalancer
+__all__ = ["Lease", "LeaseTarget"]
 
-__all__ = ["Lease"]
+
+class LeaseTarget(Protocol):
+    """What a lease needs of its balancer: the public select / record / release calls, nothing else."""
+
+    def select_backend_sync(self, request_type: RequestType = ..., session_id: str | None = ...,
+                            /) -> BackendService: ...
+
+    async def select_backend(self, request_type: RequestType = ..., session_id: str | None = ..., *,
+                             wait_timeout: float | None = ...) -> BackendService: ...
+
+    def record_result(self, service_id: str, latency_s: float, success: bool, request_type: RequestType = ...,
+                      /) -> None: ...
+
+    def release(self, service_id: str, request_type: RequestType = ...) -> None: ...
 
 _NOT_BACKEND_FAULT = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
 class Lease:
-    """Returned by :meth:`DynamicLoadBalancer.lease`; ``with``/``async with`` yields the BackendService."""
+    """Returned by :meth:`DynamicLoadBalancer.lease`; ``with``/``async with`` yields the BackendService.
 
-    __slots__ = ("_backend", "_done", "_lb", "_outcome", "_rt", "_session", "_start", "_wait")
+    ``clock`` times the request for :meth:`~LeaseTarget.record_result`: the balancer passes its own.
+    """
 
-    def __init__(self, lb: DynamicLoadBalancer, rt: RequestType, session_id: str | None,
-                 wait_timeout: float | None) -> None:
+    __slots__ = ("_backend", "_clock", "_done", "_lb", "_outcome", "_rt", "_session", "_start", "_wait")
+
+    def __init__(self, lb: LeaseTarget, rt: RequestType, session_id: str | None,
+                 wait_timeout: float | None, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._lb = lb
+        self._clock = clock
         self._rt = rt
         self._session = session_id
         self._wait = wait_timeout
@@ -64,7 +82,7 @@ class Lease:
             self._lb.release(backend.service_id, self._rt)
             raise StateError("a lease can be entered only once")
         self._backend = backend
-        self._start = self._lb._clock()
+        self._start = self._clock()
         return backend
 
     def __enter__(self) -> BackendService:
@@ -83,7 +101,7 @@ class Lease:
             lb.release(b.service_id, self._rt)
             return
         ok = self._outcome if self._outcome is not None else exc is None
-        latency = max(0.0, lb._clock() - self._start)
+        latency = max(0.0, self._clock() - self._start)
         lb.record_result(b.service_id, latency, ok, self._rt)
 
     def __exit__(self, et: type[BaseException] | None, exc: BaseException | None,

@@ -27,15 +27,12 @@ reading the counts costs O(backends) per selection.
 from __future__ import annotations
 
 import fcntl
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
 
 from .._native.balancer_core import AtomicWords
 from ..errors import IncompatibleLayoutError, InvalidArgumentError, PoolExhaustedError
 from ..logs import get_logger
 from ..shm import Segment, attach_segment, close_quietly, create_segment, segment_name, unlink_segment, validate_name
-
-if TYPE_CHECKING:
-    from .balancer import DynamicLoadBalancer
 
 __all__ = ["SharedState"]
 
@@ -193,14 +190,17 @@ class SharedState:
         """Zero a count left behind by a killed process."""
         self._words.store(self.slot(service_id) + _OUT, 0)
 
-    def apply(self, lb: DynamicLoadBalancer, now: float) -> int:
-        """Adopt ejections other processes published (called by the balancer under its lock).
+    def ejections_after(self, service_ids: Iterable[str], now: float) -> tuple[int, list[tuple[str, float]]]:
+        """The ejection version and the published ejections of ``service_ids`` that end after ``now``.
 
-        Returns the version applied; the balancer keeps it (one handle may serve several balancers).
+        The version is read before the slots, so an ejection published during the scan bumps it again and
+        is seen on the next call. The balancer adopts the ejections and keeps the version (one handle may
+        serve several balancers).
         """
         version = self.version
-        for b in list(lb._backends.values()):
-            until = self.ejected_until(b.sid)
+        out = []
+        for sid in service_ids:
+            until = self.ejected_until(sid)
             if until > now:
-                lb._adopt_ejection(b, until)
-        return version
+                out.append((sid, until))
+        return version, out

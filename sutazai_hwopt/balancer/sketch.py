@@ -10,28 +10,30 @@ Why not the ``ddsketch`` package: it implements the same mapping, but as a pure-
 costs about twice as much as this module's Python model (``benches/bench_balancer.py`` prints both), and the
 balancer records into a sketch on every call inside its compiled hot path (1 µs budget for selection plus
 recording). So the compiled core (``_native/balancer_core.pyx``, class ``Sketch``) implements the paper's
-mapping in C, and :class:`PyLatencySketch` here is its plain-Python reference model: tests drive both with
+mapping in C, and :class:`ReferenceLatencySketch` here is its plain-Python reference model: tests drive both with
 the same values and compare every quantile, and check quantiles against the exact ones within ``a``.
-``LatencySketch`` is the compiled class.
+``LatencySketch`` is the compiled class. (``PyLatencySketch``, this class's former name, still resolves, with a
+``DeprecationWarning``.)
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 from .._native.balancer_core import Sketch as LatencySketch
 from ..errors import InvalidArgumentError
 
-__all__ = ["LatencySketch", "PyLatencySketch"]
+__all__ = ["LatencySketch", "ReferenceLatencySketch"]
 
 _MIN_VALUE = 1e-9  # values at or below this (including 0) are counted in the zero bucket
 
 
-class PyLatencySketch:
+class ReferenceLatencySketch:
     """Relative-error quantile sketch of non-negative values (seconds); reference model of the compiled one.
 
     Example:
-        >>> s = PyLatencySketch()
+        >>> s = ReferenceLatencySketch()
         >>> for v in (0.010, 0.020, 0.030, 0.040):
         ...     s.add(v)
         >>> abs(s.quantile(0.5) - 0.020) < 0.020 * 0.02
@@ -82,7 +84,7 @@ class PyLatencySketch:
                 return 2.0 * self._gamma ** i / (self._gamma + 1.0)
         return self.max
 
-    def merge(self, other: PyLatencySketch) -> None:
+    def merge(self, other: ReferenceLatencySketch) -> None:
         """Add another sketch's counts (it must use the same accuracy)."""
         if other._gamma != self._gamma:
             raise InvalidArgumentError("cannot merge sketches of different relative accuracy")
@@ -103,3 +105,12 @@ class PyLatencySketch:
             "p99": self.quantile(0.99),
             "max": self.max,
         }
+
+
+def __getattr__(name: str) -> type[ReferenceLatencySketch]:
+    """``PyLatencySketch``: the deprecated former name of :class:`ReferenceLatencySketch`."""
+    if name == "PyLatencySketch":
+        warnings.warn("sutazai_hwopt.balancer.sketch.PyLatencySketch is deprecated; use ReferenceLatencySketch",
+                      DeprecationWarning, stacklevel=2)
+        return ReferenceLatencySketch
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,17 +9,32 @@ whose check recovers comes back without risking a caller's request) — see docs
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
+from typing import Final
 
-from .._native.balancer_core import Backend, TypeStats
+from .._native.balancer_core import BACKEND_STATES, Backend, TypeStats
 from .._native.balancer_core import Sketch as LatencySketch
 
-__all__ = ["EJECTED", "HEALTHY", "PROBING", "Backend", "OutlierPolicy", "TypeStats", "backend_as_dict"]
+__all__ = ["EJECTED", "HEALTHY", "PROBING", "STATE_NAMES", "Backend", "BackendState", "OutlierPolicy",
+           "TypeStats", "backend_as_dict"]
 
-HEALTHY = 0
-EJECTED = 1
-PROBING = 2
-STATE_NAMES = {HEALTHY: "healthy", EJECTED: "ejected", PROBING: "probing"}
+
+class BackendState(enum.IntEnum):
+    """A backend's outlier state (``Backend.state``); the codes are the compiled core's, defined once in
+    ``_native/balancer_codes.pxi`` (``tests/balancer/test_parity.py`` checks the two agree)."""
+
+    HEALTHY = BACKEND_STATES["healthy"]
+    EJECTED = BACKEND_STATES["ejected"]
+    PROBING = BACKEND_STATES["probing"]
+
+
+# Plain ints for the Python paths (an int compares faster than an IntEnum member).
+HEALTHY: Final[int] = int(BackendState.HEALTHY)
+EJECTED: Final[int] = int(BackendState.EJECTED)
+PROBING: Final[int] = int(BackendState.PROBING)
+#: state code -> the name analytics() and state_of() report.
+STATE_NAMES: Final[dict[int, str]] = {int(s): s.name.lower() for s in BackendState}
 
 
 @dataclass(frozen=True)

@@ -159,10 +159,10 @@ def test_every_named_algorithm_routes() -> None:
         assert lb.in_flight() == 0
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_adaptive_scales_own_outstanding_by_peers(native: bool) -> None:
+@pytest.mark.parametrize("reference", [False, True])
+def test_adaptive_scales_own_outstanding_by_peers(reference: bool) -> None:
     """Adaptive counts its own in-flight x peers (C3 compensation): one request on a 2x backend tips to the 1x one."""
-    lb = DynamicLoadBalancer(algorithm="adaptive", clock=FakeClock(), seed=3, native=native)
+    lb = DynamicLoadBalancer(algorithm="adaptive", clock=FakeClock(), seed=3, reference=reference)
     lb.register_service(BackendService(service_id="fast", port=8001, weight=2.0, max_connections=100))
     lb.register_service(BackendService(service_id="slow", port=8002, weight=1.0, max_connections=100))
     assert lb.select_backend_sync().service_id == "fast"  # idle: 1/2 < 1/1
@@ -186,12 +186,12 @@ def test_adaptive_peers_is_one_with_shared_counts() -> None:
     assert b.state.peers == 1.0
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_adaptive_breaks_ties_randomly(native: bool) -> None:
+@pytest.mark.parametrize("reference", [False, True])
+def test_adaptive_breaks_ties_randomly(reference: bool) -> None:
     """Equal-cost backends are picked from a seeded random scan start: clients with different seeds do not
     walk the same order (no herding), and every backend still gets its share."""
     def picks(seed: int) -> list[str]:
-        lb = DynamicLoadBalancer(algorithm="adaptive", clock=FakeClock(), seed=seed, native=native)
+        lb = DynamicLoadBalancer(algorithm="adaptive", clock=FakeClock(), seed=seed, reference=reference)
         for i in range(8):
             lb.register_service(BackendService(service_id=f"b{i}", port=8000 + i, max_connections=100))
         out = []
@@ -207,11 +207,11 @@ def test_adaptive_breaks_ties_randomly(native: bool) -> None:
     assert len(seen) == 8 and min(seen.values()) >= 20
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_adaptive_counts_outstanding_by_learned_type_cost(native: bool) -> None:
+@pytest.mark.parametrize("reference", [False, True])
+def test_adaptive_counts_outstanding_by_learned_type_cost(reference: bool) -> None:
     """Once COMPUTE_HEAVY is learned to cost 10x, one heavy request in flight weighs like 10 light ones."""
     clock = FakeClock()
-    lb = DynamicLoadBalancer(algorithm="adaptive", clock=clock, seed=5, native=native)
+    lb = DynamicLoadBalancer(algorithm="adaptive", clock=clock, seed=5, reference=reference)
     for sid in ("a", "b"):
         lb.register_service(BackendService(service_id=sid, port=8001 if sid == "a" else 8002))
     for _ in range(50):

@@ -8,7 +8,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from sutazai_hwopt._native import balancer_core
 from sutazai_hwopt.balancer import BackendService, DynamicLoadBalancer, LatencySketch, RequestType
-from sutazai_hwopt.balancer.sketch import PyLatencySketch
+from sutazai_hwopt.balancer.sketch import ReferenceLatencySketch
 from sutazai_hwopt.config import BalancerSection
 from sutazai_hwopt.errors import HwoptError
 from sutazai_hwopt.testing import FakeClock
@@ -25,12 +25,12 @@ def test_default_import_uses_compiled_core() -> None:
 
 
 class SketchMachine(RuleBasedStateMachine):
-    """Compiled Sketch vs PyLatencySketch: identical counts and quantiles after any sequence of adds."""
+    """Compiled Sketch vs ReferenceLatencySketch: identical counts and quantiles after any sequence of adds."""
 
     def __init__(self) -> None:
         super().__init__()
         self.c = LatencySketch(0.02)
-        self.p = PyLatencySketch(0.02)
+        self.p = ReferenceLatencySketch(0.02)
 
     @rule(v=st.one_of(st.just(0.0), st.floats(1e-10, 1e4)))
     def add(self, v: float) -> None:
@@ -66,9 +66,9 @@ class BalancerMachine(RuleBasedStateMachine):
     @precondition(lambda self: not self.lbs)
     @rule(algo=st.sampled_from(ALGOS), n=st.integers(1, 6), mc=st.integers(1, 4))
     def setup(self, algo: str, n: int, mc: int) -> None:
-        for native in (True, False):
+        for reference in (False, True):
             lb = DynamicLoadBalancer(BalancerSection(consecutive_failures=2, max_ejection_percent=50.0),
-                                     algorithm=algo, clock=self.clock, seed=11, native=native)
+                                     algorithm=algo, clock=self.clock, seed=11, reference=reference)
             for i in range(n):
                 lb.register_service(BackendService(service_id=f"b{i}", port=8000 + i, weight=1.0 + i % 3,
                                                    max_connections=mc))

@@ -126,12 +126,12 @@ def test_unhealthy_by_checks_gets_no_traffic() -> None:
 
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_streak_rule_ejects_despite_queued_successes(native: bool) -> None:
+@pytest.mark.parametrize("reference", [False, True])
+def test_streak_rule_ejects_despite_queued_successes(reference: bool) -> None:
     """Successes of requests sent before a failure streak began do not reset it: two fresh failures eject."""
     clock = FakeClock()
     lb = DynamicLoadBalancer(BalancerSection(consecutive_failures=2, max_ejection_percent=100.0),
-                             algorithm="round_robin", clock=clock, native=native)
+                             algorithm="round_robin", clock=clock, reference=reference)
     lb.register_service(BackendService(service_id="a", port=8001))
     for _ in range(3):  # queued at t=0
         lb.select_backend_sync()

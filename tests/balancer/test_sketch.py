@@ -46,3 +46,12 @@ def test_root_exports() -> None:
     for name in ("DynamicLoadBalancer", "BackendService", "RequestType", "CircuitBreaker"):
         assert name in sutazai_hwopt.__all__
         assert getattr(sutazai_hwopt, name) is getattr(balancer, name)
+
+
+def test_former_reference_name_is_a_deprecated_alias() -> None:
+    from sutazai_hwopt.balancer import sketch
+
+    with pytest.warns(DeprecationWarning, match="ReferenceLatencySketch"):
+        cls = sketch.PyLatencySketch
+    assert cls is sketch.ReferenceLatencySketch
+    assert "PyLatencySketch" not in sketch.__all__
