@@ -26,10 +26,10 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from ..config import CacheSection, HwoptConfig
+from ..config import CacheSection, section_of
 from ..errors import InvalidArgumentError, LoaderError, StateError, WeightError
 from ..logs import get_logger
 from ..memory.segment import validate_name
@@ -46,17 +46,7 @@ ST_VALID, ST_LOADING, ST_FAILED = 2, 3, 4
 
 
 def _section(config: Any, overrides: dict[str, Any]) -> CacheSection:
-    if config is None:
-        section = CacheSection()
-    elif isinstance(config, CacheSection):
-        section = config
-    elif isinstance(config, HwoptConfig):
-        section = config.cache
-    elif isinstance(config, Mapping):
-        section = CacheSection.from_mapping(config)
-    else:
-        raise InvalidArgumentError(
-            f"config must be a dict, CacheSection or HwoptConfig, got {type(config).__name__}")
+    section = section_of(config, CacheSection)
     return CacheSection.from_mapping(overrides, base=section) if overrides else section
 
 

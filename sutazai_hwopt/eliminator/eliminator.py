@@ -22,8 +22,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ..config import EliminatorSection, HwoptConfig
-from ..errors import ConfigError, HwoptError, InvalidArgumentError, StateError
+from ..config import EliminatorSection, HwoptConfig, section_of
+from ..errors import HwoptError, InvalidArgumentError, StateError
 from ..logs import get_logger
 from ..profiler.detect import BOTTLENECK_TYPES
 from .actions import MODE_RISKS, RISK_LEVELS, Action, ActionOutcome, EliminationResult
@@ -38,19 +38,6 @@ log = get_logger("eliminator")
 #: Bottleneck types the eliminator accepts: the profiler's plus those other components report.
 KNOWN_TYPES = (*BOTTLENECK_TYPES, "backend_overload", "memory_exhaustion_predicted")
 _PREDICTED = frozenset({"memory_exhaustion_predicted"})
-
-
-def _settings(settings: Any) -> EliminatorSection:
-    if settings is None:
-        return EliminatorSection()
-    if isinstance(settings, EliminatorSection):
-        return settings
-    if isinstance(settings, HwoptConfig):
-        return settings.eliminator
-    if isinstance(settings, Mapping):
-        return EliminatorSection.from_mapping(settings)
-    raise ConfigError(f"settings must be a mapping, an EliminatorSection or an HwoptConfig, got "
-                      f"{type(settings).__name__}")
 
 
 class BottleneckEliminator:
@@ -77,7 +64,7 @@ class BottleneckEliminator:
                  strategies: Sequence[EliminationStrategy] | None = None,
                  sleep: Callable[[float], Awaitable[Any]] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        self.settings = _settings(settings)
+        self.settings = section_of(settings, EliminatorSection, name="settings")
         self.coordinator = coordinator
         self.profiler = profiler
         self._clock = clock

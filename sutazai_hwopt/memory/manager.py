@@ -76,11 +76,9 @@ class MemoryPoolManager:
 
     def __init__(self, namespace: str = "sutazai", *, config: Any = None) -> None:
         self.namespace = validate_name("namespace", namespace)
-        if config is None:
-            from ..config import HwoptConfig
+        from ..config import HardwareSection, section_of
 
-            config = HwoptConfig()
-        self.default_pool_size = int(config.hardware.shared_memory_size_mb) * 1024**2
+        self.default_pool_size = section_of(config, HardwareSection).shared_memory_size_mb * 1024**2
         self._pools: dict[str, _Pool] = {}
         self._mutex = threading.RLock()
         self._pid = os.getpid()

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import ConfigSource, HardwareSection, section_of
 from ..errors import InvalidArgumentError, NotFoundError
 from ..logs import get_logger
 from .detect import SEVERITIES, Bottleneck, Thresholds, detect_bottlenecks
@@ -133,7 +134,8 @@ class PerformanceProfiler:
     def __init__(self, coordinator: Any = None, *, agents: Mapping[str, int] | None = None,
                  interval_s: float | None = None, history: int = 600, slow_budget_s: float = 0.0005,
                  thresholds: Thresholds | None = None, disk_paths: Iterable[str] = ("/",),
-                 config: Any = None, clock: Callable[[], float] = time.monotonic, seed: int = 0) -> None:
+                 config: HardwareSection | ConfigSource = None, clock: Callable[[], float] = time.monotonic,
+                 seed: int = 0) -> None:
         if agents is not None and not isinstance(agents, Mapping):
             raise InvalidArgumentError(f"agents must be a mapping of agent id -> pid, got {type(agents).__name__}")
         for aid, pid in (agents or {}).items():
@@ -144,7 +146,7 @@ class PerformanceProfiler:
         if coordinator is not None and not callable(getattr(coordinator, "agents", None)):
             raise InvalidArgumentError("coordinator must have an agents() method (a ResourcePoolCoordinator)")
         if interval_s is None:
-            interval_s = float(getattr(getattr(config, "hardware", None), "sample_interval_s", 1.0))
+            interval_s = section_of(config, HardwareSection).sample_interval_s
         if not isinstance(interval_s, (int, float)) or not (0 < interval_s <= 3600):
             raise InvalidArgumentError(f"interval_s must be in (0, 3600] seconds, got {interval_s!r}")
         if not isinstance(slow_budget_s, (int, float)) or not (0 <= slow_budget_s <= 1):
