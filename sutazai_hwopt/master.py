@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ._validate import check_agent_id
 from .config import HwoptConfig, load_config
 from .errors import InvalidArgumentError, StateError
 from .logs import get_logger
@@ -247,8 +248,7 @@ class HardwareOptimizationMaster:
             raise InvalidArgumentError(f"size_mb must be a positive integer, got {size_mb!r}")
         if not isinstance(pool, str) or not pool:
             raise InvalidArgumentError(f"pool must be a non-empty string, got {pool!r}")
-        if not isinstance(agent_id, str) or not agent_id:
-            raise InvalidArgumentError(f"agent_id must be a non-empty string, got {agent_id!r}")
+        check_agent_id(agent_id)
         manager = self._memory_manager()
         from .errors import AlreadyExistsError, NotFoundError
 

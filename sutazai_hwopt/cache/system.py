@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from .._validate import check_agent_id as _check_agent
 from ..config import CacheSection, section_of
 from ..errors import InvalidArgumentError, LoaderError, StateError, WeightError
 from ..logs import get_logger
@@ -48,12 +49,6 @@ ST_VALID, ST_LOADING, ST_FAILED = 2, 3, 4
 def _section(config: Any, overrides: dict[str, Any]) -> CacheSection:
     section = section_of(config, CacheSection)
     return CacheSection.from_mapping(overrides, base=section) if overrides else section
-
-
-def _check_agent(agent_id: object) -> str:
-    if not isinstance(agent_id, str) or not agent_id:
-        raise InvalidArgumentError(f"agent_id must be a non-empty str, got {agent_id!r}")
-    return agent_id
 
 
 def _check_priority(priority: object) -> int:

@@ -8,11 +8,11 @@ automatically; the rest are recommended.
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._validate import finite
 from ..errors import InvalidArgumentError
 from ..resources import Change
 
@@ -97,12 +97,6 @@ class Action:
                 "strategy": self.strategy}
 
 
-def _clean(d: dict[str, float] | None) -> dict[str, float | None] | None:
-    if d is None:
-        return None
-    return {k: (v if isinstance(v, float) and math.isfinite(v) else None) for k, v in d.items()}
-
-
 @dataclass
 class ActionOutcome:
     """What happened to one action: ``kept``, ``rolled_back``, ``recommended``, ``not_applied``, ``failed``."""
@@ -116,7 +110,7 @@ class ActionOutcome:
 
     def to_dict(self) -> dict[str, Any]:
         return {"action": self.action.to_dict(), "decision": self.decision, "reason": self.reason,
-                "before": _clean(self.before), "after": _clean(self.after), "results": self.results}
+                "before": finite(self.before), "after": finite(self.after), "results": self.results}
 
 
 @dataclass

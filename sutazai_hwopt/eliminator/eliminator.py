@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from .._validate import finite
 from ..config import EliminatorSection, HwoptConfig, section_of
 from ..errors import HwoptError, InvalidArgumentError, StateError
 from ..logs import get_logger
@@ -347,7 +348,7 @@ class BottleneckEliminator:
         entry = {"ts": self._clock(), "bottleneck_type": btype, "action": action.name if action else None,
                  "risk": action.risk if action else None, "strategy": action.strategy if action else None,
                  "agents": list(action.agents) if action else [], "decision": decision, "reason": reason,
-                 "before": _finite(before), "after": _finite(after), "results": results or []}
+                 "before": finite(before), "after": finite(after), "results": results or []}
         self._audit.append(entry)
         level = 30 if decision in ("failed", "skipped", "rollback_failed") else 20
         log.log(level, "%s", json.dumps(entry, default=str))
@@ -361,9 +362,3 @@ class BottleneckEliminator:
         if self.coordinator is None:
             return []
         return list(self.coordinator.rollback(owner="eliminator"))
-
-
-def _finite(d: Mapping[str, float] | None) -> dict[str, float | None] | None:
-    if d is None:
-        return None
-    return {k: (float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None) for k, v in d.items()}

@@ -22,6 +22,7 @@ import numpy as np
 
 from .._native import pool_alloc
 from .._native.pool_table import alloc_fast, free_fast
+from .._validate import round_up as _round_up
 from ..errors import (
     IncompatibleLayoutError,
     InvalidArgumentError,
@@ -51,10 +52,6 @@ __all__ = ["MemoryPoolManager", "process_start_time"]
 
 log = get_logger("memory")
 _MAX_POOL = 1 << 44
-
-
-def _round_up(n: int, a: int) -> int:
-    return (n + a - 1) // a * a
 
 
 class MemoryPoolManager:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import check_agent_id, finite
 from ..config import ConfigSource, HardwareSection, section_of
 from ..errors import InvalidArgumentError, NotFoundError
 from ..logs import get_logger
@@ -90,20 +91,6 @@ def _agent_records(coordinator: Any) -> dict[str, int]:
         if isinstance(aid, str) and isinstance(pid, int) and pid > 0:
             out[aid] = pid
     return out
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, (np.floating, np.integer)):
-        return _jsonable(x.item())
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, Bottleneck):
-        return _jsonable(x.to_dict())
-    return x
 
 
 class PerformanceProfiler:
@@ -195,8 +182,7 @@ class PerformanceProfiler:
 
     def add_agent(self, agent_id: str, pid: int) -> None:
         """Start profiling one more agent process (and, from the next pass, its children)."""
-        if not isinstance(agent_id, str) or not agent_id:
-            raise InvalidArgumentError(f"agent_id must be a non-empty string, got {agent_id!r}")
+        check_agent_id(agent_id)
         if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
             raise InvalidArgumentError(f"pid must be a positive integer, got {pid!r}")
         if agent_id in self._agents.agents:
@@ -403,7 +389,7 @@ class PerformanceProfiler:
         if bottlenecks is None:
             bottlenecks = [dict(b.to_dict(), first_seen=self._last_metrics.get("timestamp"))
                            for b in self.detect_bottlenecks()] if self.passes > 1 else []
-        return _jsonable({
+        return finite({
             "generated_at": datetime.now(timezone.utc).isoformat(),
             "samples": len(t), "duration_s": float(t[-1] - t[0]) if len(t) > 1 else 0.0,
             "interval_s": self.interval_s, "host": host, "system_metrics": self._last_metrics,
@@ -421,6 +407,6 @@ class PerformanceProfiler:
         p = Path(path)
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(_jsonable(data), fh, indent=2, allow_nan=False)
+            json.dump(finite(data), fh, indent=2, allow_nan=False)
         os.chmod(p, 0o600)
         return p
