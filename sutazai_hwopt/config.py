@@ -2,7 +2,7 @@
 
 A configuration directory holds up to four JSON files, each optional::
 
-    hardware_optimization.json   the top-level keys (max_cpu_usage, cache_size_mb, ...) and "mode"
+    hardware_optimization.json   HardwareSection: the top-level keys (max_cpu_usage, cache_size_mb, ...), "mode"
     cache_system.json            CacheSection
     load_balancer.json           BalancerSection
     bottleneck_eliminator.json   EliminatorSection
@@ -13,6 +13,9 @@ Every value is checked against its declared type and range; an unknown key, a wr
 or an unreadable file raises :class:`~sutazai_hwopt.errors.ConfigError` naming the file, the key and what is
 allowed. Validation is hand-written over dataclass field metadata rather than pydantic, to keep
 ``import sutazai_hwopt`` light and dependency-free for embedding agents.
+
+Every part takes its configuration the same way, through :func:`section_of`: the whole :class:`HwoptConfig`,
+its own section object, a mapping of that section's keys, or ``None`` for the defaults.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeAlias, TypeVar
 
 from .errors import ConfigError
 
@@ -33,10 +36,13 @@ __all__ = [
     "SECTION_FILES",
     "BalancerSection",
     "CacheSection",
+    "ConfigSource",
     "EliminatorSection",
     "HardwareConfig",
+    "HardwareSection",
     "HwoptConfig",
     "load_config",
+    "section_of",
 ]
 
 _T = TypeVar("_T", bound="_Section")
@@ -125,7 +131,7 @@ MODE_NAMES = ("conservative", "balanced", "aggressive")
 
 
 @dataclass(frozen=True)
-class HardwareConfig(_Section):
+class HardwareSection(_Section):
     """Top-level keys of ``hardware_optimization.json`` (the reference config)."""
 
     FILE: ClassVar[str] = "hardware_optimization.json"
@@ -239,6 +245,10 @@ class EliminatorSection(_Section):
     audit_size: int = _opt(1000, lo=1, hi=1_000_000, doc="decisions kept in the in-memory audit list")
 
 
+#: The former name of :class:`HardwareSection`, kept for code that imports it.
+HardwareConfig = HardwareSection
+
+
 #: Mode presets: the values each mode sets before the files are read. docs/modes.md shows the same table.
 MODES: dict[str, dict[str, dict[str, Any]]] = {
     "conservative": {
@@ -278,7 +288,7 @@ MODES: dict[str, dict[str, dict[str, Any]]] = {
 
 #: Section attribute -> (section class, file name).
 SECTION_FILES: dict[str, type[_Section]] = {
-    "hardware": HardwareConfig,
+    "hardware": HardwareSection,
     "cache": CacheSection,
     "balancer": BalancerSection,
     "eliminator": EliminatorSection,
@@ -289,7 +299,7 @@ SECTION_FILES: dict[str, type[_Section]] = {
 class HwoptConfig:
     """The whole configuration: one validated section per component."""
 
-    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    hardware: HardwareSection = field(default_factory=HardwareSection)
     cache: CacheSection = field(default_factory=CacheSection)
     balancer: BalancerSection = field(default_factory=BalancerSection)
     eliminator: EliminatorSection = field(default_factory=EliminatorSection)
@@ -314,6 +324,37 @@ class HwoptConfig:
                 values["mode"] = mode
             sections[name] = section_cls.from_mapping(values)
         return cls(**sections)
+
+
+#: What a part's constructor takes besides its own section object (see :func:`section_of`).
+ConfigSource: TypeAlias = "HwoptConfig | Mapping[str, Any] | None"
+
+
+def section_of(config: _T | ConfigSource, section: type[_T], *, name: str = "config") -> _T:
+    """The ``section`` a part reads, from whatever the caller gave its constructor.
+
+    Accepts the whole :class:`HwoptConfig` (its section of that type is taken), the section object itself, a
+    mapping of the section's keys (validated, over the defaults), or ``None`` (the defaults). ``name`` is the
+    parameter's name in the error message.
+
+    Raises:
+        ConfigError: anything else, or a mapping with an unknown key or a bad value (naming the key).
+    """
+    if config is None:
+        return section()
+    if isinstance(config, section):
+        return config
+    if isinstance(config, HwoptConfig):
+        for attr, cls in SECTION_FILES.items():
+            if cls is section:
+                found: _T = getattr(config, attr)
+                return found
+        raise ConfigError(f"{section.__name__} is not a section of HwoptConfig; sections: "
+                          f"{', '.join(c.__name__ for c in SECTION_FILES.values())}")
+    if isinstance(config, Mapping):
+        return section.from_mapping(config)
+    raise ConfigError(f"{name} must be an HwoptConfig, a {section.__name__}, a mapping of its keys or None, "
+                      f"got {type(config).__name__}")
 
 
 def _read_json(path: Path) -> Any:

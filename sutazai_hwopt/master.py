@@ -22,11 +22,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ._validate import check_agent_id
 from .config import HwoptConfig, load_config
 from .errors import InvalidArgumentError, StateError
 from .logs import get_logger
+
+if TYPE_CHECKING:  # types only: the memory manager and the profiler are imported when first used
+    from .memory import MemoryPoolManager
+    from .profiler import PerformanceProfiler
+    from .resources import ChangeHandle, Drift, KnobResult, Plan
 
 __all__ = ["Alert", "HardwareOptimizationMaster"]
 
@@ -84,9 +90,9 @@ class HardwareOptimizationMaster:
         self._metric_callbacks: list[Callable[[dict[str, Any]], None]] = []
         self._alert_callbacks: list[Callable[[Alert], None]] = []
         self._lock = threading.RLock()
-        self._memory: Any = None
+        self._memory: MemoryPoolManager | None = None
         self.memory_namespace = memory_namespace
-        self._profiler: Any = None
+        self._profiler: PerformanceProfiler | None = None
         self._last_metrics: dict[str, Any] = {}
         self._last_profile: dict[str, Any] | None = None
         self.alerts: list[Alert] = []
@@ -175,14 +181,14 @@ class HardwareOptimizationMaster:
         """Unregister an agent and restore its process's previous settings."""
         self.coordinator.unregister_agent(agent_id, restore=True)
 
-    def rebalance(self, strategy: str = "load_based", *, dry_run: bool = False) -> Any:
+    def rebalance(self, strategy: str = "load_based", *, dry_run: bool = False) -> Plan:
         """Re-plan every agent (see :meth:`ResourcePoolCoordinator.rebalance_resources`)."""
-        plan = self.coordinator.rebalance_resources(strategy=strategy, dry_run=dry_run)
+        plan: Plan = self.coordinator.rebalance_resources(strategy=strategy, dry_run=dry_run)
         if not dry_run:
             self._after_plan(plan)
         return plan
 
-    def _after_plan(self, plan: Any) -> None:
+    def _after_plan(self, plan: Plan) -> None:
         for w in plan.warnings:
             self._alert("warning", "oversubscription", w, ratio=plan.allocation.oversubscription)
         refused = [r for r in plan.results if r.status == "not permitted"]
@@ -192,9 +198,9 @@ class HardwareOptimizationMaster:
                         knobs=sorted({r.knob for r in refused}))
         self._emit_metrics({"kind": "placement", "timestamp": time.time(), **plan.summary()})
 
-    def verify(self) -> list[Any]:
+    def verify(self) -> list[Drift]:
         """Check every applied knob against the kernel; alerts on drift and on exited agents."""
-        drift = self.coordinator.verify()
+        drift: list[Drift] = self.coordinator.verify()
         bad = [d for d in drift if d.drifted]
         if bad:
             self._alert("warning", "drift", f"{len(bad)} knob(s) drifted from the applied value",
@@ -207,16 +213,18 @@ class HardwareOptimizationMaster:
                             "drifted": len(bad)})
         return drift
 
-    def heal(self) -> Any:
-        """Re-apply drifted knobs."""
-        return self.coordinator.heal()
+    def heal(self) -> ChangeHandle | None:
+        """Re-apply drifted knobs (one transaction); ``None`` when nothing drifted."""
+        handle: ChangeHandle | None = self.coordinator.heal()
+        return handle
 
-    def rollback(self) -> list[Any]:
+    def rollback(self) -> list[KnobResult]:
         """Restore every value the library changed (journal-wide)."""
-        return self.coordinator.rollback()
+        results: list[KnobResult] = self.coordinator.rollback()
+        return results
 
     # -- memory --------------------------------------------------------------------------------------------
-    def _memory_manager(self) -> Any:
+    def _memory_manager(self) -> MemoryPoolManager:
         if self._memory is None:
             try:
                 import importlib
@@ -233,7 +241,7 @@ class HardwareOptimizationMaster:
             self._memory = cls(self.memory_namespace, config=self.config)
         return self._memory
 
-    def allocate_memory(self, agent_id: str, size_mb: int, pool: str = "shared") -> Any:
+    def allocate_memory(self, agent_id: str, size_mb: int, pool: str = "shared") -> str:
         """Allocate ``size_mb`` MiB for an agent in shared-memory pool ``pool``; returns the block id.
 
         The pool is created on first use with the mode's ``shared_memory_size_mb``. Fill the block through
@@ -247,8 +255,7 @@ class HardwareOptimizationMaster:
             raise InvalidArgumentError(f"size_mb must be a positive integer, got {size_mb!r}")
         if not isinstance(pool, str) or not pool:
             raise InvalidArgumentError(f"pool must be a non-empty string, got {pool!r}")
-        if not isinstance(agent_id, str) or not agent_id:
-            raise InvalidArgumentError(f"agent_id must be a non-empty string, got {agent_id!r}")
+        check_agent_id(agent_id)
         manager = self._memory_manager()
         from .errors import AlreadyExistsError, NotFoundError
 
@@ -264,12 +271,12 @@ class HardwareOptimizationMaster:
         return manager.allocate_memory(agent_id, size_mb * 1024**2, pool_id=pool)
 
     @property
-    def memory(self) -> Any:
+    def memory(self) -> MemoryPoolManager:
         """The memory pool manager (started on first use)."""
         return self._memory_manager()
 
     # -- profiling -----------------------------------------------------------------------------------------
-    def _profiler_instance(self) -> Any:
+    def _profiler_instance(self) -> PerformanceProfiler:
         if self._profiler is None:
             try:
                 from .profiler import PerformanceProfiler

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from .._native.balancer_core import Core, TypeCost
-from ..config import BalancerSection
+from ..config import BalancerSection, ConfigSource, section_of
 from ..errors import (
     AlreadyExistsError,
     InvalidArgumentError,
@@ -136,13 +136,11 @@ class DynamicLoadBalancer:
         'a'
     """
 
-    def __init__(self, config: BalancerSection | None = None, *, algorithm: str | Algorithm | None = None,
+    def __init__(self, config: BalancerSection | ConfigSource = None, *, algorithm: str | Algorithm | None = None,
                  algorithms: Mapping[RequestType, str | Algorithm] | None = None,
                  clock: Callable[[], float] | None = None, seed: int | None = None,
                  shared: SharedTable | None = None, reference: bool = False) -> None:
-        cfg = config if config is not None else BalancerSection()
-        if not isinstance(cfg, BalancerSection):
-            raise InvalidArgumentError(f"config must be a BalancerSection, got {type(cfg).__name__}")
+        cfg = section_of(config, BalancerSection)
         self.config = cfg
         self._clock: Callable[[], float] = clock if clock is not None else time.monotonic
         self._rng = random.Random(seed)

@@ -26,10 +26,11 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from ..config import CacheSection, HwoptConfig
+from .._validate import check_agent_id as _check_agent
+from ..config import CacheSection, section_of
 from ..errors import InvalidArgumentError, LoaderError, StateError, WeightError
 from ..logs import get_logger
 from ..procid import process_start_time
@@ -46,24 +47,8 @@ ST_VALID, ST_LOADING, ST_FAILED = 2, 3, 4
 
 
 def _section(config: Any, overrides: dict[str, Any]) -> CacheSection:
-    if config is None:
-        section = CacheSection()
-    elif isinstance(config, CacheSection):
-        section = config
-    elif isinstance(config, HwoptConfig):
-        section = config.cache
-    elif isinstance(config, Mapping):
-        section = CacheSection.from_mapping(config)
-    else:
-        raise InvalidArgumentError(
-            f"config must be a dict, CacheSection or HwoptConfig, got {type(config).__name__}")
+    section = section_of(config, CacheSection)
     return CacheSection.from_mapping(overrides, base=section) if overrides else section
-
-
-def _check_agent(agent_id: object) -> str:
-    if not isinstance(agent_id, str) or not agent_id:
-        raise InvalidArgumentError(f"agent_id must be a non-empty str, got {agent_id!r}")
-    return agent_id
 
 
 def _check_priority(priority: object) -> int:

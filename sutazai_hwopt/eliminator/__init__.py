@@ -6,6 +6,7 @@ See docs/eliminator.md. Kernel changes go through the resource coordinator's jou
 from __future__ import annotations
 
 from .actions import MODE_RISKS, RISK_LEVELS, Action, ActionOutcome, EliminationResult, KernelChange
+from .context import EliminationContext
 from .eliminator import KNOWN_TYPES, BottleneckEliminator
 from .strategies import (
     BackendOverloadStrategy,
@@ -19,7 +20,7 @@ from .validation import MetricSource, ProfilerSource, judge, metric_value
 
 __all__ = [
     "KNOWN_TYPES", "MODE_RISKS", "RISK_LEVELS", "Action", "ActionOutcome", "BackendOverloadStrategy",
-    "BottleneckEliminator", "CpuContentionStrategy", "EliminationResult", "EliminationStrategy",
+    "BottleneckEliminator", "CpuContentionStrategy", "EliminationContext", "EliminationResult", "EliminationStrategy",
     "IoSaturationStrategy", "KernelChange", "MemoryPressureStrategy", "MetricSource", "ProfilerSource",
     "builtin_strategies", "judge", "metric_value",
 ]

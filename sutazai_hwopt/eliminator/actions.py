@@ -1,17 +1,20 @@
 """Actions, risk levels, modes, and the records of what the eliminator decided.
 
-An :class:`Action` is data: the kernel changes it makes (applied through the coordinator's journal, so each can
-be undone) or the name of a hook another component registered (cache, pool, load balancer), the metric it is
-meant to lower, and its risk. The mode decides which risks run automatically; the rest are recommended.
+An :class:`Action` is data: the kernel changes it makes (``resources.Change`` objects, applied through the
+coordinator's journal, so each can be undone) or the name of a hook another component registered (cache, pool,
+load balancer), the metric it is meant to lower, and its risk. The mode decides which risks run
+automatically; the rest are recommended.
 """
 
 from __future__ import annotations
 
-import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._validate import finite
 from ..errors import InvalidArgumentError
+from ..resources import Change
 
 __all__ = ["MODE_RISKS", "RISK_LEVELS", "Action", "ActionOutcome", "EliminationResult", "KernelChange"]
 
@@ -27,17 +30,20 @@ MODE_RISKS: dict[str, frozenset[str]] = {
 DEFAULT_GUARDS = ("pressure.cpu.some", "pressure.memory.some", "pressure.io.some")
 
 
-@dataclass(frozen=True)
-class KernelChange:
-    """One kernel knob change for one process (maps 1:1 to ``resources.Change``)."""
+def KernelChange(knob: str, new: Any, pid: int, agent_id: str | None = None) -> Change:
+    """Deprecated: build ``resources.Change(knob, new, pid=pid, agent_id=agent_id)`` directly.
 
-    knob: str
-    new: Any
-    pid: int
-    agent_id: str | None = None
+    Kept so strategies written against the former eliminator-only type still run; it returns the one
+    change type the coordinator applies.
+    """
+    warnings.warn("eliminator.KernelChange is deprecated; use sutazai_hwopt.resources.Change",
+                  DeprecationWarning, stacklevel=2)
+    return Change(knob, new, pid=pid, agent_id=agent_id)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"knob": self.knob, "new": self.new, "pid": self.pid, "agent_id": self.agent_id}
+
+def change_dict(change: Change) -> dict[str, Any]:
+    """The JSON form of one proposed kernel change (as in ``Action.to_dict``)."""
+    return {"knob": change.knob, "new": change.new, "pid": change.pid, "agent_id": change.agent_id}
 
 
 @dataclass
@@ -62,7 +68,7 @@ class Action:
     risk: str
     target_metric: str
     increase: bool = False
-    changes: list[KernelChange] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
     hook: str | None = None
     hook_args: dict[str, Any] = field(default_factory=dict)
     agents: list[str] = field(default_factory=list)
@@ -76,21 +82,19 @@ class Action:
         if not self.advisory and not self.changes and self.hook is None:
             raise InvalidArgumentError(f"action {self.name!r} has neither kernel changes nor a hook; "
                                        "mark it advisory=True if it is only a recommendation")
+        bad = [c for c in self.changes if not isinstance(c, Change)]
+        if bad:
+            raise InvalidArgumentError(f"action {self.name!r}: changes must be resources.Change objects, "
+                                       f"got {bad[0]!r}")
         if not isinstance(self.target_metric, str) or not self.target_metric:
             raise InvalidArgumentError(f"action {self.name!r}: target_metric must be a non-empty string")
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "risk": self.risk,
                 "target_metric": self.target_metric, "increase": self.increase,
-                "changes": [c.to_dict() for c in self.changes], "hook": self.hook, "hook_args": self.hook_args,
+                "changes": [change_dict(c) for c in self.changes], "hook": self.hook, "hook_args": self.hook_args,
                 "agents": list(self.agents), "guards": list(self.guards), "advisory": self.advisory,
                 "strategy": self.strategy}
-
-
-def _clean(d: dict[str, float] | None) -> dict[str, float | None] | None:
-    if d is None:
-        return None
-    return {k: (v if isinstance(v, float) and math.isfinite(v) else None) for k, v in d.items()}
 
 
 @dataclass
@@ -106,7 +110,7 @@ class ActionOutcome:
 
     def to_dict(self) -> dict[str, Any]:
         return {"action": self.action.to_dict(), "decision": self.decision, "reason": self.reason,
-                "before": _clean(self.before), "after": _clean(self.after), "results": self.results}
+                "before": finite(self.before), "after": finite(self.after), "results": self.results}
 
 
 @dataclass

@@ -19,14 +19,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
-from ..config import EliminatorSection, HwoptConfig
-from ..errors import ConfigError, HwoptError, InvalidArgumentError, StateError
+from .._validate import finite
+from ..config import EliminatorSection, HwoptConfig, section_of
+from ..errors import HwoptError, InvalidArgumentError, StateError
 from ..logs import get_logger
 from ..profiler.detect import BOTTLENECK_TYPES
 from .actions import MODE_RISKS, RISK_LEVELS, Action, ActionOutcome, EliminationResult
+from .context import EliminationContext
 from .strategies import EliminationStrategy, builtin_strategies
 from .validation import MetricSource, ProfilerSource, judge
 
@@ -37,19 +40,6 @@ log = get_logger("eliminator")
 #: Bottleneck types the eliminator accepts: the profiler's plus those other components report.
 KNOWN_TYPES = (*BOTTLENECK_TYPES, "backend_overload", "memory_exhaustion_predicted")
 _PREDICTED = frozenset({"memory_exhaustion_predicted"})
-
-
-def _settings(settings: Any) -> EliminatorSection:
-    if settings is None:
-        return EliminatorSection()
-    if isinstance(settings, EliminatorSection):
-        return settings
-    if isinstance(settings, HwoptConfig):
-        return settings.eliminator
-    if isinstance(settings, Mapping):
-        return EliminatorSection.from_mapping(settings)
-    raise ConfigError(f"settings must be a mapping, an EliminatorSection or an HwoptConfig, got "
-                      f"{type(settings).__name__}")
 
 
 class BottleneckEliminator:
@@ -76,7 +66,7 @@ class BottleneckEliminator:
                  strategies: Sequence[EliminationStrategy] | None = None,
                  sleep: Callable[[float], Awaitable[Any]] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        self.settings = _settings(settings)
+        self.settings = section_of(settings, EliminatorSection, name="settings")
         self.coordinator = coordinator
         self.profiler = profiler
         self._clock = clock
@@ -157,7 +147,8 @@ class BottleneckEliminator:
         return MappingProxyType(self._custom_metrics)
 
     # -- context and planning ---------------------------------------------------------------------------
-    def _context(self, bottleneck_type: str, metrics: Any) -> dict[str, Any]:
+    def _context(self, bottleneck_type: str, metrics: Any) -> EliminationContext:
+        """Validate the caller's metrics and add what strategies need (agents' pids, priorities, hooks, cpus)."""
         if not isinstance(bottleneck_type, str) or bottleneck_type not in KNOWN_TYPES:
             raise InvalidArgumentError(f"bottleneck_type {bottleneck_type!r} is unknown; known types: "
                                        f"{', '.join(KNOWN_TYPES)}")
@@ -165,20 +156,22 @@ class BottleneckEliminator:
             metrics = {}
         if not isinstance(metrics, Mapping):
             raise InvalidArgumentError(f"metrics must be a mapping, got {type(metrics).__name__}")
-        ctx = dict(metrics)
-        agents = ctx.get("agents", [])
+        agents = metrics.get("agents", [])
         if agents is None:
             agents = []
         if not isinstance(agents, (list, tuple)) or not all(isinstance(a, str) for a in agents):
             raise InvalidArgumentError(f"metrics['agents'] must be a list of agent ids, got {agents!r}")
         for key in ("agent_profiles", "agent_pids", "agent_priorities"):
-            if key in ctx and not isinstance(ctx[key], Mapping):
-                raise InvalidArgumentError(f"metrics[{key!r}] must be a mapping, got {type(ctx[key]).__name__}")
-        profiles = dict(ctx.get("agent_profiles") or {})
+            if key in metrics and not isinstance(metrics[key], Mapping):
+                raise InvalidArgumentError(f"metrics[{key!r}] must be a mapping, got {type(metrics[key]).__name__}")
+        for key in ("backend", "target_metric"):
+            if metrics.get(key) is not None and not isinstance(metrics[key], str):
+                raise InvalidArgumentError(f"metrics[{key!r}] must be a string, got {metrics[key]!r}")
+        profiles = dict(metrics.get("agent_profiles") or {})
         if not profiles and self.profiler is not None:
             profiles = self.profiler.agent_profiles(1)
-        pids = dict(ctx.get("agent_pids") or {})
-        prios = dict(ctx.get("agent_priorities") or {})
+        pids = dict(metrics.get("agent_pids") or {})
+        prios = dict(metrics.get("agent_priorities") or {})
         if self.coordinator is not None:
             for ag in self.coordinator.agents():
                 pids.setdefault(ag.agent_id, ag.pid)
@@ -192,17 +185,17 @@ class BottleneckEliminator:
                                        f"{sorted(pids)[:10]}")
         hw = getattr(self.coordinator, "config", None)
         try:
-            cpus = sorted(os.sched_getaffinity(0))
+            cpus = tuple(sorted(os.sched_getaffinity(0)))
         except OSError:
-            cpus = []
-        ctx.update(agents=list(agents), agent_profiles=profiles, agent_pids=pids, agent_priorities=prios,
-                   hooks=frozenset(self._hooks), cpus=cpus,
-                   settings={"background_nice": self.settings.background_nice,
-                             "boost_nice": self.settings.boost_nice,
-                             "exclusive_priority": getattr(hw, "exclusive_priority", 8)})
-        return ctx
+            cpus = ()
+        return EliminationContext(
+            bottleneck_type, agents=tuple(agents), agent_profiles=profiles, agent_pids=pids,
+            agent_priorities=prios, hooks=frozenset(self._hooks), cpus=cpus,
+            background_nice=self.settings.background_nice, boost_nice=self.settings.boost_nice,
+            exclusive_priority=int(getattr(hw, "exclusive_priority", 8)), backend=metrics.get("backend"),
+            target_metric=metrics.get("target_metric"), metrics=dict(metrics))
 
-    def _plan(self, bottleneck_type: str, ctx: Mapping[str, Any]) -> list[Action]:
+    def _plan(self, bottleneck_type: str, ctx: EliminationContext) -> list[Action]:
         actions: list[Action] = []
         for s in self._strategies:
             name = getattr(s, "name", type(s).__name__)
@@ -260,7 +253,7 @@ class BottleneckEliminator:
         finally:
             self._busy.release()
 
-    async def _eliminate(self, btype: str, ctx: dict[str, Any]) -> EliminationResult:
+    async def _eliminate(self, btype: str, ctx: EliminationContext) -> EliminationResult:
         res = EliminationResult(btype, "no_action", started_at=self._clock())
         if btype in _PREDICTED and not self.settings.prediction_enabled:
             res.status, res.reason = "skipped", "prediction_enabled is false"
@@ -329,10 +322,8 @@ class BottleneckEliminator:
         if action.changes:
             if self.coordinator is None:
                 raise StateError("kernel actions need a coordinator (its journal applies and undoes them)")
-            from ..resources import Change
-
-            changes = [Change(c.knob, c.new, pid=c.pid, owner="eliminator", agent_id=c.agent_id,
-                              reason=f"{action.strategy}:{action.name}") for c in action.changes]
+            why = f"{action.strategy}:{action.name}"
+            changes = [replace(c, owner="eliminator", reason=c.reason or why) for c in action.changes]
             handle = self.coordinator.apply_changes(changes)
             results = [r.to_dict() for r in handle.results]
             if not handle.applied:
@@ -363,7 +354,7 @@ class BottleneckEliminator:
         entry = {"ts": self._clock(), "bottleneck_type": btype, "action": action.name if action else None,
                  "risk": action.risk if action else None, "strategy": action.strategy if action else None,
                  "agents": list(action.agents) if action else [], "decision": decision, "reason": reason,
-                 "before": _finite(before), "after": _finite(after), "results": results or []}
+                 "before": finite(before), "after": finite(after), "results": results or []}
         self._audit.append(entry)
         level = 30 if decision in ("failed", "skipped", "rollback_failed") else 20
         log.log(level, "%s", json.dumps(entry, default=str))
@@ -377,9 +368,3 @@ class BottleneckEliminator:
         if self.coordinator is None:
             return []
         return list(self.coordinator.rollback(owner="eliminator"))
-
-
-def _finite(d: Mapping[str, float] | None) -> dict[str, float | None] | None:
-    if d is None:
-        return None
-    return {k: (float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None) for k, v in d.items()}

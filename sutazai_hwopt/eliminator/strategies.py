@@ -2,8 +2,8 @@
 
 A strategy turns one bottleneck into a ladder of :class:`~.actions.Action` objects, least risky first; the
 eliminator tries them in that order and keeps the first one that measurably helps. Strategies only *propose*:
-they read the context the eliminator adds to the metrics (``agents``, ``agent_profiles``,
-``agent_priorities``, ``agent_pids``, ``hooks``, ``cpus``, ``settings``) and never touch the kernel.
+they read the :class:`~.context.EliminationContext` the eliminator builds (agents, their profiles, pids and
+priorities, hooks, cpus, settings) and never touch the kernel; kernel changes are ``resources.Change`` objects.
 
 Remedies follow the usual Linux playbook (sched(7), setpriority(2), ioprio_set(2)): deprioritise background
 CPU hogs with nice, move batch work to ``SCHED_BATCH`` (no wake-up preemption, fewer involuntary switches),
@@ -15,10 +15,11 @@ of one session; affinity, SCHED_BATCH/IDLE and ionice act across sessions.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from .actions import Action, KernelChange
+from ..resources import Change
+from .actions import Action
+from .context import EliminationContext
 
 __all__ = ["BackendOverloadStrategy", "CpuContentionStrategy", "EliminationStrategy", "IoSaturationStrategy",
            "MemoryPressureStrategy", "builtin_strategies"]
@@ -30,28 +31,14 @@ class EliminationStrategy(Protocol):
 
     name: str
 
-    def can_handle(self, bottleneck_type: str, metrics: Mapping[str, Any]) -> bool: ...
+    def can_handle(self, bottleneck_type: str, context: EliminationContext) -> bool: ...
 
-    def generate_actions(self, bottleneck_type: str, metrics: Mapping[str, Any]) -> list[Action]: ...
-
-
-def _pids(agent: str, metrics: Mapping[str, Any]) -> list[int]:
-    prof = metrics.get("agent_profiles", {}).get(agent, {})
-    pids = prof.get("pids") or []
-    if not pids and agent in metrics.get("agent_pids", {}):
-        pids = [metrics["agent_pids"][agent]]
-    return [int(p) for p in pids]
+    def generate_actions(self, bottleneck_type: str, context: EliminationContext) -> list[Action]: ...
 
 
-def _background(agents: list[str], metrics: Mapping[str, Any]) -> list[str]:
-    """Agents below the exclusive priority (unknown priority counts as background)."""
-    prio = metrics.get("agent_priorities", {})
-    limit = metrics.get("settings", {}).get("exclusive_priority", 8)
-    return [a for a in agents if prio.get(a, 0) < limit]
-
-
-def _changes(agents: list[str], metrics: Mapping[str, Any], knob: str, new: Any) -> list[KernelChange]:
-    return [KernelChange(knob, new, pid, a) for a in agents for pid in _pids(a, metrics)]
+def _changes(agents: list[str], ctx: EliminationContext, knob: str, new: Any) -> list[Change]:
+    """One change per process of each agent (the eliminator sets owner and reason when it applies them)."""
+    return [Change(knob, new, pid=pid, agent_id=a) for a in agents for pid in ctx.pids(a)]
 
 
 def _ids(agents: list[str]) -> str:
@@ -64,49 +51,48 @@ class CpuContentionStrategy:
     name = "cpu_contention"
     TYPES = frozenset({"high_cpu_usage", "cpu_starvation", "context_switch_storm"})
 
-    def can_handle(self, bottleneck_type: str, metrics: Mapping[str, Any]) -> bool:
-        return bottleneck_type in self.TYPES and bool(metrics.get("agents"))
+    def can_handle(self, bottleneck_type: str, ctx: EliminationContext) -> bool:
+        return bottleneck_type in self.TYPES and bool(ctx.agents)
 
-    def generate_actions(self, bottleneck_type: str, metrics: Mapping[str, Any]) -> list[Action]:
-        agents = list(metrics.get("agents", []))
-        settings = metrics.get("settings", {})
-        bg_nice = int(settings.get("background_nice", 10))
+    def generate_actions(self, bottleneck_type: str, ctx: EliminationContext) -> list[Action]:
+        agents = list(ctx.agents)
+        bg_nice = ctx.background_nice
         out: list[Action] = []
         if bottleneck_type == "high_cpu_usage":
-            hogs = _background(agents, metrics)
+            hogs = ctx.background(agents)
             if not hogs:
                 return out
             target = f"agents_except:{_ids(hogs)}:run_wait_ratio"
             out.append(Action("renice_background", f"nice {bg_nice} for background CPU consumers {hogs}",
-                              "low", target, changes=_changes(hogs, metrics, "nice", bg_nice), agents=hogs))
+                              "low", target, changes=_changes(hogs, ctx, "nice", bg_nice), agents=hogs))
             out.append(Action("sched_batch", f"SCHED_BATCH for {hogs} (treated as batch work)", "medium", target,
-                              changes=_changes(hogs, metrics, "sched_policy", {"policy": "SCHED_BATCH",
+                              changes=_changes(hogs, ctx, "sched_policy", {"policy": "SCHED_BATCH",
                                                                                "priority": 0}), agents=hogs))
-            cpus = sorted(metrics.get("cpus") or [])
+            cpus = sorted(ctx.cpus)
             if len(cpus) >= 2:
                 confine = cpus[len(cpus) // 2:]
                 out.append(Action("confine_hogs", f"affinity {confine} for {hogs}, freeing the other CPUs",
-                                  "high", target, changes=_changes(hogs, metrics, "affinity", confine),
+                                  "high", target, changes=_changes(hogs, ctx, "affinity", confine),
                                   agents=hogs))
         elif bottleneck_type == "cpu_starvation":
             victims = agents
-            profiles = metrics.get("agent_profiles", {})
+            profiles = ctx.agent_profiles
             hogs = sorted((a for a, p in profiles.items() if a not in victims and p.get("alive", True)
                            and float(p.get("cpu_percent") or 0.0) >= 25.0),
                           key=lambda a: -float(profiles[a].get("cpu_percent") or 0.0))
-            hogs = _background(hogs, metrics)[:5]
+            hogs = ctx.background(hogs)[:5]
             target = f"agents:{_ids(victims)}:run_wait_ratio"
             if hogs:
                 out.append(Action("renice_competitors", f"nice {bg_nice} for the CPU consumers {hogs} that "
                                   f"starve {victims}", "low", target,
-                                  changes=_changes(hogs, metrics, "nice", bg_nice), agents=hogs))
-            boost = int(settings.get("boost_nice", -5))
+                                  changes=_changes(hogs, ctx, "nice", bg_nice), agents=hogs))
+            boost = ctx.boost_nice
             out.append(Action("boost_starved", f"nice {boost} for the starved {victims}", "medium", target,
-                              changes=_changes(victims, metrics, "nice", boost), agents=victims))
+                              changes=_changes(victims, ctx, "nice", boost), agents=victims))
         else:  # context_switch_storm
             target = f"agents:{_ids(agents)}:ctx_switches_ps"
             out.append(Action("sched_batch_storm", f"SCHED_BATCH for {agents}: no wake-up preemption",
-                              "medium", target, changes=_changes(agents, metrics, "sched_policy",
+                              "medium", target, changes=_changes(agents, ctx, "sched_policy",
                                                                  {"policy": "SCHED_BATCH", "priority": 0}),
                               agents=agents))
         return out
@@ -123,12 +109,12 @@ class MemoryPressureStrategy:
              ("pool.compress", "medium", "compress cold pool blocks"),
              ("pool.evict", "medium", "evict cold pool blocks"))
 
-    def can_handle(self, bottleneck_type: str, metrics: Mapping[str, Any]) -> bool:
+    def can_handle(self, bottleneck_type: str, ctx: EliminationContext) -> bool:
         return bottleneck_type in self.TYPES
 
-    def generate_actions(self, bottleneck_type: str, metrics: Mapping[str, Any]) -> list[Action]:
-        hooks = metrics.get("hooks", ())
-        agents = list(metrics.get("agents", []))
+    def generate_actions(self, bottleneck_type: str, ctx: EliminationContext) -> list[Action]:
+        hooks = ctx.hooks
+        agents = list(ctx.agents)
         out = [Action(f"hook:{h}", desc, risk, "memory.available", increase=True, hook=h,
                       hook_args={"bottleneck_type": bottleneck_type, "agents": agents})
                for h, risk, desc in self.HOOKS if h in hooks]
@@ -145,17 +131,17 @@ class IoSaturationStrategy:
     name = "io_saturation"
     TYPES = frozenset({"io_saturation", "io_thrashing"})
 
-    def can_handle(self, bottleneck_type: str, metrics: Mapping[str, Any]) -> bool:
-        return bottleneck_type in self.TYPES and bool(_background(list(metrics.get("agents", [])), metrics))
+    def can_handle(self, bottleneck_type: str, ctx: EliminationContext) -> bool:
+        return bottleneck_type in self.TYPES and bool(ctx.background(ctx.agents))
 
-    def generate_actions(self, bottleneck_type: str, metrics: Mapping[str, Any]) -> list[Action]:
-        agents = _background(list(metrics.get("agents", [])), metrics)
+    def generate_actions(self, bottleneck_type: str, ctx: EliminationContext) -> list[Action]:
+        agents = ctx.background(ctx.agents)
         target = "pressure.io.some"
         return [
             Action("ionice_best_effort_low", f"I/O class best-effort, level 7 for {agents}", "low", target,
-                   changes=_changes(agents, metrics, "ionice", {"class": "BE", "value": 7}), agents=agents),
+                   changes=_changes(agents, ctx, "ionice", {"class": "BE", "value": 7}), agents=agents),
             Action("ionice_idle", f"I/O class idle for {agents} (only when the disk is otherwise idle)",
-                   "medium", target, changes=_changes(agents, metrics, "ionice", {"class": "IDLE", "value": 0}),
+                   "medium", target, changes=_changes(agents, ctx, "ionice", {"class": "IDLE", "value": 0}),
                    agents=agents),
         ]
 
@@ -166,14 +152,14 @@ class BackendOverloadStrategy:
     name = "backend_overload"
     TYPES = frozenset({"backend_overload"})
 
-    def can_handle(self, bottleneck_type: str, metrics: Mapping[str, Any]) -> bool:
-        hooks = metrics.get("hooks", ())
+    def can_handle(self, bottleneck_type: str, ctx: EliminationContext) -> bool:
+        hooks = ctx.hooks
         return bottleneck_type in self.TYPES and ("balancer.shed" in hooks or "balancer.drain" in hooks)
 
-    def generate_actions(self, bottleneck_type: str, metrics: Mapping[str, Any]) -> list[Action]:
-        hooks = metrics.get("hooks", ())
-        backend = metrics.get("backend")
-        target = str(metrics.get("target_metric") or "custom:balancer.load")
+    def generate_actions(self, bottleneck_type: str, ctx: EliminationContext) -> list[Action]:
+        hooks = ctx.hooks
+        backend = ctx.backend
+        target = ctx.target_metric or "custom:balancer.load"
         out = []
         if "balancer.shed" in hooks:
             out.append(Action("shed_load", f"shed part of the load of backend {backend!r}", "medium", target,

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from .._validate import check_agent_id
 from ..errors import (
     AlreadyExistsError,
     HwoptError,
@@ -119,8 +120,10 @@ def create_app(service: HostService, token: str | None) -> Starlette:
         if unknown:
             return _error(422, f"unknown field(s): {', '.join(sorted(unknown))}; allowed: agent_id, pid, requirements")
         agent_id, pid, req = body.get("agent_id"), body.get("pid"), body.get("requirements", {})
-        if not isinstance(agent_id, str) or not agent_id or len(agent_id) > 128:
-            return _error(422, f"agent_id must be a non-empty string of at most 128 characters, got {agent_id!r}")
+        try:
+            agent_id = check_agent_id(agent_id)
+        except InvalidArgumentError as exc:
+            return _error(422, str(exc))
         if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2**22:
             return _error(422, f"pid must be a positive integer process id, got {pid!r}")
         if not isinstance(req, dict):

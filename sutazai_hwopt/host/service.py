@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .._validate import finite as _finite
 from ..config import HwoptConfig
 from ..errors import HwoptError, NotFoundError, StateError
 from ..logs import get_logger
@@ -37,19 +38,6 @@ DETECT_EVERY = 2
 #: A bottleneck that persists is handed to the eliminator again only after this long (its validation window
 #: and the kernel's reaction need time; re-acting every pass would thrash).
 ACTION_COOLDOWN_S = 30.0
-
-
-def _finite(x: Any) -> Any:
-    """JSON has no NaN/inf: map them to None, recursively."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    if hasattr(x, "item") and callable(x.item):  # numpy scalar
-        return _finite(x.item())
-    return x
 
 
 class HostService:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._native import pool_table
+from .._validate import check_agent_id as check_agent
 from ..errors import AccessDeniedError, InvalidArgumentError, NotFoundError, StateError
 
 if TYPE_CHECKING:
@@ -60,10 +61,3 @@ def check_int(name: str, value: object, lo: int, hi: int | None) -> int:
     if value < lo or (hi is not None and value > hi):
         raise InvalidArgumentError(f"{name} must be in [{lo}, {hi if hi is not None else 'inf'}], got {value}")
     return value
-
-
-def check_agent(agent_id: object) -> str:
-    if not isinstance(agent_id, str) or not agent_id or len(agent_id.encode()) > 48 or "\x00" in agent_id:
-        raise InvalidArgumentError(f"agent_id must be a non-empty string of at most 48 UTF-8 bytes without NUL, "
-                                   f"got {agent_id!r}")
-    return agent_id

@@ -22,6 +22,7 @@ import numpy as np
 
 from .._native import pool_alloc
 from .._native.pool_table import alloc_fast, free_fast
+from .._validate import round_up as _round_up
 from ..errors import (
     IncompatibleLayoutError,
     InvalidArgumentError,
@@ -53,10 +54,6 @@ log = get_logger("memory")
 _MAX_POOL = 1 << 44
 
 
-def _round_up(n: int, a: int) -> int:
-    return (n + a - 1) // a * a
-
-
 class MemoryPoolManager:
     """Create, attach to and use shared-memory pools of one namespace.
 
@@ -76,11 +73,9 @@ class MemoryPoolManager:
 
     def __init__(self, namespace: str = "sutazai", *, config: Any = None) -> None:
         self.namespace = validate_name("namespace", namespace)
-        if config is None:
-            from ..config import HwoptConfig
+        from ..config import HardwareSection, section_of
 
-            config = HwoptConfig()
-        self.default_pool_size = int(config.hardware.shared_memory_size_mb) * 1024**2
+        self.default_pool_size = section_of(config, HardwareSection).shared_memory_size_mb * 1024**2
         self._pools: dict[str, _Pool] = {}
         self._mutex = threading.RLock()
         self._pid = os.getpid()

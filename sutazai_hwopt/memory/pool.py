@@ -21,6 +21,7 @@ import numpy as np
 
 from .._native import pool_alloc
 from .._native.pool_table import PUNCH_MIN, SEG_SHIFT
+from .._validate import round_up as _round_up
 from ..errors import AlreadyExistsError, CorruptionError, PoolExhaustedError
 from ..logs import get_logger
 from ..shm import attach_segment, close_quietly, create_segment, unlink_segment
@@ -34,10 +35,6 @@ log = get_logger("memory")
 # SEG_SHIFT: block offsets are ``segment << SEG_SHIFT | offset``. Both are defined by the table core, whose
 # free_block() frees small primary-segment ranges itself and hands the others to release().
 _LOCAL = (1 << SEG_SHIFT) - 1
-
-
-def _round_up(n: int, a: int) -> int:
-    return (n + a - 1) // a * a
 
 
 class _Segment:

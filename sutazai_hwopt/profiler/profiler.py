@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import check_agent_id, finite
+from ..config import ConfigSource, HardwareSection, section_of
 from ..errors import InvalidArgumentError, NotFoundError
 from ..logs import get_logger
 from .detect import SEVERITIES, Bottleneck, Thresholds, detect_bottlenecks
@@ -91,20 +93,6 @@ def _agent_records(coordinator: Any) -> dict[str, int]:
     return out
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, (np.floating, np.integer)):
-        return _jsonable(x.item())
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, Bottleneck):
-        return _jsonable(x.to_dict())
-    return x
-
-
 class PerformanceProfiler:
     """Measures the host and the agents; detects and predicts bottlenecks.
 
@@ -133,7 +121,8 @@ class PerformanceProfiler:
     def __init__(self, coordinator: Any = None, *, agents: Mapping[str, int] | None = None,
                  interval_s: float | None = None, history: int = 600, slow_budget_s: float = 0.0005,
                  thresholds: Thresholds | None = None, disk_paths: Iterable[str] = ("/",),
-                 config: Any = None, clock: Callable[[], float] = time.monotonic, seed: int = 0) -> None:
+                 config: HardwareSection | ConfigSource = None, clock: Callable[[], float] = time.monotonic,
+                 seed: int = 0) -> None:
         if agents is not None and not isinstance(agents, Mapping):
             raise InvalidArgumentError(f"agents must be a mapping of agent id -> pid, got {type(agents).__name__}")
         for aid, pid in (agents or {}).items():
@@ -144,7 +133,7 @@ class PerformanceProfiler:
         if coordinator is not None and not callable(getattr(coordinator, "agents", None)):
             raise InvalidArgumentError("coordinator must have an agents() method (a ResourcePoolCoordinator)")
         if interval_s is None:
-            interval_s = float(getattr(getattr(config, "hardware", None), "sample_interval_s", 1.0))
+            interval_s = section_of(config, HardwareSection).sample_interval_s
         if not isinstance(interval_s, (int, float)) or not (0 < interval_s <= 3600):
             raise InvalidArgumentError(f"interval_s must be in (0, 3600] seconds, got {interval_s!r}")
         if not isinstance(slow_budget_s, (int, float)) or not (0 <= slow_budget_s <= 1):
@@ -193,8 +182,7 @@ class PerformanceProfiler:
 
     def add_agent(self, agent_id: str, pid: int) -> None:
         """Start profiling one more agent process (and, from the next pass, its children)."""
-        if not isinstance(agent_id, str) or not agent_id:
-            raise InvalidArgumentError(f"agent_id must be a non-empty string, got {agent_id!r}")
+        check_agent_id(agent_id)
         if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
             raise InvalidArgumentError(f"pid must be a positive integer, got {pid!r}")
         if agent_id in self._agents.agents:
@@ -401,7 +389,7 @@ class PerformanceProfiler:
         if bottlenecks is None:
             bottlenecks = [dict(b.to_dict(), first_seen=self._last_metrics.get("timestamp"))
                            for b in self.detect_bottlenecks()] if self.passes > 1 else []
-        return _jsonable({
+        return finite({
             "generated_at": datetime.now(timezone.utc).isoformat(),
             "samples": len(t), "duration_s": float(t[-1] - t[0]) if len(t) > 1 else 0.0,
             "interval_s": self.interval_s, "host": host, "system_metrics": self._last_metrics,
@@ -419,6 +407,6 @@ class PerformanceProfiler:
         p = Path(path)
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(_jsonable(data), fh, indent=2, allow_nan=False)
+            json.dump(finite(data), fh, indent=2, allow_nan=False)
         os.chmod(p, 0o600)
         return p

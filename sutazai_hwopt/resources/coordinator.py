@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
-from ..config import HardwareConfig, HwoptConfig
+from ..config import ConfigSource, HardwareSection, section_of
 from ..errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from ..logs import get_logger
 from .identity import AgentProcess
@@ -54,13 +54,11 @@ class ResourcePoolCoordinator:
         >>> coord.rollback()                                                  # doctest: +SKIP
     """
 
-    def __init__(self, config: HwoptConfig | HardwareConfig | None = None, *, topology: Topology | None = None,
+    def __init__(self, config: HardwareSection | ConfigSource = None, *, topology: Topology | None = None,
                  state_dir: str | None = None, knobs: Mapping[str, Knob] | None = None,
                  load_source: Callable[[Sequence[Agent]], Mapping[str, float]] | None = None,
                  clock: Callable[[], float] = time.monotonic, gpu: bool | None = None) -> None:
-        if isinstance(config, HwoptConfig):
-            config = config.hardware
-        self.config: HardwareConfig = config if config is not None else HardwareConfig()
+        self.config = section_of(config, HardwareSection)
         if self.config.scheduler_policy in ("SCHED_FIFO", "SCHED_RR") and not self.config.allow_realtime:
             from ..errors import ConfigError
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .._validate import check_agent_id
 from ..errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from .identity import AgentProcess
 from .topology import Topology
@@ -149,8 +150,7 @@ class AgentRegistry:
             InvalidArgumentError: bad id or requirements. AlreadyExistsError: the id is taken.
             NotFoundError: ``pid`` is not a live process.
         """
-        if not isinstance(agent_id, str) or not agent_id or len(agent_id) > 256:
-            raise InvalidArgumentError(f"agent_id must be a non-empty string (<= 256 chars), got {agent_id!r}")
+        check_agent_id(agent_id)
         reqs = Requirements.parse(requirements, self.topology, gpu=self._gpu)
         proc = AgentProcess.of(pid)
         with self._lock:

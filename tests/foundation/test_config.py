@@ -166,3 +166,54 @@ def test_for_mode_rejects_unknown() -> None:
     """HwoptConfig.for_mode refuses a mode that is not one of the three."""
     with pytest.raises(ConfigError):
         HwoptConfig.for_mode("fast")
+
+
+# -- section_of: one way for every part to take its configuration ---------------------------------------------
+from sutazai_hwopt.config import (  # noqa: E402
+    BalancerSection,
+    CacheSection,
+    EliminatorSection,
+    HardwareConfig,
+    HardwareSection,
+    section_of,
+)
+
+
+def test_section_of_accepts_the_whole_config_the_section_a_mapping_or_none() -> None:
+    whole = load_config(mode="aggressive")
+    assert section_of(whole, HardwareSection) is whole.hardware
+    assert section_of(whole, CacheSection) is whole.cache
+    assert section_of(whole.balancer, BalancerSection) is whole.balancer
+    assert section_of(None, EliminatorSection) == EliminatorSection()
+    assert section_of({"background_nice": 3}, EliminatorSection).background_nice == 3
+    assert HardwareConfig is HardwareSection  # the former name still imports
+
+
+@pytest.mark.parametrize(("value", "match"), [
+    (42, r"config must be an HwoptConfig, a CacheSection, a mapping of its keys or None, got int"),
+    (BalancerSection(), r"got BalancerSection"),  # another part's section
+    ({"l1_size": -1}, r"l1_size.*out of range"),
+    ({"no_such_key": 1}, r"no_such_key.*unknown key"),
+])
+def test_section_of_names_what_was_wrong(value: object, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        section_of(value, CacheSection)  # type: ignore[arg-type]
+
+
+def test_every_part_takes_its_section_the_same_way(tmp_path: Path) -> None:
+    """The constructors that read a section all go through section_of: whole config, section, mapping, None."""
+    from sutazai_hwopt import BottleneckEliminator, DynamicLoadBalancer, MemoryPoolManager, PerformanceProfiler
+    from sutazai_hwopt.resources import ResourcePoolCoordinator
+
+    whole = load_config(mode="conservative")
+    for value in (whole, whole.eliminator, {"mode": "conservative", "auto_fix": False}):
+        assert BottleneckEliminator(value).settings.mode == "conservative"  # type: ignore[arg-type]
+    for value in (whole, whole.balancer, {"algorithm": whole.balancer.algorithm}):
+        assert DynamicLoadBalancer(value).config == whole.balancer  # type: ignore[arg-type]
+    for value in (whole, whole.hardware, {"shared_memory_size_mb": whole.hardware.shared_memory_size_mb}):
+        assert MemoryPoolManager("sectiontest", config=value).default_pool_size == 512 * 1024**2
+        coord = ResourcePoolCoordinator(value, state_dir=str(tmp_path))  # type: ignore[arg-type]
+        assert coord.config.shared_memory_size_mb == 512
+    assert PerformanceProfiler(config={"sample_interval_s": 0.5}).interval_s == 0.5
+    with pytest.raises(ConfigError, match="settings must be"):
+        BottleneckEliminator(whole.cache)  # type: ignore[arg-type]
