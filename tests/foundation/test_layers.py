@@ -334,10 +334,10 @@ def test_the_documented_table_is_read_from_the_doc() -> None:
         return found
 
     assert layer(".errors") == 0
-    assert layer(".config") < layer(".memory.segment") < layer("._native.cache_core") < layer(".cache.engine")
-    assert layer(".memory.segment") < layer(".memory.manager")
+    assert layer(".config") < layer(".shm") == layer(".trust") < layer("._native.cache_core") < layer(".cache.engine")
+    assert layer(".shm") < layer(".memory.manager")
     assert layer(".profiler.sampler") < layer(".eliminator.eliminator") < layer(".master")
-    assert layer(".master") < layer(".coordinator.service") == layer(".host.service") < layer(".cli")
+    assert layer(".master") < layer(".host.service") < layer(".cli")
     assert layer("") > layer(".cli")
 
 
