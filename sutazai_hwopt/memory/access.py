@@ -37,6 +37,9 @@ def parse_block_id(block_id: object) -> tuple[str, int, int]:
     Raises:
         InvalidArgumentError: anything else.
     """
+    parsed = pool_table.parse_block_id(block_id)     # compiled, exact str only; the same rule as below
+    if parsed is not None:
+        return parsed
     parts = block_id.split(":") if isinstance(block_id, str) else ()
     if len(parts) != 3 or not all(p.isascii() and p.isdigit() and len(p) <= 18 for p in parts[1:]):
         raise InvalidArgumentError(f"block_id must be a string 'pool:slot:generation', got {block_id!r}")
