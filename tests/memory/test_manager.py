@@ -114,7 +114,7 @@ def test_dedup_merges_identical_content_only(pm: MemoryPoolManager) -> None:
     payload = os.urandom(300_000)
     b1 = pm.put_bytes("a1", payload, pool_id="data")
     b2 = pm.put_bytes("a2", payload, pool_id="data")
-    b3 = pm.put_bytes("a3", payload[:-1] + b"\x00", pool_id="data")
+    b3 = pm.put_bytes("a3", payload[:-1] + bytes([payload[-1] ^ 1]), pool_id="data")   # differs in the last byte
     b4 = pm.put_bytes("a4", payload, pool_id="data", enable_dedup=False)
     assert len({b1, b2, b3, b4}) == 4
     assert pm.block_info("a2", b2)["deduplicated"] and not pm.block_info("a3", b3)["deduplicated"]
