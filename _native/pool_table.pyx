@@ -1,10 +1,11 @@
 # cython: auto_pickle=False
-"""Hot-path operations on a pool's shared tables (the layout is defined by ``sutazai_hwopt.memory.tables``).
+"""Hot-path operations on a pool's shared tables, whose layout is defined once, in ``pool_table_layout.pxd``.
 
 The pool manager keeps numpy views of the same memory for the vectorised, rare operations (check, reconcile,
 stats, GC); the per-call operations — resolving a block id for an agent, allocating and retiring block
 entries, per-holder reference counts, the dedup index — are here, as plain C over the mapped tables, because
-element-wise numpy access costs 100-200 ns per field.
+element-wise numpy access costs 100-200 ns per field. :func:`struct_layouts` reports the structs as the C
+compiler laid them out; ``sutazai_hwopt.memory.tables`` builds its numpy dtypes from it.
 
 Hash tables: open addressing with linear probing, Fibonacci hashing (Knuth, TAOCP vol. 3 §6.4, multiplicative
 hashing) and backward-shift deletion (Algorithm R of the same section), so no tombstones accumulate. Every
@@ -16,51 +17,12 @@ from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memset
 
+cimport cython
+
 from pool_heap_api cimport HEAP_API_NAME, heap_api_t
+from pool_table_layout cimport *
 
 from sutazai_hwopt.errors import CorruptionError, InvalidArgumentError, PoolExhaustedError
-
-ctypedef struct block_t:
-    uint8_t state
-    uint8_t codec
-    uint8_t shuffle
-    uint8_t flags
-    uint32_t gen
-    uint64_t off
-    uint64_t size
-    uint64_t nbytes
-    uint32_t refs
-    int32_t target
-    uint64_t h_lo
-    uint64_t h_hi
-    uint32_t owner
-    uint32_t head
-
-ctypedef struct slot_t:
-    uint64_t key
-    uint32_t val
-    uint32_t pad
-
-ctypedef struct agent_t:
-    char name[48]
-    int32_t pid
-    uint32_t pad
-    uint64_t start
-
-cdef extern from *:
-    """
-    #define SZ_FIB 0x9E3779B97F4A7C15ULL
-    """
-    const uint64_t SZ_FIB
-
-cdef enum:
-    FREE = 0
-    WRITING = 1
-    SEALED = 2
-    ALIAS = 3
-    F_DEDUP = 1
-    F_INDEXED = 2
-    AGENT_BITS = 16
 
 cdef enum:
     R_BAD_SLOT = -1
@@ -87,6 +49,96 @@ TABLE_FULL = R_TABLE_FULL    # no free block slot
 #: through the pool's ``release`` (page punching, segment lookup); others straight through the primary heap.
 PUNCH_MIN = C_PUNCH_MIN
 SEG_SHIFT = C_SEG_SHIFT
+
+#: The tables' format (the meta header's magic and version) and the shared constants of the block table.
+META_MAGIC = META_MAGIC_C
+META_VERSION = META_VERSION_C
+FREE = ST_FREE
+WRITING = ST_WRITING
+SEALED = ST_SEALED
+ALIAS = ST_ALIAS
+F_DEDUP = FL_DEDUP
+F_INDEXED = FL_INDEXED
+AGENT_BITS = HOLDER_AGENT_BITS
+
+
+cdef tuple _field(str name, const void *base, const void *field, size_t size, str ctype):
+    return (name, <Py_ssize_t>(<const char *>field - <const char *>base), size, ctype)
+
+
+cdef tuple _struct(size_t size, list fields):
+    # The listed fields must tile the struct exactly (sorted, no gap, no overlap, nothing after the last one), so a
+    # field added to a struct in pool_table_layout.pxd but not listed here is caught at import.
+    cdef Py_ssize_t end = 0
+    for name, off, fsize, _ctype in fields:
+        if off != end:
+            raise ImportError(f"pool_table: field {name!r} at offset {off}, expected {end} (unlisted field or padding)")
+        end = off + fsize
+    if end != <Py_ssize_t>size:
+        raise ImportError(f"pool_table: the listed fields cover {end} of the struct's {size} bytes")
+    return (size, tuple(fields))
+
+
+cdef dict _measure():
+    cdef meta_hdr_t h
+    cdef agent_t a
+    cdef block_t b
+    cdef slot_t s
+    return {
+        "meta_hdr": _struct(sizeof(meta_hdr_t), [
+            _field("magic", &h, &h.magic, sizeof(h.magic), cython.typeof(h.magic)),
+            _field("version", &h, &h.version, sizeof(h.version), cython.typeof(h.version)),
+            _field("destroyed", &h, &h.destroyed, sizeof(h.destroyed), cython.typeof(h.destroyed)),
+            _field("n_agents", &h, &h.n_agents, sizeof(h.n_agents), cython.typeof(h.n_agents)),
+            _field("n_blocks", &h, &h.n_blocks, sizeof(h.n_blocks), cython.typeof(h.n_blocks)),
+            _field("n_holders", &h, &h.n_holders, sizeof(h.n_holders), cython.typeof(h.n_holders)),
+            _field("n_dedup", &h, &h.n_dedup, sizeof(h.n_dedup), cython.typeof(h.n_dedup)),
+            _field("n_ext", &h, &h.n_ext, sizeof(h.n_ext), cython.typeof(h.n_ext)),
+            _field("max_heap", &h, &h.max_heap, sizeof(h.max_heap), cython.typeof(h.max_heap)),
+            _field("ext_size", &h, &h.ext_size, sizeof(h.ext_size), cython.typeof(h.ext_size)),
+            _field("pad", &h, &h.pad, sizeof(h.pad), cython.typeof(h.pad)),
+        ]),
+        "agent": _struct(sizeof(agent_t), [
+            _field("name", &a, &a.name, sizeof(a.name), cython.typeof(a.name)),
+            _field("pid", &a, &a.pid, sizeof(a.pid), cython.typeof(a.pid)),
+            _field("pad", &a, &a.pad, sizeof(a.pad), cython.typeof(a.pad)),
+            _field("start", &a, &a.start, sizeof(a.start), cython.typeof(a.start)),
+        ]),
+        "block": _struct(sizeof(block_t), [
+            _field("state", &b, &b.state, sizeof(b.state), cython.typeof(b.state)),
+            _field("codec", &b, &b.codec, sizeof(b.codec), cython.typeof(b.codec)),
+            _field("shuffle", &b, &b.shuffle, sizeof(b.shuffle), cython.typeof(b.shuffle)),
+            _field("flags", &b, &b.flags, sizeof(b.flags), cython.typeof(b.flags)),
+            _field("gen", &b, &b.gen, sizeof(b.gen), cython.typeof(b.gen)),
+            _field("off", &b, &b.off, sizeof(b.off), cython.typeof(b.off)),
+            _field("size", &b, &b.size, sizeof(b.size), cython.typeof(b.size)),
+            _field("nbytes", &b, &b.nbytes, sizeof(b.nbytes), cython.typeof(b.nbytes)),
+            _field("refs", &b, &b.refs, sizeof(b.refs), cython.typeof(b.refs)),
+            _field("target", &b, &b.target, sizeof(b.target), cython.typeof(b.target)),
+            _field("h_lo", &b, &b.h_lo, sizeof(b.h_lo), cython.typeof(b.h_lo)),
+            _field("h_hi", &b, &b.h_hi, sizeof(b.h_hi), cython.typeof(b.h_hi)),
+            _field("owner", &b, &b.owner, sizeof(b.owner), cython.typeof(b.owner)),
+            _field("head", &b, &b.head, sizeof(b.head), cython.typeof(b.head)),
+        ]),
+        "slot": _struct(sizeof(slot_t), [
+            _field("key", &s, &s.key, sizeof(s.key), cython.typeof(s.key)),
+            _field("val", &s, &s.val, sizeof(s.val), cython.typeof(s.val)),
+            _field("pad", &s, &s.pad, sizeof(s.pad), cython.typeof(s.pad)),
+        ]),
+    }
+
+
+cdef dict _LAYOUTS = _measure()
+
+
+def struct_layouts():
+    """``{struct: (size, ((field, offset, size, C type), ...))}`` of the shared tables, as compiled.
+
+    Structs: ``meta_hdr`` (the meta area's header), ``agent``, ``block`` and ``slot`` (holder table and dedup
+    index entries), in the order they follow each other in the meta area. Offsets and sizes are the C compiler's
+    (``offsetof`` / ``sizeof``), so the numpy views built from them cannot drift from the C code.
+    """
+    return dict(_LAYOUTS)
 
 
 cdef int _parse_id(object block_id, Py_ssize_t *colon, uint64_t *slot, uint64_t *gen) except -1:
@@ -149,7 +201,7 @@ def alloc_fast(dict pools, dict names, object agent_id, object pool_id, object s
     agent = pool.agents.get(agent_id)
     if agent is None:
         return R_AGENT_MISS
-    return (<TableCore?>pool.core).alloc_block(pool, agent, name, pool_id, size, F_DEDUP if dedup else 0)
+    return (<TableCore?>pool.core).alloc_block(pool, agent, name, pool_id, size, FL_DEDUP if dedup else 0)
 
 
 def free_fast(dict pools, dict names, object agent_id, object block_id):
@@ -173,13 +225,14 @@ cdef class TableCore:
 
     Args:
         buffer: the whole segment (writable).
-        offset: where the agent table starts (the block table, holders and dedup index follow).
+        offset: where the agent table starts, right after the meta header (the block table, holders and
+            dedup index follow).
         n_agents, n_blocks, n_holders, n_dedup: table capacities (hash tables: powers of two).
     """
 
     cdef Py_buffer view
     cdef bint has_view
-    cdef uint32_t *meta_flags
+    cdef meta_hdr_t *meta
     cdef agent_t *agents
     cdef block_t *blocks
     cdef slot_t *holders
@@ -197,23 +250,23 @@ cdef class TableCore:
 
     def __init__(self, object buffer, uint64_t offset, uint64_t n_agents, uint64_t n_blocks, uint64_t n_holders,
                  uint64_t n_dedup):
-        if sizeof(block_t) != 64 or sizeof(agent_t) != 64 or sizeof(slot_t) != 16:
-            raise CorruptionError("table struct sizes do not match the shared layout")
         for n in (n_holders, n_dedup):
             if n < 16 or n & (n - 1):
                 raise InvalidArgumentError(f"hash table sizes must be powers of two >= 16, got {n}")
         PyObject_GetBuffer(buffer, &self.view, PyBUF_WRITABLE)
         self.has_view = True
-        end = offset + 64 * (n_agents + n_blocks) + 16 * (n_holders + n_dedup)
-        if end > <uint64_t>self.view.len or offset % 8:
+        end = (offset + sizeof(agent_t) * n_agents + sizeof(block_t) * n_blocks
+               + sizeof(slot_t) * (n_holders + n_dedup))
+        if end > <uint64_t>self.view.len or offset % 8 or offset < sizeof(meta_hdr_t):
             self.close()
-            raise InvalidArgumentError(f"tables end at {end}, beyond the {self.view.len}-byte buffer")
+            raise InvalidArgumentError(f"tables at [{offset}, {end}) do not fit the {self.view.len}-byte buffer "
+                                       f"after a {sizeof(meta_hdr_t)}-byte meta header")
         cdef char *p = <char *>self.view.buf + offset
-        self.meta_flags = <uint32_t *>(p - 64 + 12)     # the meta header's "destroyed" word
+        self.meta = <meta_hdr_t *>(p - sizeof(meta_hdr_t))     # the meta header just before the tables
         self.agents = <agent_t *>p
-        self.blocks = <block_t *>(p + 64 * n_agents)
-        self.holders = <slot_t *>(p + 64 * (n_agents + n_blocks))
-        self.dedup = <slot_t *>(p + 64 * (n_agents + n_blocks) + 16 * n_holders)
+        self.blocks = <block_t *>(p + sizeof(agent_t) * n_agents)
+        self.holders = <slot_t *>(p + sizeof(agent_t) * n_agents + sizeof(block_t) * n_blocks)
+        self.dedup = self.holders + n_holders
         self.n_agents, self.n_blocks, self.n_holders, self.n_dedup = n_agents, n_blocks, n_holders, n_dedup
         self.h_shift = 64 - (n_holders.bit_length() - 1)
         self.d_shift = 64 - (n_dedup.bit_length() - 1)
@@ -296,7 +349,7 @@ cdef class TableCore:
             i = j
 
     cdef inline uint64_t _hkey(self, uint64_t slot, uint64_t agent) noexcept:
-        return ((slot + 1) << AGENT_BITS) | agent
+        return ((slot + 1) << HOLDER_AGENT_BITS) | agent
 
     def holder_count(self, uint64_t slot, uint64_t agent):
         """References ``agent`` holds on block ``slot``."""
@@ -349,11 +402,11 @@ cdef class TableCore:
 
     cdef bint _agent_is(self, uint64_t idx, bytes name) noexcept:
         cdef Py_ssize_t n = len(name)
-        if idx >= self.n_agents or n > 48:
+        if idx >= self.n_agents or n > NAME_BYTES:
             return False
         if memcmp(self.agents[idx].name, <char *>name, n) != 0:
             return False
-        return n == 48 or self.agents[idx].name[n] == 0
+        return n == NAME_BYTES or self.agents[idx].name[n] == 0
 
     def resolve(self, uint64_t slot, uint64_t gen, uint64_t agent):
         """The block's state if ``agent`` may use id (slot, gen), else BAD_SLOT, FREED or NO_ACCESS."""
@@ -364,7 +417,7 @@ cdef class TableCore:
         if slot >= self.n_blocks:
             return R_BAD_SLOT
         cdef block_t *b = &self.blocks[slot]
-        if b.gen != gen or b.state == FREE:
+        if b.gen != gen or b.state == ST_FREE:
             return R_FREED
         if self._find(self.holders, self.n_holders, self.h_shift, self._hkey(slot, agent)) < 0:
             return R_NO_ACCESS
@@ -380,11 +433,11 @@ cdef class TableCore:
         while self.n_recent > 0:
             self.n_recent -= 1
             s = self.recent[self.n_recent]
-            if s < self.n_blocks and self.blocks[s].state == FREE:
+            if s < self.n_blocks and self.blocks[s].state == ST_FREE:
                 return <long>s
         for i in range(self.n_blocks):
             s = (self.hint + i) % self.n_blocks
-            if self.blocks[s].state == FREE:
+            if self.blocks[s].state == ST_FREE:
                 self.hint = s + 1
                 return <long>s
         return -1
@@ -400,7 +453,7 @@ cdef class TableCore:
     cdef uint32_t _new_block(self, uint64_t slot, uint64_t state, uint64_t off, uint64_t size, uint64_t nbytes,
                              uint64_t codec, uint64_t shuffle, uint64_t flags, uint64_t agent, long target,
                              uint64_t h_lo, uint64_t h_hi, uint64_t head) except? 0xFFFFFFFF:
-        if slot >= self.n_blocks or self.blocks[slot].state != FREE:
+        if slot >= self.n_blocks or self.blocks[slot].state != ST_FREE:
             raise CorruptionError(f"block slot {slot} is not free")
         cdef block_t *b = &self.blocks[slot]
         b.off, b.size, b.nbytes = off, size, nbytes
@@ -418,7 +471,7 @@ cdef class TableCore:
 
     cdef int _retire(self, uint64_t slot) except -1:
         cdef block_t *b = &self.blocks[slot]
-        b.state = FREE
+        b.state = ST_FREE
         b.gen += 1
         b.flags = 0
         b.refs = 0
@@ -448,14 +501,14 @@ cdef class TableCore:
             else:
                 b.refs -= <uint32_t>n
                 return out
-            if b.state == ALIAS:
+            if b.state == ST_ALIAS:
                 target = b.target
                 self._retire(slot)
                 if target < 0 or <uint64_t>target >= self.n_blocks:
                     raise CorruptionError(f"alias slot {slot} points at slot {target}")
                 slot, n = <uint64_t>target, 1
                 continue
-            if b.flags & F_INDEXED:
+            if b.flags & FL_INDEXED:
                 self._dedup_remove(b.h_lo, <uint32_t>slot)
             out.append((b.off, b.size))
             self._retire(slot)
@@ -472,7 +525,7 @@ cdef class TableCore:
     def physical(self, uint64_t slot):
         """The slot that holds the bytes: an alias's target, else ``slot`` itself."""
         self._ok()
-        return <uint64_t>self.blocks[slot].target if self.blocks[slot].state == ALIAS else slot
+        return <uint64_t>self.blocks[slot].target if self.blocks[slot].state == ST_ALIAS else slot
 
     def seal(self, uint64_t slot, uint64_t h_lo, uint64_t h_hi, bint index):
         """Publish a WRITING block as SEALED (and make it the dedup index's copy of its hash)."""
@@ -480,9 +533,9 @@ cdef class TableCore:
         cdef block_t *b = &self.blocks[slot]
         b.h_lo, b.h_hi = h_lo, h_hi
         if index:
-            b.flags |= F_INDEXED
+            b.flags |= FL_INDEXED
             self.dedup_insert(h_lo, <uint32_t>slot)
-        b.state = SEALED
+        b.state = ST_SEALED
 
     def make_alias(self, uint64_t slot, uint64_t target, uint64_t h_lo, uint64_t h_hi):
         """Turn a WRITING block into an alias of ``target`` (which gains a reference). The caller frees the
@@ -491,13 +544,13 @@ cdef class TableCore:
         cdef block_t *b = &self.blocks[slot]
         self.blocks[target].refs += 1
         b.h_lo, b.h_hi, b.target = h_lo, h_hi, <int32_t>target
-        b.state = ALIAS
+        b.state = ST_ALIAS
         b.off = 0
 
     def destroyed(self):
         """True once the pool was destroyed (a flag in the shared meta header)."""
         self._ok()
-        return self.meta_flags[0] != 0
+        return self.meta.destroyed != 0
 
     def add_refs(self, uint64_t slot, long n):
         self._ok()
@@ -526,7 +579,7 @@ cdef class TableCore:
         api = self.api
         api.acquire(heap)
         try:
-            if self.meta_flags[0] != 0:
+            if self.meta.destroyed != 0:
                 return R_GONE
             if not self._agent_is(agent, name):
                 return R_AGENT_MISS
@@ -537,7 +590,7 @@ cdef class TableCore:
                 off = api.alloc_locked(heap, size)
             except PoolExhaustedError:
                 off = pool.alloc(size)
-            gen = self._new_block(<uint64_t>slot, WRITING, off, size, size, 0, 0, flags, agent, -1, 0, 0, 0)
+            gen = self._new_block(<uint64_t>slot, ST_WRITING, off, size, size, 0, 0, flags, agent, -1, 0, 0, 0)
             return f"{pool_id}:{slot}:{gen}"
         finally:
             api.release(heap)
@@ -563,7 +616,7 @@ cdef class TableCore:
         api = self.api
         api.acquire(heap)
         try:
-            if self.meta_flags[0] != 0:
+            if self.meta.destroyed != 0:
                 return R_GONE
             if not self._agent_is(agent, name):
                 return R_AGENT_MISS
@@ -575,14 +628,14 @@ cdef class TableCore:
             if b.refs > 1:
                 b.refs -= 1
                 return 0
-            if b.state == ALIAS:
+            if b.state == ST_ALIAS:
                 for rng in self._unref(slot, 1):
                     off, size = rng
                     pool.release(off, size)
                 return 0
             # The last reference of a block holding bytes: as _unref(), without building a list.
             b.refs = 0
-            if b.flags & F_INDEXED:
+            if b.flags & FL_INDEXED:
                 self._dedup_remove(b.h_lo, <uint32_t>slot)
             off, size = b.off, b.size
             self._retire(slot)

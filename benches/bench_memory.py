@@ -392,7 +392,7 @@ def bench_compress(quick: bool) -> None:
                 cid = comp.CODECS[codec]
                 t0 = time.perf_counter()
                 src = comp.shuffle(mv, itemsize) if shuffle else mv
-                payload = comp._compress(cid, src)
+                payload = comp.compress(cid, src)
                 tc = time.perf_counter() - t0
                 out = bytearray(len(mv))
                 t0 = time.perf_counter()

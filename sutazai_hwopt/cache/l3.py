@@ -16,13 +16,13 @@ from __future__ import annotations
 import os
 import struct
 import threading
-import zlib
 from pathlib import Path
 from typing import Any
 
 import xxhash
 
 from ..logs import get_logger
+from ..memory import compression as comp
 from ..trust import private_dir
 from .shared_index import SharedTier
 
@@ -31,34 +31,21 @@ __all__ = ["L3Tier"]
 log = get_logger("cache")
 _HDR = struct.Struct("<BHBIQ")   # codec, kind, priority, head length, raw body length
 _FILE_MAGIC = b"SZL3\x01"
-CODEC_NONE, CODEC_LZ4, CODEC_ZLIB = 0, 1, 2
+CODEC_NONE, CODEC_LZ4, CODEC_ZLIB = comp.RAW, comp.LZ4, comp.ZLIB
 _SAMPLE = 65536
 
 
 def _compress(codec: str, raw: bytes) -> tuple[int, bytes]:
     if codec == "none" or len(raw) < 128:
         return CODEC_NONE, raw
-    if codec == "lz4":
-        import lz4.block
-
-        sample = raw[:_SAMPLE]
-        if len(lz4.block.compress(sample, store_size=False)) > 0.9 * len(sample):
-            return CODEC_NONE, raw
-        return CODEC_LZ4, lz4.block.compress(raw, store_size=False)
-    sample = raw[:_SAMPLE]
-    if len(zlib.compress(sample, 1)) > 0.9 * len(sample):
+    cid = comp.codec_id(codec)
+    if not comp.pays(cid, raw[:_SAMPLE], framing="block"):
         return CODEC_NONE, raw
-    return CODEC_ZLIB, zlib.compress(raw, 1)
+    return cid, comp.compress(cid, raw, framing="block")
 
 
 def _decompress(codec: int, data: bytes | memoryview, raw_len: int) -> bytes:
-    if codec == CODEC_LZ4:
-        import lz4.block
-
-        return lz4.block.decompress(data, uncompressed_size=raw_len)
-    if codec == CODEC_ZLIB:
-        return zlib.decompress(data)
-    return bytes(data)
+    return comp.decompress(codec, data, framing="block", size=raw_len)
 
 
 class L3Tier:

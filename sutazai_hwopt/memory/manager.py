@@ -42,9 +42,10 @@ from ..shm import (
     unlink_segment,
     validate_name,
 )
-from . import compression as comp
-from . import dedup as dd
-from .access import BlockAccess, check_agent, check_int
+from .access import check_agent, check_int, parse_block_id, resolve_error
+from .compression import CODEC_NAMES, decode_into, encode
+from .dedup import FUSED_MIN, compare_or_digest, digest, head_key
+from .dedup import split as split_digest
 from .pool import AttachedPool as _Pool
 from .tables import ALIAS, F_DEDUP, FREE, SEALED, STATE_NAMES, WRITING, Tables, meta_bytes, table_sizes
 
@@ -52,6 +53,38 @@ __all__ = ["MemoryPoolManager", "process_start_time"]
 
 log = get_logger("memory")
 _MAX_POOL = 1 << 44
+
+
+class _LockedBlock:
+    """``with manager._locked_block(agent, block_id) as (pool, slot, agent_index):`` — the block id checked and
+    resolved for the agent, under the pool lock (a class, not a generator context manager, because it runs on
+    every call)."""
+
+    __slots__ = ("agent_id", "block_id", "manager", "pool")
+
+    def __init__(self, manager: MemoryPoolManager, agent_id: object, block_id: object) -> None:
+        self.manager, self.agent_id, self.block_id = manager, agent_id, block_id
+
+    def __enter__(self) -> tuple[_Pool, int, int]:
+        agent_id = check_agent(self.agent_id)
+        pool_id, slot, gen = parse_block_id(self.block_id)
+        pool = self.manager._pool(pool_id)
+        pool.heap.acquire()
+        try:
+            if pool.t.destroyed:
+                raise NotFoundError(f"pool {pool_id!r} was destroyed")
+            agent = self.manager._agent(pool, agent_id)
+            state = pool.t.core.resolve(slot, gen, agent)
+            if state < 0:
+                raise resolve_error(state, str(self.block_id), agent_id, len(pool.t.state))
+        except BaseException:
+            pool.heap.release()
+            raise
+        self.pool = pool
+        return pool, slot, agent
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.heap.release()
 
 
 class MemoryPoolManager:
@@ -244,10 +277,10 @@ class MemoryPoolManager:
         pool.agents[agent_id] = idx
         return idx
 
-    def _locked_block(self, agent_id: object, block_id: object) -> BlockAccess:
+    def _locked_block(self, agent_id: object, block_id: object) -> _LockedBlock:
         """Context manager: parse and check a block id for an agent; yields (pool, slot, agent index) under the
         pool lock."""
-        return BlockAccess(self, agent_id, block_id)
+        return _LockedBlock(self, agent_id, block_id)
 
     @staticmethod
     def _physical(t: Tables, slot: int) -> int:
@@ -323,15 +356,15 @@ class MemoryPoolManager:
                 return block_id
         data = pool.view(off, size)
         cand, c_gen, equal = -1, 0, False
-        if size >= dd.FUSED_MIN:
-            head = dd.head_key(data)
+        if size >= FUSED_MIN:
+            head = head_key(data)
             with pool.heap:
                 if core.block(slot)[:2] == (WRITING, gen):
                     pool.t.head[slot] = head
             h, equal, cand, c_gen = self._fused_probe(pool, data, (head, size, nbytes, codec, shuf))
         else:
-            h = dd.digest(data)
-        h_lo, h_hi = dd.split(h)
+            h = digest(data)
+        h_lo, h_hi = split_digest(h)
         with self._locked_block(agent_id, block_id) as (pool, slot, _agent):
             if core.block(slot)[:2] != (WRITING, gen):
                 raise StateError(f"block {block_id!r} is already sealed")
@@ -370,7 +403,7 @@ class MemoryPoolManager:
                 c_digest = c_lo | (c_hi << 64)
             else:
                 c_gen, c_off = 0, 0
-        h, equal = dd.compare_or_digest(data, pool.view(c_off, key[1]) if cand >= 0 else None, c_digest)
+        h, equal = compare_or_digest(data, pool.view(c_off, key[1]) if cand >= 0 else None, c_digest)
         return h, equal, cand, c_gen
 
     def _sealed_region(self, pool: _Pool, slot: int, block_id: str) -> tuple[int, int, int, int, int]:
@@ -392,7 +425,7 @@ class MemoryPoolManager:
         with self._locked_block(agent_id, block_id) as (pool, slot, _agent):
             off, _size, nbytes, codec, _shuf = self._sealed_region(pool, slot, block_id)
             if codec:
-                raise StateError(f"block {block_id!r} is compressed ({comp.CODEC_NAMES[codec]}); use read()")
+                raise StateError(f"block {block_id!r} is compressed ({CODEC_NAMES[codec]}); use read()")
             mv = pool.view(off, nbytes).toreadonly()
         dt = np.dtype(dtype)
         if dt.itemsize == 0 or nbytes % dt.itemsize:
@@ -421,7 +454,7 @@ class MemoryPoolManager:
         if dst.readonly or dst.nbytes < nbytes:
             raise InvalidArgumentError(f"out must be writable with at least {nbytes} bytes, got {dst.nbytes}"
                                        f"{' (read-only)' if dst.readonly else ''}")
-        comp.decode_into(codec, shuf, payload, nbytes, dst)
+        decode_into(codec, shuf, payload, nbytes, dst)
         return bytes(target) if out is None else nbytes
 
     def put_bytes(self, agent_id: str, data: Any, pool_id: str = "default", enable_dedup: bool = True,
@@ -439,8 +472,8 @@ class MemoryPoolManager:
                 from None
         if mv.nbytes == 0:
             raise InvalidArgumentError("data must not be empty (blocks hold at least one byte)")
-        codec, shuf, payload = comp.encode(mv, compression, _itemsize)
-        if enable_dedup and len(payload) >= dd.FUSED_MIN:
+        codec, shuf, payload = encode(mv, compression, _itemsize)
+        if enable_dedup and len(payload) >= FUSED_MIN:
             bid = self._put_existing(agent_id, memoryview(payload), pool_id, codec, shuf, mv.nbytes)
             if bid is not None:
                 return bid
@@ -456,11 +489,11 @@ class MemoryPoolManager:
                       nbytes: int) -> str | None:
         """Dedup before copying: if the pool already holds these bytes, return a new id for them (no copy)."""
         pool = self._pool(pool_id)
-        key = (dd.head_key(payload), len(payload), nbytes, codec, shuf)
+        key = (head_key(payload), len(payload), nbytes, codec, shuf)
         h, equal, cand, c_gen = self._fused_probe(pool, payload, key)
         if not equal:
             return None
-        h_lo, h_hi = dd.split(h)
+        h_lo, h_hi = split_digest(h)
         t = pool.t
         with pool.heap:
             if t.destroyed:
@@ -492,7 +525,7 @@ class MemoryPoolManager:
             t = pool.t
             p = self._physical(t, slot)
             return {"state": STATE_NAMES[int(t.state[slot])], "nbytes": int(t.nbytes[p]),
-                    "stored_bytes": int(t.size[p]), "compression": comp.CODEC_NAMES[int(t.codec[p])],
+                    "stored_bytes": int(t.size[p]), "compression": CODEC_NAMES[int(t.codec[p])],
                     "shuffle": int(t.shuffle[p]), "deduplicated": p != slot,
                     "refs": int(t.refs[slot]), "held_by_agent": t.holder_count(slot, agent)}
 

@@ -19,27 +19,42 @@ from typing import Any
 
 import numpy as np
 
-from .._native.pool_table import TableCore
+from .._native import pool_table
+from .._native.pool_table import (
+    AGENT_BITS,
+    ALIAS,
+    F_DEDUP,
+    F_INDEXED,
+    FREE,
+    META_MAGIC,
+    META_VERSION,
+    SEALED,
+    WRITING,
+    TableCore,
+)
 from ..errors import CorruptionError, IncompatibleLayoutError
 
-META_MAGIC = 0x4154454D57485A53  # "SZHWMETA"
-META_VERSION = 1
+__all__ = ["AGENT_DTYPE", "ALIAS", "BLOCK_DTYPE", "FREE", "F_DEDUP", "F_INDEXED", "HEADER_DTYPE", "META_MAGIC",
+           "META_VERSION", "SEALED", "SLOT_DTYPE", "STATE_NAMES", "WRITING", "Tables", "meta_bytes", "table_sizes"]
 
-HEADER_DTYPE = np.dtype([("magic", "<u8"), ("version", "<u4"), ("destroyed", "<u4"), ("n_agents", "<u4"),
-                         ("n_blocks", "<u4"), ("n_holders", "<u4"), ("n_dedup", "<u4"), ("n_ext", "<u8"),
-                         ("max_heap", "<u8"), ("ext_size", "<u8"), ("pad", "<u8")])
-AGENT_DTYPE = np.dtype([("name", "S48"), ("pid", "<i4"), ("pad", "<u4"), ("start", "<u8")])
-BLOCK_DTYPE = np.dtype([("state", "u1"), ("codec", "u1"), ("shuffle", "u1"), ("flags", "u1"), ("gen", "<u4"),
-                        ("off", "<u8"), ("size", "<u8"), ("nbytes", "<u8"), ("refs", "<u4"), ("target", "<i4"),
-                        ("h_lo", "<u8"), ("h_hi", "<u8"), ("owner", "<u4"), ("head", "<u4")])
-SLOT_DTYPE = np.dtype([("key", "<u8"), ("val", "<u4"), ("pad", "<u4")])
-assert HEADER_DTYPE.itemsize == 64 and AGENT_DTYPE.itemsize == 64 and BLOCK_DTYPE.itemsize == 64
+#: numpy type of each C field type used in pool_table_layout.pxd (the segment is little-endian: x86-64, arm64).
+NUMPY_OF_C = {"uint8_t": "u1", "int32_t": "<i4", "uint32_t": "<u4", "uint64_t": "<u8", "char [48]": "S48"}
 
-FREE, WRITING, SEALED, ALIAS = 0, 1, 2, 3
+
+def struct_dtype(struct: str) -> np.dtype:
+    """The numpy dtype of one shared struct, built from the offsets and sizes the C compiler gave it."""
+    size, fields = pool_table.struct_layouts()[struct]
+    return np.dtype({"names": [f[0] for f in fields], "formats": [NUMPY_OF_C[f[3]] for f in fields],
+                     "offsets": [f[1] for f in fields], "itemsize": size})
+
+
+# The layout is defined once, by the C structs of _native/pool_table_layout.pxd.
+HEADER_DTYPE = struct_dtype("meta_hdr")
+AGENT_DTYPE = struct_dtype("agent")
+BLOCK_DTYPE = struct_dtype("block")
+SLOT_DTYPE = struct_dtype("slot")
+
 STATE_NAMES = {FREE: "free", WRITING: "writing", SEALED: "sealed", ALIAS: "alias"}
-F_DEDUP = 1     # dedup requested for this block
-F_INDEXED = 2   # this sealed block is the dedup index's canonical copy of its hash
-AGENT_BITS = 16
 MAX_AGENTS = 1 << AGENT_BITS
 _GOLD = 0x9E3779B97F4A7C15
 _M64 = (1 << 64) - 1
@@ -57,8 +72,8 @@ def table_sizes(n_blocks: int, n_agents: int) -> dict[str, int]:
 
 def meta_bytes(sizes: dict[str, int]) -> int:
     """Bytes of meta area the tables need."""
-    return (64 + sizes["n_agents"] * 64 + sizes["n_blocks"] * 64
-            + (sizes["n_holders"] + sizes["n_dedup"]) * SLOT_DTYPE.itemsize)
+    return (HEADER_DTYPE.itemsize + sizes["n_agents"] * AGENT_DTYPE.itemsize
+            + sizes["n_blocks"] * BLOCK_DTYPE.itemsize + (sizes["n_holders"] + sizes["n_dedup"]) * SLOT_DTYPE.itemsize)
 
 
 class _HashTable:
@@ -159,12 +174,12 @@ class Tables:
         if not 1 <= sizes["n_agents"] <= MAX_AGENTS or sizes["n_blocks"] < 1 or meta_bytes(sizes) > meta_size:
             raise IncompatibleLayoutError(f"pool table sizes {sizes} do not fit the {meta_size}-byte meta area")
         self.sizes = sizes
-        off = meta_off + 64
+        tables_off = off = meta_off + HEADER_DTYPE.itemsize
         self.hdr = hdr
         self.agents = np.frombuffer(buf, AGENT_DTYPE, sizes["n_agents"], off)
-        off += sizes["n_agents"] * 64
+        off += sizes["n_agents"] * AGENT_DTYPE.itemsize
         self.blocks = np.frombuffer(buf, BLOCK_DTYPE, sizes["n_blocks"], off)
-        off += sizes["n_blocks"] * 64
+        off += sizes["n_blocks"] * BLOCK_DTYPE.itemsize
         self.holders = _HashTable(np.frombuffer(buf, SLOT_DTYPE, sizes["n_holders"], off))
         off += sizes["n_holders"] * SLOT_DTYPE.itemsize
         self.dedup = _HashTable(np.frombuffer(buf, SLOT_DTYPE, sizes["n_dedup"], off))
@@ -173,7 +188,7 @@ class Tables:
         self.nbytes, self.refs, self.target, self.flags = b["nbytes"], b["refs"], b["target"], b["flags"]
         self.codec, self.shuffle, self.h_lo, self.h_hi = b["codec"], b["shuffle"], b["h_lo"], b["h_hi"]
         self.owner, self.head = b["owner"], b["head"]
-        self.core = TableCore(buf, meta_off + 64, sizes["n_agents"], sizes["n_blocks"], sizes["n_holders"],
+        self.core = TableCore(buf, tables_off, sizes["n_agents"], sizes["n_blocks"], sizes["n_holders"],
                               sizes["n_dedup"])
 
     def close(self) -> None:
