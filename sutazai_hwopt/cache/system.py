@@ -34,8 +34,7 @@ from ..errors import InvalidArgumentError, LoaderError, StateError, WeightError
 from ..logs import get_logger
 from ..memory.segment import validate_name
 from ..procid import process_start_time
-from . import codec
-from .codec import KIND_PICKLE, KIND_STR, decode, encode, join_body, key_bytes, key_from_bytes, key_hash
+from .codec import KIND_PICKLE, KIND_STR, decode, encode, join_body, key_bytes, key_from_bytes, key_hash, value_size
 
 __all__ = ["IntelligentCacheSystem"]
 
@@ -112,7 +111,7 @@ class IntelligentCacheSystem:
                 from .engine import Cache
 
                 self._l1 = Cache(max(1024, cfg.l1_size // 64), cfg.policy, max_bytes=cfg.l1_size,
-                                 weigher=lambda k, v: codec.value_size(v[0]))
+                                 weigher=lambda k, v: value_size(v[0]))
             if cfg.l2_size > 0:
                 from .shared_index import SharedTier
 
@@ -214,7 +213,7 @@ class IntelligentCacheSystem:
     def _l1_put(self, kb: bytes, h: int, value: Any, priority: int) -> None:
         if self._l1 is None:
             return
-        size = codec.value_size(value)
+        size = value_size(value)
         if size > self.config.l1_size:
             if self._l2 is None and self._l3 is None and self._remote is None:
                 raise WeightError(f"value of about {size} bytes is larger than the L1 budget "
@@ -290,7 +289,7 @@ class IntelligentCacheSystem:
         return None, None
 
     def _l1_store(self, kb: bytes, value: Any, epoch: int, prio: int) -> None:
-        if codec.value_size(value) <= self.config.l1_size:
+        if value_size(value) <= self.config.l1_size:
             self._l1.put(kb, (value, epoch), priority=prio)
 
     def contains(self, key: str | bytes | int) -> bool:
