@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Hashable
 from typing import Any
 
-__all__ = ["RefCache"]
+__all__ = ["ReferenceCache"]
 
 M64 = (1 << 64) - 1
 SEED = 0x243F6A8885A308D3
@@ -41,7 +41,7 @@ class _Entry:
         self.exp = math.inf
 
 
-class RefCache:
+class ReferenceCache:
     """Reference model: ``get``/``put``/``delete``/``contains``/``expire`` with the core's semantics."""
 
     def __init__(self, maxsize: int, policy: str = "adaptive", max_weight: int | None = None,
@@ -84,7 +84,7 @@ class RefCache:
         if self.adaptive:
             r = min(64, max(1, maxsize // 128))
             self.sh_thresh = (1 << 32) // r
-            self.shadows = [RefCache(max(1, maxsize // r), p) for p in SELECTABLE]
+            self.shadows = [ReferenceCache(max(1, maxsize // r), p) for p in SELECTABLE]
             self.sel_period = climb_period if climb_period > 0 else max(1024, 4 * maxsize)
             self.sh_hits = [0, 0, 0, 0]
             self.sh_score = [0.0, 0.0, 0.0, 0.0]
@@ -701,3 +701,7 @@ class RefCache:
 
     def all_counters(self) -> dict[str, int]:
         return {**self.counters, "currsize": len(self.entries), "weight": self.weight}
+
+
+#: The model's former name (reference models are named ``Reference<Name>`` project-wide); kept for old imports.
+RefCache = ReferenceCache
