@@ -71,10 +71,19 @@ DEF SEED = 0x243F6A8885A308D3  # TinyLFU sketch hash seed (hex digits of pi)
 
 cdef object _MISSING = object()
 
+# THE policy list of the project: each name next to its kind code, here and nowhere else. Everything else derives
+# from it: POLICIES below, sutazai_hwopt.cache.policies (and through it the API, the reference model and the
+# configuration's choices); tests/cache/test_parity.py checks the docs and the reference model against it.
+cdef dict _KIND_OF = {"lru": K_LRU, "lfu": K_LFU, "arc": K_ARC, "s3fifo": K_S3, "sieve": K_SIEVE,
+                      "wtinylfu": K_WTLFU, "lirs": K_LIRS, "adaptive": K_ADAPT}
+
+#: policy names ordered by kind code (``POLICIES[kind]`` is the name of a kind)
+POLICIES = tuple(sorted(_KIND_OF, key=_KIND_OF.__getitem__))
+if [_KIND_OF[p] for p in POLICIES] != list(range(len(POLICIES))):
+    raise ImportError("cache_core: policy kind codes must be 0..n-1")
+
 #: the policies the adaptive policy selects among (its shadow caches, in this order)
 SELECTABLE = ("lru", "wtinylfu", "lirs", "s3fifo")
-
-POLICIES = ("lru", "lfu", "arc", "s3fifo", "sieve", "wtinylfu", "lirs", "adaptive")
 
 cdef struct Slot:
     PyObject* key          # NULL for a free slot or a ghost
@@ -138,9 +147,11 @@ cdef class CacheCore:
     cdef int64_t lvl_cnt[NPRIO]
     cdef int64_t lvl_wt[NPRIO]
     cdef uint64_t version
-    cdef public object weigher
-    cdef public object on_evict
-    cdef public object clock
+    # Set by the constructor only (read-only from Python): the API layer wraps on_evict to log the user
+    # callback's exceptions, and a later assignment would bypass that wrapper.
+    cdef readonly object weigher
+    cdef readonly object on_evict
+    cdef readonly object clock
     cdef double default_ttl, tick
     cdef int64_t n_ttl, last_tick
     cdef int32_t wheel[WHEEL]
@@ -188,7 +199,7 @@ cdef class CacheCore:
             raise InvalidArgumentError(f"maxsize must be an integer in [1, 2**29], got {maxsize!r}")
         if policy not in POLICIES:
             raise InvalidArgumentError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
-        self.kind = POLICIES.index(policy)
+        self.kind = _KIND_OF[policy]
         if self.kind == K_ADAPT:
             self.adaptive = True
             self.kind = K_WTLFU
@@ -1109,8 +1120,8 @@ cdef class CacheCore:
                 "evicted_weight": self.evicted_weight, "expirations": self.expirations,
                 "rejections": self.rejections, "currsize": self.n_res, "weight": self.weight}
 
-    def policy_state(self):
-        """Internal policy state for tests and the reference-model comparison."""
+    def _policy_state(self):
+        """Test hook: the internal policy state, compared with the reference model's."""
         d = {"lists": [self._list(l) for l in range(L_BUCKET)], "arc_p": self.arc_p,
              "window": self.win_max, "protected_max": self.prot_max, "hand": self._key_of(self.hand),
              "kind": POLICIES[self.kind], "switches": self.switches}
@@ -1169,8 +1180,8 @@ cdef class CacheCore:
             n += sum(sh.__sizeof__() for sh in self.shadows)
         return n
 
-    def simulate(self, const int64_t[::1] trace):
-        """Replay integer keys as get-then-put-on-miss (value None); return the number of hits."""
+    def _simulate(self, const int64_t[::1] trace):
+        """Benchmark/test hook: replay integer keys as get-then-put-on-miss (value None); return the hits."""
         cdef Py_ssize_t t, n = trace.shape[0]
         cdef int64_t before = self.hits
         for t in range(n):

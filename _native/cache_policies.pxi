@@ -350,7 +350,7 @@ cdef int _select(CacheCore self) except -1:
         if self.sh_score[j] > self.sh_score[best]:
             best = j
     if best != cur and self.sh_score[best] - self.sh_score[cur] > self.sh_margin * self.sh_n:
-        _switch(self, POLICIES.index(SELECTABLE[best]))
+        _switch(self, _KIND_OF[SELECTABLE[best]])
     return 0
 
 cdef int _switch(CacheCore self, int newkind) except -1:

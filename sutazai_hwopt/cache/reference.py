@@ -13,14 +13,14 @@ import math
 from collections.abc import Callable, Hashable
 from typing import Any
 
-__all__ = ["ReferenceCache"]
+from .policies import POLICIES, SELECTABLE
+
+__all__ = ["POLICIES", "SELECTABLE", "ReferenceCache"]
 
 M64 = (1 << 64) - 1
 SEED = 0x243F6A8885A308D3
 SEED2 = 0x13198A2E03707344
 _MISS = object()
-SELECTABLE = ("lru", "wtinylfu", "lirs", "s3fifo")
-POLICIES = ("lru", "lfu", "arc", "s3fifo", "sieve", "wtinylfu", "lirs", "adaptive")
 MAIN, SMALL, PROB, G1, G2 = 0, 1, 2, 3, 4
 PRIO = 10  # list id of priority p is PRIO + p - 1
 
@@ -173,7 +173,7 @@ class ReferenceCache:
                 self._select()
 
     def access(self, key: Hashable) -> bool:
-        """get-then-put-on-miss (value None), as the core's shadows and ``simulate`` do."""
+        """get-then-put-on-miss (value None), as the core's shadows and ``_simulate`` do."""
         if self.get(key, _MISS) is _MISS:
             self.put(key, None)
             return False
@@ -680,7 +680,7 @@ class ReferenceCache:
 
     # ---------------------------------------------------------------- comparison
     def policy_state(self) -> dict[str, Any]:
-        """The same view as ``CacheCore.policy_state()``."""
+        """The same view as ``CacheCore._policy_state()``."""
 
         def name(x: Any) -> Any:
             return ("ghost", x[1]) if isinstance(x, tuple) else x.key

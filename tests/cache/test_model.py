@@ -67,7 +67,7 @@ class CoreVsModel(RuleBasedStateMachine):
         if not hasattr(self, "core"):
             return
         assert self.core.counters() == self.model.all_counters()
-        assert self.core.policy_state() == self.model.policy_state()
+        assert self.core._policy_state() == self.model.policy_state()
         assert self.core.check()
 
 
