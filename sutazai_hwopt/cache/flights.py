@@ -24,7 +24,6 @@ __all__ = ["MISS", "LoadingMixin"]
 
 #: Sentinel for "not in the cache" (never a stored value).
 MISS = object()
-_MISS = MISS
 
 
 class _Flight:
@@ -74,8 +73,8 @@ class LoadingMixin:
             LoaderError: the loader raised (the original is ``__cause__``); every waiter gets it and
                 nothing is cached. With ``wrap_errors=False`` the original exception is raised instead.
         """
-        value = self.get(key, _MISS)
-        if value is not _MISS:
+        value = self.get(key, MISS)
+        if value is not MISS:
             return value
         return self._load_sync(key, lambda: loader(key), wrap_errors, put_kwargs)
 
@@ -85,8 +84,8 @@ class LoadingMixin:
             flight = self._flights.get(key)
             leader = flight is None
             if flight is None:
-                value = self.peek(key, _MISS)   # loaded while we waited for the lock
-                if value is not _MISS:
+                value = self.peek(key, MISS)   # loaded while we waited for the lock
+                if value is not MISS:
                     return value
                 flight = self._flights[key] = _Flight()
             else:
@@ -129,8 +128,8 @@ class LoadingMixin:
         Raises:
             LoaderError: as :meth:`get_or_load`; a cancelled load cancels its waiters.
         """
-        value = self.get(key, _MISS)
-        if value is not _MISS:
+        value = self.get(key, MISS)
+        if value is not MISS:
             return value
         return await self._load_async(key, lambda: loader(key), wrap_errors, put_kwargs)
 
