@@ -1,31 +1,184 @@
-# Included at the end of cache_core.pyx: the eviction policies and the adaptive selector, as functions of
-# the CacheCore they act on. (Split out only to keep each source file short; it is not a separate module.)
-# Sources: see the header of cache_core.pyx.
+# Included by cache_core.pyx: the TinyLFU frequency sketch, the policy dispatch and the eviction policies, as
+# functions of the CacheCore they act on. Sources: see the header of cache_core.pyx.
+
+# ------------------------------------------------------------------ TinyLFU frequency sketch
+# Counters are bytes saturating at 15, grouped in 64-byte blocks (one cache line): an item's 4 counters
+# (one per 16-byte row of its block) sit in the block its hash selects, as in Caffeine's sketch.
+cdef inline void _sk_inc(CacheCore self, Py_hash_t h) noexcept:
+    cdef uint64_t x = _mix(<uint64_t>h, SEED)
+    cdef uint8_t* b = &self.sketch[(((x >> 32) * self.sk_blocks) >> 32) << 6]
+    cdef int r
+    for r in range(4):
+        if b[(r << 4) + ((x >> (r << 2)) & 15)] < 15:
+            b[(r << 4) + ((x >> (r << 2)) & 15)] += 1
+    self.sk_add += 1
+    if self.sk_add >= self.sk_period:
+        _sk_age(self)
+
+cdef void _sk_age(CacheCore self) noexcept:
+    cdef uint64_t j
+    for j in range(self.sk_blocks << 6):
+        self.sketch[j] >>= 1
+    self.sk_add //= 2
+
+cdef inline int _sk_est(CacheCore self, Py_hash_t h) noexcept:
+    cdef uint64_t x = _mix(<uint64_t>h, SEED)
+    cdef uint8_t* b = &self.sketch[(((x >> 32) * self.sk_blocks) >> 32) << 6]
+    cdef int r, m = 15, v
+    for r in range(4):
+        v = b[(r << 4) + ((x >> (r << 2)) & 15)]
+        if v < m:
+            m = v
+    return m
+
+cdef void _set_window(CacheCore self, int64_t w) noexcept:
+    self.win_max = w
+    self.prot_max = <int64_t>(0.8 * (self.maxsize - w))
+
+# ------------------------------------------------------------------ policy dispatch
+cdef inline int _p_hit(CacheCore self, int32_t i) except -1:
+    cdef int k = self.kind
+    cdef int32_t d
+    if self.ln[i].prio:
+        _move(self, L_PRIO + self.ln[i].prio - 1, i)
+        return 0
+    if self.adaptive and k != K_WTLFU:
+        _sk_inc(self, self.kv[i].hash)    # keep the sketch warm for a switch to W-TinyLFU
+    if k == K_WTLFU:
+        _sk_inc(self, self.kv[i].hash)
+        if self.ln[i].lst == L_PROB:
+            _unlink(self, i)
+            _push(self, L_MAIN, i)
+            while self.lcnt[L_MAIN] > self.prot_max and self.lcnt[L_MAIN] > 0:
+                d = self.ltail[L_MAIN]
+                _unlink(self, d)
+                _push(self, L_PROB, d)
+        else:
+            _move(self, self.ln[i].lst, i)
+    elif k == K_LRU or k == K_ARC:
+        _move(self, L_MAIN, i)
+    elif k == K_SIEVE:
+        self.ln[i].freq = 1
+    elif k == K_S3:
+        if self.ln[i].freq < 3:
+            self.ln[i].freq += 1
+    elif k == K_LFU:
+        _lfu_hit(self, i)
+    else:
+        _lirs_hit(self, i)
+    return 0
+
+cdef int _p_insert(CacheCore self, int32_t i, int32_t g) except -1:
+    """Give new resident ``i`` (priority 0) to the policy; ``g`` is a ghost with its hash, or -1."""
+    cdef int k = self.kind
+    if self.adaptive and k != K_WTLFU:
+        _sk_inc(self, self.kv[i].hash)
+    if k == K_WTLFU:
+        _wt_insert(self, i)
+    elif k == K_ARC:
+        _arc_insert(self, i, g)
+    elif k == K_S3:
+        if g >= 0:                           # consumed before evicting, as libCacheSim does
+            self._free_ghost(g)
+        while self._over() and _p_evict_one(self):
+            pass
+        if g >= 0:
+            _push(self, L_MAIN, i)
+        elif not self.s3_evicted and self.lcnt[L_SMALL] >= self.small_max:
+            _push(self, L_MAIN, i)            # warm-up: small is full, the cache is not
+        else:
+            _push(self, L_SMALL, i)
+    elif k == K_LIRS:
+        _lirs_insert(self, i, g)
+    else:
+        while self._over() and _p_evict_one(self):
+            pass
+        if k == K_LFU:
+            _lfu_push(self, i)
+        else:
+            _push(self, L_MAIN, i)
+    return 0
+
+cdef int _p_remove(CacheCore self, int32_t i) except -1:
+    """Unlink resident ``i`` from its policy or priority list (explicit delete or expiry)."""
+    if self.ln[i].prio:
+        _unlink(self, i)
+    elif self.kind == K_SIEVE:
+        if self.hand == i:
+            self.hand = self.ln[i].prv
+        _unlink(self, i)
+    elif self.kind == K_LFU:
+        _lfu_unlink(self, i)
+    elif self.kind == K_LIRS:
+        _lirs_remove(self, i)
+    else:
+        _unlink(self, i)
+    return 0
+
+cdef bint _p_evict_one(CacheCore self) except -1:
+    """Evict one priority-0 entry chosen by the policy; False if it holds none."""
+    cdef int k = self.kind
+    cdef int32_t v
+    if k == K_LRU:
+        v = self.ltail[L_MAIN]
+    elif k == K_WTLFU:
+        v = self.ltail[L_PROB]
+        if v < 0:
+            v = self.ltail[L_MAIN]
+        if v < 0:
+            v = self.ltail[L_SMALL]
+    elif k == K_SIEVE:
+        return _sieve_evict(self)
+    elif k == K_S3:
+        return _s3_evict(self)
+    elif k == K_ARC:
+        return _arc_replace(self, False)
+    elif k == K_LFU:
+        return _lfu_evict(self)
+    else:
+        return _lirs_evict(self)
+    if v < 0:
+        return False
+    _unlink(self, v)
+    self._drop(v, 1, -1)
+    return True
+
+cdef bint _evict_prio(CacheCore self, int pmax) except -1:
+    """Evict the LRU entry of the lowest non-empty priority level in 1..pmax."""
+    cdef int p
+    cdef int32_t v
+    for p in range(1, pmax + 1):
+        v = self.ltail[L_PRIO + p - 1]
+        if v >= 0:
+            _unlink(self, v)
+            self._drop(v, 1, -1)
+            return True
+    return False
 
 # --- W-TinyLFU
 cdef int _wt_insert(CacheCore self, int32_t i) except -1:
     cdef int32_t c, v
-    self._sk_inc(self.kv[i].hash)
-    self._push(L_SMALL, i)
+    _sk_inc(self, self.kv[i].hash)
+    _push(self, L_SMALL, i)
     while self.lcnt[L_SMALL] > self.win_max:
         c = self.ltail[L_SMALL]
-        self._unlink(c)
+        _unlink(self, c)
         if self._over():
             v = self.ltail[L_PROB]
             if v < 0:
                 v = self.ltail[L_MAIN]
             if v < 0:
-                self._push(L_PROB, c)
+                _push(self, L_PROB, c)
                 break
-            if self._sk_est(self.kv[c].hash) > self._sk_est(self.kv[v].hash):
-                self._unlink(v)
+            if _sk_est(self, self.kv[c].hash) > _sk_est(self, self.kv[v].hash):
+                _unlink(self, v)
                 self._drop(v, 1, -1)
-                self._push(L_PROB, c)
+                _push(self, L_PROB, c)
             else:
                 self._drop(c, 1, -1)
         else:
-            self._push(L_PROB, c)
-    while self._over() and self._p_evict_one():
+            _push(self, L_PROB, c)
+    while self._over() and _p_evict_one(self):
         pass
     return 0
 
@@ -40,7 +193,7 @@ cdef bint _sieve_evict(CacheCore self) except -1:
         if o < 0:
             o = self.ltail[L_MAIN]
     self.hand = self.ln[o].prv
-    self._unlink(o)
+    _unlink(self, o)
     self._drop(o, 1, -1)
     return True
 
@@ -57,10 +210,10 @@ cdef bint _s3_evict(CacheCore self) except -1:
             continue
         while self.lcnt[L_SMALL]:
             t = self.ltail[L_SMALL]
-            self._unlink(t)
+            _unlink(self, t)
             if self.ln[t].freq > 1:
                 self.ln[t].freq = 0
-                self._push(L_MAIN, t)
+                _push(self, L_MAIN, t)
             else:
                 self._drop(t, 1, L_G1)
                 if self.lcnt[L_G1] > self.ghost_max:
@@ -72,10 +225,10 @@ cdef bint _s3_evict_main(CacheCore self) except -1:
     cdef int32_t t
     while self.lcnt[L_MAIN]:
         t = self.ltail[L_MAIN]
-        self._unlink(t)
+        _unlink(self, t)
         if self.ln[t].freq > 0:
             self.ln[t].freq -= 1
-            self._push(L_MAIN, t)
+            _push(self, L_MAIN, t)
         else:
             self._drop(t, 1, -1)
             return True
@@ -89,15 +242,15 @@ cdef bint _arc_replace(CacheCore self, bint in_b2) except -1:
         return False
     if t1 >= 1 and ((in_b2 and t1 == self.arc_p) or t1 > self.arc_p):
         v = self.ltail[L_SMALL]
-        self._unlink(v)
+        _unlink(self, v)
         self._drop(v, 1, L_G1)
     elif self.lcnt[L_MAIN] > 0:
         v = self.ltail[L_MAIN]
-        self._unlink(v)
+        _unlink(self, v)
         self._drop(v, 1, L_G2)
     elif t1 >= 1:
         v = self.ltail[L_SMALL]
-        self._unlink(v)
+        _unlink(self, v)
         self._drop(v, 1, L_G1)
     else:
         return False
@@ -110,12 +263,12 @@ cdef int _arc_insert(CacheCore self, int32_t i, int32_t g) except -1:
         self.arc_p = min(self.arc_p + (1.0 if b1 >= b2 else <double>b2 / b1), <double>c)
         _arc_replace(self, False)
         self._free_ghost(g)
-        self._push(L_MAIN, i)
+        _push(self, L_MAIN, i)
     elif g >= 0 and self.ln[g].lst == L_G2:
         self.arc_p = max(self.arc_p - (1.0 if b2 >= b1 else <double>b1 / b2), 0.0)
         _arc_replace(self, True)
         self._free_ghost(g)
-        self._push(L_MAIN, i)
+        _push(self, L_MAIN, i)
     else:
         l1 = self.lcnt[L_SMALL] + b1
         if l1 >= c:
@@ -124,7 +277,7 @@ cdef int _arc_insert(CacheCore self, int32_t i, int32_t g) except -1:
                 _arc_replace(self, False)
             else:
                 v = self.ltail[L_SMALL]
-                self._unlink(v)
+                _unlink(self, v)
                 self._drop(v, 1, -1)
         else:
             total = l1 + self.lcnt[L_MAIN] + b2
@@ -132,7 +285,7 @@ cdef int _arc_insert(CacheCore self, int32_t i, int32_t g) except -1:
                 if total >= 2 * c and b2 > 0:
                     self._free_ghost(self.ltail[L_G2])
                 _arc_replace(self, False)
-        self._push(L_SMALL, i)
+        _push(self, L_SMALL, i)
     while self._over() and _arc_replace(self, False):
         pass
     return 0
@@ -175,20 +328,20 @@ cdef void _lfu_push(CacheCore self, int32_t i) noexcept:
     cdef int32_t b = self.bmin
     if b < 0 or self.bfreq[b] != 1:
         b = _bnew(self, 1, -1)
-    self._push(b, i)
+    _push(self, b, i)
 
 cdef void _lfu_hit(CacheCore self, int32_t i) noexcept:
     cdef int32_t b = self.ln[i].lst, nb = self.bnxt[b]
     if nb < 0 or self.bfreq[nb] != self.bfreq[b] + 1:
         nb = _bnew(self, self.bfreq[b] + 1, b)
-    self._unlink(i)
-    self._push(nb, i)
+    _unlink(self, i)
+    _push(self, nb, i)
     if self.lcnt[b] == 0:
         _bdel(self, b)
 
 cdef void _lfu_unlink(CacheCore self, int32_t i) noexcept:
     cdef int32_t b = self.ln[i].lst
-    self._unlink(i)
+    _unlink(self, i)
     if self.lcnt[b] == 0:
         _bdel(self, b)
 
@@ -206,11 +359,11 @@ cdef bint _lfu_evict(CacheCore self) except -1:
 cdef void _lirs_prune(CacheCore self) noexcept:
     cdef int32_t b = self.ltail[L_MAIN]
     while b >= 0 and not (self.ln[b].freq & F_LIR):
-        self._unlink(b)
+        _unlink(self, b)
         if self.kv[b].key == NULL:
-            self._qunlink(L_G1, b)
-            self._tdelete(b)
-            self._free(b)
+            _qunlink(self, L_G1, b)
+            _tdelete(self, b)
+            _free(self, b)
         b = self.ltail[L_MAIN]
 
 cdef void _lirs_demote_bottom(CacheCore self) noexcept:
@@ -218,45 +371,45 @@ cdef void _lirs_demote_bottom(CacheCore self) noexcept:
     cdef int32_t b = self.ltail[L_MAIN]
     if b < 0:
         return
-    self._unlink(b)
+    _unlink(self, b)
     self.ln[b].freq = F_INQ
     self.lcnt[L_PROB] -= 1
-    self._qpush(L_SMALL, b)
+    _qpush(self, L_SMALL, b)
     _lirs_prune(self)
 
 cdef void _lirs_hit(CacheCore self, int32_t i) noexcept:
     cdef bint bottom
     if self.ln[i].freq & F_LIR:
         bottom = self.ltail[L_MAIN] == i
-        self._move(L_MAIN, i)
+        _move(self, L_MAIN, i)
         if bottom:
             _lirs_prune(self)
     elif self.ln[i].lst == L_MAIN:       # resident HIR in S: becomes LIR
-        self._qunlink(L_SMALL, i)
+        _qunlink(self, L_SMALL, i)
         self.ln[i].freq = F_LIR
         self.lcnt[L_PROB] += 1
-        self._move(L_MAIN, i)
+        _move(self, L_MAIN, i)
         if self.lcnt[L_PROB] > self.lir_max:
             _lirs_demote_bottom(self)
     else:                              # resident HIR not in S
-        self._push(L_MAIN, i)
-        self._qunlink(L_SMALL, i)
-        self._qpush(L_SMALL, i)
+        _push(self, L_MAIN, i)
+        _qunlink(self, L_SMALL, i)
+        _qpush(self, L_SMALL, i)
 
 cdef bint _lirs_evict(CacheCore self) except -1:
     cdef int32_t v = self.ltail[L_SMALL]
     if v >= 0:
-        self._qunlink(L_SMALL, v)
+        _qunlink(self, L_SMALL, v)
         if self.ln[v].lst == L_MAIN:
             self._drop(v, 1, -3)
             self.ln[v].freq = 0
-            self._qpush(L_G1, v)
+            _qpush(self, L_G1, v)
             if self.lcnt[L_G1] > self.nonres_max:
                 v = self.ltail[L_G1]
-                self._qunlink(L_G1, v)
-                self._unlink(v)
-                self._tdelete(v)
-                self._free(v)
+                _qunlink(self, L_G1, v)
+                _unlink(self, v)
+                _tdelete(self, v)
+                _free(self, v)
                 _lirs_prune(self)
         else:
             self._drop(v, 1, -1)
@@ -264,7 +417,7 @@ cdef bint _lirs_evict(CacheCore self) except -1:
     v = self.ltail[L_MAIN]
     if v < 0:
         return False
-    self._unlink(v)
+    _unlink(self, v)
     self.lcnt[L_PROB] -= 1
     self._drop(v, 1, -1)
     _lirs_prune(self)
@@ -276,150 +429,32 @@ cdef int _lirs_insert(CacheCore self, int32_t i, int32_t g) except -1:
     if g >= 0 and self.ln[g].lst != L_MAIN:
         g = -1
     if g >= 0:                           # non-resident HIR still in S: becomes LIR
-        self._qunlink(L_G1, g)
-        self._unlink(g)
-        self._tdelete(g)
-        self._free(g)
+        _qunlink(self, L_G1, g)
+        _unlink(self, g)
+        _tdelete(self, g)
+        _free(self, g)
         self.ln[i].freq = F_LIR
         self.lcnt[L_PROB] += 1
-        self._push(L_MAIN, i)
+        _push(self, L_MAIN, i)
         if self.lcnt[L_PROB] > self.lir_max:
             _lirs_demote_bottom(self)
     elif self.lcnt[L_PROB] < self.lir_max:   # warm-up: LIR set not full
         self.ln[i].freq = F_LIR
         self.lcnt[L_PROB] += 1
-        self._push(L_MAIN, i)
+        _push(self, L_MAIN, i)
     else:
         self.ln[i].freq = F_INQ
-        self._push(L_MAIN, i)
-        self._qpush(L_SMALL, i)
+        _push(self, L_MAIN, i)
+        _qpush(self, L_SMALL, i)
     return 0
 
 cdef void _lirs_remove(CacheCore self, int32_t i) noexcept:
     if self.ln[i].freq & F_LIR:
-        self._unlink(i)
+        _unlink(self, i)
         self.lcnt[L_PROB] -= 1
         _lirs_prune(self)
     else:
-        self._qunlink(L_SMALL, i)
+        _qunlink(self, L_SMALL, i)
         if self.ln[i].lst == L_MAIN:
-            self._unlink(i)
+            _unlink(self, i)
             _lirs_prune(self)
-
-cdef int _shadow(CacheCore self, Py_hash_t h, bint main_hit) except -1:
-    """A sampled get: an access in every shadow. A shadow that misses a key the cache holds loads it (as the
-    application would have); a key the cache misses reaches the shadows only if it is then put."""
-    cdef int j
-    cdef int32_t i
-    cdef CacheCore sh
-    key = h
-    self.sh_count += 1
-    for j in range(4):
-        sh = <CacheCore>self.shadows[j]
-        i = sh._lookup(key, sh._hash(key))
-        if i >= 0:
-            sh._count(True, 0)
-            sh._p_hit(i)
-            self.sh_hits[j] += 1
-        else:
-            sh._count(False, 0)
-            if main_hit:
-                sh._put(key, None, 1, -1.0, 0)
-    return 0
-
-
-cdef int _shadow_put(CacheCore self, Py_hash_t h) except -1:
-    """A sampled insert of a new key: the shadows store it too."""
-    cdef int j
-    key = h
-    for j in range(4):
-        (<CacheCore>self.shadows[j])._put(key, None, 1, -1.0, 0)
-    return 0
-
-cdef int _select(CacheCore self) except -1:
-    """End of a selection period: decay the scores, switch if another policy led by > 1 point."""
-    cdef int j, best, cur = SELECTABLE.index(POLICIES[self.kind])
-    for j in range(4):
-        self.sh_score[j] = 0.5 * self.sh_score[j] + self.sh_hits[j]
-        self.sh_hits[j] = 0
-    self.sh_n = 0.5 * self.sh_n + self.sh_count
-    self.sh_count = 0
-    self.sel_count = 0
-    best = cur
-    for j in range(4):
-        if self.sh_score[j] > self.sh_score[best]:
-            best = j
-    if best != cur and self.sh_score[best] - self.sh_score[cur] > self.sh_margin * self.sh_n:
-        _switch(self, POLICIES.index(SELECTABLE[best]))
-    return 0
-
-cdef int _switch(CacheCore self, int newkind) except -1:
-    """Move the priority-0 entries into ``newkind``'s structure, most recently used kept warmest."""
-    cdef int32_t* order = <int32_t*>self._re(NULL, (self.lvl_cnt[0] + 1) * sizeof(int32_t))
-    cdef int64_t n = 0, j
-    cdef int32_t i, nx, l
-    if self.kind == K_LRU:
-        i = self.lhead[L_MAIN]
-        while i >= 0:
-            order[n] = i; n += 1; i = self.ln[i].nxt
-    elif self.kind == K_WTLFU or self.kind == K_S3:
-        for l in (L_SMALL, L_MAIN, L_PROB):
-            i = self.lhead[l]
-            while i >= 0:
-                order[n] = i; n += 1; i = self.ln[i].nxt
-        i = self.lhead[L_G1]             # S3-FIFO ghosts: forgotten
-        while i >= 0:
-            nx = self.ln[i].nxt
-            self._tdelete(i)
-            self._free(i)
-            i = nx
-    else:
-        i = self.lhead[L_MAIN]
-        while i >= 0:
-            if self.kv[i].key != NULL:
-                order[n] = i; n += 1
-            i = self.ln[i].nxt
-        i = self.lhead[L_SMALL]
-        while i >= 0:
-            if self.ln[i].lst != L_MAIN:
-                order[n] = i; n += 1
-            i = self.lnxt[i]
-        i = self.lhead[L_G1]             # non-resident LIRS blocks: forgotten
-        while i >= 0:
-            nx = self.lnxt[i]
-            self._tdelete(i)
-            self._free(i)
-            i = nx
-    for j in range(L_PRIO):
-        self.lhead[j] = -1
-        self.ltail[j] = -1
-        self.lcnt[j] = 0
-    self.kind = newkind
-    self.switches += 1
-    self.s3_evicted = True
-    if newkind == K_LIRS and self.lprv == NULL:
-        self.lprv = <int32_t*>self._re(NULL, self.cap * sizeof(int32_t))
-        self.lnxt = <int32_t*>self._re(NULL, self.cap * sizeof(int32_t))
-    for j in range(n - 1, -1, -1):
-        i = order[j]
-        self.ln[i].lst = -1
-        self.ln[i].freq = 0
-        if newkind == K_LRU or newkind == K_S3:
-            self._push(L_MAIN, i)
-        elif newkind == K_WTLFU:
-            self._push(L_SMALL, i)
-            while self.lcnt[L_SMALL] > self.win_max:
-                nx = self.ltail[L_SMALL]
-                self._unlink(nx)
-                self._push(L_PROB, nx)
-        elif self.lcnt[L_PROB] < self.lir_max:
-            self.ln[i].freq = F_LIR
-            self.lcnt[L_PROB] += 1
-            self._push(L_MAIN, i)
-        else:
-            self.ln[i].freq = F_INQ
-            self._push(L_MAIN, i)
-            self._qpush(L_SMALL, i)
-    PyMem_Free(order)
-    self.version += 1
-    return 0

@@ -4,7 +4,7 @@ Run:  python benches/bench_cache_hitratio.py            (synthetic 1M-request tr
       python benches/bench_cache_hitratio.py --quick    (200k-request synthetic traces, no theine)
       python benches/bench_cache_hitratio.py --theine   (add theine's adaptive W-TinyLFU, slow: ~1 us/request)
 
-Our policies run inside the compiled core (``CacheCore.simulate``); libCacheSim (GPL, a benchmark-only
+Our policies run inside the compiled core (``CacheCore._simulate``); libCacheSim (GPL, a benchmark-only
 dependency, never imported by the package) runs its C implementations through its trace reader on the same
 keys written to a temporary text file. Hit ratios are in %, unit-size objects, cold misses counted.
 """
@@ -32,7 +32,7 @@ AGREE = {"lru": "LRU", "lfu": "LFU", "arc": "ARC", "s3fifo": "S3FIFO", "sieve": 
 
 
 def ours(trace: np.ndarray, size: int, policy: str) -> int:
-    return CacheCore(size, policy).simulate(trace)
+    return CacheCore(size, policy)._simulate(trace)
 
 
 def lcs_hits(path: str, n: int, size: int, name: str) -> int:

@@ -82,7 +82,7 @@ def _reader(ns: str, kind: str, n: int, start: Any, out: Any) -> None:
     start.wait()
     t0 = time.perf_counter()
     for i in idx:
-        r = tier.get(keys[i], hashes[i])
+        r = tier.get(key=keys[i], key_hash=hashes[i])
         assert r is not None
         del r
     out.put((n, time.perf_counter() - t0))
@@ -154,11 +154,11 @@ def main() -> None:
                     txn.put(name.encode(), payload)
                 kb = key_bytes(name)
                 h = key_hash(kb)
-                assert tier.get(kb, h) is not None
+                assert tier.get(key=kb, key_hash=h) is not None
                 n = 20000 if size <= 65536 else 5000
                 nslow = 300 if size <= 65536 else 100
                 row = rows.setdefault(name, {})
-                row["L2 tier get (zero-copy)"] = per_op(lambda kb=kb, h=h: tier.get(kb, h), n, reps)
+                row["L2 tier get (zero-copy)"] = per_op(lambda kb=kb, h=h: tier.get(key=kb, key_hash=h), n, reps)
                 row["IntelligentCacheSystem.get (L2)"] = per_op(lambda name=name: cache.get(name, "a"), n, reps)
                 row["  same, prefetching on"] = per_op(lambda name=name: cache_pf.get(name, "a"), n, reps)
                 row["Redis GET (redis-py)"] = per_op(lambda name=name: r.get(name), nslow, reps)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeAlias, TypeVar
 
+from ._native.cache_core import POLICIES as CACHE_POLICIES  # the one policy list
 from .errors import ConfigError
 
 __all__ = [
@@ -185,8 +186,7 @@ class CacheSection(_Section):
     l1_size: int = _opt(64 * 1024**2, lo=0, hi=1 << 44, doc="L1 bytes per process")
     l2_size: int = _opt(256 * 1024**2, lo=0, hi=1 << 44, doc="L2 bytes, shared")
     l3_size: int = _opt(1024**3, lo=0, hi=1 << 46, doc="L3 bytes, shared, compressed")
-    policy: str = _opt("adaptive", choices=("lru", "lfu", "arc", "s3fifo", "sieve", "wtinylfu", "lirs",
-                                             "adaptive"), doc="L1 eviction policy")
+    policy: str = _opt("adaptive", choices=CACHE_POLICIES, doc="L1 eviction policy")
     enable_prefetch: bool = _opt(True, doc="learned prefetching")
     prefetch_depth: int = _opt(3, lo=0, hi=64, doc="keys prefetched per access")
     compression: str = _opt("lz4", choices=("lz4", "zlib", "none"), doc="L3 codec")

@@ -19,7 +19,7 @@ from typing import Any
 from .._native.cache_core import CacheCore
 from ..errors import InvalidArgumentError
 from ..logs import get_logger
-from .loading import LoadingMixin
+from .flights import LoadingMixin
 from .policies import DEFAULT_POLICY, POLICIES
 
 __all__ = ["Cache", "CacheStats"]

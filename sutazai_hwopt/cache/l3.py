@@ -16,15 +16,20 @@ from __future__ import annotations
 import os
 import struct
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
 from ..logs import get_logger
 from ..memory import compression as comp
 from ..trust import private_dir
+from .codec import join_body
 from .shared_index import SharedTier
+
+if TYPE_CHECKING:
+    from .tiers import Demoted, Encoded, Part
 
 __all__ = ["L3Tier"]
 
@@ -64,30 +69,34 @@ class L3Tier:
         self.raw_bytes = 0
         self.stored_bytes = 0
 
-    def put(self, kb: bytes, h: int, kind: int, priority: int, head: bytes, body: Any) -> None:
-        """Compress and store one value (as produced by the codec, body as one buffer)."""
-        raw = bytes(body)
+    def put(self, *, key: bytes, key_hash: int, kind: int, priority: int, head: bytes,
+            body: Sequence[Part]) -> list[Demoted]:
+        """Compress and store one encoded value (:class:`~.tiers.Tier`); L3's victims are dropped, so it
+        returns no demoted entries."""
+        raw = join_body(list(body)) if body else b""
         codec, data = _compress(self.codec, raw)
         meta = _HDR.pack(codec, kind, priority, len(head), len(raw)) + head
         self.raw_bytes += len(raw) + len(head)
         self.stored_bytes += len(data) + len(meta)
-        self.store.put(kb, h, kind, meta, [data], priority)
+        self.store.put(key=key, key_hash=key_hash, kind=kind, priority=priority, head=meta, body=[data])
         if self.directory is not None:
-            self._write_file(kb, meta, data)
+            self._write_file(key, meta, data)
+        return []
 
-    def get(self, kb: bytes, h: int) -> tuple[int, int, bytes, bytes] | None:
+    def get(self, *, key: bytes, key_hash: int) -> Encoded | None:
         """``(kind, priority, head, body)`` decompressed, from memory or else from the directory."""
-        r = self.store.index.get(kb, h, False)
+        r = self.store.index.get(key, key_hash, False)
         if r is not None:
             return self._unpack(r[2], r[3])
         if self.directory is None:
             return None
-        got = self._read_file(kb)
+        got = self._read_file(key)
         if got is None:
             return None
         meta, data = got
         kind, priority, head, body = self._unpack(meta, data)
-        self.store.put(kb, h, kind, meta, [data], priority)   # back into shared memory
+        # back into shared memory
+        self.store.put(key=key, key_hash=key_hash, kind=kind, priority=priority, head=meta, body=[data])
         return kind, priority, head, body
 
     @staticmethod
@@ -96,17 +105,17 @@ class L3Tier:
         head = bytes(meta[_HDR.size:_HDR.size + hlen])
         return kind, priority, head, _decompress(codec, data, raw_len)
 
-    def contains(self, kb: bytes, h: int) -> bool:
+    def contains(self, *, key: bytes, key_hash: int) -> bool:
         """True when the key is in memory or in the directory."""
-        return bool(self.store.index.contains(kb, h)) or (
-            self.directory is not None and self._path(kb).exists())
+        return bool(self.store.index.contains(key, key_hash)) or (
+            self.directory is not None and self._path(key).exists())
 
-    def delete(self, kb: bytes, h: int) -> bool:
+    def delete(self, *, key: bytes, key_hash: int) -> bool:
         """Remove the key from memory and directory."""
-        found = bool(self.store.index.delete(kb, h))
+        found = bool(self.store.index.delete(key, key_hash))
         if self.directory is not None:
             try:
-                self._path(kb).unlink()
+                self._path(key).unlink()
                 found = True
             except FileNotFoundError:
                 pass
@@ -114,7 +123,7 @@ class L3Tier:
 
     def clear(self) -> None:
         """Empty the tier (and its directory's files)."""
-        self.store.index.clear()
+        self.store.clear()
         if self.directory is not None:
             for p in self.directory.glob("*.l3"):
                 p.unlink(missing_ok=True)

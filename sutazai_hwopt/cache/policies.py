@@ -9,13 +9,19 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["DEFAULT_POLICY", "POLICIES", "describe"]
+from .._native import cache_core
 
-#: Policy names accepted by ``Cache(policy=...)``.
-POLICIES: Final[tuple[str, ...]] = ("lru", "lfu", "arc", "s3fifo", "sieve", "wtinylfu", "lirs", "adaptive")
+__all__ = ["DEFAULT_POLICY", "POLICIES", "SELECTABLE", "describe"]
+
+#: Policy names accepted by ``Cache(policy=...)``: the compiled core's list (its one definition), not a copy.
+POLICIES: Final[tuple[str, ...]] = cache_core.POLICIES
+
+#: The policies the ``"adaptive"`` policy chooses among, in the order of its shadow caches.
+SELECTABLE: Final[tuple[str, ...]] = cache_core.SELECTABLE
 
 DEFAULT_POLICY: Final[str] = "adaptive"
 
+# One line per name of POLICIES (tests/cache/test_parity.py fails when the two disagree).
 _DESCRIPTIONS: Final[dict[str, str]] = {
     "lru": "least recently used",
     "lfu": "least frequently used; O(1) frequency buckets (Shah, Mitra, Matani 2010), ties evict the oldest",

@@ -13,14 +13,14 @@ import math
 from collections.abc import Callable, Hashable
 from typing import Any
 
-__all__ = ["RefCache"]
+from .policies import POLICIES, SELECTABLE
+
+__all__ = ["POLICIES", "SELECTABLE", "ReferenceCache"]
 
 M64 = (1 << 64) - 1
 SEED = 0x243F6A8885A308D3
 SEED2 = 0x13198A2E03707344
 _MISS = object()
-SELECTABLE = ("lru", "wtinylfu", "lirs", "s3fifo")
-POLICIES = ("lru", "lfu", "arc", "s3fifo", "sieve", "wtinylfu", "lirs", "adaptive")
 MAIN, SMALL, PROB, G1, G2 = 0, 1, 2, 3, 4
 PRIO = 10  # list id of priority p is PRIO + p - 1
 
@@ -41,7 +41,7 @@ class _Entry:
         self.exp = math.inf
 
 
-class RefCache:
+class ReferenceCache:
     """Reference model: ``get``/``put``/``delete``/``contains``/``expire`` with the core's semantics."""
 
     def __init__(self, maxsize: int, policy: str = "adaptive", max_weight: int | None = None,
@@ -84,7 +84,7 @@ class RefCache:
         if self.adaptive:
             r = min(64, max(1, maxsize // 128))
             self.sh_thresh = (1 << 32) // r
-            self.shadows = [RefCache(max(1, maxsize // r), p) for p in SELECTABLE]
+            self.shadows = [ReferenceCache(max(1, maxsize // r), p) for p in SELECTABLE]
             self.sel_period = climb_period if climb_period > 0 else max(1024, 4 * maxsize)
             self.sh_hits = [0, 0, 0, 0]
             self.sh_score = [0.0, 0.0, 0.0, 0.0]
@@ -173,7 +173,7 @@ class RefCache:
                 self._select()
 
     def access(self, key: Hashable) -> bool:
-        """get-then-put-on-miss (value None), as the core's shadows and ``simulate`` do."""
+        """get-then-put-on-miss (value None), as the core's shadows and ``_simulate`` do."""
         if self.get(key, _MISS) is _MISS:
             self.put(key, None)
             return False
@@ -680,7 +680,7 @@ class RefCache:
 
     # ---------------------------------------------------------------- comparison
     def policy_state(self) -> dict[str, Any]:
-        """The same view as ``CacheCore.policy_state()``."""
+        """The same view as ``CacheCore._policy_state()``."""
 
         def name(x: Any) -> Any:
             return ("ghost", x[1]) if isinstance(x, tuple) else x.key
@@ -701,3 +701,7 @@ class RefCache:
 
     def all_counters(self) -> dict[str, int]:
         return {**self.counters, "currsize": len(self.entries), "weight": self.weight}
+
+
+#: The model's former name (reference models are named ``Reference<Name>`` project-wide); kept for old imports.
+RefCache = ReferenceCache

@@ -8,10 +8,14 @@ and reads as a miss (a write is dropped), so a Redis outage degrades the cache i
 from __future__ import annotations
 
 import struct
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..logs import get_logger
+
+if TYPE_CHECKING:
+    from .tiers import Demoted, Encoded, Part
 
 __all__ = ["RemoteTier"]
 
@@ -39,22 +43,25 @@ class RemoteTier:
         self.prefix = namespace.encode() + b":"
         self.errors = 0
 
-    def put(self, kb: bytes, kind: int, priority: int, head: bytes, body: list[Any]) -> None:
-        """Store one encoded value (dropped with a log line if the server is unreachable)."""
+    def put(self, *, key: bytes, key_hash: int, kind: int, priority: int, head: bytes,
+            body: Sequence[Part]) -> list[Demoted]:
+        """Store one encoded value (:class:`~.tiers.Tier`; the hash is unused): dropped with a log line if the
+        server is unreachable. Redis evicts by itself, so nothing is demoted."""
         from .codec import join_body
 
-        data = join_body(body) if body else b""
+        data = join_body(list(body)) if body else b""
         blob = _HDR.pack(kind, priority, len(head), len(data)) + head + data
         try:
-            self.client.set(self.prefix + kb, blob)
+            self.client.set(self.prefix + key, blob)
         except self._errors as exc:
             self.errors += 1
             log.warning("remote cache write failed: %s", exc)
+        return []
 
-    def get(self, kb: bytes) -> tuple[int, int, bytes, bytes] | None:
+    def get(self, *, key: bytes, key_hash: int) -> Encoded | None:
         """``(kind, priority, head, body)`` or None (also when the server is unreachable)."""
         try:
-            blob = self.client.get(self.prefix + kb)
+            blob = self.client.get(self.prefix + key)
         except self._errors as exc:
             self.errors += 1
             log.warning("remote cache read failed: %s", exc)
@@ -65,18 +72,18 @@ class RemoteTier:
         o = _HDR.size
         return kind, priority, blob[o:o + hlen], blob[o + hlen:]
 
-    def contains(self, kb: bytes) -> bool:
+    def contains(self, *, key: bytes, key_hash: int) -> bool:
         """True when the server has the key."""
         try:
-            return bool(self.client.exists(self.prefix + kb))
+            return bool(self.client.exists(self.prefix + key))
         except self._errors:
             self.errors += 1
             return False
 
-    def delete(self, kb: bytes) -> bool:
+    def delete(self, *, key: bytes, key_hash: int) -> bool:
         """Remove the key; True when it existed."""
         try:
-            return bool(self.client.delete(self.prefix + kb))
+            return bool(self.client.delete(self.prefix + key))
         except self._errors:
             self.errors += 1
             return False

@@ -18,13 +18,17 @@ import os
 import secrets
 import threading
 import weakref
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from .._native import pool_alloc, shmcache_index
 from ..errors import CapacityError, InvalidArgumentError, NotFoundError, PoolExhaustedError, WeightError
 from ..logs import get_logger
 from ..procid import is_same_process, process_start_time
 from ..shm import SHM_DIR, attach_segment, close_quietly, create_segment, segment_name, unlink_segment
+
+if TYPE_CHECKING:
+    from .tiers import Demoted, Encoded, Part
 
 __all__ = ["SharedTier", "tier_segment_name"]
 
@@ -201,32 +205,46 @@ class SharedTier:
         return n
 
     # ---- operations ---------------------------------------------------------------------------------------
-    def put(self, kb: bytes, h: int, kind: int, head: bytes, body: list[Any], priority: int,
-            demote: bool = False, visited: bool = False) -> list[tuple[bytes, int, int, bytes, bytes]]:
-        """Store an encoded value; returns demoted victims when ``demote``.
+    def put(self, *, key: bytes, key_hash: int, kind: int, priority: int, head: bytes, body: Sequence[Part],
+            demote: bool = False, visited: bool = False) -> list[Demoted]:
+        """Store an encoded value (:class:`~.tiers.Tier`); returns the victims when ``demote`` is set, so the
+        caller can hand them to the level below. ``visited`` marks a prefetched entry as already used once.
 
         Raises:
             WeightError: the value is larger than this tier can ever hold (nothing changed).
             PoolExhaustedError: every remaining block is pinned by live readers.
         """
-        need = 128 + _r64(len(kb)) + _r64(len(head)) + sum(_r64(memoryview(b).nbytes) for b in body)
+        need = 128 + _r64(len(key)) + _r64(len(head)) + sum(_r64(_nbytes(b)) for b in body)
         if need > self.heap.heap_size:
             raise WeightError(
                 f"value of {need} bytes (with headers) is larger than the {self.level} budget "
                 f"({self.size} bytes, {self.heap.heap_size} bytes of heap)")
+        parts = body if isinstance(body, list) else list(body)
         try:
-            return self.index.put(kb, h, kind, priority, head, body, 2, demote, 0, 0, 0, visited)
+            return self.index.put(key, key_hash, kind, priority, head, parts, 2, demote, 0, 0, 0, visited)
         except PoolExhaustedError:
             if self.reclaim_dead() == 0:
                 raise
-            return self.index.put(kb, h, kind, priority, head, body, 2, demote, 0, 0, 0, visited)
+            return self.index.put(key, key_hash, kind, priority, head, parts, 2, demote, 0, 0, 0, visited)
 
-    def get(self, kb: bytes, h: int) -> tuple[int, int, bytes, Any] | None:
+    def get(self, *, key: bytes, key_hash: int) -> Encoded | None:
         """``(kind, priority, head, body)`` with a pinned zero-copy body, or None."""
         att = self._att
         if att is not None and att.needs_slot:
             att.claim_slot()
-        return self.index.get(kb, h)
+        return self.index.get(key, key_hash)
+
+    def contains(self, *, key: bytes, key_hash: int) -> bool:
+        """True when the tier holds a valid entry for ``key``."""
+        return bool(self.index.contains(key, key_hash))
+
+    def delete(self, *, key: bytes, key_hash: int) -> bool:
+        """Remove ``key`` for every process; True when it was there."""
+        return bool(self.index.delete(key, key_hash))
+
+    def clear(self) -> None:
+        """Empty the tier for every process of the namespace."""
+        self.index.clear()
 
     def check(self) -> bool:
         """The heap's and the index's invariant checks."""
@@ -260,6 +278,11 @@ class SharedTier:
 
 def _r64(n: int) -> int:
     return (n + 63) & ~63
+
+
+def _nbytes(part: Part) -> int:
+    # a BlockView exports a buffer, but its stub cannot declare __buffer__ before Python 3.12
+    return memoryview(part).nbytes  # type: ignore[arg-type]
 
 
 def _after_fork() -> None:

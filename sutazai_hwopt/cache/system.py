@@ -27,7 +27,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._validate import check_agent_id as _check_agent
 from ..config import CacheSection, section_of
@@ -35,8 +35,14 @@ from ..errors import InvalidArgumentError, LoaderError, StateError, WeightError
 from ..logs import get_logger
 from ..procid import process_start_time
 from ..shm import sharing_of, validate_name
-from . import codec
-from .codec import KIND_PICKLE, KIND_STR, decode, encode, join_body, key_bytes, key_from_bytes, key_hash
+from .codec import KIND_PICKLE, KIND_STR, decode, encode, key_bytes, key_from_bytes, key_hash, value_size
+
+if TYPE_CHECKING:
+    from .engine import Cache
+    from .l3 import L3Tier
+    from .remote import RemoteTier
+    from .shared_index import SharedTier
+    from .tiers import Demoted, Tier
 
 __all__ = ["IntelligentCacheSystem"]
 
@@ -90,16 +96,18 @@ class IntelligentCacheSystem:
         self._pid = os.getpid()
         self._start = process_start_time(self._pid) or 0
         self._closed = False
-        self._l1: Any = None
-        self._l2: Any = None
-        self._l3: Any = None
-        self._remote: Any = None
+        # L2 and L3 are also used for what only they do (epochs, host-wide loads, checks); every level is
+        # read and written through the Tier protocol.
+        self._l1: Cache | None = None
+        self._l2: SharedTier | None = None
+        self._l3: L3Tier | None = None
+        self._remote: RemoteTier | None = None
         try:
             if cfg.l1_size > 0:
                 from .engine import Cache
 
                 self._l1 = Cache(max(1024, cfg.l1_size // 64), cfg.policy, max_bytes=cfg.l1_size,
-                                 weigher=lambda k, v: codec.value_size(v[0]))
+                                 weigher=lambda k, v: value_size(v[0]))
             if cfg.l2_size > 0:
                 from .shared_index import SharedTier
 
@@ -189,19 +197,25 @@ class IntelligentCacheSystem:
     def _store_shared(self, kb: bytes, h: int, kind: int, priority: int, head: bytes, body: list[Any],
                       visited: bool = False) -> None:
         if self._l2 is not None:
-            victims = self._l2.put(kb, h, kind, head, body, priority, demote=self._l3 is not None,
-                                   visited=visited)
-            for vk, vkind, vprio, vhead, vbody in victims:
-                self._l3.put(vk, key_hash(vk), vkind, vprio, vhead, vbody)
+            self._demote(self._l2.put(key=kb, key_hash=h, kind=kind, priority=priority, head=head, body=body,
+                                      demote=self._l3 is not None, visited=visited))
         elif self._l3 is not None:
-            self._l3.put(kb, h, kind, priority, head, join_body(body) if body else b"")
+            self._l3.put(key=kb, key_hash=h, kind=kind, priority=priority, head=head, body=body)
         if self._remote is not None:
-            self._remote.put(kb, kind, priority, head, body)
+            self._remote.put(key=kb, key_hash=h, kind=kind, priority=priority, head=head, body=body)
+
+    def _demote(self, victims: list[Demoted]) -> None:
+        """Hand L2's eviction victims to L3 (compressed there)."""
+        l3 = self._l3
+        if l3 is None:
+            return
+        for vk, vkind, vprio, vhead, vbody in victims:
+            l3.put(key=vk, key_hash=key_hash(vk), kind=vkind, priority=vprio, head=vhead, body=[vbody])
 
     def _l1_put(self, kb: bytes, h: int, value: Any, priority: int) -> None:
         if self._l1 is None:
             return
-        size = codec.value_size(value)
+        size = value_size(value)
         if size > self.config.l1_size:
             if self._l2 is None and self._l3 is None and self._remote is None:
                 raise WeightError(f"value of about {size} bytes is larger than the L1 budget "
@@ -250,7 +264,7 @@ class IntelligentCacheSystem:
                 l1.pop(kb, None)
         if l2 is not None:
             epoch = l2.index.epoch(h)
-            r = l2.get(kb, h)
+            r = l2.get(key=kb, key_hash=h)
             if r is not None:
                 kind, prio, head, body = r
                 value = decode(kind, head, body, allow_pickle=self._allow_pickle)
@@ -259,17 +273,17 @@ class IntelligentCacheSystem:
                 if l1 is not None and (kind == KIND_STR or (kind == KIND_PICKLE and len(body) == 0)):
                     self._l1_store(kb, value, epoch, prio)
                 return value, "L2"
-        for level, tier in (("L3", self._l3), ("remote", self._remote)):
+        lower: tuple[tuple[str, Tier | None], ...] = (("L3", self._l3), ("remote", self._remote))
+        for level, tier in lower:
             if tier is None:
                 continue
-            r = tier.get(kb, h) if level == "L3" else tier.get(kb)
+            r = tier.get(key=kb, key_hash=h)
             if r is None:
                 continue
             kind, prio, head, body = r
             if l2 is not None:
-                victims = l2.put(kb, h, kind, head, [body], prio, demote=self._l3 is not None)
-                for vk, vkind, vprio, vhead, vbody in victims:
-                    self._l3.put(vk, key_hash(vk), vkind, vprio, vhead, vbody)
+                self._demote(l2.put(key=kb, key_hash=h, kind=kind, priority=prio, head=head, body=[body],
+                                    demote=self._l3 is not None))
             value = decode(kind, head, body, allow_pickle=self._allow_pickle)
             if l1 is not None and kind in (KIND_PICKLE, KIND_STR):
                 self._l1_store(kb, value, l2.index.epoch(h) if l2 is not None else 0, prio)
@@ -277,7 +291,7 @@ class IntelligentCacheSystem:
         return None, None
 
     def _l1_store(self, kb: bytes, value: Any, epoch: int, prio: int) -> None:
-        if codec.value_size(value) <= self.config.l1_size:
+        if self._l1 is not None and value_size(value) <= self.config.l1_size:
             self._l1.put(kb, (value, epoch), priority=prio)
 
     def contains(self, key: str | bytes | int) -> bool:
@@ -290,11 +304,7 @@ class IntelligentCacheSystem:
             ent = self._l1.peek(kb, _MISS)
             if ent is not _MISS and (self._l2 is None or self._l2.index.epoch(h) == ent[1]):
                 return True
-        if self._l2 is not None and self._l2.index.contains(kb, h):
-            return True
-        if self._l3 is not None and self._l3.contains(kb, h):
-            return True
-        return self._remote is not None and self._remote.contains(kb)
+        return any(tier is not None and tier.contains(key=kb, key_hash=h) for tier in self._shared_tiers())
 
     __contains__ = contains
 
@@ -308,11 +318,9 @@ class IntelligentCacheSystem:
         found = False
         if self._l1 is not None:
             found = self._l1.pop(kb, _MISS) is not _MISS
-        for tier in (self._l2, self._l3):
+        for tier in self._shared_tiers():
             if tier is not None:
-                found = bool((tier.index if tier is self._l2 else tier).delete(kb, h)) or found
-        if self._remote is not None:
-            found = self._remote.delete(kb) or found
+                found = tier.delete(key=kb, key_hash=h) or found
         return found
 
     def clear(self) -> None:
@@ -321,12 +329,13 @@ class IntelligentCacheSystem:
             raise StateError("the cache system is closed")
         if self._l1 is not None:
             self._l1.clear()
-        if self._l2 is not None:
-            self._l2.index.clear()
-        if self._l3 is not None:
-            self._l3.clear()
-        if self._remote is not None:
-            self._remote.clear()
+        for tier in self._shared_tiers():
+            if tier is not None:
+                tier.clear()
+
+    def _shared_tiers(self) -> tuple[Tier | None, Tier | None, Tier | None]:
+        """L2, L3 and the remote tier (None where disabled), seen through the Tier protocol."""
+        return self._l2, self._l3, self._remote
 
     # ---- loading --------------------------------------------------------------------------------------------
     def get_or_load(self, key: str | bytes | int, agent_id: str, loader: Callable[[Any], Any],

@@ -260,11 +260,11 @@ def test_adaptive_switches_to_the_better_policy_and_keeps_entries() -> None:
     n = 60_000
     trace = (np.arange(n) // 40 + rng.integers(0, 180, n)).astype(np.int64)
     c = CacheCore(200, "adaptive")
-    hits = c.simulate(trace)
-    assert c.switches >= 1 and c.policy_state()["kind"] == "lru"
+    hits = c._simulate(trace)
+    assert c.switches >= 1 and c._policy_state()["kind"] == "lru"
     assert len(c) == 200 and c.check()
-    lru_hits = CacheCore(200, "lru").simulate(trace)
-    wt_hits = CacheCore(200, "wtinylfu").simulate(trace)
+    lru_hits = CacheCore(200, "lru")._simulate(trace)
+    wt_hits = CacheCore(200, "wtinylfu")._simulate(trace)
     assert hits > wt_hits and hits >= 0.99 * lru_hits
 
 
@@ -281,3 +281,20 @@ def test_on_evict_may_reenter_the_cache() -> None:
         c[i] = i
         assert len(c) <= 20
     assert c.check() and any(isinstance(k, tuple) for k in c)
+
+
+@pytest.mark.parametrize("attr", ["weigher", "on_evict", "clock"])
+def test_callables_are_set_by_the_constructor_only(attr: str) -> None:
+    """Assigning on_evict later would bypass the logging wrapper: the core's callables are read-only."""
+    seen: list[object] = []
+
+    def boom(k: object, v: object, cause: str) -> None:
+        seen.append(k)
+        raise RuntimeError("callback failure")
+
+    c = Cache(1, "lru", on_evict=boom)
+    with pytest.raises(AttributeError):
+        setattr(c, attr, print)
+    c["a"] = 1
+    c["b"] = 2          # evicts "a": the wrapper logs boom's exception instead of raising it
+    assert seen == ["a"] and list(c) == ["b"]

@@ -8,14 +8,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from sutazai_hwopt._native.cache_core import CacheCore
-from sutazai_hwopt.cache.reference import POLICIES, RefCache
+from sutazai_hwopt.cache.reference import POLICIES, ReferenceCache
 from sutazai_hwopt.testing import FakeClock
 
 KEYS = st.integers(0, 14)
 
 
 class CoreVsModel(RuleBasedStateMachine):
-    """Drive CacheCore and RefCache with the same operations; compare results, counters and policy state."""
+    """Drive CacheCore and ReferenceCache with the same operations; compare results, counters, policy state."""
 
     policy = "lru"
     weighted = False
@@ -28,7 +28,7 @@ class CoreVsModel(RuleBasedStateMachine):
         mw = max_weight if self.weighted else None
         self.core = CacheCore(maxsize, self.policy, -1 if mw is None else mw, None, None, None, self.clock,
                               0.01, 7)
-        self.model = RefCache(maxsize, self.policy, mw, self.clock, None, 0.01, 7)
+        self.model = ReferenceCache(maxsize, self.policy, mw, self.clock, None, 0.01, 7)
 
     @rule(key=KEYS)
     def get(self, key: int) -> None:
@@ -67,7 +67,7 @@ class CoreVsModel(RuleBasedStateMachine):
         if not hasattr(self, "core"):
             return
         assert self.core.counters() == self.model.all_counters()
-        assert self.core.policy_state() == self.model.policy_state()
+        assert self.core._policy_state() == self.model.policy_state()
         assert self.core.check()
 
 

@@ -50,7 +50,7 @@ class IndexMachine(RuleBasedStateMachine):
           fill=st.integers(0, 255))
     def put(self, k: bytes, size: int, prio: int, fill: int) -> None:
         value = bytes([fill]) * size
-        self.tier.put(k, key_hash(k), 1, b"h" + k, [value], prio)
+        self.tier.put(key=k, key_hash=key_hash(k), kind=1, priority=prio, head=b"h" + k, body=[value])
         self.markers.pop(k, None)
         self.model[k] = (value, prio)
         self._sync()
@@ -68,7 +68,7 @@ class IndexMachine(RuleBasedStateMachine):
 
     @rule(k=KEYS)
     def pin(self, k: bytes) -> None:
-        r = self.tier.get(k, key_hash(k))
+        r = self.tier.get(key=k, key_hash=key_hash(k))
         if k in self.model:
             assert r is not None
             self.views.append((memoryview(r[3]), self.model[k][0]))
