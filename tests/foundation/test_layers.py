@@ -334,7 +334,7 @@ def test_the_documented_table_is_read_from_the_doc() -> None:
         return found
 
     assert layer(".errors") == 0
-    assert layer(".config") < layer(".shm") == layer(".trust") < layer("._native.cache_core") < layer(".cache.engine")
+    assert layer("._native.cache_core") < layer(".config") < layer(".shm") == layer(".trust") < layer(".cache.engine")
     assert layer(".shm") < layer(".memory.manager")
     assert layer(".profiler.sampler") < layer(".eliminator.eliminator") < layer(".master")
     assert layer(".master") < layer(".host.service") < layer(".cli")
@@ -346,11 +346,6 @@ def test_the_package_imports_only_downward() -> None:
     assert upward(edges, parse_layers(DOC.read_text(encoding="utf-8"))) == []
 
 
-@pytest.mark.xfail(strict=False, reason=(
-        "issue 18: five cycles remain on this branch (resources.coordinator/planning/verify, cache.engine/loading, "
-        "memory.access/manager, balancer.balancer/health/lease, coordinator.api/dashboard/metrics/service); "
-        "other helpers remove them, the merger removes this mark"
-    ))
 def test_the_package_has_no_import_cycle() -> None:
     assert cycles(import_edges(module_files(PACKAGE))) == []
 
