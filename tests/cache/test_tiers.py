@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Iterator
 
 import pytest
-from sutazai_hwopt.memory.segment import list_segments
+from sutazai_hwopt.shm import list_segment_names
 
 from sutazai_hwopt.cache.codec import encode, key_bytes, key_hash
 from sutazai_hwopt.cache.l3 import L3Tier
@@ -37,7 +37,7 @@ def test_every_level_takes_the_protocols_arguments_by_keyword_only(level: type, 
 def ns() -> Iterator[str]:
     with throwaway_namespace("ct") as name:
         yield name
-        assert list_segments(name) == []
+        assert list_segment_names(name) == []
 
 
 def _levels(ns: str) -> Iterator[tuple[str, Tier, object]]:
