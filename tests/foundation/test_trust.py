@@ -285,3 +285,24 @@ def test_group_share_is_an_explicit_opt_in(intruder_uid: int, tmp_path: Path) ->
             assert not os.path.exists(marker)
         finally:
             unshare_namespace(ns)
+
+
+def test_kinds_keep_pools_and_cache_tiers_apart() -> None:
+    """A pool can take no tier's name and pools() never lists a tier: the kind is part of every segment name."""
+    with throwaway_namespace("trust") as ns:
+        cache = IntelligentCacheSystem({"namespace": ns, "l1_size": 0, "l2_size": 4 << 20, "l3_size": 4 << 20,
+                                        "enable_prefetch": False})
+        try:
+            with MemoryPoolManager(namespace=ns) as pm:
+                assert pm.pools() == []
+                pm.create_pool("l2", size=1 << 20)          # the tier's own id, as a pool: no clash
+                pm.create_pool("cache-l2", size=1 << 20)    # the old tier name: an ordinary pool now
+                assert sorted(pm.pools()) == ["cache-l2", "l2"]
+                cache.put("k", b"v", "agent_001")
+                value, level = cache.get("k", "agent_002")
+                assert bytes(value) == b"v" and level == "L2"
+                del value
+                pm.destroy_pool("l2")
+                pm.destroy_pool("cache-l2")
+        finally:
+            cache.destroy()
