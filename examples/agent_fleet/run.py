@@ -489,7 +489,8 @@ class Harness:
             cpu = {k: cpu1[k] - cpu0[k] for k in cpu0}
             answered = result["fixed"].get("answered", 0)
             result["cpu_fixed_s"] = cpu
-            result["requests_per_cpu_s"] = answered / max(1e-9, cpu["agents"] + cpu["redis"])
+            result["requests_per_cpu_s"] = (answered / max(1e-9, cpu["agents"] + cpu["redis"])
+                                            if answered and not result["fixed"].get("interrupted") else None)
             result["pss"] = fleet.pss()
             if setup != "naive":
                 result["ramp"] = self.ramp(fleet, fixed_rate)
