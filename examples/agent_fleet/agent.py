@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import json
 import signal
 import sys
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -35,6 +37,7 @@ from .work import (
     REQUEST,
     RESPONSE,
     SHAPES,
+    STATS,
     cache_key,
     compute,
     make_inputs,
@@ -148,15 +151,40 @@ class Agent:
         else:
             self.cache = LibraryCache(args.cache_ns, self.agent_id, args.budget, args.l1_size,
                                       self.shape.answer_bytes)
+        self.costs = self._zero_costs()
+
+    @staticmethod
+    def _zero_costs() -> dict[str, int]:
+        """Where an agent's time goes, per request (ns): cache get, compute on a miss, cache put, slow gets."""
+        return {"requests": 0, "get_ns": 0, "get_max_ns": 0, "gets_over_1ms": 0, "misses": 0, "compute_ns": 0,
+                "put_ns": 0, "put_max_ns": 0}
 
     def serve(self, kind: int, arg: int, prompt: int) -> bytes:
         if LIGHT <= kind <= HEAVY:
             key = cache_key(kind, prompt)
+            costs = self.costs
+            clock = time.perf_counter_ns
+            t0 = clock()
             value, level = self.cache.get(key)
+            t1 = clock()
+            costs["requests"] += 1
+            costs["get_ns"] += t1 - t0
+            costs["get_max_ns"] = max(costs["get_max_ns"], t1 - t0)
+            costs["gets_over_1ms"] += t1 - t0 > 1_000_000
             if value is None:
                 value = compute(self.weights, self.inputs, kind, prompt, self.shape.answer).tobytes()
+                t2 = clock()
                 self.cache.put(key, value)
+                t3 = clock()
+                costs["misses"] += 1
+                costs["compute_ns"] += t2 - t1
+                costs["put_ns"] += t3 - t2
+                costs["put_max_ns"] = max(costs["put_max_ns"], t3 - t2)
             return RESPONSE.pack(OK, level, len(value)) + value
+        if kind == STATS:                # the cost counters (and reset them)
+            payload = json.dumps(self.costs).encode()
+            self.costs = self._zero_costs()
+            return RESPONSE.pack(OK, 0, len(payload)) + payload
         if kind == PING:
             return RESPONSE.pack(OK, 0, 0)
         if kind == FLUSH:

@@ -38,6 +38,7 @@ from .work import (
     REQUEST,
     RESPONSE,
     SHAPES,
+    STATS,
     Shape,
     distinct_keys,
     make_stream,
@@ -77,8 +78,8 @@ class Plan:
         if quick:
             return Plan(warmup=2.0, fixed=3.0, ramp_step=1.5, ramp_max_steps=5, constrained=2.5, prewarm=1.5,
                         batch=16, drain=20.0, verify=40)
-        return Plan(warmup=15.0, fixed=25.0, ramp_step=5.0, ramp_max_steps=8, constrained=20.0, prewarm=8.0,
-                    batch=16, drain=60.0, verify=200)
+        return Plan(warmup=10.0, fixed=20.0, ramp_step=4.0, ramp_max_steps=7, constrained=15.0, prewarm=6.0,
+                    batch=16, drain=45.0, verify=200)
 
 
 #: shared-cache budget of the normal runs, per shape: L2 size, redis maxmemory, naive's total (split per agent)
@@ -311,6 +312,17 @@ class Fleet:
                 self.h.procs.remove(p)
 
 
+def agent_costs(c: dict[str, int] | None) -> dict[str, float | None] | None:
+    """Mean per-request costs inside the agents during the fixed-rate phase (µs), and the slow-get tail."""
+    if not c or not c.get("requests"):
+        return None
+    misses = c["misses"] or 1
+    return {"requests": c["requests"], "get_us": c["get_ns"] / c["requests"] / 1e3,
+            "get_max_ms": c["get_max_ns"] / 1e6, "gets_over_1ms_share": c["gets_over_1ms"] / c["requests"],
+            "compute_us_per_miss": c["compute_ns"] / misses / 1e3, "put_us": c["put_ns"] / misses / 1e3,
+            "put_max_ms": c["put_max_ns"] / 1e6}
+
+
 def _die_with_parent() -> None:
     import ctypes
 
@@ -398,9 +410,11 @@ class Harness:
             out["interruptions"] = events
         return out
 
-    def control(self, fleet: Fleet, kind: int, arg: int = 0) -> None:
-        with contextlib.suppress(Interrupted):
-            fleet.command({"cmd": "control", "kind": kind, "arg": arg}, timeout=180)
+    def control(self, fleet: Fleet, kind: int, arg: int = 0) -> dict[str, Any]:
+        try:
+            return fleet.command({"cmd": "control", "kind": kind, "arg": arg}, timeout=180)
+        except Interrupted as exc:
+            return {"interrupted": str(exc)}
 
     def ramp(self, fleet: Fleet, start: float) -> dict[str, Any]:
         """Saturation: double the rate while p99 stays under the bound, then two geometric bisection steps."""
@@ -483,9 +497,11 @@ class Harness:
             self.step(f"{shape.name} / {setup}: warm-up at {fixed_rate:.0f}/s")
             result["warmup"] = self.phase(fleet, "warmup", fixed_rate, plan.warmup)
             self.step(f"{shape.name} / {setup}: fixed rate {fixed_rate:.0f}/s")
+            self.control(fleet, STATS)                      # resets the agents' cost counters
             cpu0 = fleet.cpu()
             result["fixed"] = self.phase(fleet, "fixed", fixed_rate, plan.fixed)
             cpu1 = fleet.cpu()
+            result["agent_costs"] = agent_costs(self.control(fleet, STATS).get("costs"))
             cpu = {k: cpu1[k] - cpu0[k] for k in cpu0}
             answered = result["fixed"].get("answered", 0)
             result["cpu_fixed_s"] = cpu

@@ -14,7 +14,7 @@ import numpy as np
 
 # ---- request kinds -------------------------------------------------------------------------------------------
 PING, LIGHT, DEFAULT, HEAVY = 0, 1, 2, 3
-FLUSH, RECONFIGURE = 8, 9
+FLUSH, RECONFIGURE, STATS = 8, 9, 10
 KIND_NAMES = {LIGHT: "light", DEFAULT: "default", HEAVY: "heavy"}
 #: share of each request kind in the stream: 25% embedding lookups, 65% partial products, 10% costing 4x.
 KIND_MIX = ((LIGHT, 0.25), (DEFAULT, 0.65), (HEAVY, 0.10))
