@@ -45,6 +45,7 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
         "hit_levels": _get(res, "fixed", "levels"),
         "constrained_hit_ratio": _get(res, "constrained", "hit_ratio"),
         "constrained_budget_kib": (_get(res, "constrained", "budget_bytes") or 0) // 1024 or None,
+        "constrained_budget_share": _get(res, "constrained", "budget_share_of_distinct"),
         "cache_get_us": _get(res, "agent_costs", "get_us"),
         "cache_put_us": _get(res, "agent_costs", "put_us"),
         "compute_us_per_miss": _get(res, "agent_costs", "compute_us_per_miss"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,7 +39,8 @@ def _our_processes() -> set[int]:
 
 
 def _our_segments() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith("sutazai_hwopt.fleet")}
+    """Segments of the harness's throwaway namespaces (prefixes fleet-, fleetc-, fleetk-), whatever the prefix."""
+    return {n for n in os.listdir("/dev/shm") if re.search(r"\.fleet[ck]?-\d+-[0-9a-f]+\.", n)}
 
 
 def _our_tempdirs() -> set[str]:
