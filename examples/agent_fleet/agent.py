@@ -117,7 +117,7 @@ class LibraryCache:
         self.cache.close()
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask the kernel to SIGKILL this process when the harness dies, so nothing outlives a killed harness."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
@@ -232,7 +232,7 @@ class Agent:
 
 
 def main(argv: list[str] | None = None) -> None:
-    _die_with_parent()
+    die_with_parent()
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--setup", choices=("naive", "savvy", "library"), required=True)
     p.add_argument("--shape", choices=tuple(SHAPES), required=True)

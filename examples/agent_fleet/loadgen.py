@@ -335,9 +335,9 @@ class LoadGen:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .agent import _die_with_parent
+    from .agent import die_with_parent
 
-    _die_with_parent()
+    die_with_parent()
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--setup", choices=("naive", "savvy", "library"), required=True)
     p.add_argument("--shape", choices=tuple(SHAPES), required=True)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import measure
+from .agent import die_with_parent
 from .work import (
     FLUSH,
     PING,
@@ -169,7 +170,7 @@ class Fleet:
             ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--maxmemory", str(self.budget), "--maxmemory-policy", "allkeys-lru",
              "--dir", str(self.h.tmp), "--maxclients", "10000", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=self.h.log("redis"), preexec_fn=_die_with_parent)
+            stdout=subprocess.DEVNULL, stderr=self.h.log("redis"), preexec_fn=die_with_parent)
         self.h.procs.append(self.redis)
         self.redis_client = redis.Redis(host="127.0.0.1", port=self.redis_port)
         deadline = time.monotonic() + 20
@@ -321,13 +322,6 @@ def agent_costs(c: dict[str, int] | None) -> dict[str, float | None] | None:
             "get_max_ms": c["get_max_ns"] / 1e6, "gets_over_1ms_share": c["gets_over_1ms"] / c["requests"],
             "compute_us_per_miss": c["compute_ns"] / misses / 1e3, "put_us": c["put_ns"] / misses / 1e3,
             "put_max_ms": c["put_max_ns"] / 1e6}
-
-
-def _die_with_parent() -> None:
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
 
 
 def _terminate(procs: list[subprocess.Popen[str]], grace: float = 5.0) -> None:
