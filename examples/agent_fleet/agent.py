@@ -41,6 +41,7 @@ from .work import (
     cache_key,
     compute,
     make_inputs,
+    process_args,
 )
 
 #: bytes a private LRU entry costs besides the value (key, bytes headers, OrderedDict node), for naive's budget
@@ -233,13 +234,9 @@ class Agent:
 
 def main(argv: list[str] | None = None) -> None:
     die_with_parent()
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--setup", choices=("naive", "savvy", "library"), required=True)
-    p.add_argument("--shape", choices=tuple(SHAPES), required=True)
+    p = process_args(__doc__)
     p.add_argument("--index", type=int, required=True)
     p.add_argument("--agents", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--npy", required=True)
     p.add_argument("--budget", type=int, required=True, help="shared-cache bytes (naive: split over agents)")
     p.add_argument("--redis-port", type=int, default=0)
     p.add_argument("--pool-ns", default="")

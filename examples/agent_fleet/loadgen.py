@@ -34,6 +34,7 @@ from .work import (
     compute,
     make_inputs,
     make_stream,
+    process_args,
 )
 
 
@@ -338,11 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     from .agent import die_with_parent
 
     die_with_parent()
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--setup", choices=("naive", "savvy", "library"), required=True)
-    p.add_argument("--shape", choices=tuple(SHAPES), required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--npy", required=True)
+    p = process_args(__doc__)
     p.add_argument("--ports", required=True)
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -38,6 +38,7 @@ from .work import (
     RECONFIGURE,
     REQUEST,
     RESPONSE,
+    SETUPS,
     SHAPES,
     STATS,
     Shape,
@@ -48,7 +49,6 @@ from .work import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-SETUPS = ("naive", "savvy", "library")
 #: the tag every process of the harness carries in its command line (the tests look for it in /proc)
 TAG = "examples.agent_fleet"
 #: environment of agents and load generator: one BLAS thread each (131 processes on 2 cores), same for all setups

@@ -6,11 +6,15 @@ every setup sees exactly the same stream of prompts.
 
 from __future__ import annotations
 
+import argparse
 import struct
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
+
+#: the three setups, in the order they run (naive first: it sets the fixed rate)
+SETUPS = ("naive", "savvy", "library")
 
 # ---- request kinds -------------------------------------------------------------------------------------------
 PING, LIGHT, DEFAULT, HEAVY = 0, 1, 2, 3
@@ -141,3 +145,13 @@ def make_stream(seed: int, salt: int, rate: float, duration: float) -> tuple[np.
 def distinct_keys(kinds: np.ndarray, prompts: np.ndarray) -> int:
     """Distinct (kind, prompt) keys of a stream."""
     return int(np.unique(prompts.astype(np.int64) * 8 + kinds).size)
+
+
+def process_args(doc: str | None) -> argparse.ArgumentParser:
+    """The arguments every process of a setup takes (agent and load generator)."""
+    p = argparse.ArgumentParser(description=doc)
+    p.add_argument("--setup", choices=SETUPS, required=True)
+    p.add_argument("--shape", choices=tuple(SHAPES), required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--npy", required=True, help="the weights file of the shape")
+    return p
