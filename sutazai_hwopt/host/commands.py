@@ -1,7 +1,7 @@
-"""CLI subcommands of the host service: deploy, status, stop, profile, export-stats, dashboard.
+"""CLI subcommands of the host service: deploy, status, stop, clean, profile, export-stats, dashboard.
 
 Exit codes: 0 success; 1 a library error; 3 nothing is running (``status``, ``stop``); 4 already running
-(``deploy``).
+(``deploy``); 5 segments not removed because live processes map them (``clean``, ``stop --purge``).
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from ..errors import StateError
 from .daemon import add_daemon_arguments, journal_dir
 from .runtime import RuntimeDir
 
-__all__ = ["ALREADY_RUNNING", "COMMANDS", "NOT_RUNNING"]
+__all__ = ["ALREADY_RUNNING", "COMMANDS", "NOT_RUNNING", "SEGMENTS_BUSY"]
 
 NOT_RUNNING = 3
 ALREADY_RUNNING = 4
+SEGMENTS_BUSY = 5
 
 _Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
@@ -128,6 +129,7 @@ def _status(args: argparse.Namespace) -> int:
         stale = runtime.stale()
         extra = f" (stale pid file of dead pid {stale.pid}; `stop` or `deploy` cleans it up)" if stale else ""
         print(f"host service: not running{extra}")
+        _print_shm_usage()
         return NOT_RUNNING
     client = HostClient(runtime.path)
     data = client.get("/api/dashboard")
@@ -135,7 +137,21 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0
     _print_status(data, client.url)
+    _print_shm_usage()
     return 0
+
+
+def _print_shm_usage() -> None:
+    """One line per namespace of this user holding /dev/shm segments, with how to remove them."""
+    from .segments import format_bytes, usage
+
+    namespaces = usage()
+    if not namespaces:
+        print("/dev/shm: no segments of this user")
+        return
+    for ns, u in namespaces.items():
+        print(f"/dev/shm: namespace {ns}: {len(u.segments)} segments, {format_bytes(u.resident_bytes)} in use "
+              f"({format_bytes(u.apparent_bytes)} apparent); remove: sutazai-hwopt clean --namespace {ns}")
 
 
 def _print_status(data: dict[str, Any], url: str) -> None:
@@ -177,9 +193,20 @@ def _print_status(data: dict[str, Any], url: str) -> None:
 def _stop_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime-dir", metavar="DIR")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before SIGKILL")
+    p.add_argument("--purge", action="store_true",
+                   help="also remove the namespace's shared-memory segments (see `clean`)")
+    _namespace_args(p)
 
 
 def _stop(args: argparse.Namespace) -> int:
+    code = _stop_service(args)
+    if args.purge:
+        purged = _clean(args)
+        return purged if purged else (0 if code == NOT_RUNNING else code)
+    return code
+
+
+def _stop_service(args: argparse.Namespace) -> int:
     runtime = RuntimeDir(args.runtime_dir)
     record = runtime.running()
     if record is None:
@@ -204,6 +231,39 @@ def _stop(args: argparse.Namespace) -> int:
     how = "killed after the timeout" if forced else "stopped"
     print(f"host service (pid {record.pid}) {how}; every setting it applied is rolled back"
           + (f" ({n} restored from its journal)" if n else ""))
+    return 0
+
+
+# -- clean ----------------------------------------------------------------------------------------------------
+def _namespace_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--namespace", metavar="NS",
+                   help="the namespace whose segments to remove (default: the configured one, `sutazai`)")
+    p.add_argument("--force", action="store_true", help="remove them even while live processes map them")
+
+
+def _clean_args(p: argparse.ArgumentParser) -> None:
+    _namespace_args(p)
+
+
+def _clean(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from .segments import format_bytes, process_name, purge, usage
+
+    namespace = args.namespace or load_config().cache.namespace
+    before = usage().get(namespace)
+    removed, busy = purge(namespace, force=args.force)
+    if busy and not removed:
+        print(f"namespace {namespace}: not removed, live processes map its segments "
+              "(stop them first, or use --force):", file=sys.stderr)
+        for pid, names in sorted(busy.items()):
+            print(f"  pid {pid} ({process_name(pid)}): {', '.join(sorted(names))}", file=sys.stderr)
+        return SEGMENTS_BUSY
+    if not removed:
+        print(f"namespace {namespace}: no segments in /dev/shm")
+        return 0
+    freed = format_bytes(before.resident_bytes) if before else "?"
+    note = f"; {len(busy)} live processes still map them (memory freed when they exit)" if busy else ""
+    print(f"namespace {namespace}: removed {len(removed)} segments ({freed} in use){note}")
     return 0
 
 
@@ -306,6 +366,8 @@ COMMANDS: tuple[_Command, ...] = (
      _status_args, _status),
     ("stop", "stop the host service gracefully and roll back every setting it applied",
      _stop_args, _stop),
+    ("clean", "remove a namespace's shared-memory segments from /dev/shm (refused while processes map them)",
+     _clean_args, _clean),
     ("profile", "profile the host and the registered agents for a while; optionally export a JSON report",
      _profile_args, _profile),
     ("export-stats", "write the host service's (or, if none runs, this host's) figures to a JSON file",
