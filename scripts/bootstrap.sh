@@ -56,8 +56,9 @@ stamp="build/bootstrap.${extras//,/-}.stamp"
 stamps=("$stamp")
 [ "$want_tests" = 0 ] && stamps+=(build/bootstrap.server-redis-test.stamp)
 installed_here() {
-  local root=$PWD
-  (cd / && env -u PYTHONPATH "$PY" - "$root" <<'PYEOF'
+  local root=$PWD py
+  py=$("$PY" -c 'import sys; print(sys.executable)')
+  (cd / && env -u PYTHONPATH "$py" - "$root" <<'PYEOF'
 import importlib.metadata, os, sys
 import sutazai_hwopt
 importlib.metadata.distribution("sutazai_hwopt")
@@ -73,7 +74,8 @@ done
 [ "$up_to_date" = 1 ] && ! installed_here && up_to_date=0
 
 stale=$(stale_cores | tr '\n' ' ')
-if [ "$up_to_date" = 1 ] && [ -n "$stale" ] && ! "$PY" -c 'import Cython, numpy, setuptools' >/dev/null 2>&1; then
+can_build='import Cython, numpy, setuptools; assert int(setuptools.__version__.split(".")[0]) >= 77'
+if [ "$up_to_date" = 1 ] && [ -n "$stale" ] && ! "$PY" -c "$can_build" >/dev/null 2>&1; then
   up_to_date=0   # a core must be rebuilt and this environment cannot build it in place: let pip do it
 fi
 
@@ -101,9 +103,13 @@ fi
 # Step 2: rebuild in place only the cores whose sources changed since they were compiled.
 if [ -n "$stale" ]; then
   echo "bootstrap: rebuilding changed cores: ${stale}"
-  SUTAZAI_HWOPT_ONLY=$(echo $stale | tr ' ' ',') "$PY" setup.py build_ext --inplace -j "$(nproc)" </dev/null 2>&1 \
-    | tee "$log" | { grep --line-buffered "building '" || true; } \
-    | sed -u -E "s/.*building 'sutazai_hwopt\._native\.([a-z_]+)' extension.*/  compiling core \1/"
+  if ! SUTAZAI_HWOPT_ONLY=$(echo $stale | tr ' ' ',') "$PY" setup.py build_ext --inplace -j "$(nproc)" </dev/null 2>&1 \
+       | tee "$log" | { grep --line-buffered "building '" || true; } \
+       | sed -u -E "s/.*building 'sutazai_hwopt\._native\.([a-z_]+)' extension.*/  compiling core \1/"; then
+    echo "bootstrap: the build failed; the end of $log:" >&2
+    tail -n 30 "$log" >&2
+    exit 1
+  fi
 else
   echo "bootstrap: compiled cores up to date (nothing to compile)"
 fi
