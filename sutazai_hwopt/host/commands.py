@@ -103,7 +103,9 @@ def _deploy(args: argparse.Namespace) -> int:
         return 1
     print(f"host service running (pid {child.pid}, mode {args.mode or 'from config, else balanced'})")
     print(f"dashboard: {endpoint['url']}")
-    print(f"api token: {runtime.token_file} (readable by you only)")
+    api = str(endpoint["url"]).rstrip("/")
+    print(f"api token: {runtime.token_file} (readable by you only; every mutating call needs it), e.g.:")
+    print(f"  curl -s -H \"Authorization: Bearer $(cat {runtime.token_file})\" {api}/api/status")
     print(f"logs:      {args.log_dir or runtime.path / 'logs'}")
     return 0
 
@@ -118,7 +120,8 @@ def _tail(path: Path, lines: int = 20) -> str:
 # -- status ---------------------------------------------------------------------------------------------------
 def _status_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime-dir", metavar="DIR")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", help="print the current state as JSON")
+    p.add_argument("--history", action="store_true", help="with --json: include the sampled history")
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -134,11 +137,22 @@ def _status(args: argparse.Namespace) -> int:
     client = HostClient(runtime.path)
     data = client.get("/api/dashboard")
     if args.json:
+        if not args.history:   # the current state only: the latest sample instead of the whole history
+            history = data.pop("history", None) or []
+            data["latest"] = history[-1] if history else None
+        data["shm"] = _shm_usage_json()
         print(json.dumps(data, indent=2))
         return 0
     _print_status(data, client.url)
     _print_shm_usage()
     return 0
+
+
+def _shm_usage_json() -> dict[str, Any]:
+    from .segments import usage
+
+    return {ns: {"segments": len(u.segments), "resident_bytes": u.resident_bytes,
+                 "apparent_bytes": u.apparent_bytes} for ns, u in usage().items()}
 
 
 def _print_shm_usage() -> None:
@@ -150,18 +164,22 @@ def _print_shm_usage() -> None:
         print("/dev/shm: no segments of this user")
         return
     for ns, u in namespaces.items():
-        print(f"/dev/shm: namespace {ns}: {len(u.segments)} segments, {format_bytes(u.resident_bytes)} in use "
-              f"({format_bytes(u.apparent_bytes)} apparent); remove: sutazai-hwopt clean --namespace {ns}")
+        print(f"/dev/shm: {ns} holds {format_bytes(u.resident_bytes)} ({format_bytes(u.apparent_bytes)} apparent) "
+              f"in {len(u.segments)} segments")
+    print("  remove a namespace's segments: sutazai-hwopt clean --namespace NS")
 
 
 def _print_status(data: dict[str, Any], url: str) -> None:
+    """Readable tables (each fits 80 columns) of what the host service reports."""
     from rich.console import Console
     from rich.table import Table
 
+    from .segments import format_bytes
+
     console = Console()
     st = data["status"]
-    console.print(f"[bold]host service[/] running · pid {st['pid']} · mode {st['mode']} · "
-                  f"up {st['uptime_s']:.0f} s · {url}")
+    console.print(f"[bold]host service[/] running: pid {st['pid']}, mode {st['mode']}, up {st['uptime_s']:.0f} s")
+    console.print(f"dashboard and API: {url}")
     services = Table(title="services")
     services.add_column("service")
     services.add_column("state")
@@ -170,7 +188,7 @@ def _print_status(data: dict[str, Any], url: str) -> None:
     console.print(services)
     agents = Table(title=f"agents ({len(data['agents'])})")
     for col in ("agent", "pid", "priority", "cpus", "CPU %", "RSS MiB"):
-        agents.add_column(col)
+        agents.add_column(col, overflow="fold")
     load = data.get("load") or {}
     for a in data["agents"]:
         p = load.get(a["agent_id"], {})
@@ -182,9 +200,30 @@ def _print_status(data: dict[str, Any], url: str) -> None:
                        f"{cpu:.1f}" if isinstance(cpu, (int, float)) else "-",
                        f"{rss / 2**20:.1f}" if isinstance(rss, (int, float)) else "-")
     console.print(agents)
-    for title, figures in (("cache", data.get("cache")), ("pools", data.get("pools"))):
-        if figures:
-            console.print(f"[bold]{title}[/] {json.dumps(figures)}")
+    levels = (data.get("cache") or {}).get("levels") or {}
+    if levels:
+        cache = Table(title="shared cache")
+        for col in ("level", "hit ratio", "entries", "used / budget", "evictions"):
+            cache.add_column(col)
+        for level, f in levels.items():
+            if "error" in f:
+                cache.add_row(level, f"error: {f['error']}", "", "", "")
+                continue
+            cache.add_row(level, f"{f['hit_ratio']:.2f}", str(f["entries"]),
+                          f"{format_bytes(f['bytes'])} / {format_bytes(f['budget'])}", str(f["evictions"]))
+        console.print(cache)
+    pools_data = data.get("pools") or {}
+    if pools_data:
+        pools = Table(title="memory pools")
+        for col in ("pool", "used / capacity", "blocks", "dedup", "fragmentation"):
+            pools.add_column(col)
+        for pool_id, f in pools_data.items():
+            if "error" in f:
+                pools.add_row(pool_id, f"error: {f['error']}", "", "", "")
+                continue
+            pools.add_row(pool_id, f"{format_bytes(f['used'])} / {format_bytes(f['capacity'])}", str(f["blocks"]),
+                          f"{f['dedup_ratio']:.1f}x", f"{f['fragmentation']:.0%}")
+        console.print(pools)
     if data.get("bottlenecks"):
         console.print(f"[bold]bottlenecks[/] {', '.join(b['type'] for b in data['bottlenecks'].values())}")
 
