@@ -15,7 +15,8 @@ from sutazai_hwopt import HardwareOptimizationMaster
 
 def main() -> None:
     agents = [subprocess.Popen(["sleep", "60"]) for _ in range(4)]
-    optimizer = HardwareOptimizationMaster(mode="balanced", state_dir=tempfile.mkdtemp(prefix="hwopt-example-"))
+    state = tempfile.TemporaryDirectory(prefix="hwopt-example-")   # the journal; removed at the end
+    optimizer = HardwareOptimizationMaster(mode="balanced", state_dir=state.name)
     try:
         for i, proc in enumerate(agents):
             cpus = optimizer.assign_cores(agent_id=f"agent_{i:03d}", num_cores=1, priority=9 - 3 * i, pid=proc.pid)
@@ -31,6 +32,7 @@ def main() -> None:
         for proc in agents:
             proc.kill()
             proc.wait()
+        state.cleanup()
 
 
 if __name__ == "__main__":

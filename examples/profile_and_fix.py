@@ -21,7 +21,8 @@ BURN = "import time\nwhile True: sum(range(10000))"
 
 def main() -> None:
     procs = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(3)]
-    coordinator = ResourcePoolCoordinator(state_dir=tempfile.mkdtemp(prefix="hwopt-example-"))
+    state = tempfile.TemporaryDirectory(prefix="hwopt-example-")   # the journal; removed at the end
+    coordinator = ResourcePoolCoordinator(state_dir=state.name)
     try:
         for i, proc in enumerate(procs):
             coordinator.register_agent(f"agent_{i}", {"cpu_cores": 1, "priority": 9 if i == 0 else 2}, pid=proc.pid)
@@ -37,18 +38,23 @@ def main() -> None:
             return
         eliminator = BottleneckEliminator({"mode": "balanced", "auto_fix": True, "validation_window_s": 3.0},
                                           coordinator=coordinator, profiler=profiler)
-        first = findings[0]
+        # the high-priority agent's finding if there is one, else any agent's, else the host's
+        first = min(findings, key=lambda b: ("agent_0" not in b.agents, not b.agents))
+        print(f"fixing: {first.type} of {list(first.agents) or 'the host'}")
         for action in eliminator.recommend(first.type, {"agents": list(first.agents)}):
             print(f"  candidate: {action.name} (risk {action.risk})")
         result = asyncio.run(eliminator.eliminate_bottleneck(first.type, {"agents": list(first.agents)}))
-        print(f"elimination: {result.status}")
+        print(f"elimination: {result.status}" + (f" ({result.reason})" if result.reason else ""))
         for outcome in result.outcomes:
             print(f"  {outcome.action.name}: {outcome.decision} - {outcome.reason}")
     finally:
-        coordinator.rollback()
+        restored = coordinator.rollback()
+        print(f"rolled back {len(restored)} kernel settings; stopped the stand-in agents")
+        coordinator.close()
         for proc in procs:
             proc.kill()
             proc.wait()
+        state.cleanup()
 
 
 if __name__ == "__main__":

@@ -165,7 +165,7 @@ class HardwareSection(_Section):
     nice_max: int = _opt(10, lo=-20, hi=19, doc="nice given to the lowest priority")
     sample_interval_s: float = _opt(1.0, lo=0.05, hi=3600.0, doc="profiler sampling period")
     bind_host: str = _opt("127.0.0.1", doc="address the host service's HTTP API listens on")
-    port: int = _opt(0, lo=0, hi=65535, doc="HTTP port (0: pick a free one)")
+    port: int = _opt(8731, lo=0, hi=65535, doc="HTTP port (taken: the next free one; 0: any free one)")
     log_dir: str | None = _opt(None, doc="directory for <component>.log files; None: no files")
     log_level: str = _opt("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), doc="log level")
 

@@ -1,7 +1,7 @@
-"""CLI subcommands of the host service: deploy, status, stop, profile, export-stats, dashboard.
+"""CLI subcommands of the host service: deploy, status, stop, clean, profile, export-stats, dashboard.
 
 Exit codes: 0 success; 1 a library error; 3 nothing is running (``status``, ``stop``); 4 already running
-(``deploy``).
+(``deploy``); 5 segments not removed because live processes map them (``clean``, ``stop --purge``).
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from ..errors import StateError
 from .daemon import add_daemon_arguments, journal_dir
 from .runtime import RuntimeDir
 
-__all__ = ["ALREADY_RUNNING", "COMMANDS", "NOT_RUNNING"]
+__all__ = ["ALREADY_RUNNING", "COMMANDS", "NOT_RUNNING", "SEGMENTS_BUSY"]
 
 NOT_RUNNING = 3
 ALREADY_RUNNING = 4
+SEGMENTS_BUSY = 5
 
 _Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
@@ -102,7 +103,9 @@ def _deploy(args: argparse.Namespace) -> int:
         return 1
     print(f"host service running (pid {child.pid}, mode {args.mode or 'from config, else balanced'})")
     print(f"dashboard: {endpoint['url']}")
-    print(f"api token: {runtime.token_file} (readable by you only)")
+    api = str(endpoint["url"]).rstrip("/")
+    print(f"api token: {runtime.token_file} (readable by you only; every mutating call needs it), e.g.:")
+    print(f"  curl -s -H \"Authorization: Bearer $(cat {runtime.token_file})\" {api}/api/status")
     print(f"logs:      {args.log_dir or runtime.path / 'logs'}")
     return 0
 
@@ -117,7 +120,8 @@ def _tail(path: Path, lines: int = 20) -> str:
 # -- status ---------------------------------------------------------------------------------------------------
 def _status_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime-dir", metavar="DIR")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", help="print the current state as JSON")
+    p.add_argument("--history", action="store_true", help="with --json: include the sampled history")
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -128,24 +132,54 @@ def _status(args: argparse.Namespace) -> int:
         stale = runtime.stale()
         extra = f" (stale pid file of dead pid {stale.pid}; `stop` or `deploy` cleans it up)" if stale else ""
         print(f"host service: not running{extra}")
+        _print_shm_usage()
         return NOT_RUNNING
     client = HostClient(runtime.path)
     data = client.get("/api/dashboard")
     if args.json:
+        if not args.history:   # the current state only: the latest sample instead of the whole history
+            history = data.pop("history", None) or []
+            data["latest"] = history[-1] if history else None
+        data["shm"] = _shm_usage_json()
         print(json.dumps(data, indent=2))
         return 0
     _print_status(data, client.url)
+    _print_shm_usage()
     return 0
 
 
+def _shm_usage_json() -> dict[str, Any]:
+    from .segments import usage
+
+    return {ns: {"segments": len(u.segments), "resident_bytes": u.resident_bytes,
+                 "apparent_bytes": u.apparent_bytes} for ns, u in usage().items()}
+
+
+def _print_shm_usage() -> None:
+    """One line per namespace of this user holding /dev/shm segments, with how to remove them."""
+    from .segments import format_bytes, usage
+
+    namespaces = usage()
+    if not namespaces:
+        print("/dev/shm: no segments of this user")
+        return
+    for ns, u in namespaces.items():
+        print(f"/dev/shm: {ns} holds {format_bytes(u.resident_bytes)} ({format_bytes(u.apparent_bytes)} apparent) "
+              f"in {len(u.segments)} segments")
+    print("  remove a namespace's segments: sutazai-hwopt clean --namespace NS")
+
+
 def _print_status(data: dict[str, Any], url: str) -> None:
+    """Readable tables (each fits 80 columns) of what the host service reports."""
     from rich.console import Console
     from rich.table import Table
 
+    from .segments import format_bytes
+
     console = Console()
     st = data["status"]
-    console.print(f"[bold]host service[/] running · pid {st['pid']} · mode {st['mode']} · "
-                  f"up {st['uptime_s']:.0f} s · {url}")
+    console.print(f"[bold]host service[/] running: pid {st['pid']}, mode {st['mode']}, up {st['uptime_s']:.0f} s")
+    console.print(f"dashboard and API: {url}")
     services = Table(title="services")
     services.add_column("service")
     services.add_column("state")
@@ -154,7 +188,7 @@ def _print_status(data: dict[str, Any], url: str) -> None:
     console.print(services)
     agents = Table(title=f"agents ({len(data['agents'])})")
     for col in ("agent", "pid", "priority", "cpus", "CPU %", "RSS MiB"):
-        agents.add_column(col)
+        agents.add_column(col, overflow="fold")
     load = data.get("load") or {}
     for a in data["agents"]:
         p = load.get(a["agent_id"], {})
@@ -166,9 +200,30 @@ def _print_status(data: dict[str, Any], url: str) -> None:
                        f"{cpu:.1f}" if isinstance(cpu, (int, float)) else "-",
                        f"{rss / 2**20:.1f}" if isinstance(rss, (int, float)) else "-")
     console.print(agents)
-    for title, figures in (("cache", data.get("cache")), ("pools", data.get("pools"))):
-        if figures:
-            console.print(f"[bold]{title}[/] {json.dumps(figures)}")
+    levels = (data.get("cache") or {}).get("levels") or {}
+    if levels:
+        cache = Table(title="shared cache")
+        for col in ("level", "hit ratio", "entries", "used / budget", "evictions"):
+            cache.add_column(col)
+        for level, f in levels.items():
+            if "error" in f:
+                cache.add_row(level, f"error: {f['error']}", "", "", "")
+                continue
+            cache.add_row(level, f"{f['hit_ratio']:.2f}", str(f["entries"]),
+                          f"{format_bytes(f['bytes'])} / {format_bytes(f['budget'])}", str(f["evictions"]))
+        console.print(cache)
+    pools_data = data.get("pools") or {}
+    if pools_data:
+        pools = Table(title="memory pools")
+        for col in ("pool", "used / capacity", "blocks", "dedup", "fragmentation"):
+            pools.add_column(col)
+        for pool_id, f in pools_data.items():
+            if "error" in f:
+                pools.add_row(pool_id, f"error: {f['error']}", "", "", "")
+                continue
+            pools.add_row(pool_id, f"{format_bytes(f['used'])} / {format_bytes(f['capacity'])}", str(f["blocks"]),
+                          f"{f['dedup_ratio']:.1f}x", f"{f['fragmentation']:.0%}")
+        console.print(pools)
     if data.get("bottlenecks"):
         console.print(f"[bold]bottlenecks[/] {', '.join(b['type'] for b in data['bottlenecks'].values())}")
 
@@ -177,9 +232,20 @@ def _print_status(data: dict[str, Any], url: str) -> None:
 def _stop_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime-dir", metavar="DIR")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before SIGKILL")
+    p.add_argument("--purge", action="store_true",
+                   help="also remove the namespace's shared-memory segments (see `clean`)")
+    _namespace_args(p)
 
 
 def _stop(args: argparse.Namespace) -> int:
+    code = _stop_service(args)
+    if args.purge:
+        purged = _clean(args)
+        return purged if purged else (0 if code == NOT_RUNNING else code)
+    return code
+
+
+def _stop_service(args: argparse.Namespace) -> int:
     runtime = RuntimeDir(args.runtime_dir)
     record = runtime.running()
     if record is None:
@@ -204,6 +270,39 @@ def _stop(args: argparse.Namespace) -> int:
     how = "killed after the timeout" if forced else "stopped"
     print(f"host service (pid {record.pid}) {how}; every setting it applied is rolled back"
           + (f" ({n} restored from its journal)" if n else ""))
+    return 0
+
+
+# -- clean ----------------------------------------------------------------------------------------------------
+def _namespace_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--namespace", metavar="NS",
+                   help="the namespace whose segments to remove (default: the configured one, `sutazai`)")
+    p.add_argument("--force", action="store_true", help="remove them even while live processes map them")
+
+
+def _clean_args(p: argparse.ArgumentParser) -> None:
+    _namespace_args(p)
+
+
+def _clean(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from .segments import format_bytes, process_name, purge, usage
+
+    namespace = args.namespace or load_config().cache.namespace
+    before = usage().get(namespace)
+    removed, busy = purge(namespace, force=args.force)
+    if busy and not removed:
+        print(f"namespace {namespace}: not removed, live processes map its segments "
+              "(stop them first, or use --force):", file=sys.stderr)
+        for pid, names in sorted(busy.items()):
+            print(f"  pid {pid} ({process_name(pid)}): {', '.join(sorted(names))}", file=sys.stderr)
+        return SEGMENTS_BUSY
+    if not removed:
+        print(f"namespace {namespace}: no segments in /dev/shm")
+        return 0
+    freed = format_bytes(before.resident_bytes) if before else "?"
+    note = f"; {len(busy)} live processes still map them (memory freed when they exit)" if busy else ""
+    print(f"namespace {namespace}: removed {len(removed)} segments ({freed} in use){note}")
     return 0
 
 
@@ -306,6 +405,8 @@ COMMANDS: tuple[_Command, ...] = (
      _status_args, _status),
     ("stop", "stop the host service gracefully and roll back every setting it applied",
      _stop_args, _stop),
+    ("clean", "remove a namespace's shared-memory segments from /dev/shm (refused while processes map them)",
+     _clean_args, _clean),
     ("profile", "profile the host and the registered agents for a while; optionally export a JSON report",
      _profile_args, _profile),
     ("export-stats", "write the host service's (or, if none runs, this host's) figures to a JSON file",

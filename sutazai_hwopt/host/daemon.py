@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -31,14 +32,30 @@ def journal_dir(runtime: RuntimeDir) -> str:
     return str(runtime.path / "journal")
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, *, fallback: int = 0) -> socket.socket:
+    """Listen on ``host:port``; if it is taken, on the next of ``fallback`` ports, then on any free one.
+
+    The configured port is the default (so the dashboard's address stays the same from one deploy to the next);
+    an explicit ``--port`` passes ``fallback=0`` and fails when taken.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
+    candidates = [port]
+    if port and fallback:
+        candidates += [*range(port + 1, min(port + 1 + fallback, 65536)), 0]
+    for i, candidate in enumerate(candidates):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, candidate))
+        except OSError as exc:
+            sock.close()
+            if exc.errno != errno.EADDRINUSE or i == len(candidates) - 1:
+                raise
+            continue
+        sock.listen(128)
+        sock.set_inheritable(True)
+        return sock
+    raise AssertionError("unreachable")
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -60,8 +77,9 @@ async def serve(args: argparse.Namespace) -> int:
     try:
         service.establish_baseline()
         service.apply_mode()
-        sock = _bind(args.host or config.hardware.bind_host, args.port if args.port is not None
-                     else config.hardware.port)
+        host = args.host or config.hardware.bind_host
+        sock = (_bind(host, args.port) if args.port is not None
+                else _bind(host, config.hardware.port, fallback=10))
         host, port = sock.getsockname()[:2]
         server = uvicorn.Server(uvicorn.Config(create_app(service, token), log_level="warning",
                                                lifespan="off", access_log=False))
@@ -133,7 +151,8 @@ def add_daemon_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-dir", metavar="DIR", help="write <component>.log files here")
     p.add_argument("--runtime-dir", metavar="DIR", help="pid/token/endpoint directory (default: per user)")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default: a free one)")
+    p.add_argument("--port", type=int,
+                   help="port (default: hardware.port, 8731, or the next free one when taken)")
     p.add_argument("--enable-all", action="store_true", help="enable every optimization the mode allows")
     p.add_argument("--auto-fix", action="store_true", help="let the eliminator act, not only recommend")
     p.add_argument("--l1-size", type=int, metavar="BYTES", help="L1 cache bytes per process")

@@ -41,6 +41,8 @@ def test_deploy_register_status_metrics_stop(runtime_dir: Path, sleepers: list[s
     assert run.returncode == 0, run.stderr
     assert "dashboard: http://127.0.0.1:" in run.stdout
     rt = RuntimeDir(runtime_dir)
+    curl = next(line.strip() for line in run.stdout.splitlines() if line.strip().startswith("curl "))
+    assert f'-H "Authorization: Bearer $(cat {rt.token_file})"' in curl and curl.endswith("/api/status")
     assert stat.S_IMODE(rt.path.stat().st_mode) == 0o700
     assert stat.S_IMODE(rt.token_file.stat().st_mode) == 0o600
     assert cli("deploy").returncode == 4  # refuses to start twice
@@ -64,7 +66,11 @@ def test_deploy_register_status_metrics_stop(runtime_dir: Path, sleepers: list[s
     data = json.loads(status.stdout)
     assert data["status"]["mode"] == "aggressive"
     assert {a["agent_id"] for a in data["agents"]} == {"agent_000", "agent_001", "agent_002"}
-    assert cli("status").returncode == 0
+    assert "history" not in data and "latest" in data and isinstance(data["shm"], dict)
+    assert isinstance(json.loads(cli("status", "--json", "--history").stdout)["history"], list)
+    table = cli("status")
+    assert table.returncode == 0 and "agent_001" in table.stdout
+    assert max(map(len, table.stdout.splitlines())) <= 80, table.stdout
 
     with urllib.request.urlopen(client.url + "/metrics", timeout=10) as resp:
         families = {f.name: f for f in text_string_to_metric_families(resp.read().decode())}

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                                 reason="needs Debian's chromium and chromium-driver (bootstrap.sh --test)")
 
 
-def test_dashboard_renders_live_data_without_console_errors(runtime_dir: Path,
+def test_dashboard_renders_live_data_without_console_errors(runtime_dir: Path, tmp_path: Path,
                                                             sleepers: list[subprocess.Popen[bytes]]) -> None:
     """The page loads with no console error, every chart draws, and the agent table fills from live data."""
     run = subprocess.run([sys.executable, "-m", "sutazai_hwopt", "deploy"], capture_output=True, text=True,
@@ -36,8 +36,8 @@ def test_dashboard_renders_live_data_without_console_errors(runtime_dir: Path,
     options = Options()
     options.binary_location = CHROMIUM  # type: ignore[assignment]
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,1800"):
-        options.add_argument(arg)
+                "--window-size=1400,1800", f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(arg)   # the profile in tmp_path, not a /tmp/org.chromium.Chromium.* left behind
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
