@@ -296,6 +296,9 @@ class Adaptive:
     is scaled up as if ``peers`` clients behaved like it; without it, every client sees the fast backends idle
     and all of them pile onto those at once. 4 (not the arena's 8 clients) was measured best-or-even for 2, 8
     and 16 clients; it is 1 when host-wide counts are shared (``extra`` then holds the other processes' share).
+    When the backend publishes its own load (:mod:`.reporter`, through the shared table) ``extra`` holds its
+    true in-flight and queued count beyond this client's, and its published slowdown ``pslow`` (recent over
+    long-run service time, when above 2x) replaces the latency factor below.
     Latency-proportional costs herd (every client flees to the same fast backend at once), so latency only
     enters through the capped square-root factor, which moves traffic off a backend that is clearly slower
     than usual (a slowdown or a failing backend). Compared over every admitted backend when there are few
@@ -315,7 +318,9 @@ class Adaptive:
         """The cost this policy minimises (lower is better) for a request of relative cost ``mc``."""
         c = (self.state.peers * b.load + b.extra + mc) / b.weight
         base = b.base
-        if base > 0.0 and b.ewma > 2.0 * base:
+        if b.pslow > 0.0:  # the backend's own word on its service time replaces the latency guess
+            c *= b.pslow
+        elif base > 0.0 and b.ewma > 2.0 * base:
             c *= math.sqrt(b.ewma / (2.0 * base))
         return c
 
@@ -338,7 +343,9 @@ class Adaptive:
                     continue
                 c = (peers * b.load + b.extra + mc) / b.weight
                 base = b.base
-                if base > 0.0 and b.ewma > 2.0 * base:
+                if b.pslow > 0.0:
+                    c *= b.pslow
+                elif base > 0.0 and b.ewma > 2.0 * base:
                     c *= math.sqrt(b.ewma / (2.0 * base))
                 if c < best_c:
                     best, best_c = b, c

@@ -60,7 +60,15 @@ class SharedTable(Protocol):
 
     def add_outstanding(self, service_id: str, delta: int) -> int: ...
 
-    def outstanding_many(self, service_ids: list[str]) -> list[int]: ...
+    def slot(self, service_id: str) -> int: ...
+
+    def refresh_view(self, backends: list[Any]) -> None: ...
+
+    def reporter_live(self, service_id: str) -> bool: ...
+
+    def claim_probe(self, service_id: str, now: float, hold_s: float) -> float: ...
+
+    def release_probe(self, service_id: str) -> None: ...
 
 
 class SelectFn(Protocol):
@@ -173,11 +181,12 @@ class DynamicLoadBalancer:
         self._c.window = self._op.window
         self._c.affinity = cfg.session_affinity
         self._c.shared = shared
+        self._c.words = getattr(shared, "words", None)  # a SharedState: the compiled path reads its slots
+        self._next_live = -_INF  # when the reporters' liveness (pid + start time) is checked next
         self._c.tcost = {rt: TypeCost() for rt in RequestType}
         _give_costs(default, self._c.tcost)
         self._checks_active = False
         self._health: HealthChecker | None = None
-        self._shared_seen = -1  # the table's ejection version this balancer last applied
         self._ejections_total = 0
         if algorithms:
             for rt, algo in algorithms.items():
@@ -210,11 +219,13 @@ class DynamicLoadBalancer:
         """Add a backend. Raises ``AlreadyExistsError`` for a duplicate id (the balancer is left unchanged)."""
         if not isinstance(service, BackendService):
             raise InvalidArgumentError(f"service must be a BackendService, got {type(service).__name__}")
+        slot = self._shared.slot(service.service_id) if self._shared is not None else -1
         with self._lock:
             if service.service_id in self._backends:
                 raise AlreadyExistsError(f"service_id {service.service_id!r} is already registered")
             b = self._draining.pop(service.service_id, None)
             nb = Backend(service, len(self._list))
+            nb.slot = slot
             if b is not None:  # re-registered while old requests drain: keep their in-flight count
                 nb.in_flight = b.in_flight
                 nb.load = b.load
@@ -274,6 +285,9 @@ class DynamicLoadBalancer:
                 if now >= b.ejected_until:
                     if self._checks_active and b.check_fail_run > 0:
                         self._eject(b, now, "active check still failing")
+                    elif (self._shared is not None
+                          and (until := self._shared.claim_probe(b.sid, now, op.base_ejection_s)) > now):
+                        b.ejected_until = until  # another process probes (or re-ejected it): wait for it
                     else:
                         b.state = PROBING
                         b.probes_in_flight = 0
@@ -317,6 +331,10 @@ class DynamicLoadBalancer:
                     if p is not None and st.service_est > 0.0:
                         st.service_est = p + (st.service_est - p) * f ** 0.2  # 5x slower than the EWMA
         self._c.next_decay = now + tau * 0.25
+        if self._shared is not None and now >= self._next_live:
+            self._next_live = now + self.config.health_check_interval_s
+            for b in self._list:  # a dead reporter's figures are dropped within one health interval
+                b.pub_live = self._shared.reporter_live(b.sid)
 
     def _no_backend(self) -> BackendService:
         raise NoBackendAvailableError(self._why_none())
@@ -328,21 +346,18 @@ class DynamicLoadBalancer:
             if entry is None:
                 self._request_type(request_type)
             rt, algo = entry[0], entry[1]  # type: ignore[index]
+            shared = self._shared
+            if shared is not None and shared.version != self._c.shared_seen:
+                # adopted before the refresh: an expired ejection re-published elsewhere is not probed here
+                self._c.shared_seen, ejected = shared.ejections_after(list(self._backends), now)
+                for sid, until in ejected:
+                    self._adopt_ejection(self._backends[sid], until)
             if self._c.dirty or now >= self._c.next_change:
                 self._refresh(now)
             if now >= self._c.next_decay:
                 self._decay(now)
-            shared = self._shared
             if shared is not None:
-                if shared.version != self._shared_seen:
-                    self._shared_seen, ejected = shared.ejections_after(list(self._backends), now)
-                    for sid, until in ejected:
-                        self._adopt_ejection(self._backends[sid], until)
-                    if self._c.dirty:
-                        self._refresh(now)
-                lst = self._list
-                for x, g in zip(lst, shared.outstanding_many([x.sid for x in lst])):
-                    x.extra = g - x.in_flight if g > x.in_flight else 0.0
+                shared.refresh_view(self._list)
             if session_id is not None and self.config.session_affinity and not isinstance(algo, ConsistentHash):
                 if self._hash is None:
                     self._hash = ConsistentHash(fallback=algo)
@@ -493,6 +508,8 @@ class DynamicLoadBalancer:
             if b.state == PROBING and b.probes_in_flight > 0:
                 b.probes_in_flight -= 1
                 self._c.dirty = True
+                if self._shared is not None:
+                    self._shared.release_probe(b.sid)
             if self._c.learn:
                 st = b.stats.get(self._request_type(request_type))
                 b.pending_work = max(0.0, b.pending_work - st.service_est) if st and b.in_flight else 0.0
@@ -509,12 +526,14 @@ class DynamicLoadBalancer:
             if b.probes_in_flight > 0:
                 b.probes_in_flight -= 1
             if failed:
-                self._eject(b, now, "half-open probe failed", force=True)
+                self._eject(b, now, "half-open probe failed", force=True)  # published before the release
             else:
                 b.state = HEALTHY
                 b.recovered_at = now
                 b.reset_window()
                 log.info("backend %s re-admitted after a successful probe", b.sid)
+            if self._shared is not None:
+                self._shared.release_probe(b.sid)
             self._c.dirty = True
             return
         b.record_outcome(1 if failed else 0, op.window, sent)
