@@ -576,6 +576,11 @@ class DynamicLoadBalancer:
         """Eject ``b`` until ``until`` because another process did (under the lock; not re-published)."""
         if b.state == EJECTED and b.ejected_until >= until:
             return
+        now = self._clock()
+        if b.recovered_at and now - b.recovered_at >= self._op.max_ejection_s:
+            b.ejections = 0
+        # Counted as this balancer's own: the back-off grows host-wide, whichever process probes next.
+        b.ejections += 1
         b.state = EJECTED
         b.ejected_until = until
         b.probes_in_flight = 0
