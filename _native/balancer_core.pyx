@@ -160,6 +160,9 @@ cdef class Backend:
     cdef public double weight, ewma, ewma_t, pending_work, ejected_until, recovered_at, swrr_current, base
     cdef public double extra  # requests other processes have in flight here (shared mode), else 0
     cdef public double pslow  # the backend's published slowdown factor (>= 1), 0 without a fresh report
+    cdef public double pworkers  # the requests it serves in parallel, by its own word (0: unknown)
+    cdef public double xwork  # cost-weighted work other processes have in flight here (shared mode), else 0
+    cdef public long long work_sh  # the work (x WORK_SCALE) this process added to the shared slot
     cdef public long long slot  # word index of its slot in the shared table, -1 without one
     cdef public bint pub_live  # a live reporter publishes this backend's load (checked by the shell)
     cdef public double load  # this client's in-flight requests here weighted by their type's cost
@@ -180,6 +183,9 @@ cdef class Backend:
         self.base = 0.0
         self.extra = 0.0
         self.pslow = 0.0
+        self.pworkers = 0.0
+        self.xwork = 0.0
+        self.work_sh = 0
         self.slot = -1
         self.pub_live = False
         self.pending_work = 0.0
@@ -346,19 +352,52 @@ cdef inline bint _slot_ok(AtomicWords w, long long slot):
 
 
 cdef void _view_one(Backend b, AtomicWords w):
-    """Fill ``b.extra`` (what others have in flight there) and ``b.pslow`` from the shared slot of ``b``."""
+    """Fill ``b.extra`` / ``b.xwork`` (what others have in flight there, as a count and as cost-weighted work)
+    and, from a live reporter, ``b.pslow`` and ``b.pworkers``, from the shared slot of ``b``."""
     cdef long long *p = w._base + b.slot
     cdef long long g = hwopt_atomic_load(p + S_OUT), pub, fast, base
+    cdef double xw = <double>(hwopt_atomic_load(p + S_WORK) - b.work_sh) / WORK_SCALE
+    if xw < 0.0:
+        xw = 0.0
     if b.pub_live:
         pub = hwopt_atomic_load(p + S_INFL) + hwopt_atomic_load(p + S_QUEUE)
-        if pub > g:  # the backend's own count also holds requests of clients without this table
+        if pub > g:  # requests of clients without this table: counted by the backend only, at unit cost
+            xw += pub - g
             g = pub
         fast = hwopt_atomic_load(p + S_SVC)
         base = hwopt_atomic_load(p + S_SVC_BASE)
         b.pslow = <double>fast / base if base > 0 and fast > 2 * base else 1.0
+        b.pworkers = <double>hwopt_atomic_load(p + S_WORKERS)
     else:
         b.pslow = 0.0
+        b.pworkers = 0.0
     b.extra = <double>(g - b.in_flight) if g > b.in_flight else 0.0
+    b.xwork = xw
+
+
+cpdef void shared_begin(Backend b, AtomicWords w, double cost):
+    """Count one request of ``cost`` selected on ``b`` in its shared slot (outstanding count and work)."""
+    cdef long long *p
+    cdef long long d
+    if _slot_ok(w, b.slot):
+        p = w._base + b.slot
+        d = <long long>(cost * WORK_SCALE + 0.5)
+        hwopt_atomic_add(p + S_OUT, 1)
+        hwopt_atomic_add(p + S_WORK, d)
+        b.work_sh += d
+
+
+cpdef void shared_end(Backend b, AtomicWords w):
+    """Remove one ended request of ``b`` (``in_flight`` already decremented) from its shared slot: its share
+    of the work this process added, all of it when none is left in flight, so the sums stay exact."""
+    cdef long long *p
+    cdef long long d
+    if _slot_ok(w, b.slot):
+        p = w._base + b.slot
+        d = b.work_sh if b.in_flight <= 0 else b.work_sh // (b.in_flight + 1)
+        hwopt_atomic_add(p + S_OUT, -1)
+        hwopt_atomic_add(p + S_WORK, -d)
+        b.work_sh -= d
 
 
 cdef inline void _view(Backend b, AtomicWords w):
@@ -376,7 +415,12 @@ cpdef void shared_view(list backends, AtomicWords words):
 
 
 cdef inline double adaptive_cost(Backend b, double peers, double mc):
-    cdef double c = (peers * b.load + b.extra + mc) / b.weight
+    cdef double n = peers * b.load + b.xwork
+    if b.pworkers > 1.0:  # by the backend's word, that many are served at once: the rest wait
+        n = n + 1.0 - b.pworkers
+        if n < 0.0:
+            n = 0.0
+    cdef double c = (n + mc) / b.weight
     if b.pslow > 0.0:  # the backend's own word on its service time replaces the latency guess
         c *= b.pslow
     elif b.base > 0.0 and b.ewma > 2.0 * b.base:
@@ -554,8 +598,8 @@ cdef class Core:
         cdef Backend bb = <Backend>b
         bb.in_flight += 1
         bb.load += tc.cost
-        if w is not None and bb.slot >= 0 and bb.slot + SLOT_WORDS <= w.nwords:
-            hwopt_atomic_add(w._base + bb.slot + S_OUT, 1)
+        if w is not None:
+            shared_begin(bb, w, tc.cost)
         return bb.service
 
     def record(self, service_id, double latency_s, success, request_type=None):
@@ -576,8 +620,8 @@ cdef class Core:
             return self.record_slow(service_id, latency_s, success, request_type, now)
         rt = (<tuple>entry)[0]
         bb.in_flight -= 1
-        if self.shared is not None and bb.slot >= 0 and bb.slot + SLOT_WORDS <= w.nwords:
-            hwopt_atomic_add(w._base + bb.slot + S_OUT, -1)
+        if self.shared is not None:
+            shared_end(bb, w)
         cdef TypeCost tc = <TypeCost>self.tcost[rt]
         bb.end_load(tc.cost)
         tc.learn(latency_s, bb.weight)
@@ -610,7 +654,8 @@ cdef class ReporterCore:
     """The request-path bookkeeping of one reporting backend: counts and service-time EWMAs in its slot.
 
     ``begin()`` counts a request in flight and returns its start (monotonic ns); ``done(start, ok)`` ends it:
-    a success folds its service time into the fast (1/8) and slow (1/512) EWMAs, a failure counts in the
+    a success folds its service time into the fast (1/8) and slow (1/512) EWMAs (plain means until that many
+    successes), a failure counts in the
     failure words and leaves the service time alone (a fast error answer is not a fast backend).
     ``serving()`` is the same pair as a context manager (an exception inside counts as a failure).
     """
@@ -633,22 +678,21 @@ cdef class ReporterCore:
         return self._p
 
     cdef inline void _end(self, long long *p, long long ns, bint ok) noexcept nogil:
-        cdef long long fast, base
+        cdef long long fast, base, n
         hwopt_atomic_add(p + S_INFL, -1)
-        hwopt_atomic_add(p + S_DONE, 1)
+        n = hwopt_atomic_add(p + S_DONE, 1) - hwopt_atomic_load(p + S_FAILS)  # successes, this one included
         if ok:
             if ns < 1:
                 ns = 1
             fast = hwopt_atomic_load(p + S_SVC)
             base = hwopt_atomic_load(p + S_SVC_BASE)
-            if fast <= 0:
+            # plain means over the first samples, then EWMAs: the first sample alone is no baseline
+            if fast <= 0 or n <= 1:
                 fast = ns
-            else:
-                fast += (ns - fast) // 8
-            if base <= 0:
                 base = ns
             else:
-                base += (ns - base) // 512
+                fast += (ns - fast) // (n if n < 8 else 8)
+                base += (ns - base) // (n if n < 512 else 512)
             hwopt_atomic_store(p + S_SVC, fast)
             hwopt_atomic_store(p + S_SVC_BASE, base)
             if hwopt_atomic_load(p + S_FAIL_RUN) != 0:

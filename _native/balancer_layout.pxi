@@ -24,10 +24,13 @@ cdef enum:
     S_FAILS = 11          # reporter: requests that failed
     S_FAIL_RUN = 12       # reporter: consecutive failures (0 after a success)
     S_WORKERS = 13        # reporter: requests it serves in parallel (service rate = workers / S_SVC)
+    S_WORK = 14           # clients: their in-flight requests here weighted by type cost, x WORK_SCALE, summed
+    WORK_SCALE = 1024
 
 #: name -> value of every constant above (the Python side's single source).
 SHARED_LAYOUT = {"LAYOUT_VERSION": LAYOUT_VERSION, "HEADER_WORDS": HEADER_WORDS, "H_VERSION": H_VERSION,
                  "SLOT_WORDS": SLOT_WORDS, "S_HASH": S_HASH, "S_EJECT": S_EJECT, "S_OUT": S_OUT,
                  "S_PROBE": S_PROBE, "S_PID": S_PID, "S_START": S_START, "S_INFL": S_INFL, "S_QUEUE": S_QUEUE,
                  "S_SVC": S_SVC, "S_SVC_BASE": S_SVC_BASE, "S_DONE": S_DONE, "S_FAILS": S_FAILS,
-                 "S_FAIL_RUN": S_FAIL_RUN, "S_WORKERS": S_WORKERS}
+                 "S_FAIL_RUN": S_FAIL_RUN, "S_WORKERS": S_WORKERS, "S_WORK": S_WORK,
+                 "WORK_SCALE": WORK_SCALE}

@@ -67,6 +67,9 @@ class Backend:
     base: float
     extra: float
     pslow: float
+    pworkers: float
+    xwork: float
+    work_sh: int
     slot: int
     pub_live: bool
     max_conn: int
@@ -97,6 +100,8 @@ class Backend:
 def native_select(code: int, st: Rotor, cands: list[Any], mc: float = ...,
                   words: AtomicWords | None = ...) -> Any: ...
 def shared_view(backends: list[Any], words: AtomicWords) -> None: ...
+def shared_begin(b: Backend, w: AtomicWords, cost: float) -> None: ...
+def shared_end(b: Backend, w: AtomicWords) -> None: ...
 
 @disjoint_base
 class Core:

@@ -58,7 +58,9 @@ class SharedTable(Protocol):
 
     def publish_ejection(self, service_id: str, until: float) -> None: ...
 
-    def add_outstanding(self, service_id: str, delta: int) -> int: ...
+    def begin_request(self, backend: Backend, cost: float) -> None: ...
+
+    def end_request(self, backend: Backend) -> None: ...
 
     def slot(self, service_id: str) -> int: ...
 
@@ -377,7 +379,7 @@ class DynamicLoadBalancer:
                 if st is not None:
                     b.pending_work += st.service_est
             if self._shared is not None:
-                self._shared.add_outstanding(b.sid, 1)
+                self._shared.begin_request(b, self._c.tcost[rt].cost)
             return b.service
 
     def _why_none(self) -> str:
@@ -464,7 +466,7 @@ class DynamicLoadBalancer:
             tc = self._c.tcost[rt]
             b.end_load(tc.cost)
             if self._shared is not None:
-                self._shared.add_outstanding(b.sid, -1)
+                self._shared.end_request(b)
             st = b.stats.get(rt)
             if st is None:
                 st = b.type_stats(rt)
@@ -504,7 +506,7 @@ class DynamicLoadBalancer:
             b.in_flight -= 1
             b.end_load(self._c.tcost[self._request_type(request_type)].cost)
             if self._shared is not None:
-                self._shared.add_outstanding(b.sid, -1)
+                self._shared.end_request(b)
             if b.state == PROBING and b.probes_in_flight > 0:
                 b.probes_in_flight -= 1
                 self._c.dirty = True

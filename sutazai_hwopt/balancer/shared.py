@@ -10,7 +10,8 @@ on the request path and a killed process cannot leave a lock behind::
     slot s (words 8+16s .. 8+16s+15): id hash (0 = free), ejected-until (ns of the balancers' clock),
         outstanding requests summed over the balancer processes, probe claimed until (ns), and the
         reporter's words: pid, process start time, in flight, queued, service time EWMA fast / slow (ns),
-        completed, failed, consecutive failures, workers; 2 reserved
+        completed, failed, consecutive failures, workers; then the balancers' outstanding work (requests
+        weighted by their type's learned cost, x 1024); 1 reserved
 
 The word offsets are defined once, in ``_native/balancer_layout.pxi`` (exposed as ``SHARED_LAYOUT``).
 
@@ -39,7 +40,7 @@ import fcntl
 from collections.abc import Iterable
 from typing import Any
 
-from .._native.balancer_core import SHARED_LAYOUT, AtomicWords, shared_view
+from .._native.balancer_core import SHARED_LAYOUT, AtomicWords, Backend, shared_begin, shared_end, shared_view
 from ..errors import IncompatibleLayoutError, InvalidArgumentError, PoolExhaustedError
 from ..logs import get_logger
 from ..procid import is_same_process
@@ -289,5 +290,13 @@ class SharedState:
         return {name: self._words.load(base + off) for name, off in _FIGURES.items()}
 
     def refresh_view(self, backends: list[Any]) -> None:
-        """Fill each backend's ``extra`` (others' requests in flight there) and ``pslow`` from its slot."""
+        """Fill each backend's host-wide view (``extra``, ``xwork``, ``pslow``, ``pworkers``) from its slot."""
         shared_view(backends, self._words)
+
+    def begin_request(self, backend: Backend, cost: float) -> None:
+        """Count one request of relative ``cost`` selected on ``backend`` (its ``slot`` set) host-wide."""
+        shared_begin(backend, self._words, cost)
+
+    def end_request(self, backend: Backend) -> None:
+        """Remove one ended request of ``backend`` (``in_flight`` already decremented) from the host-wide sums."""
+        shared_end(backend, self._words)

@@ -74,7 +74,7 @@ def test_reporter_counts_and_service_time(table: SharedState) -> None:
     assert (p["infl"], p["queue"], p["done"], p["fails"], p["fail_run"]) == (0, 0, 3, 1, 1)
     assert p["svc"] > 0 and p["svc_base"] > 0
     # measured service times: a 5x slowdown shows in the fast EWMA, not yet in the slow one
-    for _ in range(3):
+    for _ in range(600):  # past the plain-mean start of the slow EWMA
         rep.core.enter()
         rep.core.exit(0.010, True)
     t = table.published("a")
@@ -84,7 +84,7 @@ def test_reporter_counts_and_service_time(table: SharedState) -> None:
         rep.core.enter()
         rep.core.exit(0.050, True)
     t = table.published("a")
-    assert t is not None and t["svc"] > 2 * t["svc_base"] and t["svc_base"] < 2 * max(base, 10_000_000)
+    assert t is not None and t["svc"] > 2 * t["svc_base"] and t["svc_base"] < 2 * base
     rep.close()
     assert table.published("a") is None and not table.reporter_live("a")
 
@@ -369,11 +369,11 @@ def _remote_balancer(name: str, conn: Connection) -> None:
 
 
 def test_spawned_balancer_sees_the_same_figures(table: SharedState) -> None:
-    rep = Reporter(table, "b", workers=4)
+    rep = Reporter(table, "b", workers=2)
     for _ in range(20):
         rep.core.enter()
         rep.core.exit(0.02, True)
-    for _ in range(3):
+    for _ in range(4):
         rep.core.enter()
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -384,8 +384,9 @@ def test_spawned_balancer_sees_the_same_figures(table: SharedState) -> None:
         published, picks = parent.recv()
         p.join(DEADLINE_S)
         assert p.exitcode == 0
-        assert published == table.published("b") and published["infl"] == 3 and published["workers"] == 4
-        assert picks == ["a", "a", "a"]  # b carries 3 by its own word: a's cost stays lower for 3 picks
+        assert published == table.published("b") and published["infl"] == 4 and published["workers"] == 2
+        # b has 4 in flight on 2 workers by its own word (3 ahead of a new request): a is cheaper 3 times
+        assert picks == ["a", "a", "a"]
         assert table.outstanding("a") == 0
     finally:
         rep.close()
