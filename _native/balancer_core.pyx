@@ -163,6 +163,7 @@ cdef class Backend:
     cdef public double pworkers  # the requests it serves in parallel, by its own word (0: unknown)
     cdef public double xwork  # cost-weighted work other processes have in flight here (shared mode), else 0
     cdef public long long work_sh  # the work (x WORK_SCALE) this process added to the shared slot
+    cdef public long long pfail_run  # consecutive failures by the backend's own word (0 without a report)
     cdef public long long slot  # word index of its slot in the shared table, -1 without one
     cdef public bint pub_live  # a live reporter publishes this backend's load (checked by the shell)
     cdef public double load  # this client's in-flight requests here weighted by their type's cost
@@ -186,6 +187,7 @@ cdef class Backend:
         self.pworkers = 0.0
         self.xwork = 0.0
         self.work_sh = 0
+        self.pfail_run = 0
         self.slot = -1
         self.pub_live = False
         self.pending_work = 0.0
@@ -368,9 +370,11 @@ cdef void _view_one(Backend b, AtomicWords w):
         base = hwopt_atomic_load(p + S_SVC_BASE)
         b.pslow = <double>fast / base if base > 0 and fast > 2 * base else 1.0
         b.pworkers = <double>hwopt_atomic_load(p + S_WORKERS)
+        b.pfail_run = hwopt_atomic_load(p + S_FAIL_RUN)
     else:
         b.pslow = 0.0
         b.pworkers = 0.0
+        b.pfail_run = 0
     b.extra = <double>(g - b.in_flight) if g > b.in_flight else 0.0
     b.xwork = xw
 
@@ -540,6 +544,7 @@ cdef class Core:
     cdef public dict route, backends, tcost
     cdef public object clock, shared, default_rt, locked
     cdef public AtomicWords words  # the shared table's words (None: no table, or not a SharedState)
+    cdef public long long fail_k  # a backend reporting this many consecutive failures goes to the shell
     cdef public long long shared_seen  # the table's ejection version the shell last applied
     cdef public Py_ssize_t window
     cdef readonly list waiters
@@ -569,6 +574,7 @@ cdef class Core:
         self.shared = None
         self.words = None
         self.shared_seen = -1
+        self.fail_k = 2
         self.tcost = {}
 
     def select(self, request_type=None, session_id=None):
@@ -596,6 +602,8 @@ cdef class Core:
         if b is None:
             return self.no_backend()
         cdef Backend bb = <Backend>b
+        if bb.pfail_run >= self.fail_k and w is not None:  # it says it is failing: the shell ejects it
+            return self.select_slow(request_type, session_id, now)
         bb.in_flight += 1
         bb.load += tc.cost
         if w is not None:

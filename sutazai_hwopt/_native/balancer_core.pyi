@@ -70,6 +70,7 @@ class Backend:
     pworkers: float
     xwork: float
     work_sh: int
+    pfail_run: int
     slot: int
     pub_live: bool
     max_conn: int
@@ -120,6 +121,7 @@ class Core:
     shared: Any
     words: AtomicWords | None
     shared_seen: int
+    fail_k: int
     default_rt: Any
     locked: Any
     window: int

@@ -184,6 +184,7 @@ class DynamicLoadBalancer:
         self._c.affinity = cfg.session_affinity
         self._c.shared = shared
         self._c.words = getattr(shared, "words", None)  # a SharedState: the compiled path reads its slots
+        self._c.fail_k = cfg.consecutive_failures
         self._next_live = -_INF  # when the reporters' liveness (pid + start time) is checked next
         self._c.tcost = {rt: TypeCost() for rt in RequestType}
         _give_costs(default, self._c.tcost)
@@ -360,6 +361,12 @@ class DynamicLoadBalancer:
                 self._decay(now)
             if shared is not None:
                 shared.refresh_view(self._list)
+                k = self._op.consecutive_failures
+                for x in self._c.cands:  # the backend's own word: it failed k times in a row, whoever sent
+                    if x.pfail_run >= k and x.state == HEALTHY:
+                        self._eject(x, now, f"it reports {x.pfail_run} consecutive failures")
+                if self._c.dirty:
+                    self._refresh(now)
             if session_id is not None and self.config.session_affinity and not isinstance(algo, ConsistentHash):
                 if self._hash is None:
                     self._hash = ConsistentHash(fallback=algo)

@@ -436,3 +436,25 @@ def test_long_outage_real_requests_bounded() -> None:
     assert sent <= bound, (sent, bound)
     unshared, _ = _outage(shared=False)
     assert unshared > sent
+
+
+def test_backend_reporting_failures_is_ejected_host_wide(table: SharedState) -> None:
+    """A backend whose own reporter counts consecutive failures is ejected (and published) before this
+    balancer sends it a request; a success it reports later lets the half-open probe re-admit it."""
+    clock = FakeClock()
+    lbs = [DynamicLoadBalancer(seed=s, shared=table, clock=clock) for s in (1, 2)]
+    for lb in lbs:
+        for sid in ("a", "b", "c"):
+            lb.register_service(BackendService(service_id=sid, port=8001))
+    rep = Reporter(table, "b")
+    for lb in lbs:  # warm up both (fast path engaged), b included
+        for _ in range(6):
+            lb.record_result(lb.select_backend_sync().service_id, 0.001, True)
+    for _ in range(2):  # b fails for someone else (a client outside this table)
+        rep.core.enter()
+        rep.core.exit(0.001, False)
+    picks = [lb.select_backend_sync().service_id for lb in lbs for _ in range(10)]
+    assert "b" not in picks
+    assert [lb.state_of("b") for lb in lbs] == ["ejected", "ejected"]
+    assert table.ejected_until("b") > clock()
+    rep.close()
