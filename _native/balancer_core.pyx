@@ -6,15 +6,20 @@
 # Algorithms (all cited in sutazai_hwopt/balancer/algorithms.py): round-robin, weighted least-outstanding,
 # power of two choices (Mitzenmacher 2001) and the adaptive cost; the sketch is DDSketch's logarithmic
 # mapping (Masson, Rim, Lee, VLDB 2019, section 2). The Python shell (balancer.py) keeps every rare path
-# (ejection, refresh, waiters, shared state, session hashing, user algorithms); ``Core`` hands those cases to
-# the callables the shell gave it (its written contract, in its docstring) and never sees the shell itself.
-# Backend states and algorithm codes are defined once, in balancer_codes.pxi.
+# (ejection, refresh, waiters, newly published ejections and probes, session hashing, user algorithms);
+# ``Core`` hands those cases to the callables the shell gave it (its written contract, in its docstring) and
+# never sees the shell itself. With a shared table (balancer/shared.py) the common path reads and updates the
+# compared backends' slots here; the backend side's bookkeeping (``ReporterCore``) is at the end of the file.
+# Backend states and algorithm codes are defined once, in balancer_codes.pxi; the table's layout in
+# balancer_layout.pxi.
 #
 # Concurrency: the fast paths run under the GIL without calling Python code between reading and writing a
 # backend's counters (the clock is read first), so they are atomic with respect to other Python threads and
 # need no lock of their own; every path that calls back into Python takes the shell's lock as before.
 
+cimport cython
 from libc.math cimport ceil, exp, log, sqrt
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 include "balancer_codes.pxi"
 include "balancer_layout.pxi"
@@ -647,10 +652,6 @@ cdef class Core:
 # ---------------------------------------------------------------------------------------------------------
 # Backend side: a serving process publishes its own load into its slot (sutazai_hwopt/balancer/reporter.py
 # owns registration and the public API). Only atomic adds and stores of this process's own slot; no lock.
-
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
-cimport cython
-
 
 cdef inline long long _mono_ns() noexcept nogil:
     cdef timespec ts
