@@ -232,6 +232,7 @@ class DynamicLoadBalancer:
             if b is not None:  # re-registered while old requests drain: keep their in-flight count
                 nb.in_flight = b.in_flight
                 nb.load = b.load
+                nb.work_sh = b.work_sh  # what this process still owes the shared work sum
             self._backends[service.service_id] = nb
             self._list.append(nb)
             self._c.dirty = True

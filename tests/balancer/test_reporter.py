@@ -458,3 +458,38 @@ def test_backend_reporting_failures_is_ejected_host_wide(table: SharedState) -> 
     assert [lb.state_of("b") for lb in lbs] == ["ejected", "ejected"]
     assert table.ejected_until("b") > clock()
     rep.close()
+
+
+def test_shared_work_sums_return_to_zero(table: SharedState) -> None:
+    """Cost-weighted work added by several balancers (types of different learned cost, costs changing on the
+    decay tick, releases, a deregistered backend draining and re-registered) comes back out exactly."""
+    import random
+
+    clock = FakeClock()
+    lbs = [DynamicLoadBalancer(seed=s, shared=table, clock=clock) for s in (1, 2)]
+    for lb in lbs:
+        for sid in ("a", "b", "c"):
+            lb.register_service(BackendService(service_id=sid, port=8001))
+    rng = random.Random(4)
+    held: list[tuple[DynamicLoadBalancer, str, RequestType]] = []
+    for step in range(400):
+        lb = lbs[rng.randrange(2)]
+        rt = RequestType.COMPUTE_HEAVY if rng.random() < 0.3 else RequestType.DEFAULT
+        held.append((lb, lb.select_backend_sync(rt).service_id, rt))
+        if step == 150:
+            lbs[0].deregister_service("b")
+        if step == 200:
+            lbs[0].register_service(BackendService(service_id="b", port=8001))
+        while held and rng.random() < 0.45:
+            lb2, sid, rt2 = held.pop(rng.randrange(len(held)))
+            if rng.random() < 0.2:
+                lb2.release(sid, rt2)
+            else:
+                lb2.record_result(sid, 0.05 if rt2 is RequestType.COMPUTE_HEAVY else 0.005, True, rt2)
+        clock.advance(0.01)
+    work = balancer_core.SHARED_LAYOUT["S_WORK"]
+    assert any(table.words.load(table.slot(s) + work) > 0 for s in "abc")
+    for lb2, sid, rt2 in held:
+        lb2.record_result(sid, 0.005, True, rt2)
+    assert [table.outstanding(s) for s in "abc"] == [0, 0, 0]
+    assert [table.words.load(table.slot(s) + work) for s in "abc"] == [0, 0, 0]
