@@ -733,20 +733,21 @@ cdef class ReporterCore:
 
     def serving(self):
         """``with core.serving(): ...`` counts the block as one request (an exception: a failure)."""
-        return _Serving(self)
+        cdef _Serving cm = _Serving.__new__(_Serving)  # no argument parsing: tp_new of a free-listed type
+        cm.core = self
+        return cm
 
     def queued(self):
         """``with core.queued(): ...`` counts the block as one request waiting in the backend's queue."""
-        return _Queued(self)
+        cdef _Queued cm = _Queued.__new__(_Queued)
+        cm.core = self
+        return cm
 
 
 @cython.freelist(64)
 cdef class _Serving:
     cdef ReporterCore core
     cdef long long t0
-
-    def __cinit__(self, ReporterCore core):
-        self.core = core
 
     def __enter__(self):
         hwopt_atomic_add(self.core._ptr() + S_INFL, 1)
@@ -761,9 +762,6 @@ cdef class _Serving:
 @cython.freelist(64)
 cdef class _Queued:
     cdef ReporterCore core
-
-    def __cinit__(self, ReporterCore core):
-        self.core = core
 
     def __enter__(self):
         hwopt_atomic_add(self.core._ptr() + S_QUEUE, 1)
