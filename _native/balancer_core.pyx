@@ -6,17 +6,23 @@
 # Algorithms (all cited in sutazai_hwopt/balancer/algorithms.py): round-robin, weighted least-outstanding,
 # power of two choices (Mitzenmacher 2001) and the adaptive cost; the sketch is DDSketch's logarithmic
 # mapping (Masson, Rim, Lee, VLDB 2019, section 2). The Python shell (balancer.py) keeps every rare path
-# (ejection, refresh, waiters, shared state, session hashing, user algorithms); ``Core`` hands those cases to
-# the callables the shell gave it (its written contract, in its docstring) and never sees the shell itself.
-# Backend states and algorithm codes are defined once, in balancer_codes.pxi.
+# (ejection, refresh, waiters, newly published ejections and probes, session hashing, user algorithms);
+# ``Core`` hands those cases to the callables the shell gave it (its written contract, in its docstring) and
+# never sees the shell itself. With a shared table (balancer/shared.py) the common path reads and updates the
+# compared backends' slots here; the backend side's bookkeeping (``ReporterCore``) is at the end of the file.
+# Backend states and algorithm codes are defined once, in balancer_codes.pxi; the table's layout in
+# balancer_layout.pxi.
 #
 # Concurrency: the fast paths run under the GIL without calling Python code between reading and writing a
 # backend's counters (the clock is read first), so they are atomic with respect to other Python threads and
 # need no lock of their own; every path that calls back into Python takes the shell's lock as before.
 
+cimport cython
 from libc.math cimport ceil, exp, log, sqrt
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 include "balancer_codes.pxi"
+include "balancer_layout.pxi"
 
 cdef double _INF = float("inf")
 
@@ -158,6 +164,13 @@ cdef class Backend:
     cdef public object service, sid, stats, ring
     cdef public double weight, ewma, ewma_t, pending_work, ejected_until, recovered_at, swrr_current, base
     cdef public double extra  # requests other processes have in flight here (shared mode), else 0
+    cdef public double pslow  # the backend's published slowdown factor (>= 1), 0 without a fresh report
+    cdef public double pworkers  # the requests it serves in parallel, by its own word (0: unknown)
+    cdef public double xwork  # cost-weighted work other processes have in flight here (shared mode), else 0
+    cdef public long long work_sh  # the work (x WORK_SCALE) this process added to the shared slot
+    cdef public long long pfail_run  # consecutive failures by the backend's own word (0 without a report)
+    cdef public long long slot  # word index of its slot in the shared table, -1 without one
+    cdef public bint pub_live  # a live reporter publishes this backend's load (checked by the shell)
     cdef public double load  # this client's in-flight requests here weighted by their type's cost
     cdef public double streak_sent  # send time of the first failed request of the current failure streak
     cdef public long long max_conn, in_flight, state, ejections, total_ejections, probes_in_flight
@@ -175,6 +188,13 @@ cdef class Backend:
         self.ewma_t = 0.0
         self.base = 0.0
         self.extra = 0.0
+        self.pslow = 0.0
+        self.pworkers = 0.0
+        self.xwork = 0.0
+        self.work_sh = 0
+        self.pfail_run = 0
+        self.slot = -1
+        self.pub_live = False
         self.pending_work = 0.0
         self.state = HEALTHY
         self.ejected_until = 0.0
@@ -262,195 +282,9 @@ cdef class Backend:
         self.consecutive = 0
 
 
-cdef inline double adaptive_cost(Backend b, double peers, double mc):
-    cdef double c = (peers * b.load + b.extra + mc) / b.weight
-    if b.base > 0.0 and b.ewma > 2.0 * b.base:
-        c *= sqrt(b.ewma / (2.0 * b.base))
-    return c
-
-
-cdef Backend least_loaded(list cands, long long start):
-    cdef Backend best = None, b
-    cdef double best_load = _INF, load
-    cdef Py_ssize_t n = len(cands), k
-    for k in range(n):
-        b = <Backend>cands[(start + k) % n]
-        if b.in_flight < b.max_conn:
-            load = (b.in_flight + b.extra + 1) / b.weight
-            if load < best_load:
-                best = b
-                best_load = load
-    return best
-
-
-cpdef object native_select(int code, Rotor st, list cands, double mc=1.0):
-    """The compiled ``select`` of algorithm ``code`` (same result as its Python twin), or None if all full."""
-    cdef Py_ssize_t n = len(cands), k, i, j
-    cdef Backend b, a, best = None
-    cdef double c, best_c = _INF
-    cdef long long start
-    if n == 0:
-        return None
-    if code == ALG_ADAPTIVE:
-        if n <= st.scan_limit:
-            st.i += 1
-            start = <long long>(<double>st.rand() * n)  # random scan start: ties fall randomly (no herding)
-            for k in range(n):
-                b = <Backend>cands[(start + k) % n]
-                if b.in_flight >= b.max_conn:
-                    continue
-                c = adaptive_cost(b, st.peers, mc)
-                if c < best_c:
-                    best = b
-                    best_c = c
-            return best
-        for k in range(st.d):
-            b = <Backend>cands[<Py_ssize_t>(<double>st.rand() * n)]
-            if b.in_flight >= b.max_conn:
-                continue
-            c = adaptive_cost(b, st.peers, mc)
-            if c < best_c:
-                best = b
-                best_c = c
-        return best if best is not None else least_loaded(cands, 0)
-    if code == ALG_RR:
-        for k in range(n):
-            i = st.i % n
-            st.i = i + 1
-            b = <Backend>cands[i]
-            if b.in_flight < b.max_conn:
-                return b
-        return None
-    if code == ALG_LC:
-        st.i += 1
-        return least_loaded(cands, st.i)
-    if code == ALG_P2C:
-        i = <Py_ssize_t>(<double>st.rand() * n)
-        if n == 1:
-            a = b = <Backend>cands[i]
-        else:
-            j = <Py_ssize_t>(<double>st.rand() * (n - 1))
-            if j >= i:
-                j += 1
-            a = <Backend>cands[i]
-            b = <Backend>cands[j]
-        if a.in_flight < a.max_conn and b.in_flight < b.max_conn:
-            return a if (a.in_flight + a.extra + 1) / a.weight <= (b.in_flight + b.extra + 1) / b.weight else b
-        if a.in_flight < a.max_conn:
-            return a
-        if b.in_flight < b.max_conn:
-            return b
-        return least_loaded(cands, 0)
-    raise ValueError(f"unknown native algorithm code {code}")
-
-
-cdef class Core:
-    """Fast select + record of one balancer; anything unusual is handed to the Python shell's callables.
-
-    The contract, all given at construction (the core never holds the balancer object):
-
-    * ``clock()`` -> monotonic seconds;
-    * ``route``: request type -> ``(canonical type, algorithm, code, Rotor)`` and ``backends``: service id ->
-      ``Backend``, the shell's own dicts, read here, changed only by the shell under its lock;
-    * ``default_rt``: the request type of a call that names none; ``locked()``: the shell holds its lock;
-    * ``waiters``: the shell's list of waiting async callers (mutated in place, never rebound): when it is not
-      empty after a result, ``wake()`` is called;
-    * ``select_slow(request_type, session_id, now)`` and ``record_slow(service_id, latency_s, success,
-      request_type, now or None)``: the complete Python paths; ``no_backend()`` raises the shell's error.
-
-    The shell writes the flags (``dirty``, ``learn``, ``affinity``, ``probing``, ``next_change``,
-    ``next_decay``), ``cands``, ``tcost``, ``shared``, ``tau`` and ``window``; the core only reads them.
-    """
-
-    cdef public bint dirty, learn, affinity, probing
-    cdef public double next_change, next_decay, tau
-    cdef public list cands
-    cdef public dict route, backends, tcost
-    cdef public object clock, shared, default_rt, locked
-    cdef public Py_ssize_t window
-    cdef readonly list waiters
-    cdef readonly object select_slow, record_slow, no_backend, wake
-
-    def __init__(self, clock, dict route, dict backends, default_rt, locked, list waiters, *,
-                 select_slow, record_slow, no_backend, wake):
-        self.clock = clock
-        self.route = route
-        self.backends = backends
-        self.default_rt = default_rt
-        self.locked = locked
-        self.waiters = waiters
-        self.select_slow = select_slow
-        self.record_slow = record_slow
-        self.no_backend = no_backend
-        self.wake = wake
-        self.probing = False
-        self.cands = []
-        self.dirty = True
-        self.learn = False
-        self.affinity = True
-        self.next_change = _INF
-        self.next_decay = 0.0
-        self.tau = 1.0
-        self.window = 32
-        self.shared = None
-        self.tcost = {}
-
-    def select(self, request_type=None, session_id=None):
-        """Fast path of ``select_backend_sync``: built-in algorithm, nothing due, no session, no sharing."""
-        cdef double now = self.clock()
-        if request_type is None:
-            request_type = self.default_rt
-        entry = self.route.get(request_type)
-        if (entry is None or self.dirty or now >= self.next_change or now >= self.next_decay
-                or self.shared is not None or self.learn or self.probing
-                or (session_id is not None and self.affinity) or self.locked()):
-            return self.select_slow(request_type, session_id, now)
-        cdef tuple e = <tuple>entry
-        cdef int code = e[2]
-        if code == ALG_PY:
-            return self.select_slow(request_type, session_id, now)
-        cdef TypeCost tc = <TypeCost>self.tcost[e[0]]
-        b = native_select(code, <Rotor>e[3], self.cands, tc.cost)
-        if b is None:
-            return self.no_backend()
-        cdef Backend bb = <Backend>b
-        bb.in_flight += 1
-        bb.load += tc.cost
-        return bb.service
-
-    def record(self, service_id, double latency_s, success, request_type=None):
-        """Fast path of ``record_result``: a healthy backend, nothing shared or learned."""
-        if not (0.0 <= latency_s < _INF) or self.shared is not None or self.learn:
-            return self.record_slow(service_id, latency_s, success, request_type, None)
-        if request_type is None:
-            request_type = self.default_rt
-        cdef double now = self.clock()  # first: user code may switch threads, nothing below does
-        entry = self.route.get(request_type)
-        b = self.backends.get(service_id)
-        if entry is None or b is None or not success:
-            return self.record_slow(service_id, latency_s, success, request_type, now)
-        cdef Backend bb = <Backend>b
-        if bb.in_flight <= 0 or bb.state != HEALTHY or self.locked():
-            return self.record_slow(service_id, latency_s, success, request_type, now)
-        rt = (<tuple>entry)[0]
-        bb.in_flight -= 1
-        cdef TypeCost tc = <TypeCost>self.tcost[rt]
-        bb.end_load(tc.cost)
-        tc.learn(latency_s, bb.weight)
-        st = bb.stats.get(rt)
-        cdef TypeStats ts = bb.type_stats(rt) if st is None else <TypeStats>st
-        ts.requests += 1
-        ts.sketch._add(latency_s)
-        bb.observe_latency(latency_s, now, self.tau)
-        bb.observe_base(latency_s)
-        bb.record_outcome(0, self.window, now - latency_s)
-        if self.waiters:
-            self.wake()
-
-
 # ---------------------------------------------------------------------------------------------------------
-# Shared table across processes (sutazai_hwopt/balancer/shared.py owns the segment and its layout): 64-bit
-# slots updated with GCC atomics, so outstanding counts from many processes add up without a lock.
+# Shared table across processes (sutazai_hwopt/balancer/shared.py owns the segment; its layout is defined in
+# balancer_layout.pxi): 64-bit words updated with GCC atomics, so counts from many processes add up without a lock.
 
 cdef extern from *:
     """
@@ -459,10 +293,14 @@ cdef extern from *:
     }
     static inline long long hwopt_atomic_load(long long *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
     static inline void hwopt_atomic_store(long long *p, long long v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+    static inline int hwopt_atomic_cas(long long *p, long long expected, long long v) {
+        return __atomic_compare_exchange_n(p, &expected, v, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    }
     """
     long long hwopt_atomic_add(long long *p, long long d) nogil
     long long hwopt_atomic_load(long long *p) nogil
     void hwopt_atomic_store(long long *p, long long v) nogil
+    int hwopt_atomic_cas(long long *p, long long expected, long long v) nogil
 
 
 cdef class AtomicWords:
@@ -497,6 +335,10 @@ cdef class AtomicWords:
         """Atomic store into word ``i``."""
         hwopt_atomic_store(self._at(i), value)
 
+    def cas(self, Py_ssize_t i, long long expected, long long value):
+        """Atomically set word ``i`` to ``value`` if it still holds ``expected``; True if it did."""
+        return bool(hwopt_atomic_cas(self._at(i), expected, value))
+
     def gather(self, list indices):
         """Atomic loads of several words (one call for a whole table scan)."""
         cdef Py_ssize_t k, n = len(indices)
@@ -510,3 +352,421 @@ cdef class AtomicWords:
         self._view = None
         self._base = NULL
         self.nwords = 0
+
+
+cdef inline bint _slot_ok(AtomicWords w, long long slot):
+    return w is not None and w._base != NULL and 0 <= slot and slot + SLOT_WORDS <= w.nwords
+
+
+cdef void _view_one(Backend b, AtomicWords w):
+    """Fill ``b.extra`` / ``b.xwork`` (what others have in flight there, as a count and as cost-weighted work)
+    and, from a live reporter, ``b.pslow`` and ``b.pworkers``, from the shared slot of ``b``."""
+    cdef long long *p = w._base + b.slot
+    cdef long long g = hwopt_atomic_load(p + S_OUT), pub, fast, base
+    cdef double xw = <double>(hwopt_atomic_load(p + S_WORK) - b.work_sh) / WORK_SCALE
+    if xw < 0.0:
+        xw = 0.0
+    if b.pub_live:
+        pub = hwopt_atomic_load(p + S_INFL) + hwopt_atomic_load(p + S_QUEUE)
+        if pub > g:  # requests of clients without this table: counted by the backend only, at unit cost
+            xw += pub - g
+            g = pub
+        fast = hwopt_atomic_load(p + S_SVC)
+        base = hwopt_atomic_load(p + S_SVC_BASE)
+        b.pslow = <double>fast / base if base > 0 and fast > 2 * base else 1.0
+        b.pworkers = <double>hwopt_atomic_load(p + S_WORKERS)
+        b.pfail_run = hwopt_atomic_load(p + S_FAIL_RUN)
+    else:
+        b.pslow = 0.0
+        b.pworkers = 0.0
+        b.pfail_run = 0
+    b.extra = <double>(g - b.in_flight) if g > b.in_flight else 0.0
+    b.xwork = xw
+
+
+cpdef void shared_begin(Backend b, AtomicWords w, double cost):
+    """Count one request of ``cost`` selected on ``b`` in its shared slot (outstanding count and work)."""
+    cdef long long *p
+    cdef long long d
+    if _slot_ok(w, b.slot):
+        p = w._base + b.slot
+        d = <long long>(cost * WORK_SCALE + 0.5)
+        hwopt_atomic_add(p + S_OUT, 1)
+        hwopt_atomic_add(p + S_WORK, d)
+        b.work_sh += d
+
+
+cpdef void shared_end(Backend b, AtomicWords w):
+    """Remove one ended request of ``b`` (``in_flight`` already decremented) from its shared slot: its share
+    of the work this process added, all of it when none is left in flight, so the sums stay exact."""
+    cdef long long *p
+    cdef long long d
+    if _slot_ok(w, b.slot):
+        p = w._base + b.slot
+        d = b.work_sh if b.in_flight <= 0 else b.work_sh // (b.in_flight + 1)
+        hwopt_atomic_add(p + S_OUT, -1)
+        hwopt_atomic_add(p + S_WORK, -d)
+        b.work_sh -= d
+
+
+cdef inline void _view(Backend b, AtomicWords w):
+    if b.slot >= 0 and b.slot + SLOT_WORDS <= w.nwords:
+        _view_one(b, w)
+
+
+cpdef void shared_view(list backends, AtomicWords words):
+    """Refresh every backend's host-wide view (``extra``, ``pslow``) from the table (slot < 0: untouched)."""
+    cdef Backend b
+    for x in backends:
+        b = <Backend>x
+        if _slot_ok(words, b.slot):
+            _view_one(b, words)
+
+
+cdef inline double adaptive_cost(Backend b, double peers, double mc):
+    cdef double n = peers * b.load + b.xwork
+    if b.pworkers > 1.0:  # by the backend's word, that many are served at once: the rest wait
+        n = n + 1.0 - b.pworkers
+        if n < 0.0:
+            n = 0.0
+    cdef double c = (n + mc) / b.weight
+    if b.pslow > 0.0:  # the backend's own word on its service time replaces the latency guess
+        c *= b.pslow
+    elif b.base > 0.0 and b.ewma > 2.0 * b.base:
+        c *= sqrt(b.ewma / (2.0 * b.base))
+    return c
+
+
+cdef Backend least_loaded(list cands, long long start, AtomicWords w=None):
+    cdef Backend best = None, b
+    cdef double best_load = _INF, load
+    cdef Py_ssize_t n = len(cands), k
+    for k in range(n):
+        b = <Backend>cands[(start + k) % n]
+        if w is not None:
+            _view(b, w)
+        if b.in_flight < b.max_conn:
+            load = (b.in_flight + b.extra + 1) / b.weight
+            if load < best_load:
+                best = b
+                best_load = load
+    return best
+
+
+cpdef object native_select(int code, Rotor st, list cands, double mc=1.0, AtomicWords words=None):
+    """The compiled ``select`` of algorithm ``code`` (same result as its Python twin), or None if all full.
+
+    With ``words`` (the shared table) each backend looked at first has its host-wide view refreshed from its
+    slot (``shared_view``), so only the backends compared are read.
+    """
+    cdef Py_ssize_t n = len(cands), k, i, j
+    cdef Backend b, a, best = None
+    cdef double c, best_c = _INF
+    cdef long long start
+    if n == 0:
+        return None
+    if code == ALG_ADAPTIVE:
+        if n <= st.scan_limit:
+            st.i += 1
+            start = <long long>(<double>st.rand() * n)  # random scan start: ties fall randomly (no herding)
+            for k in range(n):
+                b = <Backend>cands[(start + k) % n]
+                if b.in_flight >= b.max_conn:
+                    continue
+                if words is not None:
+                    _view(b, words)
+                c = adaptive_cost(b, st.peers, mc)
+                if c < best_c:
+                    best = b
+                    best_c = c
+            return best
+        for k in range(st.d):
+            b = <Backend>cands[<Py_ssize_t>(<double>st.rand() * n)]
+            if b.in_flight >= b.max_conn:
+                continue
+            if words is not None:
+                _view(b, words)
+            c = adaptive_cost(b, st.peers, mc)
+            if c < best_c:
+                best = b
+                best_c = c
+        return best if best is not None else least_loaded(cands, 0, words)
+    if code == ALG_RR:
+        for k in range(n):
+            i = st.i % n
+            st.i = i + 1
+            b = <Backend>cands[i]
+            if b.in_flight < b.max_conn:
+                return b
+        return None
+    if code == ALG_LC:
+        st.i += 1
+        return least_loaded(cands, st.i, words)
+    if code == ALG_P2C:
+        i = <Py_ssize_t>(<double>st.rand() * n)
+        if n == 1:
+            a = b = <Backend>cands[i]
+        else:
+            j = <Py_ssize_t>(<double>st.rand() * (n - 1))
+            if j >= i:
+                j += 1
+            a = <Backend>cands[i]
+            b = <Backend>cands[j]
+        if words is not None:
+            _view(a, words)
+            _view(b, words)
+        if a.in_flight < a.max_conn and b.in_flight < b.max_conn:
+            return a if (a.in_flight + a.extra + 1) / a.weight <= (b.in_flight + b.extra + 1) / b.weight else b
+        if a.in_flight < a.max_conn:
+            return a
+        if b.in_flight < b.max_conn:
+            return b
+        return least_loaded(cands, 0, words)
+    raise ValueError(f"unknown native algorithm code {code}")
+
+
+cdef class Core:
+    """Fast select + record of one balancer; anything unusual is handed to the Python shell's callables.
+
+    The contract, all given at construction (the core never holds the balancer object):
+
+    * ``clock()`` -> monotonic seconds;
+    * ``route``: request type -> ``(canonical type, algorithm, code, Rotor)`` and ``backends``: service id ->
+      ``Backend``, the shell's own dicts, read here, changed only by the shell under its lock;
+    * ``default_rt``: the request type of a call that names none; ``locked()``: the shell holds its lock;
+    * ``waiters``: the shell's list of waiting async callers (mutated in place, never rebound): when it is not
+      empty after a result, ``wake()`` is called;
+    * ``select_slow(request_type, session_id, now)`` and ``record_slow(service_id, latency_s, success,
+      request_type, now or None)``: the complete Python paths; ``no_backend()`` raises the shell's error.
+
+    The shell writes the flags (``dirty``, ``learn``, ``affinity``, ``probing``, ``next_change``,
+    ``next_decay``), ``cands``, ``tcost``, ``shared``, ``tau`` and ``window``; the core only reads them.
+    """
+
+    cdef public bint dirty, learn, affinity, probing
+    cdef public double next_change, next_decay, tau
+    cdef public list cands
+    cdef public dict route, backends, tcost
+    cdef public object clock, shared, default_rt, locked
+    cdef public AtomicWords words  # the shared table's words (None: no table, or not a SharedState)
+    cdef public long long fail_k  # a backend reporting this many consecutive failures goes to the shell
+    cdef public long long shared_seen  # the table's ejection version the shell last applied
+    cdef public Py_ssize_t window
+    cdef readonly list waiters
+    cdef readonly object select_slow, record_slow, no_backend, wake
+
+    def __init__(self, clock, dict route, dict backends, default_rt, locked, list waiters, *,
+                 select_slow, record_slow, no_backend, wake):
+        self.clock = clock
+        self.route = route
+        self.backends = backends
+        self.default_rt = default_rt
+        self.locked = locked
+        self.waiters = waiters
+        self.select_slow = select_slow
+        self.record_slow = record_slow
+        self.no_backend = no_backend
+        self.wake = wake
+        self.probing = False
+        self.cands = []
+        self.dirty = True
+        self.learn = False
+        self.affinity = True
+        self.next_change = _INF
+        self.next_decay = 0.0
+        self.tau = 1.0
+        self.window = 32
+        self.shared = None
+        self.words = None
+        self.shared_seen = -1
+        self.fail_k = 2
+        self.tcost = {}
+
+    def select(self, request_type=None, session_id=None):
+        """Fast path of ``select_backend_sync``: built-in algorithm, nothing due, no session, no new shared
+        ejection (with a shared table it reads the compared backends' slots and counts the request there)."""
+        cdef double now = self.clock()
+        if request_type is None:
+            request_type = self.default_rt
+        entry = self.route.get(request_type)
+        cdef AtomicWords w = self.words
+        if (entry is None or self.dirty or now >= self.next_change or now >= self.next_decay
+                or (self.shared is not None and (w is None or w._base == NULL
+                                                 or hwopt_atomic_load(w._base + H_VERSION) != self.shared_seen))
+                or self.learn or self.probing
+                or (session_id is not None and self.affinity) or self.locked()):
+            return self.select_slow(request_type, session_id, now)
+        cdef tuple e = <tuple>entry
+        cdef int code = e[2]
+        if code == ALG_PY:
+            return self.select_slow(request_type, session_id, now)
+        cdef TypeCost tc = <TypeCost>self.tcost[e[0]]
+        if self.shared is None:
+            w = None
+        b = native_select(code, <Rotor>e[3], self.cands, tc.cost, w)
+        if b is None:
+            return self.no_backend()
+        cdef Backend bb = <Backend>b
+        if bb.pfail_run >= self.fail_k and w is not None:  # it says it is failing: the shell ejects it
+            return self.select_slow(request_type, session_id, now)
+        bb.in_flight += 1
+        bb.load += tc.cost
+        if w is not None:
+            shared_begin(bb, w, tc.cost)
+        return bb.service
+
+    def record(self, service_id, double latency_s, success, request_type=None):
+        """Fast path of ``record_result``: a healthy backend, nothing learned (a shared count is decremented)."""
+        cdef AtomicWords w = self.words
+        if (not (0.0 <= latency_s < _INF) or self.learn
+                or (self.shared is not None and (w is None or w._base == NULL))):
+            return self.record_slow(service_id, latency_s, success, request_type, None)
+        if request_type is None:
+            request_type = self.default_rt
+        cdef double now = self.clock()  # first: user code may switch threads, nothing below does
+        entry = self.route.get(request_type)
+        b = self.backends.get(service_id)
+        if entry is None or b is None or not success:
+            return self.record_slow(service_id, latency_s, success, request_type, now)
+        cdef Backend bb = <Backend>b
+        if bb.in_flight <= 0 or bb.state != HEALTHY or self.locked():
+            return self.record_slow(service_id, latency_s, success, request_type, now)
+        rt = (<tuple>entry)[0]
+        bb.in_flight -= 1
+        if self.shared is not None:
+            shared_end(bb, w)
+        cdef TypeCost tc = <TypeCost>self.tcost[rt]
+        bb.end_load(tc.cost)
+        tc.learn(latency_s, bb.weight)
+        st = bb.stats.get(rt)
+        cdef TypeStats ts = bb.type_stats(rt) if st is None else <TypeStats>st
+        ts.requests += 1
+        ts.sketch._add(latency_s)
+        bb.observe_latency(latency_s, now, self.tau)
+        bb.observe_base(latency_s)
+        bb.record_outcome(0, self.window, now - latency_s)
+        if self.waiters:
+            self.wake()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backend side: a serving process publishes its own load into its slot (sutazai_hwopt/balancer/reporter.py
+# owns registration and the public API). Only atomic adds and stores of this process's own slot; no lock.
+
+cdef inline long long _mono_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef class ReporterCore:
+    """The request-path bookkeeping of one reporting backend: counts and service-time EWMAs in its slot.
+
+    ``begin()`` counts a request in flight and returns its start (monotonic ns); ``done(start, ok)`` ends it:
+    a success folds its service time into the fast (1/8) and slow (1/512) EWMAs (plain means until that many
+    successes), a failure counts in the
+    failure words and leaves the service time alone (a fast error answer is not a fast backend).
+    ``serving()`` is the same pair as a context manager (an exception inside counts as a failure).
+    """
+
+    cdef AtomicWords words
+    cdef long long *_p
+    cdef readonly long long slot
+
+    def __init__(self, AtomicWords words, long long slot):
+        if not _slot_ok(words, slot):
+            raise ValueError(f"slot {slot} is not a slot of the table")
+        self.words = words
+        self.slot = slot
+        self._p = words._base + slot
+
+    cdef inline long long *_ptr(self) except NULL:
+        if self.words._base == NULL:
+            from sutazai_hwopt.errors import StateError
+            raise StateError("the shared table of this reporter is closed")
+        return self._p
+
+    cdef inline void _end(self, long long *p, long long ns, bint ok) noexcept nogil:
+        cdef long long fast, base, n
+        hwopt_atomic_add(p + S_INFL, -1)
+        n = hwopt_atomic_add(p + S_DONE, 1) - hwopt_atomic_load(p + S_FAILS)  # successes, this one included
+        if ok:
+            if ns < 1:
+                ns = 1
+            fast = hwopt_atomic_load(p + S_SVC)
+            base = hwopt_atomic_load(p + S_SVC_BASE)
+            # plain means over the first samples, then EWMAs: the first sample alone is no baseline
+            if fast <= 0 or n <= 1:
+                fast = ns
+                base = ns
+            else:
+                fast += (ns - fast) // (n if n < 8 else 8)
+                base += (ns - base) // (n if n < 512 else 512)
+            hwopt_atomic_store(p + S_SVC, fast)
+            hwopt_atomic_store(p + S_SVC_BASE, base)
+            if hwopt_atomic_load(p + S_FAIL_RUN) != 0:
+                hwopt_atomic_store(p + S_FAIL_RUN, 0)
+        else:
+            hwopt_atomic_add(p + S_FAILS, 1)
+            hwopt_atomic_add(p + S_FAIL_RUN, 1)
+
+    def begin(self):
+        """Count one request in flight; returns its start time (monotonic ns) for :meth:`done`."""
+        hwopt_atomic_add(self._ptr() + S_INFL, 1)
+        return _mono_ns()
+
+    def done(self, long long start_ns, bint ok=True):
+        """End the request begun at ``start_ns`` (its service time is measured up to now)."""
+        self._end(self._ptr(), _mono_ns() - start_ns, ok)
+
+    def enter(self):
+        """Count one request in flight (for callers that measure service time themselves)."""
+        hwopt_atomic_add(self._ptr() + S_INFL, 1)
+
+    def exit(self, double service_s, bint ok=True):
+        """End one request that took ``service_s`` seconds of service (a simulation's own clock)."""
+        self._end(self._ptr(), <long long>(service_s * 1e9), ok)
+
+    def queue_add(self, long long delta):
+        """Add ``delta`` to the published queue (requests waiting before they are served)."""
+        hwopt_atomic_add(self._ptr() + S_QUEUE, delta)
+
+    def serving(self):
+        """``with core.serving(): ...`` counts the block as one request (an exception: a failure)."""
+        cdef _Serving cm = _Serving.__new__(_Serving)  # no argument parsing: tp_new of a free-listed type
+        cm.core = self
+        return cm
+
+    def queued(self):
+        """``with core.queued(): ...`` counts the block as one request waiting in the backend's queue."""
+        cdef _Queued cm = _Queued.__new__(_Queued)
+        cm.core = self
+        return cm
+
+
+@cython.freelist(64)
+cdef class _Serving:
+    cdef ReporterCore core
+    cdef long long t0
+
+    def __enter__(self):
+        hwopt_atomic_add(self.core._ptr() + S_INFL, 1)
+        self.t0 = _mono_ns()
+        return None
+
+    def __exit__(self, et, ev, tb):
+        self.core._end(self.core._ptr(), _mono_ns() - self.t0, et is None)
+        return False
+
+
+@cython.freelist(64)
+cdef class _Queued:
+    cdef ReporterCore core
+
+    def __enter__(self):
+        hwopt_atomic_add(self.core._ptr() + S_QUEUE, 1)
+        return None
+
+    def __exit__(self, et, ev, tb):
+        hwopt_atomic_add(self.core._ptr() + S_QUEUE, -1)
+        return False

@@ -20,6 +20,11 @@ while it failed, over its capacity share; > 1 means it attracted traffic), and t
 the recovered backend over all clients (simulated seconds from recovery to its first success per client).
 ``adaptive+shared`` is the default policy with the clients' ejections published through one
 ``SharedState`` table (the optional host-wide sharing), i.e. NOT "only what one client sees".
+``adaptive+published`` adds the backends' own word: every simulated backend embeds a ``Reporter`` on that
+table and publishes its in-flight count and service time (simulated: ``ReporterCore.enter`` / ``exit``).
+
+The outage cells (printed after the main ones) fail b04 for 15 s ([10 s, 25 s)), with and without the
+simulated active check, and count client-visible errors per client for that one failure.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from sutazai_hwopt.balancer import BackendService, DynamicLoadBalancer, RequestType
+from sutazai_hwopt.balancer import BackendService, DynamicLoadBalancer, Reporter, RequestType
 from sutazai_hwopt.balancer.shared import SharedState
 from sutazai_hwopt.config import BalancerSection
 from sutazai_hwopt.errors import NoBackendAvailableError
@@ -46,6 +51,7 @@ SLOW_WINDOW = (8.0, 16.0)
 SLOW_FACTOR = 5.0
 FAIL = 4
 FAIL_WINDOW = (18.0, 24.0)
+OUTAGE_WINDOW = (10.0, 25.0)  # the outage cells: one 15 s failure
 HC_INTERVAL = 0.5
 HEAVY_SHARE = 0.10
 HEAVY_COST = 10.0
@@ -59,13 +65,20 @@ class Server:
     queue: deque = field(default_factory=deque)  # (arrival, client, rt, cost, job)
     queued_work: float = 0.0
     inservice_work: float = 0.0
+    rep: Reporter | None = None  # publishes this backend's load (adaptive+published)
 
 
 class Sim:
-    def __init__(self, algo: str, load: float, workload: str, clients: int, duration: float, seed: int) -> None:
+    def __init__(self, algo: str, load: float, workload: str, clients: int, duration: float, seed: int,
+                 fail_window: tuple[float, float] = FAIL_WINDOW, hc: bool = True) -> None:
         self.algo = algo
+        self.fail_window = fail_window
+        self.hc = hc
         self.now = 0.0
         self.rng = random.Random(seed)
+        # Common random numbers: each client's arrivals, request types and job sizes come from its own stream,
+        # so every policy faces the same requests (routing changes only where they go, not what they are).
+        self.arr_rngs = [random.Random(seed * 1_000_003 + c) for c in range(clients)]
         self.duration = duration
         self.servers = [Server(i, m / 1000.0) for i, m in enumerate(MEANS_MS)]
         capacity = sum(WORKERS / s.mean for s in self.servers)
@@ -85,9 +98,12 @@ class Sim:
         cfg = BalancerSection(health_check_interval_s=HC_INTERVAL)
         self.shared = None
         base_algo = algo
-        if algo.endswith("+shared"):  # every client publishes its ejections through one shared table
-            base_algo = algo[: -len("+shared")]
+        if algo.endswith(("+shared", "+published")):  # every client publishes through one shared table
+            base_algo = algo.rsplit("+", 1)[0]
             self.shared = SharedState.create(f"hwopt_arena_{os.getpid()}_{seed}", slots=64)
+            if algo.endswith("+published"):  # ...and every backend publishes its own load there
+                for s in self.servers:
+                    s.rep = Reporter(self.shared, f"b{s.idx:02d}", workers=WORKERS)
         for c in range(clients):
             if algo == "oracle":
                 self.lbs.append(None)
@@ -99,8 +115,8 @@ class Sim:
                                                    weight=round(0.01 / s.mean, 3), max_connections=1000))
             self.lbs.append(lb)
         for c in range(clients):
-            self.push(self.rng.expovariate(self.rate_per_client), 0, (c,))
-            if algo != "oracle":
+            self.push(self.arr_rngs[c].expovariate(self.rate_per_client), 0, (c,))
+            if algo != "oracle" and hc:
                 self.push(self.rng.random() * HC_INTERVAL, 2, (c,))
 
     def clock(self) -> float:
@@ -116,7 +132,7 @@ class Sim:
         return s.mean
 
     def failing(self, idx: int) -> bool:
-        return idx == FAIL and FAIL_WINDOW[0] <= self.now < FAIL_WINDOW[1]
+        return idx == FAIL and self.fail_window[0] <= self.now < self.fail_window[1]
 
     def oracle_pick(self, cost: float) -> int:
         best, best_t = -1, math.inf
@@ -131,11 +147,12 @@ class Sim:
         return best
 
     def start(self, s: Server, job: tuple) -> None:
-        arrival, client, rt, cost = job
+        arrival, client, rt, cost, size = job
         m = self.cur_mean(s) * cost
         s.busy += 1
         s.inservice_work += m
-        self.push(self.now + self.rng.expovariate(1.0 / m), 1, (s.idx, arrival, client, rt, m))
+        d = size * m  # size: the job's Exp(1) draw, fixed at its arrival
+        self.push(self.now + d, 1, (s.idx, arrival, client, rt, m, d))
 
     def run(self) -> None:
         rng = self.rng
@@ -147,8 +164,10 @@ class Sim:
             self.now = t
             if kind == 0:  # arrival at a client
                 (c,) = data
-                self.push(t + rng.expovariate(self.rate_per_client), 0, (c,))
-                is_heavy = heavy and rng.random() < HEAVY_SHARE
+                arng = self.arr_rngs[c]
+                self.push(t + arng.expovariate(self.rate_per_client), 0, (c,))
+                is_heavy = heavy and arng.random() < HEAVY_SHARE
+                size = arng.expovariate(1.0)
                 rt = RequestType.COMPUTE_HEAVY if is_heavy else RequestType.DEFAULT
                 cost = HEAVY_COST if is_heavy else 1.0
                 lb = self.lbs[c]
@@ -162,22 +181,26 @@ class Sim:
                         self.no_backend += 1
                         continue
                     idx = int(sid.service_id[1:])
-                if FAIL_WINDOW[0] <= t < FAIL_WINDOW[1]:
+                if self.fail_window[0] <= t < self.fail_window[1]:
                     self.sent_total_failwin += 1
                     self.sent_fail_failwin += idx == FAIL
                 s = self.servers[idx]
+                if s.rep is not None:
+                    s.rep.core.enter()
                 if self.failing(idx):
                     self.push(t + 0.001, 3, (idx, t, c, rt))
                     continue
-                job = (t, c, rt, cost)
+                job = (t, c, rt, cost, size)
                 if s.busy < WORKERS:
                     self.start(s, job)
                 else:
                     s.queue.append(job)
                     s.queued_work += self.cur_mean(s) * cost
             elif kind == 1:  # service completion
-                idx, arrival, c, rt, m = data
+                idx, arrival, c, rt, m, d = data
                 s = self.servers[idx]
+                if s.rep is not None:
+                    s.rep.core.exit(d, True)
                 s.busy -= 1
                 s.inservice_work -= m
                 lat = t - arrival
@@ -185,8 +208,9 @@ class Sim:
                 lb = self.lbs[c]
                 if lb is not None:
                     lb.record_result(f"b{idx:02d}", lat, True, rt)
-                if idx == FAIL and t >= FAIL_WINDOW[1] and self.first_ok_after_recovery[c] == math.inf:
-                    self.first_ok_after_recovery[c] = t - FAIL_WINDOW[1]
+                if (idx == FAIL and t >= self.fail_window[1]
+                        and self.first_ok_after_recovery[c] == math.inf):
+                    self.first_ok_after_recovery[c] = t - self.fail_window[1]
                 if s.queue:
                     job = s.queue.popleft()
                     s.queued_work -= self.cur_mean(s) * job[3]
@@ -196,6 +220,8 @@ class Sim:
             elif kind == 3:  # fast failure answer
                 idx, arrival, c, rt = data
                 self.errors += 1
+                if self.servers[idx].rep is not None:
+                    self.servers[idx].rep.core.exit(t - arrival, False)
                 lb = self.lbs[c]
                 if lb is not None:
                     lb.record_result(f"b{idx:02d}", t - arrival, False, rt)
@@ -215,14 +241,19 @@ def quantile(sorted_vals: list[float], q: float) -> float:
 
 
 ALGOS = ["oracle", "round_robin", "weighted_round_robin", "least_connections", "p2c", "p2c_ewma",
-         "latency_predicting", "consistent_hash", "adaptive", "adaptive+shared"]
+         "latency_predicting", "consistent_hash", "adaptive", "adaptive+shared", "adaptive+published"]
+OUTAGE_ALGOS = ["adaptive", "adaptive+shared", "adaptive+published"]
 
 
-def run_cell(algo: str, load: float, workload: str, clients: int, duration: float, seed: int) -> dict:
-    sim = Sim(algo, load, workload, clients, duration, seed)
+def run_cell(algo: str, load: float, workload: str, clients: int, duration: float, seed: int,
+             fail_window: tuple[float, float] = FAIL_WINDOW, hc: bool = True) -> dict:
+    sim = Sim(algo, load, workload, clients, duration, seed, fail_window, hc)
     try:
         sim.run()
     finally:
+        for s in sim.servers:
+            if s.rep is not None:
+                s.rep.close()
         if sim.shared is not None:
             sim.shared.close()
             sim.shared.unlink()
@@ -234,6 +265,10 @@ def run_cell(algo: str, load: float, workload: str, clients: int, duration: floa
             "black_hole": fail_share / sim.cap_share_fail, "readmit_s": readmit, "n": len(lat)}
 
 
+def _met(ok: bool) -> str:
+    return "MET" if ok else "NOT MET"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer algorithms, same disruptions")
@@ -243,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--algos", default=",".join(ALGOS))
     ap.add_argument("--loads", default="0.7,0.9")
     ap.add_argument("--workloads", default="single,mixed")
+    ap.add_argument("--outage", action=argparse.BooleanOptionalAction, default=True,
+                    help="run the 15 s outage cells (errors per client with and without active checks)")
     a = ap.parse_args(argv)
     algos = a.algos.split(",")
     if a.quick:
@@ -252,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'workload':8} {'load':>4} {'algorithm':22} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
           f"{'p99/orc':>8} {'err/cl':>7} {'blackhole':>9} {'readmit s':>9}")
     verdict = []
+    ratios: dict[tuple[str, float], dict[str, float]] = {}
     for workload in a.workloads.split(","):
         for load in (float(x) for x in a.loads.split(",")):
             orc = None
@@ -267,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 if algo == "adaptive":
                     verdict.append((workload, load, ratio, r))
+                ratios.setdefault((workload, load), {})[algo] = ratio
     print("\n# targets for the default policy (adaptive)")
     for workload, load, ratio, r in verdict:
         ok = (ratio <= 1.05, r["errors_per_client"] <= 2, r["black_hole"] <= 1.0, r["readmit_s"] <= 2.0)
@@ -274,6 +313,28 @@ def main(argv: list[str] | None = None) -> int:
               f"errors<=2/client: {'MET' if ok[1] else 'NOT MET'} ({r['errors_per_client']:.1f})  "
               f"no black hole: {'MET' if ok[2] else 'NOT MET'} ({r['black_hole']:.2f})  "
               f"re-admission<=2 s: {'MET' if ok[3] else 'NOT MET'} ({r['readmit_s']:.2f} s)")
+    if ratios:
+        print("\n# targets of issue 16 (published load), per cell")
+        for (workload, load), by in ratios.items():
+            parts = []
+            for algo, limit in (("adaptive+published", 1.05), ("adaptive+shared", 1.15)):
+                if algo in by:
+                    parts.append(f"{algo} p99<={limit:.2f}x oracle: {_met(by[algo] <= limit)} ({by[algo]:.2f}x)")
+            print(f"{workload:8} {load:4.1f}  " + "  ".join(parts))
+    if a.outage and algos != ["oracle"]:
+        outage_algos = [x for x in OUTAGE_ALGOS if x in algos] or OUTAGE_ALGOS
+        print(f"\n# outage cells: b04 fails during [{OUTAGE_WINDOW[0]:g} s, {OUTAGE_WINDOW[1]:g} s) "
+              f"({OUTAGE_WINDOW[1] - OUTAGE_WINDOW[0]:g} s); errors per client for that one failure")
+        print(f"{'workload':8} {'load':>4} {'algorithm':22} {'check':>5} {'err/cl':>7} {'limit':>5}  verdict")
+        for workload in a.workloads.split(","):
+            for load in (float(x) for x in a.loads.split(",")):
+                for algo in outage_algos:
+                    for hc in (False, True):
+                        r = run_cell(algo, load, workload, a.clients, a.duration, a.seed, OUTAGE_WINDOW, hc)
+                        limit = 1.0 if hc else 2.0
+                        print(f"{workload:8} {load:4.1f} {algo:22} {'yes' if hc else 'no':>5} "
+                              f"{r['errors_per_client']:7.2f} {limit:5.1f}  {_met(r['errors_per_client'] <= limit)}",
+                              flush=True)
     return 0
 
 

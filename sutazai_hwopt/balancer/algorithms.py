@@ -289,13 +289,18 @@ class ConsistentHash:
 class Adaptive:
     """The default: weighted least-outstanding with concurrency compensation, corrected for slowdowns.
 
-    Cost = ``(peers x in_flight + extra + 1) / weight x max(1, sqrt(peak_ewma / (2 x base)))`` where ``base`` is
+    Cost = ``(peers x load + xwork + cost) / weight x max(1, sqrt(peak_ewma / (2 x base)))`` where ``base`` is
     the backend's long-run mean latency (slow EWMA) and ``peak_ewma`` its recent latency with failures counted as
     ``failure_penalty_s``. ``peers`` is C3's concurrency compensation (Suresh et al., NSDI 2015, section 4.1:
     ``q = 1 + os x n``): one client sees only its own share of each backend's queue, so its outstanding count
     is scaled up as if ``peers`` clients behaved like it; without it, every client sees the fast backends idle
     and all of them pile onto those at once. 4 (not the arena's 8 clients) was measured best-or-even for 2, 8
     and 16 clients; it is 1 when host-wide counts are shared (``extra`` then holds the other processes' share).
+    With a shared table ``xwork`` holds the other processes' in-flight work here (their requests weighted by
+    type cost). When the backend publishes its own load (:mod:`.reporter`) requests it counts beyond the
+    table's are added at unit cost, its published ``pworkers`` are subtracted (that many start at once:
+    ``max(0, n + 1 - workers) + cost``), and its published slowdown ``pslow`` (recent over long-run service
+    time, when above 2x) replaces the latency factor below.
     Latency-proportional costs herd (every client flees to the same fast backend at once), so latency only
     enters through the capped square-root factor, which moves traffic off a backend that is clearly slower
     than usual (a slowdown or a failing backend). Compared over every admitted backend when there are few
@@ -313,9 +318,14 @@ class Adaptive:
 
     def cost(self, b: Backend, mc: float = 1.0) -> float:
         """The cost this policy minimises (lower is better) for a request of relative cost ``mc``."""
-        c = (self.state.peers * b.load + b.extra + mc) / b.weight
+        q = self.state.peers * b.load + b.xwork
+        if b.pworkers > 1.0:  # by the backend's word, that many are served at once: the rest wait
+            q = max(0.0, q + 1.0 - b.pworkers)
+        c = (q + mc) / b.weight
         base = b.base
-        if base > 0.0 and b.ewma > 2.0 * base:
+        if b.pslow > 0.0:  # the backend's own word on its service time replaces the latency guess
+            c *= b.pslow
+        elif base > 0.0 and b.ewma > 2.0 * base:
             c *= math.sqrt(b.ewma / (2.0 * base))
         return c
 
@@ -336,9 +346,14 @@ class Adaptive:
                 b = cands[(start + k) % n]
                 if b.in_flight >= b.max_conn:
                     continue
-                c = (peers * b.load + b.extra + mc) / b.weight
+                q = peers * b.load + b.xwork
+                if b.pworkers > 1.0:
+                    q = max(0.0, q + 1.0 - b.pworkers)
+                c = (q + mc) / b.weight
                 base = b.base
-                if base > 0.0 and b.ewma > 2.0 * base:
+                if b.pslow > 0.0:
+                    c *= b.pslow
+                elif base > 0.0 and b.ewma > 2.0 * base:
                     c *= math.sqrt(b.ewma / (2.0 * base))
                 if c < best_c:
                     best, best_c = b, c

@@ -58,9 +58,19 @@ class SharedTable(Protocol):
 
     def publish_ejection(self, service_id: str, until: float) -> None: ...
 
-    def add_outstanding(self, service_id: str, delta: int) -> int: ...
+    def begin_request(self, backend: Backend, cost: float) -> None: ...
 
-    def outstanding_many(self, service_ids: list[str]) -> list[int]: ...
+    def end_request(self, backend: Backend) -> None: ...
+
+    def slot(self, service_id: str) -> int: ...
+
+    def refresh_view(self, backends: list[Any]) -> None: ...
+
+    def reporter_live(self, service_id: str) -> bool: ...
+
+    def claim_probe(self, service_id: str, now: float, hold_s: float) -> float: ...
+
+    def release_probe(self, service_id: str) -> None: ...
 
 
 class SelectFn(Protocol):
@@ -171,11 +181,13 @@ class DynamicLoadBalancer:
         self._c.window = self._op.window
         self._c.affinity = cfg.session_affinity
         self._c.shared = shared
+        self._c.words = getattr(shared, "words", None)  # a SharedState: the compiled path reads its slots
+        self._c.fail_k = cfg.consecutive_failures
+        self._next_live = -_INF  # when the reporters' liveness (pid + start time) is checked next
         self._c.tcost = {rt: TypeCost() for rt in RequestType}
         _give_costs(default, self._c.tcost)
         self._checks_active = False
         self._health: HealthChecker | None = None
-        self._shared_seen = -1  # the table's ejection version this balancer last applied
         self._ejections_total = 0
         if algorithms:
             for rt, algo in algorithms.items():
@@ -208,14 +220,17 @@ class DynamicLoadBalancer:
         """Add a backend. Raises ``AlreadyExistsError`` for a duplicate id (the balancer is left unchanged)."""
         if not isinstance(service, BackendService):
             raise InvalidArgumentError(f"service must be a BackendService, got {type(service).__name__}")
+        slot = self._shared.slot(service.service_id) if self._shared is not None else -1
         with self._lock:
             if service.service_id in self._backends:
                 raise AlreadyExistsError(f"service_id {service.service_id!r} is already registered")
             b = self._draining.pop(service.service_id, None)
             nb = Backend(service, len(self._list))
+            nb.slot = slot
             if b is not None:  # re-registered while old requests drain: keep their in-flight count
                 nb.in_flight = b.in_flight
                 nb.load = b.load
+                nb.work_sh = b.work_sh  # what this process still owes the shared work sum
             self._backends[service.service_id] = nb
             self._list.append(nb)
             self._c.dirty = True
@@ -272,6 +287,9 @@ class DynamicLoadBalancer:
                 if now >= b.ejected_until:
                     if self._checks_active and b.check_fail_run > 0:
                         self._eject(b, now, "active check still failing")
+                    elif (self._shared is not None
+                          and (until := self._shared.claim_probe(b.sid, now, op.base_ejection_s)) > now):
+                        b.ejected_until = until  # another process probes (or re-ejected it): wait for it
                     else:
                         b.state = PROBING
                         b.probes_in_flight = 0
@@ -315,6 +333,10 @@ class DynamicLoadBalancer:
                     if p is not None and st.service_est > 0.0:
                         st.service_est = p + (st.service_est - p) * f ** 0.2  # 5x slower than the EWMA
         self._c.next_decay = now + tau * 0.25
+        if self._shared is not None and now >= self._next_live:
+            self._next_live = now + self.config.health_check_interval_s
+            for b in self._list:  # a dead reporter's figures are dropped within one health interval
+                b.pub_live = self._shared.reporter_live(b.sid)
 
     def _no_backend(self) -> BackendService:
         raise NoBackendAvailableError(self._why_none())
@@ -326,21 +348,24 @@ class DynamicLoadBalancer:
             if entry is None:
                 self._request_type(request_type)
             rt, algo = entry[0], entry[1]  # type: ignore[index]
+            shared = self._shared
+            if shared is not None and shared.version != self._c.shared_seen:
+                # adopted before the refresh: an expired ejection re-published elsewhere is not probed here
+                self._c.shared_seen, ejected = shared.ejections_after(list(self._backends), now)
+                for sid, until in ejected:
+                    self._adopt_ejection(self._backends[sid], until)
             if self._c.dirty or now >= self._c.next_change:
                 self._refresh(now)
             if now >= self._c.next_decay:
                 self._decay(now)
-            shared = self._shared
             if shared is not None:
-                if shared.version != self._shared_seen:
-                    self._shared_seen, ejected = shared.ejections_after(list(self._backends), now)
-                    for sid, until in ejected:
-                        self._adopt_ejection(self._backends[sid], until)
-                    if self._c.dirty:
-                        self._refresh(now)
-                lst = self._list
-                for x, g in zip(lst, shared.outstanding_many([x.sid for x in lst])):
-                    x.extra = g - x.in_flight if g > x.in_flight else 0.0
+                shared.refresh_view(self._list)
+                k = self._op.consecutive_failures
+                for x in self._c.cands:  # the backend's own word: it failed k times in a row, whoever sent
+                    if x.pfail_run >= k and x.state == HEALTHY:
+                        self._eject(x, now, f"it reports {x.pfail_run} consecutive failures")
+                if self._c.dirty:
+                    self._refresh(now)
             if session_id is not None and self.config.session_affinity and not isinstance(algo, ConsistentHash):
                 if self._hash is None:
                     self._hash = ConsistentHash(fallback=algo)
@@ -360,7 +385,7 @@ class DynamicLoadBalancer:
                 if st is not None:
                     b.pending_work += st.service_est
             if self._shared is not None:
-                self._shared.add_outstanding(b.sid, 1)
+                self._shared.begin_request(b, self._c.tcost[rt].cost)
             return b.service
 
     def _why_none(self) -> str:
@@ -447,7 +472,7 @@ class DynamicLoadBalancer:
             tc = self._c.tcost[rt]
             b.end_load(tc.cost)
             if self._shared is not None:
-                self._shared.add_outstanding(b.sid, -1)
+                self._shared.end_request(b)
             st = b.stats.get(rt)
             if st is None:
                 st = b.type_stats(rt)
@@ -487,10 +512,12 @@ class DynamicLoadBalancer:
             b.in_flight -= 1
             b.end_load(self._c.tcost[self._request_type(request_type)].cost)
             if self._shared is not None:
-                self._shared.add_outstanding(b.sid, -1)
+                self._shared.end_request(b)
             if b.state == PROBING and b.probes_in_flight > 0:
                 b.probes_in_flight -= 1
                 self._c.dirty = True
+                if self._shared is not None:
+                    self._shared.release_probe(b.sid)
             if self._c.learn:
                 st = b.stats.get(self._request_type(request_type))
                 b.pending_work = max(0.0, b.pending_work - st.service_est) if st and b.in_flight else 0.0
@@ -507,12 +534,14 @@ class DynamicLoadBalancer:
             if b.probes_in_flight > 0:
                 b.probes_in_flight -= 1
             if failed:
-                self._eject(b, now, "half-open probe failed", force=True)
+                self._eject(b, now, "half-open probe failed", force=True)  # published before the release
             else:
                 b.state = HEALTHY
                 b.recovered_at = now
                 b.reset_window()
                 log.info("backend %s re-admitted after a successful probe", b.sid)
+            if self._shared is not None:
+                self._shared.release_probe(b.sid)
             self._c.dirty = True
             return
         b.record_outcome(1 if failed else 0, op.window, sent)
@@ -555,6 +584,11 @@ class DynamicLoadBalancer:
         """Eject ``b`` until ``until`` because another process did (under the lock; not re-published)."""
         if b.state == EJECTED and b.ejected_until >= until:
             return
+        now = self._clock()
+        if b.recovered_at and now - b.recovered_at >= self._op.max_ejection_s:
+            b.ejections = 0
+        # Counted as this balancer's own: the back-off grows host-wide, whichever process probes next.
+        b.ejections += 1
         b.state = EJECTED
         b.ejected_until = until
         b.probes_in_flight = 0

@@ -1,13 +1,19 @@
-"""Optional state shared by the balancers of every agent process on a host: ejections and outstanding counts.
+"""Optional state shared by the balancers and backends of every agent process on a host: ejections, outstanding
+counts, half-open probe claims and the load the backends publish themselves.
 
 One shared-memory segment (:mod:`sutazai_hwopt.shm`: mode 0600, checked to be ours on attach) holds a small table of
 64-bit words, updated with atomic operations from the compiled core (``AtomicWords``), so no lock is held
 on the request path and a killed process cannot leave a lock behind::
 
-    word 0  magic            word 1  layout version      word 2  number of slots
+    word 0  magic            word 1  layout version (2)  word 2  number of slots
     word 3  ejection version (bumped on every published ejection)   words 4-7 reserved
-    slot s (words 8+4s .. 8+4s+3): id hash (0 = free), ejected-until (ns of the balancers' clock),
-                                   outstanding requests summed over processes, reserved
+    slot s (words 8+16s .. 8+16s+15): id hash (0 = free), ejected-until (ns of the balancers' clock),
+        outstanding requests summed over the balancer processes, probe claimed until (ns), and the
+        reporter's words: pid, process start time, in flight, queued, service time EWMA fast / slow (ns),
+        completed, failed, consecutive failures, workers; then the balancers' outstanding work (requests
+        weighted by their type's learned cost, x 1024); 1 reserved
+
+The word offsets are defined once, in ``_native/balancer_layout.pxi`` (exposed as ``SHARED_LAYOUT``).
 
 Slots are found by open addressing on the XXH64 of the service id and never freed (the table is small and
 append-only); claiming a free slot is the only step that takes a lock, an ``flock`` on the segment's file,
@@ -18,20 +24,26 @@ Before each selection a sharing balancer also reads every backend's host-wide ou
 algorithms the other processes' share as ``Backend.extra``: adaptive, least-connections and P2C then balance
 on the host-wide load instead of their own ~1/n sample of it.
 
+A backend that embeds :class:`~.reporter.Reporter` publishes its own in-flight count, queue and service time
+into its slot; a balancer uses them while the reporter's process (pid + start time) is alive, checked once per
+health-check interval (see docs/balancer.md). Half-open probes are claimed through the probe word with a
+compare-and-swap, so at most one real request per host probes an ejected backend at a time.
+
 Limits: the balancers must share a clock (``time.monotonic`` is host-wide on Linux); a process killed
-with requests in flight leaves its share of ``outstanding`` counted (``reset_outstanding`` clears it); a
-balancer with ``shared`` set takes the Python selection path (the compiled fast path skips sharing), and
-reading the counts costs O(backends) per selection.
+with requests in flight leaves its share of ``outstanding`` counted (``reset_outstanding`` clears it; the
+reporter's own in-flight count, when one publishes, is the truth and is preferred when larger).
 """
 
 from __future__ import annotations
 
 import fcntl
 from collections.abc import Iterable
+from typing import Any
 
-from .._native.balancer_core import AtomicWords
+from .._native.balancer_core import SHARED_LAYOUT, AtomicWords, Backend, shared_begin, shared_end, shared_view
 from ..errors import IncompatibleLayoutError, InvalidArgumentError, PoolExhaustedError
 from ..logs import get_logger
+from ..procid import is_same_process
 from ..shm import Segment, attach_segment, close_quietly, create_segment, segment_name, unlink_segment, validate_name
 
 __all__ = ["SharedState"]
@@ -39,12 +51,18 @@ __all__ = ["SharedState"]
 log = get_logger("balancer")
 
 MAGIC = 0x48574F50544C4231  # "HWOPTLB1"
-LAYOUT_VERSION = 1
-HEADER_WORDS = 8
-SLOT_WORDS = 4
-_VERSION = 3
-_EJECT = 1
-_OUT = 2
+LAYOUT_VERSION: int = SHARED_LAYOUT["LAYOUT_VERSION"]
+HEADER_WORDS: int = SHARED_LAYOUT["HEADER_WORDS"]
+SLOT_WORDS: int = SHARED_LAYOUT["SLOT_WORDS"]
+_VERSION = SHARED_LAYOUT["H_VERSION"]
+_EJECT = SHARED_LAYOUT["S_EJECT"]
+_OUT = SHARED_LAYOUT["S_OUT"]
+_PROBE = SHARED_LAYOUT["S_PROBE"]
+_PID = SHARED_LAYOUT["S_PID"]
+_START = SHARED_LAYOUT["S_START"]
+#: published figure name -> word offset in a slot (what :meth:`SharedState.published` returns)
+_FIGURES = {name: SHARED_LAYOUT["S_" + name.upper()] for name in
+            ("infl", "queue", "svc", "svc_base", "done", "fails", "fail_run", "workers")}
 
 
 def _hash(service_id: str) -> int:
@@ -204,3 +222,81 @@ class SharedState:
             if until > now:
                 out.append((sid, until))
         return version, out
+
+    # ------------------------------------------------------------------------------------- probe claims
+    def claim_probe(self, service_id: str, now: float, hold_s: float) -> float:
+        """Claim the right to send the one half-open probe of ``service_id`` for ``hold_s`` seconds.
+
+        Returns 0.0 if this caller now holds the claim, else the time (balancer clock) until which the caller
+        must keep the backend out: the end of a newer published ejection, or of another process's claim.
+        The claim is one compare-and-swap on the slot's probe word, so two processes never both win it; a
+        prober that dies loses it when ``hold_s`` is up.
+        """
+        base = self.slot(service_id)
+        w = self._words
+        now_ns = int(now * 1e9)
+        ejected = w.load(base + _EJECT)
+        if ejected > now_ns:
+            return ejected / 1e9
+        cur = w.load(base + _PROBE)
+        if cur > now_ns:
+            return cur / 1e9
+        if w.cas(base + _PROBE, cur, now_ns + max(1, int(hold_s * 1e9))):
+            return 0.0
+        return max(w.load(base + _PROBE), now_ns + 1) / 1e9
+
+    def release_probe(self, service_id: str) -> None:
+        """End this process's probe claim (the probe's answer is in: success or a new ejection published)."""
+        self._words.store(self.slot(service_id) + _PROBE, 0)
+
+    # --------------------------------------------------------------------------------- published load
+    @property
+    def words(self) -> AtomicWords:
+        """The table's atomic words (the compiled core and the reporter index them by the layout)."""
+        return self._words
+
+    def register_reporter(self, service_id: str, pid: int, start_time: int, workers: int) -> int:
+        """Make ``pid`` (started at ``start_time``) the reporter of ``service_id``; returns the slot's word.
+
+        The figures are zeroed first and the pid stored last, so a reader never takes an old process's
+        figures for the new one's.
+        """
+        base = self.slot(service_id)
+        w = self._words
+        w.store(base + _PID, 0)
+        for off in _FIGURES.values():
+            w.store(base + off, 0)
+        w.store(base + _FIGURES["workers"], max(1, int(workers)))
+        w.store(base + _START, start_time)
+        w.store(base + _PID, pid)
+        return base
+
+    def unregister_reporter(self, service_id: str, pid: int) -> None:
+        """Stop publishing for ``service_id`` if ``pid`` is still its reporter."""
+        base = self.slot(service_id)
+        self._words.cas(base + _PID, pid, 0)
+
+    def reporter_live(self, service_id: str) -> bool:
+        """Whether a reporter publishes for ``service_id`` and its process (pid + start time) is alive."""
+        base = self.slot(service_id)
+        pid = self._words.load(base + _PID)
+        return pid > 0 and is_same_process(pid, self._words.load(base + _START))
+
+    def published(self, service_id: str) -> dict[str, int] | None:
+        """The figures ``service_id``'s live reporter publishes (ns for service times), or None."""
+        if not self.reporter_live(service_id):
+            return None
+        base = self.slot(service_id)
+        return {name: self._words.load(base + off) for name, off in _FIGURES.items()}
+
+    def refresh_view(self, backends: list[Any]) -> None:
+        """Fill each backend's host-wide view (``extra``, ``xwork``, ``pslow``, ``pworkers``) from its slot."""
+        shared_view(backends, self._words)
+
+    def begin_request(self, backend: Backend, cost: float) -> None:
+        """Count one request of relative ``cost`` selected on ``backend`` (its ``slot`` set) host-wide."""
+        shared_begin(backend, self._words, cost)
+
+    def end_request(self, backend: Backend) -> None:
+        """Remove one ended request of ``backend`` (``in_flight`` already decremented) from the host-wide sums."""
+        shared_end(backend, self._words)
