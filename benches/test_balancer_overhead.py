@@ -139,7 +139,7 @@ def test_lock(benchmark: Any, run_rounds: Any, contender: str, smoke: bool) -> N
         call = CircuitBreaker().call
     elif contender == "pybreaker.call":
         call = _pybreaker().call
-    benchmark.extra_info.update(role="anchor" if contender == "bare calls" else "ours",
+    benchmark.extra_info.update(role="ours" if contender == "CircuitBreaker.call" else "anchor",
                                 unit=f"{threads} threads x {calls} calls of a 2 ms function")
 
     def work() -> None:
