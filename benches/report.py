@@ -1,0 +1,158 @@
+"""Turn pytest-benchmark JSON into docs/benchmarks.md: python benches/report.py RESULTS.json [more.json ...]
+
+The one command that regenerates every timing figure the docs quote::
+
+    python -m pytest benches/ --benchmark-only --benchmark-json=/tmp/bench.json
+    python benches/report.py /tmp/bench.json            # -o PATH to write elsewhere
+
+One table per comparison group: each contender's median (per call where the suite timed ``loops`` calls in one
+round), its interquartile range, and its ratio to every anchor of the group measured in the same run (the anchors
+are what a user would pick instead; ``extra_info["role"] == "anchor"``). Later files override earlier ones for
+the same benchmark, so a partial re-run can be layered over a full one. Only medians and ratios are printed: the
+machine is shared and noisy, single absolute times mean little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "docs" / "benchmarks.md"
+
+
+def fmt_time(seconds: float) -> str:
+    """Three significant digits in the unit that reads best (the docs quote these strings verbatim)."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9)):
+        if seconds >= scale or unit == "ns":
+            v = seconds / scale
+            return f"{v:.3g} {unit}" if v < 1000 else f"{v:.0f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def fmt_ratio(r: float) -> str:
+    if r >= 100:
+        return f"{r:.0f}x"
+    if r >= 10:
+        return f"{r:.1f}x"
+    if r >= 0.01:
+        return f"{r:.2f}x"
+    return f"{r:.2g}x"
+
+
+def fmt_value(seconds: float, info: dict[str, Any]) -> str:
+    if str(info.get("unit", "")).startswith("share of one core"):
+        return f"{seconds * 100:.2f}% of one core"
+    return fmt_time(seconds)
+
+
+def label(bench: dict[str, Any]) -> str:
+    """The contender's name: the parameters that the group name does not already say."""
+    params = bench.get("params") or {}
+    group = bench.get("group") or ""
+    parts = [str(v) for v in params.values() if str(v) not in group]
+    return ", ".join(parts) or bench["name"].removeprefix("test_")
+
+
+def load(paths: list[str]) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Benchmarks by fullname (later files win) and each file's machine / commit / date header."""
+    benches: dict[str, dict[str, Any]] = {}
+    headers = []
+    for p in paths:
+        data = json.loads(Path(p).read_text())
+        headers.append({"file": Path(p).name, "machine": data.get("machine_info", {}),
+                        "commit": data.get("commit_info", {}), "datetime": data.get("datetime", "")})
+        for b in data.get("benchmarks", []):
+            benches[b["fullname"]] = b
+    return benches, headers
+
+
+def median_per_call(bench: dict[str, Any]) -> float:
+    loops = int(bench.get("extra_info", {}).get("loops", 1) or 1)
+    return float(bench["stats"]["median"]) / loops
+
+
+def iqr_per_call(bench: dict[str, Any]) -> float:
+    loops = int(bench.get("extra_info", {}).get("loops", 1) or 1)
+    return float(bench["stats"].get("iqr", 0.0)) / loops
+
+
+def group_table(rows: list[dict[str, Any]]) -> list[str]:
+    anchors = [b for b in rows if b.get("extra_info", {}).get("role") == "anchor"]
+    head = ["contender", "role", "median", "IQR"] + [f"x {label(a)}" for a in anchors]
+    extra_keys = [k for k in ("compression_ratio", "GB/s") if any(k in b.get("extra_info", {}) or
+                                                                 (k == "GB/s" and "bytes" in b.get("extra_info", {}))
+                                                                 for b in rows)]
+    head += extra_keys
+    out = ["| " + " | ".join(head) + " |", "| --- | --- | " + " | ".join(["---:"] * (len(head) - 2)) + " |"]
+    for b in sorted(rows, key=median_per_call):
+        info = b.get("extra_info", {})
+        m = median_per_call(b)
+        cells = [label(b), str(info.get("role", "")), fmt_value(m, info), fmt_value(iqr_per_call(b), info)]
+        cells += [fmt_ratio(m / median_per_call(a)) if median_per_call(a) > 0 else "-" for a in anchors]
+        for k in extra_keys:
+            if k == "GB/s":
+                cells.append(f"{info['bytes'] / m / 1e9:.2f}" if "bytes" in info and m > 0 else "")
+            else:
+                cells.append(f"{info[k]:.2f}" if k in info else "")
+        out.append("| " + " | ".join(cells) + " |")
+    units = sorted({str(b.get("extra_info", {}).get("unit", "")) for b in rows} - {""})
+    rounds = sorted({int(b["stats"]["rounds"]) for b in rows})
+    out.append("")
+    note = f"Rounds per contender: {', '.join(map(str, rounds))}."
+    if units:
+        note = f"One figure is: {'; '.join(units)}. " + note
+    out.append(note)
+    return out
+
+
+def render(benches: dict[str, dict[str, Any]], headers: list[dict[str, Any]]) -> str:
+    lines = ["# Benchmarks", "",
+             "Generated by `python benches/report.py` from pytest-benchmark JSON; do not edit by hand. Regenerate "
+             "every table with:", "",
+             "    python -m pytest benches/ --benchmark-only --benchmark-json=/tmp/bench.json",
+             "    python benches/report.py /tmp/bench.json", "",
+             "Medians of one run and ratios to the anchors measured in the same run (`x <anchor>`: this contender's "
+             "median over the anchor's; below 1 is faster). The machine is shared and noisy: ratios are what "
+             "count. Every other page of the docs quotes its timing figures from here "
+             "(`tests/foundation/test_doc_figures.py` checks the marked figure blocks).", "",
+             "## Machine", ""]
+    for h in headers:
+        m, c = h["machine"], h["commit"]
+        cpu = m.get("cpu", {}) if isinstance(m.get("cpu"), dict) else {}
+        load = m.get("loadavg_at_start")
+        load_end = m.get("loadavg_at_end")
+        lines.append(f"* `{h['file']}`: {h['datetime'][:19]} UTC, commit {str(c.get('id', '?'))[:10]}"
+                     f"{' (dirty)' if c.get('dirty') else ''}; {cpu.get('brand_raw', m.get('processor', '?'))}, "
+                     f"{m.get('cpu_count', '?')} CPUs; Python {m.get('python_version', '?')}, "
+                     f"kernel {m.get('kernel', m.get('release', '?'))}, numpy {m.get('numpy', '?')}; load average "
+                     f"{load[0]:.1f} at start" + (f", {load_end[0]:.1f} at end" if load_end else "") + "."
+                     if load else f"* `{h['file']}`: {h['datetime'][:19]} UTC")
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for b in benches.values():
+        groups.setdefault(b.get("group") or b["name"], []).append(b)
+    for g in sorted(groups):
+        lines += ["", f"## {g}", "", *group_table(groups[g])]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", nargs="+", help="pytest-benchmark --benchmark-json files")
+    ap.add_argument("-o", "--output", default=str(DEFAULT_OUT))
+    a = ap.parse_args(argv)
+    benches, headers = load(a.results)
+    if not benches:
+        ap.error("no benchmarks in the given files (was the run made with --benchmark-disable?)")
+    Path(a.output).write_text(render(benches, headers))
+    print(f"wrote {a.output}: {len(benches)} benchmarks in {len({b.get('group') for b in benches.values()})} "
+          f"groups (median of medians {fmt_time(statistics.median(median_per_call(b) for b in benches.values()))})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
