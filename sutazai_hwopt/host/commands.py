@@ -240,7 +240,7 @@ def _stop_args(p: argparse.ArgumentParser) -> None:
 def _stop(args: argparse.Namespace) -> int:
     code = _stop_service(args)
     if args.purge:
-        purged = _clean(args)
+        purged = _run_clean(args)
         return purged if purged else (0 if code == NOT_RUNNING else code)
     return code
 
@@ -284,7 +284,7 @@ def _clean_args(p: argparse.ArgumentParser) -> None:
     _namespace_args(p)
 
 
-def _clean(args: argparse.Namespace) -> int:
+def _run_clean(args: argparse.Namespace) -> int:
     from ..config import load_config
     from .segments import format_bytes, process_name, purge, usage
 
@@ -406,7 +406,7 @@ COMMANDS: tuple[_Command, ...] = (
     ("stop", "stop the host service gracefully and roll back every setting it applied",
      _stop_args, _stop),
     ("clean", "remove a namespace's shared-memory segments from /dev/shm (refused while processes map them)",
-     _clean_args, _clean),
+     _clean_args, _run_clean),
     ("profile", "profile the host and the registered agents for a while; optionally export a JSON report",
      _profile_args, _profile),
     ("export-stats", "write the host service's (or, if none runs, this host's) figures to a JSON file",
