@@ -163,8 +163,9 @@ def _print_shm_usage() -> None:
     if not namespaces:
         print("/dev/shm: no segments of this user")
         return
-    for ns, u in namespaces.items():
-        print(f"/dev/shm: {ns} holds {format_bytes(u.resident_bytes)} ({format_bytes(u.apparent_bytes)} apparent) "
+    for ns, u in namespaces.items():   # namespaces are up to 64 characters: two lines keep within 80 columns
+        print(f"/dev/shm: {ns}")
+        print(f"  holds {format_bytes(u.resident_bytes)} ({format_bytes(u.apparent_bytes)} apparent) "
               f"in {len(u.segments)} segments")
     print("  remove a namespace's segments: sutazai-hwopt clean --namespace NS")
 

@@ -63,7 +63,7 @@ def test_clean_removes_only_that_namespace(two_namespaces: tuple[str, str], caps
     monkeypatch.setenv("SUTAZAI_HWOPT_RUNTIME_DIR", str(tmp_path / "rt"))
     assert main(["status"]) == NOT_RUNNING
     out = capsys.readouterr().out
-    assert f"/dev/shm: {ns} holds " in out and " in 1 segments" in out and "clean --namespace NS" in out
+    assert f"/dev/shm: {ns}\n  holds " in out and " in 1 segments" in out and "clean --namespace NS" in out
     assert main(["clean", "--namespace", ns]) == 0
     assert f"namespace {ns}: removed 1 segments" in capsys.readouterr().out
     assert list_segment_names(ns) == [] and list_segment_names(other) != []
