@@ -120,7 +120,7 @@ class IntelligentCacheSystem:
             if cfg.redis_url:
                 from .remote import RemoteTier
 
-                self._remote = RemoteTier(cfg.redis_url, self.namespace)
+                self._remote = RemoteTier(cfg.redis_url, self.namespace, hmac_key=cfg.redis_hmac_key)
         except BaseException:
             self.close()
             raise
@@ -486,7 +486,7 @@ class IntelligentCacheSystem:
             levels["L3"] = {**self._l3.store.index.stats(), "budget": self._l3.size,
                             "raw_bytes_in": self._l3.raw_bytes, "stored_bytes_in": self._l3.stored_bytes}
         if self._remote is not None:
-            levels["remote"] = {"errors": self._remote.errors}
+            levels["remote"] = {"errors": self._remote.errors, "rejected": self._remote.rejected}
         out["levels"] = levels
         if self._predictor is not None:
             pf["accuracy"] = pf["used"] / pf["prefetched"] if pf["prefetched"] else 0.0
