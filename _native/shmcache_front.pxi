@@ -67,15 +67,16 @@ cdef class TieredFront:
     cdef object miss
     cdef public bint closed
 
-    def __init__(self, object l1_get, object index, dict agents, object slow, object after, object marks,
-                 object miss):
-        """``l1_get``: the L1 ``Cache.get``; ``index``: L2's ShmIndex or None; ``agents``: the system's dict of
+    def __init__(self, object l1_get, object index, dict keys, dict agents, object slow, object after,
+                 object marks, object miss):
+        """``l1_get``: the L1 ``Cache.get`` or None; ``index``: L2's ShmIndex or None; ``keys``: the memo of
+        :meth:`remember` (the system's Python path reads it too); ``agents``: the system's dict of
         :class:`AgentStats`; ``after``: called ``after(agent_id, key_bytes)`` after each hit, or None;
         ``marks``: a sized container (prefetched keys) whose non-emptiness sends hits to ``slow``; ``miss``: the
         sentinel ``l1_get`` returns for a missing key."""
         self.l1_get = l1_get
         self.index = index
-        self.keys = {}
+        self.keys = keys
         self.agents = agents
         self.slow = slow
         self.after = after

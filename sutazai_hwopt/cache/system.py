@@ -138,13 +138,15 @@ class IntelligentCacheSystem:
             self._predictor = MarkovPredictor(cfg.prefetch_order, min_confidence=cfg.prefetch_min_confidence)
             self._worker = PrefetchWorker(self._on_access, queue_size=cfg.prefetch_queue,
                                           inline=cfg.prefetch_inline)
-        self._front: TieredFront | None = None
+        # Tagged bytes and hash of keys seen (exact str / bytes / int), shared by both paths of get.
+        self._keymemo: dict[Any, tuple[bytes, int]] = {}
+        self._front = TieredFront(self._l1.get if self._l1 is not None else None,
+                                  self._l2.index if self._l2 is not None else None, self._keymemo,
+                                  self._agents, self._get_slow,
+                                  self._after_access if self._predictor is not None else None,
+                                  self._prefetched, _MISS)
         if self._l1 is not None:
             # The compiled L1-hit path, bound over the class's get (which it falls back to for the rest).
-            self._front = TieredFront(self._l1.get, self._l2.index if self._l2 is not None else None,
-                                      self._agents, self._get_slow,
-                                      self._after_access if self._predictor is not None else None,
-                                      self._prefetched, _MISS)
             self.get = self._front.get  # type: ignore[method-assign]
 
     # ---- lifecycle --------------------------------------------------------------------------------------------
@@ -202,8 +204,7 @@ class IntelligentCacheSystem:
             self._store_shared(kb, h, kind, priority, head, body)
         self._l1_put(kb, h, value, priority)
         self._agent(agent_id).count_put()
-        if self._front is not None:
-            self._front.remember(key, kb, h)
+        self._front.remember(key, kb, h)
 
     def _store_shared(self, kb: bytes, h: int, kind: int, priority: int, head: bytes, body: list[Any],
                       visited: bool = False) -> None:
@@ -251,12 +252,17 @@ class IntelligentCacheSystem:
     def _get_slow(self, key: Any, agent_id: Any, default: Any, ent: Any = _UNREAD) -> tuple[Any, str | None]:
         if self._closed:
             raise StateError("the cache system is closed")
-        kb = key_bytes(key)
-        _check_agent(agent_id)
-        h = key_hash(kb)
-        a = self._agent(agent_id)
-        if self._front is not None:
+        t = type(key)
+        memo = self._keymemo.get(key) if t is str or t is bytes or t is int else None
+        if memo is None:
+            kb = key_bytes(key)
+            h = key_hash(kb)
             self._front.remember(key, kb, h)
+        else:
+            kb, h = memo
+        a = self._agents.get(agent_id) if type(agent_id) is str else None
+        if a is None:
+            a = self._agent(_check_agent(agent_id))
         value, level = self._lookup(kb, h, ent)
         a.record(-1 if level is None else LEVELS.index(level))
         if level is not None and self._prefetched:
@@ -279,7 +285,7 @@ class IntelligentCacheSystem:
                     return ent[0], "L1"
                 l1.pop(kb, None)
         if l2 is not None:
-            epoch = l2.index.epoch(h)
+            epoch = l2.index.epoch(h) if l1 is not None else 0   # read before the value: L1 coherence
             r = l2.get(key=kb, key_hash=h)
             if r is not None:
                 kind, prio, head, body = r
