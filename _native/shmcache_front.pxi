@@ -5,6 +5,10 @@ from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 
+import weakref
+
+cdef object _NOT_READ = object()
+
 cdef enum:
     NLEVELS = 4
     KEY_MEMO = 65536
@@ -63,15 +67,17 @@ cdef class TieredFront:
     cdef dict agents
     cdef object slow
     cdef object after
+    cdef object owner
     cdef object marks
     cdef object miss
     cdef public bint closed
 
-    def __init__(self, object l1_get, object index, dict keys, dict agents, object slow, object after,
-                 object marks, object miss):
-        """``l1_get``: the L1 ``Cache.get`` or None; ``index``: L2's ShmIndex or None; ``keys``: the memo of
+    def __init__(self, object owner, object l1_get, object index, dict keys, dict agents, object slow,
+                 object after, object marks, object miss):
+        """``owner``: the system (held weakly: the system holds the front, so no reference cycle keeps it alive);
+        ``slow`` and ``after``: functions called with the owner first; ``l1_get``: the L1 ``Cache.get`` or None; ``index``: L2's ShmIndex or None; ``keys``: the memo of
         :meth:`remember` (the system's Python path reads it too); ``agents``: the system's dict of
-        :class:`AgentStats`; ``after``: called ``after(agent_id, key_bytes)`` after each hit, or None;
+        :class:`AgentStats`; ``after``: called ``after(owner, agent_id, key_bytes)`` after each hit, or None;
         ``marks``: a sized container (prefetched keys) whose non-emptiness sends hits to ``slow``; ``miss``: the
         sentinel ``l1_get`` returns for a missing key."""
         self.l1_get = l1_get
@@ -79,6 +85,7 @@ cdef class TieredFront:
         self.keys = keys
         self.agents = agents
         self.slow = slow
+        self.owner = weakref.ref(owner)
         self.after = after
         self.marks = marks
         self.miss = miss
@@ -102,23 +109,34 @@ cdef class TieredFront:
         cdef ShmIndex idx
         if self.closed or self.l1_get is None or type(agent_id) is not str or not (
                 t is str or t is bytes or t is int):
-            return self.slow(key, agent_id, default)
+            return self._slow(key, agent_id, default, _NOT_READ)
         memo = PyDict_GetItem(self.keys, key)
         st = PyDict_GetItem(self.agents, agent_id)
         if memo == NULL or st == NULL or len(self.marks):
-            return self.slow(key, agent_id, default)
+            return self._slow(key, agent_id, default, _NOT_READ)
         kb = <object>PyTuple_GET_ITEM(<object>memo, 0)
         h = <object>PyTuple_GET_ITEM(<object>memo, 1)
         ent = self.l1_get(kb, self.miss)
         if ent is self.miss or type(ent) is not tuple or PyTuple_GET_SIZE(ent) != 2:
-            return self.slow(key, agent_id, default, ent)
+            return self._slow(key, agent_id, default, ent)
         idx = self.index
         if idx is not None:
             if idx.base == NULL or idx.stripes[h & (idx.ih.nstripes - 1)] != <uint64_t>(
                     <object>PyTuple_GET_ITEM(ent, 1)):
-                return self.slow(key, agent_id, default, ent)
+                return self._slow(key, agent_id, default, ent)
         (<AgentStats>st).gets += 1
         (<AgentStats>st).hits[0] += 1
         if self.after is not None:
-            self.after(agent_id, kb)
+            self.after(self._owner(), agent_id, kb)
         return (<object>PyTuple_GET_ITEM(ent, 0), "L1")
+
+    cdef object _owner(self):
+        cdef object o = self.owner()
+        if o is None:
+            raise StateError("the cache system is closed")
+        return o
+
+    cdef object _slow(self, object key, object agent_id, object default, object ent):
+        if ent is _NOT_READ:      # L1 not read: the slow path reads it
+            return self.slow(self._owner(), key, agent_id, default)
+        return self.slow(self._owner(), key, agent_id, default, ent)

@@ -140,10 +140,11 @@ class IntelligentCacheSystem:
                                           inline=cfg.prefetch_inline)
         # Tagged bytes and hash of keys seen (exact str / bytes / int), shared by both paths of get.
         self._keymemo: dict[Any, tuple[bytes, int]] = {}
-        self._front = TieredFront(self._l1.get if self._l1 is not None else None,
+        cls = type(self)
+        self._front = TieredFront(self, self._l1.get if self._l1 is not None else None,
                                   self._l2.index if self._l2 is not None else None, self._keymemo,
-                                  self._agents, self._get_slow,
-                                  self._after_access if self._predictor is not None else None,
+                                  self._agents, cls._get_slow,
+                                  cls._after_access if self._predictor is not None else None,
                                   self._prefetched, _MISS)
         if self._l1 is not None:
             # The compiled L1-hit path, bound over the class's get (which it falls back to for the rest).

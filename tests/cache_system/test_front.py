@@ -94,3 +94,21 @@ def test_closed_system_refuses_through_a_kept_bound_get(ns: str) -> None:
         g("k", "ag")
     with pytest.raises(StateError):
         c.get("k", "ag")
+
+
+def test_front_makes_no_reference_cycle(ns: str) -> None:
+    """The system holds its front, the front holds the system weakly: a dropped system is freed at once."""
+    import gc
+    import weakref
+
+    c = IntelligentCacheSystem(_cfg(ns))
+    c.put("k", 1, "ag")
+    assert c.get("k", "ag") == (1, "L1")
+    ref = weakref.ref(c)
+    c.destroy()
+    gc.disable()
+    try:
+        del c
+        assert ref() is None
+    finally:
+        gc.enable()
