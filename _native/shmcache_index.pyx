@@ -920,3 +920,4 @@ cdef class ShmIndex:
 
 
 include "shmcache_check.pxi"
+include "shmcache_front.pxi"

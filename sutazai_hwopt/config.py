@@ -192,6 +192,8 @@ class CacheSection(_Section):
     compression: str = _opt("lz4", choices=("lz4", "zlib", "none"), doc="L3 codec")
     l3_directory: str | None = _opt(None, doc="back L3 by this directory so it survives restarts")
     redis_url: str | None = _opt(None, doc="remote tier shared by several hosts")
+    redis_hmac_key: str | None = _opt(None, doc="key signing remote values (the same on every host); "
+                                      "None: a random key in the runtime directory (one host)")
     l2_max_entries: int | None = _opt(None, lo=48, hi=1 << 30, doc="L2 index capacity; None: l2_size / 1 KiB")
     l3_max_entries: int | None = _opt(None, lo=48, hi=1 << 30, doc="L3 index capacity; None: l3_size / 1 KiB")
     prefetch_order: int = _opt(2, lo=1, hi=8, doc="context length of the Markov prefetch model")

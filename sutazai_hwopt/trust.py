@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import TrustError
 
-__all__ = ["Expect", "check_fd", "open_private_file", "private_dir"]
+__all__ = ["Expect", "check_fd", "default_runtime_dir", "open_private_file", "private_dir"]
 
 
 def _who(uid: int) -> str:
@@ -115,3 +116,16 @@ def open_private_file(path: str | os.PathLike[str], flags: int, what: str, mode:
         os.close(fd)
         raise
     return fd
+
+
+def default_runtime_dir() -> Path:
+    """Where this user's runtime directory is (not created): ``$SUTAZAI_HWOPT_RUNTIME_DIR`` if set, else
+    ``$XDG_RUNTIME_DIR/sutazai_hwopt`` if that exists, else ``/tmp/sutazai_hwopt-<uid>``. Defined here, below
+    the parts, because the host service and the cache's remote tier (its signing key) both keep files there."""
+    explicit = os.environ.get("SUTAZAI_HWOPT_RUNTIME_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg):
+        return Path(xdg) / "sutazai_hwopt"
+    return Path(tempfile.gettempdir()) / f"sutazai_hwopt-{os.getuid()}"

@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._native.shmcache_index import AgentStats, TieredFront
 from .._validate import check_agent_id as _check_agent
 from ..config import CacheSection, section_of
 from ..errors import InvalidArgumentError, LoaderError, StateError, WeightError
@@ -48,6 +49,7 @@ __all__ = ["IntelligentCacheSystem"]
 
 log = get_logger("cache")
 _MISS = object()
+_UNREAD = object()      # _lookup's "L1 not consulted yet" (the compiled front passes what L1 returned)
 LEVELS = ("L1", "L2", "L3", "remote")
 ST_VALID, ST_LOADING, ST_FAILED = 2, 3, 4
 
@@ -120,14 +122,11 @@ class IntelligentCacheSystem:
             if cfg.redis_url:
                 from .remote import RemoteTier
 
-                self._remote = RemoteTier(cfg.redis_url, self.namespace)
+                self._remote = RemoteTier(cfg.redis_url, self.namespace, hmac_key=cfg.redis_hmac_key)
         except BaseException:
             self.close()
             raise
-        self._hits = dict.fromkeys(LEVELS, 0)
-        self._misses = 0
-        self._puts = 0
-        self._agents: dict[str, dict[str, Any]] = {}
+        self._agents: dict[str, AgentStats] = {}
         self._predictor: Any = None
         self._worker: Any = None
         self._prefetched: OrderedDict[bytes, None] = OrderedDict()
@@ -139,6 +138,17 @@ class IntelligentCacheSystem:
             self._predictor = MarkovPredictor(cfg.prefetch_order, min_confidence=cfg.prefetch_min_confidence)
             self._worker = PrefetchWorker(self._on_access, queue_size=cfg.prefetch_queue,
                                           inline=cfg.prefetch_inline)
+        # Tagged bytes and hash of keys seen (exact str / bytes / int), shared by both paths of get.
+        self._keymemo: dict[Any, tuple[bytes, int]] = {}
+        cls = type(self)
+        self._front = TieredFront(self, self._l1.get if self._l1 is not None else None,
+                                  self._l2.index if self._l2 is not None else None, self._keymemo,
+                                  self._agents, cls._get_slow,
+                                  cls._after_access if self._predictor is not None else None,
+                                  self._prefetched, _MISS)
+        if self._l1 is not None:
+            # The compiled L1-hit path, bound over the class's get (which it falls back to for the rest).
+            self.get = self._front.get  # type: ignore[method-assign]
 
     # ---- lifecycle --------------------------------------------------------------------------------------------
     def __enter__(self) -> IntelligentCacheSystem:
@@ -153,6 +163,10 @@ class IntelligentCacheSystem:
         Later calls raise StateError. Zero-copy views handed out stay valid until they are released.
         """
         self._closed = True
+        front = getattr(self, "_front", None)
+        if front is not None:
+            front.closed = True     # a bound front.get kept by a caller now raises StateError too
+            self.__dict__.pop("get", None)
         if getattr(self, "_worker", None) is not None:
             self._worker.close()
         for tier in (self._l3, self._l2, self._remote):
@@ -190,9 +204,8 @@ class IntelligentCacheSystem:
             kind, head, body = encode(value)
             self._store_shared(kb, h, kind, priority, head, body)
         self._l1_put(kb, h, value, priority)
-        with self._lock:
-            self._puts += 1
-            self._agent(agent_id)["puts"] += 1
+        self._agent(agent_id).count_put()
+        self._front.remember(key, kb, h)
 
     def _store_shared(self, kb: bytes, h: int, kind: int, priority: int, head: bytes, body: list[Any],
                       visited: bool = False) -> None:
@@ -229,41 +242,51 @@ class IntelligentCacheSystem:
         """Return ``(value, level)``: level is ``"L1"``, ``"L2"``, ``"L3"``, ``"remote"``, or None on a miss
         (then value is ``default``). Bytes and numpy values from L2 are read-only zero-copy views.
 
+        An open system with an L1 serves this through its compiled front (:class:`TieredFront`: an L1 hit of a
+        key and agent seen before is one compiled call); the rest comes here.
+
         Raises:
             InvalidArgumentError: wrong key type or agent id.
         """
+        return self._get_slow(key, agent_id, default)
+
+    def _get_slow(self, key: Any, agent_id: Any, default: Any, ent: Any = _UNREAD) -> tuple[Any, str | None]:
         if self._closed:
             raise StateError("the cache system is closed")
-        kb = key_bytes(key)
-        _check_agent(agent_id)
-        h = key_hash(kb)
-        value, level = self._lookup(kb, h)
-        with self._lock:
-            a = self._agent(agent_id)
-            a["gets"] += 1
-            if level is None:
-                self._misses += 1
-                a["misses"] += 1
-            else:
-                self._hits[level] += 1
-                a["hits"][level] += 1
-                if self._prefetched and kb in self._prefetched:
+        t = type(key)
+        memo = self._keymemo.get(key) if t is str or t is bytes or t is int else None
+        if memo is None:
+            kb = key_bytes(key)
+            h = key_hash(kb)
+            self._front.remember(key, kb, h)
+        else:
+            kb, h = memo
+        a = self._agents.get(agent_id) if type(agent_id) is str else None
+        if a is None:
+            a = self._agent(_check_agent(agent_id))
+        value, level = self._lookup(kb, h, ent)
+        a.record(-1 if level is None else LEVELS.index(level))
+        if level is not None and self._prefetched:
+            with self._lock:
+                if kb in self._prefetched:
                     del self._prefetched[kb]
                     self._pf["used"] += 1
         if self._predictor is not None:
             self._after_access(agent_id, kb)
         return (default, None) if level is None else (value, level)
 
-    def _lookup(self, kb: bytes, h: int) -> tuple[Any, str | None]:
+    def _lookup(self, kb: bytes, h: int, ent: Any = _UNREAD) -> tuple[Any, str | None]:
+        """Read the levels in order; ``ent`` is what L1 returned when the caller already read it."""
         l1, l2 = self._l1, self._l2
         if l1 is not None:
-            ent = l1.get(kb, _MISS)
+            if ent is _UNREAD:
+                ent = l1.get(kb, _MISS)
             if ent is not _MISS:
                 if l2 is None or l2.index.epoch(h) == ent[1]:
                     return ent[0], "L1"
                 l1.pop(kb, None)
         if l2 is not None:
-            epoch = l2.index.epoch(h)
+            epoch = l2.index.epoch(h) if l1 is not None else 0   # read before the value: L1 coherence
             r = l2.get(key=kb, key_hash=h)
             if r is not None:
                 kind, prio, head, body = r
@@ -405,8 +428,7 @@ class IntelligentCacheSystem:
             if gen and self._l2 is not None:
                 self._l2.index.end_load(kb, h, gen, f"storing the loaded value failed: {exc}".encode()[:4000])
             raise
-        with self._lock:
-            self._agent(agent_id)["loads"] += 1
+        self._agent(agent_id).count_load()
         return value
 
     # ---- prefetching ------------------------------------------------------------------------------------------
@@ -455,11 +477,11 @@ class IntelligentCacheSystem:
             self._worker.drain()
 
     # ---- statistics and checks ----------------------------------------------------------------------------
-    def _agent(self, agent_id: str) -> dict[str, Any]:
+    def _agent(self, agent_id: str) -> AgentStats:
+        """The counters of a validated agent id (registered on first use; the compiled front reads the dict)."""
         a = self._agents.get(agent_id)
         if a is None:
-            a = self._agents[agent_id] = {"gets": 0, "hits": dict.fromkeys(LEVELS, 0), "misses": 0,
-                                          "puts": 0, "loads": 0}
+            a = self._agents.setdefault(agent_id, AgentStats())
         return a
 
     def stats(self) -> dict[str, Any]:
@@ -467,12 +489,12 @@ class IntelligentCacheSystem:
 
         In this process, ``gets == sum(hits.values()) + misses``, in total and per agent.
         """
+        agents = {k: v.as_dict(LEVELS) for k, v in list(self._agents.items())}
+        hits = {lv: sum(a["hits"][lv] for a in agents.values()) for lv in LEVELS}
+        misses = sum(a["misses"] for a in agents.values())
+        out: dict[str, Any] = {"gets": sum(hits.values()) + misses, "hits": hits, "misses": misses,
+                               "puts": sum(a["puts"] for a in agents.values()), "agents": agents}
         with self._lock:
-            out: dict[str, Any] = {
-                "gets": sum(self._hits.values()) + self._misses, "hits": dict(self._hits),
-                "misses": self._misses, "puts": self._puts,
-                "agents": {k: {**v, "hits": dict(v["hits"])} for k, v in self._agents.items()},
-            }
             pf: dict[str, Any] = dict(self._pf)
         out["hit_ratio"] = (sum(out["hits"].values()) / out["gets"]) if out["gets"] else 0.0
         levels: dict[str, Any] = {}
@@ -486,11 +508,11 @@ class IntelligentCacheSystem:
             levels["L3"] = {**self._l3.store.index.stats(), "budget": self._l3.size,
                             "raw_bytes_in": self._l3.raw_bytes, "stored_bytes_in": self._l3.stored_bytes}
         if self._remote is not None:
-            levels["remote"] = {"errors": self._remote.errors}
+            levels["remote"] = {"errors": self._remote.errors, "rejected": self._remote.rejected}
         out["levels"] = levels
         if self._predictor is not None:
             pf["accuracy"] = pf["used"] / pf["prefetched"] if pf["prefetched"] else 0.0
-            pf["coverage"] = pf["used"] / (pf["used"] + self._misses) if (pf["used"] + self._misses) else 0.0
+            pf["coverage"] = pf["used"] / (pf["used"] + misses) if (pf["used"] + misses) else 0.0
             pf["dropped"] = self._worker.dropped
             out["prefetch"] = pf
         return out

@@ -18,25 +18,17 @@ import contextlib
 import json
 import os
 import secrets
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..procid import process_start_time
-from ..trust import private_dir
+from ..trust import default_runtime_dir, private_dir
 
 __all__ = ["RuntimeDir", "process_start_time", "runtime_dir"]
 
 
-def _default_dir() -> Path:
-    explicit = os.environ.get("SUTAZAI_HWOPT_RUNTIME_DIR")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isdir(xdg):
-        return Path(xdg) / "sutazai_hwopt"
-    return Path(tempfile.gettempdir()) / f"sutazai_hwopt-{os.getuid()}"
+_default_dir = default_runtime_dir   # the location is defined once, in trust (the cache keeps its key there too)
 
 
 def _write_private(path: Path, text: str) -> None:

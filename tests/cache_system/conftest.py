@@ -29,6 +29,17 @@ def ns() -> Iterator[str]:
         assert not [t for t in threading.enumerate() if t.name == "sutazai-cache-prefetch"], "prefetch thread left"
 
 
+@pytest.fixture(autouse=True)
+def runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A private runtime directory per test (the remote tier keeps its signing key there), removed after."""
+    tmp = tempfile.mkdtemp(prefix="szcache-run-")
+    monkeypatch.setenv("SUTAZAI_HWOPT_RUNTIME_DIR", os.path.join(tmp, "run"))
+    try:
+        yield os.path.join(tmp, "run")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _die_with_parent() -> None:
     # prctl(PR_SET_PDEATHSIG, SIGTERM): the server goes away even if the test process is killed.
     import ctypes
