@@ -25,8 +25,9 @@ CPU on every access (tens of µs of Python); it pays only when its prefetches ar
   key; one access in ``sample_every`` (on average) records the pair (previous key of the agent, key) in a small
   successor sketch. At the end of each window of ``window`` accesses the sketch's repeat rate (how often a
   sampled key was followed by the successor the sketch remembered) says whether a pattern exists.
-* ``trial`` — a pattern appeared (repeat rate >= ``min_repeat``), or a periodic blind probe is due: the model is
-  fed for one window.
+* ``trial`` — a pattern appeared (repeat rate >= ``min_repeat``, and the repeats that fell on misses are at least
+  ``min_coverage`` of the sampled pairs: a pattern over keys that already hit cannot pay), or a periodic blind
+  probe is due: the model is fed for one window.
 * ``on`` — the last window's precision (prefetched-and-used / prefetched) and coverage (used / (used + misses))
   were at least ``min_precision`` and ``min_coverage``; checked again at the end of every window.
 
@@ -118,11 +119,16 @@ class MarkovPredictor:
             succ = ent[2]
             succ[key] = succ.get(key, 0.0) + inc
             ent[1] += inc
-            if len(succ) > self.max_successors + 1:
-                # Drop the weakest successor but keep its mass in _REST, so the confidence of the others
-                # stays a true share (a context with many successors never looks confident).
-                weakest = min((s for s in succ if s is not _REST), key=succ.__getitem__)
-                succ[_REST] = succ.get(_REST, 0.0) + succ.pop(weakest)
+            if len(succ) > 2 * self.max_successors + 1:
+                # Keep the strongest max_successors; the mass of the others goes to _REST, so the confidence of
+                # the rest stays a true share (a context with many successors never looks confident). Pruning
+                # to half the limit at once costs one sort per max_successors new successors.
+                rest = succ.pop(_REST, 0.0)
+                ranked = sorted(succ.items(), key=lambda t: t[1], reverse=True)
+                for s, w in ranked[self.max_successors:]:
+                    rest += w
+                    del succ[s]
+                succ[_REST] = rest
             if inc > _RESCALE:
                 for s in succ:
                     succ[s] /= inc
@@ -291,7 +297,7 @@ OFF, TRIAL, ON = "off", "trial", "on"
 class PrefetchGovernor:
     """Feeds the worker only while prefetching pays (see the module docstring for the rule).
 
-    ``observe(agent, key)`` is the only call on the caller's hot path; it is rebound when the state changes, so
+    ``observe(agent, key, miss)`` is the only call on the caller's hot path; it is rebound when the state changes, so
     each state's path is one short function. ``signals()`` returns the cache's cumulative ``(prefetched, used,
     misses)`` counters; the governor compares them window by window.
 
@@ -299,7 +305,7 @@ class PrefetchGovernor:
         >>> ran = []
         >>> w = PrefetchWorker(lambda batch, latest: ran.extend(batch), inline=True)
         >>> g = PrefetchGovernor(w, lambda: (0, 0, 0), mode="always", batch=1)
-        >>> g.observe("agent", "k")
+        >>> g.observe("agent", "k", True)
         >>> ran, g.state
         ([('agent', 'k')], 'on')
     """
@@ -332,7 +338,7 @@ class PrefetchGovernor:
         self._window_end = window
         self._last: dict[str, Hashable] = {}
         self._sketch: dict[Hashable, list[Any]] = {}   # sampled key -> [successor seen last, times it repeated]
-        self._sampled = self._known = self._repeats = 0
+        self._sampled = self._known = self._repeats = self._miss_repeats = 0
         self._batch_buf: list[Access] = []
         self._fails = 0
         self._probe_at = 0
@@ -344,19 +350,20 @@ class PrefetchGovernor:
         self.precision = 0.0              # of the last window with the model on
         self.coverage = 0.0
         self.repeat_rate = 0.0            # of the sketch, last window with the model off
+        self.miss_repeat_rate = 0.0       # the same, counting only repeats on accesses that missed
         self.switches: deque[tuple[int, str, str]] = deque(maxlen=32)
-        self.observe: Callable[[str, Hashable], None] = self._observe_off
+        self.observe: Callable[[str, Hashable, bool], None] = self._observe_off
         if mode == "always":
             self._switch(ON, "forced on (prefetch_mode='always')")
 
     # ---- hot path ---------------------------------------------------------------------------------------------
-    def _observe_off(self, agent: str, key: Hashable) -> None:
+    def _observe_off(self, agent: str, key: Hashable, miss: bool) -> None:
         n = self._n = self._n + 1
         if n >= self._mark:
-            self._slow_off(agent, key, n)
+            self._slow_off(agent, key, miss, n)
         self._last[agent] = key
 
-    def _observe_on(self, agent: str, key: Hashable) -> None:
+    def _observe_on(self, agent: str, key: Hashable, miss: bool) -> None:
         self._n += 1
         b = self._batch_buf
         b.append((agent, key))
@@ -364,7 +371,7 @@ class PrefetchGovernor:
             self._flush()
 
     # ---- off: sampling into the sketch --------------------------------------------------------------------
-    def _slow_off(self, agent: str, key: Hashable, n: int) -> None:
+    def _slow_off(self, agent: str, key: Hashable, miss: bool, n: int) -> None:
         if n >= self._next_sample:
             prev = self._last.get(agent)
             if prev is not None:
@@ -379,6 +386,7 @@ class PrefetchGovernor:
                     self._known += 1
                     if s[0] == key:
                         self._repeats += 1
+                        self._miss_repeats += miss
                         s[1] += 1
                     else:
                         s[0], s[1] = key, 0
@@ -389,10 +397,13 @@ class PrefetchGovernor:
             pattern = False
             if self._known >= 16:   # enough evidence (else keep accumulating over the next window)
                 self.repeat_rate = self._repeats / self._known
-                self._known = self._repeats = 0
-                pattern = self.repeat_rate >= self.min_repeat
+                # A pattern pays only if it predicts misses: repeats whose access missed, as a share of known.
+                self.miss_repeat_rate = self._miss_repeats / self._known
+                self._known = self._repeats = self._miss_repeats = 0
+                pattern = self.repeat_rate >= self.min_repeat and self.miss_repeat_rate >= self.min_coverage
             if n >= self._probe_at and pattern:
-                self._switch(TRIAL, f"pattern: sketch repeat rate {self.repeat_rate:.2f} >= {self.min_repeat}")
+                self._switch(TRIAL, f"pattern: sketch repeat rate {self.repeat_rate:.2f} >= {self.min_repeat}, "
+                                    f"on misses {self.miss_repeat_rate:.2f} >= {self.min_coverage}")
             elif n >= self._blind_at:
                 self._blind_at = n + self._blind_gap
                 self._blind_gap = min(self._blind_gap * 2, self._max_blind_gap)
@@ -436,7 +447,7 @@ class PrefetchGovernor:
         self._window_end = self._n + self.window
         if state == OFF:
             self._batch_buf = []
-            self._known = self._repeats = 0
+            self._known = self._repeats = self._miss_repeats = 0
             self._mark = min(self._next_sample, self._window_end)
             self.observe = self._observe_off
         else:
@@ -454,6 +465,7 @@ class PrefetchGovernor:
         return {
             "mode": self.mode, "state": self.state, "reason": self.reason, "requests": self._n,
             "precision": self.precision, "coverage": self.coverage, "sketch_repeat_rate": self.repeat_rate,
+            "sketch_miss_repeat_rate": self.miss_repeat_rate,
             "sampled": self._sampled, "model_accesses": self._on_accesses,
             "next_trial_at": max(self._probe_at, self._n) if self.state == OFF else None,
             "next_probe_at": self._blind_at if self.state == OFF else None,

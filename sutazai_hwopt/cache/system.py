@@ -257,7 +257,7 @@ class IntelligentCacheSystem:
                     del self._prefetched[kb]
                     self._pf["used"] += 1
         if self._prefetcher is not None:
-            self._prefetcher.observe(agent_id, kb)
+            self._prefetcher.observe(agent_id, kb, level is None)
         return (default, None) if level is None else (value, level)
 
     def _lookup(self, kb: bytes, h: int) -> tuple[Any, str | None]:
