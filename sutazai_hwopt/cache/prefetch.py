@@ -27,7 +27,8 @@ CPU on every access (tens of µs of Python); it pays only when its prefetches ar
   sampled key was followed by the successor the sketch remembered) says whether a pattern exists.
 * ``trial`` — a pattern appeared (repeat rate >= ``min_repeat``, and the repeats that fell on misses are at least
   ``min_coverage`` of the sampled pairs: a pattern over keys that already hit cannot pay), or a periodic blind
-  probe is due: the model is fed for one window.
+  probe is due: the model is fed for one window (two when the first is precise but its coverage is still low:
+  the model starts nearly empty and learns in the first).
 * ``on`` — the last window's precision (prefetched-and-used / prefetched) and coverage (used / (used + misses))
   were at least ``min_precision`` and ``min_coverage``; checked again at the end of every window.
 
@@ -341,6 +342,7 @@ class PrefetchGovernor:
         self._sampled = self._known = self._repeats = self._miss_repeats = 0
         self._batch_buf: list[Access] = []
         self._fails = 0
+        self._extended = False
         self._probe_at = 0
         self._blind_at = blind_gap
         self._base = (0, 0, 0)
@@ -429,6 +431,12 @@ class PrefetchGovernor:
         self.coverage = du / (du + dm) if du + dm > 0 else 0.0
         if self.mode == "always":
             return
+        if self.state == TRIAL and not self._extended and self.precision >= self.min_precision and du > 0:
+            # The model started nearly empty: its first window learns. Precise but too few prefetches used yet:
+            # judge the coverage on one more window before backing off.
+            self._extended = True
+            self.reason = f"trial extended: precision {self.precision:.2f}, coverage {self.coverage:.2f} (learning)"
+            return
         if self.precision >= self.min_precision and self.coverage >= self.min_coverage:
             self._fails = 0
             if self.state != ON:
@@ -443,6 +451,7 @@ class PrefetchGovernor:
 
     def _switch(self, state: str, reason: str) -> None:
         self.state, self.reason = state, reason
+        self._extended = False
         self.switches.append((self._n, state, reason))
         self._window_end = self._n + self.window
         if state == OFF:
