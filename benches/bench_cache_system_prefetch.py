@@ -69,14 +69,15 @@ def workflow_trace(n: int, seed: int = 1, *, branchy: bool = False) -> list[tupl
     return out
 
 
-def zipf_trace(n: int, keys: int = 20000, alpha: float = 0.9, seed: int = 2) -> list[tuple[str, str]]:
+def zipf_trace(n: int, keys: int = 20000, alpha: float = 0.9, seed: int = 2,
+               prefix: str = "z") -> list[tuple[str, str]]:
     """(agent, key) accesses drawn i.i.d. from Zipf(alpha) over ``keys`` keys by 16 agents."""
     rng = np.random.default_rng(seed)
     p = 1.0 / np.arange(1, keys + 1) ** alpha
     p /= p.sum()
     ks = rng.choice(keys, size=n, p=p)
     ags = rng.integers(0, 16, size=n)
-    return [(f"agent_{a:03d}", f"z{k}") for a, k in zip(ags.tolist(), ks.tolist(), strict=True)]
+    return [(f"agent_{a:03d}", f"{prefix}{k}") for a, k in zip(ags.tolist(), ks.tolist(), strict=True)]
 
 
 def run(trace: list[tuple[str, str]], prefetch: bool, l2_size: int) -> dict[str, float]:

@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_cache_system_prefetch import workflow_trace
+from bench_cache_system_prefetch import workflow_trace, zipf_trace
 from traces import SHARED_TRACES, load_lirs
 
 from sutazai_hwopt.cache.system import IntelligentCacheSystem
@@ -53,14 +53,9 @@ LIRS_TRACE = "multi2"
 TODAY_AVOIDED, TODAY_PRECISION = 0.34, 0.91   # workflow trace, inline, before issue 20
 
 
-def zipf_stream(alpha: float, n: int, keys: int = 100_000, seed: int = 7, prefix: str = "z") -> list[tuple[str, str]]:
-    """(agent, key) drawn i.i.d. from Zipf(alpha) over ``keys`` keys by 16 agents."""
-    rng = np.random.default_rng(seed)
-    p = 1.0 / np.arange(1, keys + 1) ** alpha
-    p /= p.sum()
-    ks = rng.choice(keys, size=n, p=p)
-    ags = rng.integers(0, 16, size=n)
-    return [(f"agent_{a:03d}", f"{prefix}{k}") for a, k in zip(ags.tolist(), ks.tolist(), strict=True)]
+def zipf_stream(alpha: float, n: int, seed: int = 7, prefix: str = "z") -> list[tuple[str, str]]:
+    """(agent, key) drawn i.i.d. from Zipf(alpha) over 100,000 keys by 16 agents."""
+    return zipf_trace(n, keys=100_000, alpha=alpha, seed=seed, prefix=prefix)
 
 
 def lirs_stream(n: int) -> list[tuple[str, str]] | None:
