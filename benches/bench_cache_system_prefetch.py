@@ -5,8 +5,10 @@ Run:  python benches/bench_cache_system_prefetch.py            (about a minute)
       python benches/bench_cache_system_prefetch.py --branchy   (adds a harder workflow trace)
 
 Each trace runs twice through the same IntelligentCacheSystem configuration (L2 only, 16 KiB values, a tier that
-holds a fraction of the working set), once without and once with prefetching (``prefetch_inline=True`` so the
-result does not depend on thread timing). On a miss the caller loads and puts the value, as an agent would.
+holds a fraction of the working set), once without and once with prefetching forced on
+(``prefetch_mode="always"``; the default, "auto", is measured by ``benches/test_prefetch.py``;
+``prefetch_inline=True`` so the result does not depend on thread timing). On a miss the caller loads and puts
+the value, as an agent would.
 
 * workflow trace: 16 agents interleaved; each runs sessions that follow one of 40 workflow templates (chosen by
   Zipf 1.0), a chain of 4-9 tool / model calls; 30% of the steps branch on the previous result (two outcomes,
@@ -67,21 +69,22 @@ def workflow_trace(n: int, seed: int = 1, *, branchy: bool = False) -> list[tupl
     return out
 
 
-def zipf_trace(n: int, keys: int = 20000, alpha: float = 0.9, seed: int = 2) -> list[tuple[str, str]]:
+def zipf_trace(n: int, keys: int = 20000, alpha: float = 0.9, seed: int = 2,
+               prefix: str = "z") -> list[tuple[str, str]]:
     """(agent, key) accesses drawn i.i.d. from Zipf(alpha) over ``keys`` keys by 16 agents."""
     rng = np.random.default_rng(seed)
     p = 1.0 / np.arange(1, keys + 1) ** alpha
     p /= p.sum()
     ks = rng.choice(keys, size=n, p=p)
     ags = rng.integers(0, 16, size=n)
-    return [(f"agent_{a:03d}", f"z{k}") for a, k in zip(ags.tolist(), ks.tolist(), strict=True)]
+    return [(f"agent_{a:03d}", f"{prefix}{k}") for a, k in zip(ags.tolist(), ks.tolist(), strict=True)]
 
 
 def run(trace: list[tuple[str, str]], prefetch: bool, l2_size: int) -> dict[str, float]:
     with throwaway_namespace("bench-pf") as ns:
         cache = IntelligentCacheSystem({"namespace": ns, "l1_size": 0, "l2_size": l2_size, "l3_size": 0,
                                         "enable_prefetch": prefetch, "prefetch_inline": True,
-                                        "prefetch_depth": 3}, loader=lambda k: VALUE)
+                                        "prefetch_mode": "always", "prefetch_depth": 3}, loader=lambda k: VALUE)
         hits = 0
         t0 = time.perf_counter()
         for agent, key in trace:

@@ -200,6 +200,13 @@ class CacheSection(_Section):
     prefetch_min_confidence: float = _opt(0.3, lo=0.0, hi=1.0, doc="least successor probability prefetched")
     prefetch_queue: int = _opt(64, lo=1, hi=65536, doc="bounded queue of the prefetch worker")
     prefetch_inline: bool = _opt(False, doc="prefetch synchronously in get() (deterministic tests/benches)")
+    prefetch_mode: str = _opt("auto", choices=("auto", "always"),
+                              doc="auto: run the model only while it pays; always: run it on every access")
+    prefetch_batch: int = _opt(8, lo=1, hi=4096, doc="accesses handed to the prefetch worker at once")
+    prefetch_min_precision: float = _opt(0.4, lo=0.0, hi=1.0,
+                                         doc="auto mode: least used/prefetched of a window to stay on")
+    prefetch_min_coverage: float = _opt(0.05, lo=0.0, hi=1.0,
+                                        doc="auto mode: least used/(used+misses) of a window to stay on")
 
 
 @dataclass(frozen=True)

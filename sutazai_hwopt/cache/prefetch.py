@@ -1,42 +1,65 @@
-"""Learned prefetching: a per-agent order-k Markov successor model with decay, and a bounded worker.
+"""Learned prefetching that pays for itself: a Markov successor model, a batch worker, and a governor.
 
-Model: prediction by partial matching over each agent's own access sequence (Cleary & Witten, "Data compression
-using adaptive coding and partial string matching", 1984; applied to file prefetching by Griffioen & Appleton,
-USENIX 1994, and Kroeger & Long, "probability graphs"). For every order ``o = 1..k`` the context of the last
-``o`` keys keeps a small table of successors with weights; each update multiplies the context's weights by
-``decay`` before adding 1 to the observed successor, so the model follows changing workflows. Every access
-trains the agent's own tables and a shared table (all agents of the process), which answers while the agent's
-own context has too little support (a new agent starts with what the others learned). A prediction uses
-the longest context seen at least ``min_support`` times and proposes successors whose probability (their share of
-the context's weight after a PPM method-C escape for unseen successors) is at least ``min_confidence`` (so a
-random, Zipf-like stream yields almost no prefetches and does not pollute the cache), then follows the most likely
+Model (:class:`MarkovPredictor`): prediction by partial matching over each agent's own access sequence (Cleary &
+Witten, "Data compression using adaptive coding and partial string matching", 1984; applied to file prefetching
+by Griffioen & Appleton, USENIX 1994, and Kroeger & Long, "probability graphs"). For every order ``o = 1..k`` the
+context of the last ``o`` keys keeps a small table of successors with weights that decay by ``decay`` per update
+of the context (so the model follows changing workflows; the decay is applied lazily, by growing the increment,
+so an update touches one successor, not all). Every access trains the agent's own tables and a shared table (all
+agents of the process), which answers while the agent's own context has too little support. A prediction uses
+the longest context seen at least ``min_support`` times and proposes successors whose probability (their share
+after a PPM method-C escape for unseen successors) is at least ``min_confidence``, then follows the most likely
 path while its joint probability stays above ``min_confidence``, for up to ``depth`` keys.
 
-A scikit-learn model was considered and rejected: an online table answers in ~microseconds per access, learns
-from one observation, and its confidence is a calibrated frequency; a fitted classifier needs batches, a
-feature encoding of unbounded key sets, and costs 100x more per prediction.
+A scikit-learn model was considered and rejected: an online table learns from one observation, answers in
+microseconds, and its confidence is a calibrated frequency; a fitted classifier needs batches, a feature encoding
+of unbounded key sets, and costs 100x more per prediction.
 
-Worker: one daemon thread fed by a bounded queue of accesses; it updates the model, predicts and loads, so
-``get()`` only pays for an enqueue. Accesses are dropped (counted), not queued without limit, when the worker
-falls behind; ``inline=True`` does all of it synchronously in ``get()`` (deterministic tests and benchmarks).
+Worker (:class:`PrefetchWorker`): one daemon thread fed with *batches* of accesses; it updates the model,
+predicts and loads. A full queue drops the batch and counts it (the caller never blocks, never sees an error).
+
+Governor (:class:`PrefetchGovernor`): decides, from measurements, whether the model runs at all. The model costs
+CPU on every access (tens of µs of Python); it pays only when its prefetches are later used. States:
+
+* ``off`` — the model is not fed. The caller's thread only counts the access and remembers the agent's last
+  key; one access in ``sample_every`` (on average) records the pair (previous key of the agent, key) in a small
+  successor sketch. At the end of each window of ``window`` accesses the sketch's repeat rate (how often a
+  sampled key was followed by the successor the sketch remembered) says whether a pattern exists.
+* ``trial`` — a pattern appeared (repeat rate >= ``min_repeat``, and the repeats that fell on misses are at least
+  ``min_coverage`` of the sampled pairs: a pattern over keys that already hit cannot pay), or a periodic blind
+  probe is due: the model is fed for one window (two when the first is precise but its coverage is still low:
+  the model starts nearly empty and learns in the first).
+* ``on`` — the last window's precision (prefetched-and-used / prefetched) and coverage (used / (used + misses))
+  were at least ``min_precision`` and ``min_coverage``; checked again at the end of every window.
+
+A window that fails the rule switches to ``off``; the next sketch-triggered trial waits ``probe_gap`` accesses,
+doubled after each failed trial (up to ``max_probe_gap``), and blind probes come at doubling intervals from
+``blind_gap``. When on, the caller appends the access to a list and hands the list to the worker every ``batch``
+accesses; the model predicts from each agent's last access of the batch.
 """
 
 from __future__ import annotations
 
 import queue
+import random
 import threading
+import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from ..logs import get_logger
 
-__all__ = ["MarkovPredictor", "PrefetchWorker"]
+__all__ = ["MarkovPredictor", "PrefetchGovernor", "PrefetchWorker"]
 
 _ALL = "\x00all"   # owner of the shared table that every agent's accesses also train
 _REST = object()   # successor slot holding the weight of dropped successors
+_RESCALE = 1e100   # lazy decay: rescale a context's weights once its increment grows past this
+_UNSUPPORTED: list[Any] = []   # cached "too little support" (distinct object from an empty ranking)
 
 log = get_logger("cache")
+
+Access = tuple[str, Hashable]
 
 
 class MarkovPredictor:
@@ -59,52 +82,99 @@ class MarkovPredictor:
         self.min_support = min_support
         self.max_contexts = max_contexts
         self.max_successors = max_successors
-        self._tables: OrderedDict[tuple[Any, ...], dict[Hashable, float]] = OrderedDict()
+        # context -> [increment, stored total, {successor: stored weight}, ranked successors or None (stale)];
+        # real weight = stored / increment.
+        self._tables: OrderedDict[tuple[Any, ...], list[Any]] = OrderedDict()
         self._history: dict[str, deque[Hashable]] = {}
         self._lock = threading.Lock()
 
     def observe(self, agent: str, key: Hashable) -> None:
         """Learn that ``agent`` accessed ``key`` after its recent history."""
         with self._lock:
-            hist = self._history.get(agent)
-            if hist is None:
-                hist = self._history[agent] = deque(maxlen=self.order)
-            h = tuple(hist)
-            for o in range(1, 2 * len(h) + 1):
-                ctx = (agent if o <= len(h) else _ALL, *h[-(o - 1) % len(h) - 1:])
-                succ = self._tables.get(ctx)
-                if succ is None:
-                    succ = self._tables[ctx] = {}
+            self._observe(agent, key)
+
+    def observe_many(self, accesses: Sequence[Access]) -> None:
+        """:meth:`observe` for each ``(agent, key)`` in order, under one lock acquisition."""
+        with self._lock:
+            for agent, key in accesses:
+                self._observe(agent, key)
+
+    def _observe(self, agent: str, key: Hashable) -> None:
+        hist = self._history.get(agent)
+        if hist is None:
+            hist = self._history[agent] = deque(maxlen=self.order)
+        h = tuple(hist)
+        n = len(h)
+        tables = self._tables
+        for ctx in [(owner, *h[n - o:]) for owner in (agent, _ALL) for o in range(1, n + 1)]:
+            ent = tables.get(ctx)
+            if ent is None:
+                ent = tables[ctx] = [1.0, 0.0, {}, None]
+                if len(tables) > self.max_contexts:
+                    tables.popitem(last=False)
+            else:
+                tables.move_to_end(ctx)
+                ent[0] /= self.decay   # lazy decay: newer observations weigh more, old weights stay put
+                ent[3] = None
+            inc = ent[0]
+            succ = ent[2]
+            succ[key] = succ.get(key, 0.0) + inc
+            ent[1] += inc
+            if len(succ) > 2 * self.max_successors + 1:
+                # Keep the strongest max_successors; the mass of the others goes to _REST, so the confidence of
+                # the rest stays a true share (a context with many successors never looks confident). Pruning
+                # to half the limit at once costs one sort per max_successors new successors.
+                rest = succ.pop(_REST, 0.0)
+                ranked = sorted(succ.items(), key=lambda t: t[1], reverse=True)
+                for s, w in ranked[self.max_successors:]:
+                    rest += w
+                    del succ[s]
+                succ[_REST] = rest
+            if inc > _RESCALE:
+                for s in succ:
+                    succ[s] /= inc
+                ent[0], ent[1] = 1.0, ent[1] / inc
+        hist.append(key)
+
+    def seed(self, pairs: Sequence[tuple[Hashable, Hashable, float]]) -> None:
+        """Add ``weight`` to ``prev -> succ`` in the shared order-1 table for each triple (a warm start from a
+        sampled sketch, so a model switched on does not have to relearn what the sketch already saw repeat)."""
+        with self._lock:
+            for prev, succ_key, weight in pairs:
+                ent = self._tables.get((_ALL, prev))
+                if ent is None:
+                    ent = self._tables[(_ALL, prev)] = [1.0, 0.0, {}, None]
                     if len(self._tables) > self.max_contexts:
                         self._tables.popitem(last=False)
-                else:
-                    self._tables.move_to_end(ctx)
-                    for s in succ:
-                        succ[s] *= self.decay
-                succ[key] = succ.get(key, 0.0) + 1.0
-                if len(succ) > self.max_successors + 1:
-                    # Drop the weakest successor but keep its mass in _REST, so the confidence of the others
-                    # stays a true share (a context with many successors never looks confident).
-                    weakest = min((s for s in succ if s is not _REST), key=succ.__getitem__)
-                    succ[_REST] = succ.get(_REST, 0.0) + succ.pop(weakest)
-            hist.append(key)
+                inc = ent[0] * weight
+                ent[2][succ_key] = ent[2].get(succ_key, 0.0) + inc
+                ent[1] += inc
+                ent[3] = None
 
     def _next(self, agent: str, h: tuple[Any, ...]) -> list[tuple[float, Hashable]]:
         # Longest supported context of the agent's own table, then of the shared table (all agents).
         for owner in (agent, _ALL):
             for o in range(min(len(h), self.order), 0, -1):
-                succ = self._tables.get((owner, *h[-o:]))
-                if succ is None:
+                ent = self._tables.get((owner, *h[-o:]))
+                if ent is None:
                     continue
-                total = sum(succ.values())
-                if total < self.min_support:
-                    continue
-                # PPM "method C" escape (Moffat 1990): reserve mass for an unseen successor in proportion to
-                # the distinct successors seen, so a context seen twice with two outcomes is not "50% sure".
-                total += len(succ)
-                ranked = sorted(((w / total, s) for s, w in succ.items()), key=lambda t: -t[0])
-                return [(p, s) for p, s in ranked if p >= self.min_confidence and s is not _REST]
+                ranked = ent[3]
+                if ranked is None:   # ranked once per update of the context, then reused by every prediction
+                    ranked = ent[3] = self._rank(ent[0], ent[1], ent[2])
+                if ranked is not _UNSUPPORTED:
+                    return ranked
         return []
+
+    def _rank(self, inc: float, total: float, succ: dict[Hashable, float]) -> list[tuple[float, Hashable]]:
+        if total < self.min_support * inc:
+            return _UNSUPPORTED
+        # PPM "method C" escape (Moffat 1990): reserve mass for an unseen successor in proportion to the
+        # distinct successors seen, so a context seen twice with two outcomes is not "50% sure".
+        norm = total + len(succ) * inc
+        bar = self.min_confidence * norm
+        ranked = [(w / norm, s) for s, w in succ.items() if w >= bar and s is not _REST]
+        ranked.sort(key=lambda t: -t[0])
+        return ranked
 
     def predict(self, agent: str, depth: int) -> list[Hashable]:
         """Up to ``depth`` keys ``agent`` is likely to access next, most likely first."""
@@ -131,72 +201,284 @@ class MarkovPredictor:
 
 
 class PrefetchWorker:
-    """Runs prefetch jobs on one daemon thread with a bounded queue (or inline)."""
+    """Runs batches of accesses on one daemon thread (or inline), with a bounded backlog.
 
-    def __init__(self, run: Callable[[str, Hashable], None], *, queue_size: int = 64,
+    ``run(batch, latest)``: ``latest`` is False when newer batches already wait, so predictions made from this
+    one would be stale (the thread fell behind): the callee then only learns from it.
+
+    ``submit`` never blocks and never raises: when ``queue_size`` batches are already waiting, the batch is
+    dropped and its accesses are counted in ``dropped``. ``cpu_s`` is the thread CPU time spent running batches
+    (measured per batch on the worker thread, never on the caller's).
+    """
+
+    def __init__(self, run: Callable[[list[Access], bool], None], *, queue_size: int = 64,
                  inline: bool = False) -> None:
         self._run = run
         self.inline = inline
-        self.dropped = 0
-        self._q: queue.Queue[tuple[str, Hashable] | None] = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self.dropped = 0      # accesses dropped because the backlog was full
+        self.sent = 0         # batches queued (written by callers only)
+        self.done = 0         # batches run (written by the worker only)
+        self.ran = 0          # accesses run
+        self.cpu_s = 0.0      # worker thread CPU seconds spent running them
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def submit(self, agent: str, key: Hashable) -> None:
-        """Prefetch ``key`` for ``agent`` now (inline) or soon (thread); dropped when the queue is full."""
+    def submit(self, batch: list[Access]) -> None:
+        """Run ``batch`` now (inline) or soon (thread); dropped and counted when the backlog is full."""
         if self.inline:
-            self._safe(agent, key)
+            self._safe(batch, True)
+            self.ran += len(batch)
+            return
+        if self.sent - self.done >= self.queue_size:
+            self.dropped += len(batch)
             return
         if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._loop, name="sutazai-cache-prefetch",
-                                                    daemon=True)
-                    self._thread.start()
-        try:
-            self._q.put_nowait((agent, key))
-        except queue.Full:
-            self.dropped += 1
+            self._start()
+        self.sent += 1
+        self._q.put(batch)
 
-    def _safe(self, agent: str, key: Hashable) -> None:
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="sutazai-cache-prefetch", daemon=True)
+                self._thread.start()
+
+    def _safe(self, batch: list[Access], latest: bool) -> None:
         try:
-            self._run(agent, key)
+            self._run(batch, latest)
         except Exception as exc:  # a failed prefetch is only a missed opportunity
-            log.debug("prefetch of %r failed: %s", key, exc)
+            log.debug("prefetch batch failed: %s", exc)
 
     def _loop(self) -> None:
         while True:
             item = self._q.get()
             if item is None:
                 return
-            if isinstance(item[1], _Barrier):
-                item[1].ev.set()
+            if isinstance(item, threading.Event):
+                item.set()
                 continue
-            self._safe(*item)
+            t0 = time.thread_time()
+            self._safe(item, self.sent - self.done <= 1)
+            self.cpu_s += time.thread_time() - t0
+            self.ran += len(item)
+            self.done += 1
 
     def drain(self) -> None:
-        """Wait until every queued prefetch ran (for tests)."""
+        """Wait until every queued batch ran (tests and benchmarks)."""
         if self._thread is None:
             return
         done = threading.Event()
-        self._q.put(("", _Barrier(done)))
+        self._q.put(done)
         done.wait()
 
     def close(self) -> None:
-        """Stop the thread (queued jobs are dropped)."""
+        """Stop the thread (queued batches are dropped)."""
         t = self._thread
         if t is None:
             return
         while True:
             try:
-                self._q.get_nowait()
+                item = self._q.get_nowait()
             except queue.Empty:
                 break
+            if isinstance(item, threading.Event):
+                item.set()
+            elif item is not None:
+                self.done += 1
         self._q.put(None)
         t.join()
         self._thread = None
 
 
-class _Barrier:
-    def __init__(self, ev: threading.Event) -> None:
-        self.ev = ev
+OFF, TRIAL, ON = "off", "trial", "on"
+
+
+class PrefetchGovernor:
+    """Feeds the worker only while prefetching pays (see the module docstring for the rule).
+
+    ``observe(agent, key, miss)`` is the only call on the caller's hot path; it is rebound when the state changes, so
+    each state's path is one short function. ``signals()`` returns the cache's cumulative ``(prefetched, used,
+    misses)`` counters; the governor compares them window by window.
+
+    Example:
+        >>> ran = []
+        >>> w = PrefetchWorker(lambda batch, latest: ran.extend(batch), inline=True)
+        >>> g = PrefetchGovernor(w, lambda: (0, 0, 0), mode="always", batch=1)
+        >>> g.observe("agent", "k", True)
+        >>> ran, g.state
+        ([('agent', 'k')], 'on')
+    """
+
+    def __init__(self, worker: PrefetchWorker, signals: Callable[[], tuple[int, int, int]], *,
+                 seed: Callable[[list[tuple[Hashable, Hashable, float]]], None] | None = None,
+                 mode: str = "auto", batch: int = 8, window: int = 1024, sample_every: int = 16,
+                 min_precision: float = 0.4, min_coverage: float = 0.05, min_repeat: float = 0.3,
+                 sketch_size: int = 4096, probe_gap: int = 16384, max_probe_gap: int = 1 << 18,
+                 blind_gap: int = 1 << 17, max_blind_gap: int = 1 << 22) -> None:
+        self.worker = worker
+        self._signals = signals
+        self._seed = seed
+        self.mode = mode
+        self.batch = max(1, batch)
+        self.window = window
+        self.sample_every = max(1, sample_every)
+        self.min_precision = min_precision
+        self.min_coverage = min_coverage
+        self.min_repeat = min_repeat
+        self.sketch_size = sketch_size
+        self._probe_gap0, self._max_probe_gap = probe_gap, max_probe_gap
+        self._blind_gap, self._max_blind_gap = blind_gap, max_blind_gap
+        rng = random.Random(0x5EED)   # strides of mean sample_every, varied so periodic streams do not alias
+        self._strides = [rng.randint(1, 2 * self.sample_every - 1) for _ in range(61)]
+        self._stride_i = 0
+        self._n = 0                       # accesses observed
+        self._mark = 0                    # off: next access that takes the slow path
+        self._next_sample = 0
+        self._window_end = window
+        self._last: dict[str, Hashable] = {}
+        self._sketch: dict[Hashable, list[Any]] = {}   # sampled key -> [successor seen last, times it repeated]
+        self._sampled = self._known = self._repeats = self._miss_repeats = 0
+        self._batch_buf: list[Access] = []
+        self._fails = 0
+        self._extended = False
+        self._probe_at = 0
+        self._blind_at = blind_gap
+        self._base = (0, 0, 0)
+        self._on_accesses = 0            # accesses fed to the model
+        self.state = OFF
+        self.reason = "watching: no pattern seen yet"
+        self.precision = 0.0              # of the last window with the model on
+        self.coverage = 0.0
+        self.repeat_rate = 0.0            # of the sketch, last window with the model off
+        self.miss_repeat_rate = 0.0       # the same, counting only repeats on accesses that missed
+        self.switches: deque[tuple[int, str, str]] = deque(maxlen=32)
+        self.observe: Callable[[str, Hashable, bool], None] = self._observe_off
+        if mode == "always":
+            self._switch(ON, "forced on (prefetch_mode='always')")
+
+    # ---- hot path ---------------------------------------------------------------------------------------------
+    def _observe_off(self, agent: str, key: Hashable, miss: bool) -> None:
+        n = self._n = self._n + 1
+        if n >= self._mark:
+            self._slow_off(agent, key, miss, n)
+        self._last[agent] = key
+
+    def _observe_on(self, agent: str, key: Hashable, miss: bool) -> None:
+        self._n += 1
+        b = self._batch_buf
+        b.append((agent, key))
+        if len(b) >= self.batch:
+            self._flush()
+
+    # ---- off: sampling into the sketch --------------------------------------------------------------------
+    def _slow_off(self, agent: str, key: Hashable, miss: bool, n: int) -> None:
+        if n >= self._next_sample:
+            prev = self._last.get(agent)
+            if prev is not None:
+                self._sampled += 1
+                sketch = self._sketch
+                s = sketch.get(prev)
+                if s is None:
+                    if len(sketch) >= self.sketch_size:
+                        del sketch[next(iter(sketch))]
+                    sketch[prev] = [key, 0]
+                else:
+                    self._known += 1
+                    if s[0] == key:
+                        self._repeats += 1
+                        self._miss_repeats += miss
+                        s[1] += 1
+                    else:
+                        s[0], s[1] = key, 0
+            self._stride_i = i = (self._stride_i + 1) % len(self._strides)
+            self._next_sample = n + self._strides[i]
+        if n >= self._window_end:
+            self._window_end = n + self.window
+            pattern = False
+            if self._known >= 16:   # enough evidence (else keep accumulating over the next window)
+                self.repeat_rate = self._repeats / self._known
+                # A pattern pays only if it predicts misses: repeats whose access missed, as a share of known.
+                self.miss_repeat_rate = self._miss_repeats / self._known
+                self._known = self._repeats = self._miss_repeats = 0
+                pattern = self.repeat_rate >= self.min_repeat and self.miss_repeat_rate >= self.min_coverage
+            if n >= self._probe_at and pattern:
+                self._switch(TRIAL, f"pattern: sketch repeat rate {self.repeat_rate:.2f} >= {self.min_repeat}, "
+                                    f"on misses {self.miss_repeat_rate:.2f} >= {self.min_coverage}")
+            elif n >= self._blind_at:
+                self._blind_at = n + self._blind_gap
+                self._blind_gap = min(self._blind_gap * 2, self._max_blind_gap)
+                self._switch(TRIAL, "periodic probe")
+        if self.state == OFF:
+            self._mark = min(self._next_sample, self._window_end)
+
+    # ---- on: batches to the worker, and the rule -----------------------------------------------------------
+    def _flush(self) -> None:
+        b = self._batch_buf
+        self._batch_buf = []
+        self._on_accesses += len(b)
+        self.worker.submit(b)
+        if self._n >= self._window_end:
+            self._evaluate(self._n)
+
+    def _evaluate(self, n: int) -> None:
+        self._window_end = n + self.window
+        p, u, m = self._signals()
+        dp, du, dm = p - self._base[0], u - self._base[1], m - self._base[2]
+        self._base = (p, u, m)
+        self.precision = du / dp if dp > 0 else 0.0
+        self.coverage = du / (du + dm) if du + dm > 0 else 0.0
+        if self.mode == "always":
+            return
+        if self.state == TRIAL and not self._extended and self.precision >= self.min_precision and du > 0:
+            # The model started nearly empty: its first window learns. Precise but too few prefetches used yet:
+            # judge the coverage on one more window before backing off.
+            self._extended = True
+            self.reason = f"trial extended: precision {self.precision:.2f}, coverage {self.coverage:.2f} (learning)"
+            return
+        if self.precision >= self.min_precision and self.coverage >= self.min_coverage:
+            self._fails = 0
+            if self.state != ON:
+                self._switch(ON, f"pays: precision {self.precision:.2f}, coverage {self.coverage:.2f}")
+            return
+        self._fails += 1
+        gap = min(self._probe_gap0 << min(self._fails - 1, 30), self._max_probe_gap)
+        self._probe_at = n + gap
+        why = (f"precision {self.precision:.2f} < {self.min_precision}" if self.precision < self.min_precision
+               else f"coverage {self.coverage:.2f} < {self.min_coverage}")
+        self._switch(OFF, f"does not pay: {why}; next trial after {gap} accesses")
+
+    def _switch(self, state: str, reason: str) -> None:
+        self.state, self.reason = state, reason
+        self._extended = False
+        self.switches.append((self._n, state, reason))
+        self._window_end = self._n + self.window
+        if state == OFF:
+            self._batch_buf = []
+            self._known = self._repeats = self._miss_repeats = 0
+            self._mark = min(self._next_sample, self._window_end)
+            self.observe = self._observe_off
+        else:
+            if self._seed is not None and self._sketch:
+                # Warm start: the successors the sketch saw repeat, weighted by how often.
+                self._seed([(k, s, 1.0 + r) for k, (s, r) in self._sketch.items() if r > 0])
+            self._base = self._signals()
+            self.observe = self._observe_on
+
+    # ---- figures --------------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """State, the reason for it, the measurements behind it and what the model cost."""
+        w = self.worker
+        cost_us = w.cpu_s / w.ran * 1e6 if w.ran and not w.inline else None
+        return {
+            "mode": self.mode, "state": self.state, "reason": self.reason, "requests": self._n,
+            "precision": self.precision, "coverage": self.coverage, "sketch_repeat_rate": self.repeat_rate,
+            "sketch_miss_repeat_rate": self.miss_repeat_rate,
+            "sampled": self._sampled, "model_accesses": self._on_accesses,
+            "next_trial_at": max(self._probe_at, self._n) if self.state == OFF else None,
+            "next_probe_at": self._blind_at if self.state == OFF else None,
+            "model_cpu_s": w.cpu_s, "model_cpu_us_per_access": cost_us,
+            "dropped": w.dropped,
+            "switches": [{"at": at, "state": st, "reason": r} for at, st, r in self.switches],
+        }

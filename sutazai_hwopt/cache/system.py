@@ -41,6 +41,7 @@ from .codec import KIND_PICKLE, KIND_STR, decode, encode, key_bytes, key_from_by
 if TYPE_CHECKING:
     from .engine import Cache
     from .l3 import L3Tier
+    from .prefetch import PrefetchGovernor
     from .remote import RemoteTier
     from .shared_index import SharedTier
     from .tiers import Demoted, Tier
@@ -129,22 +130,27 @@ class IntelligentCacheSystem:
         self._agents: dict[str, AgentStats] = {}
         self._predictor: Any = None
         self._worker: Any = None
+        self._prefetcher: PrefetchGovernor | None = None
         self._prefetched: OrderedDict[bytes, None] = OrderedDict()
         self._pf = {"predicted": 0, "prefetched": 0, "used": 0, "skipped": 0, "failed": 0}
         self._loaders: dict[str, Callable[[Any], Any]] = {}
         if cfg.enable_prefetch and cfg.prefetch_depth > 0:
-            from .prefetch import MarkovPredictor, PrefetchWorker
+            from .prefetch import MarkovPredictor, PrefetchGovernor, PrefetchWorker
 
             self._predictor = MarkovPredictor(cfg.prefetch_order, min_confidence=cfg.prefetch_min_confidence)
-            self._worker = PrefetchWorker(self._on_access, queue_size=cfg.prefetch_queue,
+            self._worker = PrefetchWorker(self._on_batch, queue_size=cfg.prefetch_queue,
                                           inline=cfg.prefetch_inline)
+            self._prefetcher = PrefetchGovernor(
+                self._worker, self._pf_signals, seed=self._predictor.seed, mode=cfg.prefetch_mode,
+                batch=1 if cfg.prefetch_inline else cfg.prefetch_batch,
+                min_precision=cfg.prefetch_min_precision, min_coverage=cfg.prefetch_min_coverage)
         # Tagged bytes and hash of keys seen (exact str / bytes / int), shared by both paths of get.
         self._keymemo: dict[Any, tuple[bytes, int]] = {}
         cls = type(self)
         self._front = TieredFront(self, self._l1.get if self._l1 is not None else None,
                                   self._l2.index if self._l2 is not None else None, self._keymemo,
                                   self._agents, cls._get_slow,
-                                  cls._after_access if self._predictor is not None else None,
+                                  cls._after_access if self._prefetcher is not None else None,
                                   self._prefetched, _MISS)
         if self._l1 is not None:
             # The compiled L1-hit path, bound over the class's get (which it falls back to for the rest).
@@ -271,8 +277,8 @@ class IntelligentCacheSystem:
                 if kb in self._prefetched:
                     del self._prefetched[kb]
                     self._pf["used"] += 1
-        if self._predictor is not None:
-            self._after_access(agent_id, kb)
+        if self._prefetcher is not None:
+            self._prefetcher.observe(agent_id, kb, level is None)
         return (default, None) if level is None else (value, level)
 
     def _lookup(self, kb: bytes, h: int, ent: Any = _UNREAD) -> tuple[Any, str | None]:
@@ -433,18 +439,30 @@ class IntelligentCacheSystem:
 
     # ---- prefetching ------------------------------------------------------------------------------------------
     def _after_access(self, agent_id: str, kb: bytes) -> None:
-        # The model is updated on the worker thread: get() only enqueues the access (dropped when full).
-        self._worker.submit(agent_id, kb)
+        """The compiled front's hook after an L1 hit: the access is seen by the prefetch governor (a hit)."""
+        pf = self._prefetcher
+        if pf is not None:
+            pf.observe(agent_id, kb, False)
 
-    def _on_access(self, agent_id: str, kb: Any) -> None:
+    def _pf_signals(self) -> tuple[int, int, int]:
+        """(prefetched, used, misses) so far: what the governor's rule compares window by window."""
+        misses = sum(a.as_dict(LEVELS)["misses"] for a in list(self._agents.values()))   # once per window
+        return self._pf["prefetched"], self._pf["used"], misses
+
+    def _on_batch(self, batch: list[tuple[str, Any]], latest: bool) -> None:
+        # On the worker thread (or inline): learn the batch, then predict from each agent's latest access
+        # (unless newer batches wait: predictions from a stale history would load keys already passed).
         pred = self._predictor
-        pred.observe(agent_id, kb)
-        for nk in pred.predict(agent_id, self.config.prefetch_depth):
-            self._pf["predicted"] += 1
-            try:
-                self._prefetch_one(agent_id, nk)
-            except Exception as exc:  # a failed prefetch is only a missed opportunity
-                log.debug("prefetch of %r failed: %s", nk, exc)
+        pred.observe_many(batch)
+        if not latest:
+            return
+        for agent_id in dict.fromkeys(a for a, _ in batch):
+            for nk in pred.predict(agent_id, self.config.prefetch_depth):
+                self._pf["predicted"] += 1
+                try:
+                    self._prefetch_one(agent_id, nk)
+                except Exception as exc:  # a failed prefetch is only a missed opportunity
+                    log.debug("prefetch of %r failed: %s", nk, exc)
 
     def _prefetch_one(self, agent_id: str, kb: Any) -> None:
         h = key_hash(kb)
@@ -510,12 +528,38 @@ class IntelligentCacheSystem:
         if self._remote is not None:
             levels["remote"] = {"errors": self._remote.errors, "rejected": self._remote.rejected}
         out["levels"] = levels
-        if self._predictor is not None:
+        if self._prefetcher is not None:
             pf["accuracy"] = pf["used"] / pf["prefetched"] if pf["prefetched"] else 0.0
             pf["coverage"] = pf["used"] / (pf["used"] + misses) if (pf["used"] + misses) else 0.0
             pf["dropped"] = self._worker.dropped
+            pf.update(self._prefetcher.stats())   # state, reason, last window's precision/coverage, cost
             out["prefetch"] = pf
+        out["layers"] = self._layer_figures(out)
         return out
+
+    def _layer_figures(self, out: dict[str, Any]) -> dict[str, Any]:
+        """What each optional layer on the hot path costs and saves, from counters (no timers on the hot path)."""
+        levels, hits = out["levels"], out["hits"]
+        layers: dict[str, Any] = {"stats": {"on": True, "cost": "one lock and 3-4 dict increments per get/put",
+                                            "saves": "nothing: observability only"}}
+        if "L1" in levels:
+            layers["L1"] = {"on": True, "cost": {"entries": levels["L1"]["entries"],
+                                                 "bytes": levels["L1"]["bytes"],
+                                                 "evictions": levels["L1"]["evictions"]},
+                            "saves": {"hits": hits["L1"]}}
+        if "L3" in levels:
+            l3 = levels["L3"]
+            layers["L3"] = {"on": True, "cost": {"writes": l3.get("inserts", 0) + l3.get("updates", 0),
+                                                 "raw_bytes_in": l3["raw_bytes_in"]},
+                            "saves": {"hits": hits["L3"]}}
+        pf = out.get("prefetch")
+        if pf is not None:
+            layers["prefetch"] = {"on": pf["state"] != "off",
+                                  "cost": {"model_accesses": pf["model_accesses"], "model_cpu_s": pf["model_cpu_s"],
+                                           "loads": pf["prefetched"], "wasted": pf["prefetched"] - pf["used"],
+                                           "dropped": pf["dropped"]},
+                                  "saves": {"misses_avoided": pf["used"]}}
+        return layers
 
     def check(self) -> bool:
         """Run the invariant checks of every shared tier (True, or CorruptionError naming the problem)."""

@@ -215,7 +215,8 @@ def test_prefetch_learns_a_workflow(ns: str) -> None:
         calls.append(key)
         return f"value-of-{key}"
 
-    cache = IntelligentCacheSystem(_cfg(ns, enable_prefetch=True, prefetch_inline=True, prefetch_depth=3),
+    cache = IntelligentCacheSystem(_cfg(ns, enable_prefetch=True, prefetch_inline=True, prefetch_depth=3,
+                                        prefetch_mode="always"),
                                    loader=loader)
     chain = ["plan", "search", "embed", "rank", "answer"]
     for _ in range(3):
@@ -237,7 +238,8 @@ def test_prefetch_background_worker_is_bounded_and_stops(ns: str) -> None:
     """The threaded worker prefetches, drains, and its thread ends on close."""
     import threading
 
-    cache = IntelligentCacheSystem(_cfg(ns, enable_prefetch=True, prefetch_depth=2), loader=lambda k: str(k))
+    cache = IntelligentCacheSystem(_cfg(ns, enable_prefetch=True, prefetch_depth=2, prefetch_mode="always"),
+                                   loader=lambda k: str(k))
     for _ in range(4):
         for k in ("a", "b", "c"):
             cache.get(k, "ag")
