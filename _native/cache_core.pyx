@@ -165,6 +165,10 @@ cdef class CacheCore:
     # deferred releases
     cdef PyObject** dead
     cdef Py_ssize_t ndead, dead_cap
+    # popitem: while set, the first entry the policy evicts is handed over (owned refs) instead of counted
+    cdef bint popping
+    cdef PyObject* popped_key
+    cdef PyObject* popped_val
     # stats
     cdef readonly int64_t hits, misses, evictions, evicted_weight, expirations, rejections
     # policy state
@@ -357,6 +361,13 @@ cdef class CacheCore:
         self.lvl_wt[p] -= w
         if self.expires != NULL and self.wprv[i] != W_NONE:
             _wheel_unlink(self, i)
+        if cause == 1 and self.popping:
+            if self.popped_key == NULL:
+                Py_INCREF(<object>self.kv[i].key)
+                Py_INCREF(<object>self.kv[i].val)
+                self.popped_key = self.kv[i].key
+                self.popped_val = self.kv[i].val
+            cause = 0
         if cause == 1:
             self.evictions += 1
             self.evicted_weight += w
@@ -498,6 +509,49 @@ cdef class CacheCore:
         self._remove(i, 0)
         self._release()
         return value
+
+    def popitem(self):
+        """Remove and return ``(key, value)`` of the entry the policy would evict next; KeyError when empty.
+
+        Priority-0 entries go first, in the policy's eviction order, then the lowest priority level's LRU.
+        Not an eviction: no counter, no ``on_evict``.
+        """
+        cdef PyObject* k
+        cdef PyObject* v
+        if self.n_ttl:
+            _expire(self, _now(self))
+        if self.n_res == 0:
+            self._release()
+            raise KeyError("popitem(): cache is empty")
+        self.popping = True
+        try:
+            if not (self.lvl_cnt[0] and _p_pop_one(self)):
+                _evict_prio(self, NPRIO - 1)
+        finally:
+            self.popping = False
+        k = self.popped_key
+        v = self.popped_val
+        self.popped_key = NULL
+        self.popped_val = NULL
+        if k == NULL:
+            self._release()
+            raise KeyError("popitem(): no entry could be removed")
+        self._defer(k)
+        self._defer(v)
+        result = (<object>k, <object>v)
+        self._release()
+        return result
+
+    def _entry(self, key):
+        """Pickling hook: ``(value, weight, priority, seconds left or None)`` of ``key``, or None."""
+        cdef double now = _now(self) if self.n_ttl else 0.0
+        cdef int32_t i = self._lookup(key, self._hash(key))
+        if i < 0:
+            return None
+        left = None
+        if self.expires != NULL and self.expires[i] != INFINITY:
+            left = max(self.expires[i] - now, 1e-9)
+        return (<object>self.kv[i].val, self._w(i), self.ln[i].prio, left)
 
     def __len__(self):
         return self.n_res

@@ -143,6 +143,12 @@ cdef bint _p_evict_one(CacheCore self) except -1:
     self._drop(v, 1, -1)
     return True
 
+cdef bint _p_pop_one(CacheCore self) except -1:
+    """popitem's victim: as :func:`_p_evict_one`, also when no bound is exceeded (ARC checks one)."""
+    if self.kind == K_ARC:
+        return _arc_evict(self, False)
+    return _p_evict_one(self)
+
 cdef bint _evict_prio(CacheCore self, int pmax) except -1:
     """Evict the LRU entry of the lowest non-empty priority level in 1..pmax."""
     cdef int p
@@ -236,10 +242,14 @@ cdef bint _s3_evict_main(CacheCore self) except -1:
 
 # --- ARC (Megiddo & Modha 2003, Fig. 4); T1 = L_SMALL, T2 = L_MAIN, B1 = L_G1, B2 = L_G2
 cdef bint _arc_replace(CacheCore self, bint in_b2) except -1:
-    cdef int64_t t1 = self.lcnt[L_SMALL]
-    cdef int32_t v
     if not self._over():
         return False
+    return _arc_evict(self, in_b2)
+
+cdef bint _arc_evict(CacheCore self, bint in_b2) except -1:
+    """ARC's REPLACE: move T1's or T2's LRU entry to its ghost list."""
+    cdef int64_t t1 = self.lcnt[L_SMALL]
+    cdef int32_t v
     if t1 >= 1 and ((in_b2 and t1 == self.arc_p) or t1 > self.arc_p):
         v = self.ltail[L_SMALL]
         _unlink(self, v)

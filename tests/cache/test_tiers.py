@@ -7,13 +7,13 @@ import inspect
 from collections.abc import Iterator
 
 import pytest
-from sutazai_hwopt.shm import list_segment_names
 
 from sutazai_hwopt.cache.codec import encode, key_bytes, key_hash
 from sutazai_hwopt.cache.l3 import L3Tier
 from sutazai_hwopt.cache.remote import RemoteTier
 from sutazai_hwopt.cache.shared_index import SharedTier
 from sutazai_hwopt.cache.tiers import Tier
+from sutazai_hwopt.shm import list_segment_names
 from sutazai_hwopt.testing import throwaway_namespace
 
 LEVELS = [SharedTier, L3Tier, RemoteTier]
