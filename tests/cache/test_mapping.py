@@ -83,10 +83,10 @@ def _compare(c: Cache, m: dict[Any, Any]) -> None:
     assert sorted(map(repr, c)) == sorted(map(repr, m))
     assert c.keys() == m.keys() and set(c.items()) == set(m.items())
     assert sorted(map(repr, c.values())) == sorted(map(repr, m.values()))
-    assert c == m and not (c != m) and dict(c) == m
+    assert c == m and not (c != m) and dict(c) == m  # noqa: SIM202 (__ne__ is tested)
     for k, v in m.items():
-        assert k in c.keys() and (k, v) in c.items() and v in c.values()
-    assert ("absent", 0) not in c.items() and "absent" not in c.keys()
+        assert k in c.keys() and (k, v) in c.items() and v in c.values()  # noqa: SIM118 (the view is tested)
+    assert ("absent", 0) not in c.items() and "absent" not in c.keys()  # noqa: SIM118
     c.check()
 
 
