@@ -7,10 +7,15 @@
 cdef inline void _sk_inc(CacheCore self, Py_hash_t h) noexcept:
     cdef uint64_t x = _mix(<uint64_t>h, SEED)
     cdef uint8_t* b = &self.sketch[(((x >> 32) * self.sk_blocks) >> 32) << 6]
-    cdef int r
-    for r in range(4):
-        if b[(r << 4) + ((x >> (r << 2)) & 15)] < 15:
-            b[(r << 4) + ((x >> (r << 2)) & 15)] += 1
+    # unrolled and branch-free (saturating at 15): the hit path's largest cost after the lookup
+    cdef uint8_t* c0 = &b[x & 15]
+    cdef uint8_t* c1 = &b[16 + ((x >> 4) & 15)]
+    cdef uint8_t* c2 = &b[32 + ((x >> 8) & 15)]
+    cdef uint8_t* c3 = &b[48 + ((x >> 12) & 15)]
+    c0[0] = c0[0] + (c0[0] < 15)
+    c1[0] = c1[0] + (c1[0] < 15)
+    c2[0] = c2[0] + (c2[0] < 15)
+    c3[0] = c3[0] + (c3[0] < 15)
     self.sk_add += 1
     if self.sk_add >= self.sk_period:
         _sk_age(self)
@@ -42,10 +47,9 @@ cdef inline int _p_hit(CacheCore self, int32_t i) except -1:
     if self.ln[i].prio:
         _move(self, L_PRIO + self.ln[i].prio - 1, i)
         return 0
-    if self.adaptive and k != K_WTLFU:
-        _sk_inc(self, self.kv[i].hash)    # keep the sketch warm for a switch to W-TinyLFU
-    if k == K_WTLFU:
+    if k == K_WTLFU or self.adaptive:      # adaptive: kept warm for a switch to W-TinyLFU
         _sk_inc(self, self.kv[i].hash)
+    if k == K_WTLFU:
         if self.ln[i].lst == L_PROB:
             _unlink(self, i)
             _push(self, L_MAIN, i)
