@@ -13,29 +13,20 @@ from __future__ import annotations
 
 import functools
 import itertools
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_cache_speed import _Theine  # the same adapter as the script's table
 
 N = 10_000
 BATCH = 1_000
 TARGETS = {"get-hit": 1.0, "put-evict": 1.5}
 _MEDIANS: dict[tuple[str, str], float] = {}
-
-
-class _Theine:
-    """theine's API (get -> (value, found), set) behind get/__setitem__."""
-
-    def __init__(self, c: Any) -> None:
-        self.c = c
-
-    def get(self, k: Any, default: Any = None) -> Any:
-        v, ok = self.c.get(k)
-        return v if ok else default
-
-    def __setitem__(self, k: Any, v: Any) -> None:
-        self.c.set(k, v)
 
 
 def _lru_cache(n: int) -> Any:
@@ -77,6 +68,8 @@ NAMES = list(_factories())
 
 
 def _record(benchmark: Any, op: str, name: str) -> None:
+    if benchmark.stats is None:          # --benchmark-disable: the code ran once, nothing was timed
+        return
     median = benchmark.stats.stats.median / BATCH
     _MEDIANS[(op, name)] = median
     anchor = _MEDIANS.get((op, "cachebox.LRUCache"))
@@ -97,34 +90,27 @@ def _filled(name: str) -> Any:
     return c
 
 
-@pytest.mark.benchmark(group="get-hit")
-@pytest.mark.parametrize("name", NAMES)
-def test_get_hit(benchmark: Any, name: str) -> None:
-    c = _filled(name)
-    g = c.get
-    keys = [f"key-{i}" for i in range(0, N, N // BATCH)]
+def _bench_gets(benchmark: Any, name: str, op: str, keys: list[str]) -> None:
+    g = _filled(name).get
 
     def run() -> None:
         for k in keys:
             g(k)
 
     benchmark(run)
-    _record(benchmark, "get-hit", name)
+    _record(benchmark, op, name)
+
+
+@pytest.mark.benchmark(group="get-hit")
+@pytest.mark.parametrize("name", NAMES)
+def test_get_hit(benchmark: Any, name: str) -> None:
+    _bench_gets(benchmark, name, "get-hit", [f"key-{i}" for i in range(0, N, N // BATCH)])
 
 
 @pytest.mark.benchmark(group="get-miss")
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "functools.lru_cache"])
 def test_get_miss(benchmark: Any, name: str) -> None:
-    c = _filled(name)
-    g = c.get
-    keys = [f"absent-{i}" for i in range(BATCH)]
-
-    def run() -> None:
-        for k in keys:
-            g(k)
-
-    benchmark(run)
-    _record(benchmark, "get-miss", name)
+    _bench_gets(benchmark, name, "get-miss", [f"absent-{i}" for i in range(BATCH)])
 
 
 @pytest.mark.benchmark(group="put-evict")
