@@ -8,11 +8,11 @@ cdef int _shadow(CacheCore self, Py_hash_t h, bint main_hit) except -1:
     cdef int j
     cdef int32_t i
     cdef CacheCore sh
-    key = h
+    cdef Py_hash_t sh_h = _int_hash(h)      # the shadows hold one shared key object, told apart by hash
     self.sh_count += 1
     for j in range(4):
         sh = <CacheCore>self.shadows[j]
-        i = sh._lookup(key, sh._hash(key))
+        i = _probe(sh, _SHADOW_KEY, sh_h)    # shadows have no TTLs: a probe is the whole lookup
         if i >= 0:
             sh._count(True, 0)
             _p_hit(sh, i)
@@ -20,15 +20,15 @@ cdef int _shadow(CacheCore self, Py_hash_t h, bint main_hit) except -1:
         else:
             sh._count(False, 0)
             if main_hit:
-                sh._put(key, None, 1, -1.0, 0)
+                sh._put_h(_SHADOW_KEY, sh_h, None, 1, -1.0, 0)
     return 0
 
 cdef int _shadow_put(CacheCore self, Py_hash_t h) except -1:
     """A sampled insert of a new key: the shadows store it too."""
     cdef int j
-    key = h
+    cdef Py_hash_t sh_h = _int_hash(h)
     for j in range(4):
-        (<CacheCore>self.shadows[j])._put(key, None, 1, -1.0, 0)
+        (<CacheCore>self.shadows[j])._put_h(_SHADOW_KEY, sh_h, None, 1, -1.0, 0)
     return 0
 
 cdef int _select(CacheCore self) except -1:

@@ -26,6 +26,7 @@
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_DECREF
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+from cpython.exc cimport PyErr_ExceptionMatches, PyErr_Clear
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy, memset
 from libc.math cimport ceil, floor, INFINITY
@@ -41,6 +42,8 @@ cdef extern from "Python.h":
     object PyList_New(Py_ssize_t n)
     void PyList_SET_ITEM(object l, Py_ssize_t i, object o)
     Py_hash_t PyObject_Hash(object o) except? -1
+    # the same function without Cython's exception check: the hit path tests -1 itself (no try/except state)
+    Py_hash_t _hash_nocheck "PyObject_Hash"(object o)
     int PyObject_RichCompareBool(PyObject* a, PyObject* b, int op) except -1
     int Py_EQ
 
@@ -75,6 +78,9 @@ DEF SEED2 = 0x13198A2E03707344 # shadow sampling hash seed
 DEF SEED = 0x243F6A8885A308D3  # TinyLFU sketch hash seed (hex digits of pi)
 
 cdef object _MISSING = object()
+# the one key object of every shadow-cache entry: a shadow entry is identified by its hash alone (an identity
+# match in _probe), so a sampled access creates, hashes and compares no Python object
+cdef object _SHADOW_KEY = object()
 
 # THE policy list of the project: each name next to its kind code, here and nowhere else. Everything else derives
 # from it: POLICIES below, sutazai_hwopt.cache.policies (and through it the API, the reference model and the
@@ -112,6 +118,23 @@ cdef inline double _mono() noexcept:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef int _hash_failed(object key) except -1:
+    """PyObject_Hash failed: a TypeError becomes UnhashableKeyError, anything else propagates."""
+    if PyErr_ExceptionMatches(TypeError):
+        PyErr_Clear()
+        raise UnhashableKeyError(f"key must be hashable, got {type(key).__name__} {key!r:.80}")
+    return -1
+
+
+cdef inline Py_hash_t _int_hash(Py_hash_t h) noexcept:
+    """``hash(int(h))`` (CPython's integer hash, modulo 2**61 - 1), the hash a shadow entry is stored under."""
+    cdef uint64_t a = (<uint64_t>0 - <uint64_t>h) if h < 0 else <uint64_t>h
+    cdef Py_hash_t r
+    a = a % ((<uint64_t>1 << 61) - 1)
+    r = -<Py_hash_t>a if h < 0 else <Py_hash_t>a
+    return -2 if r == -1 else r
 
 
 cdef inline uint64_t _mix(uint64_t h, uint64_t seed) noexcept:
@@ -165,6 +188,10 @@ cdef class CacheCore:
     # deferred releases
     cdef PyObject** dead
     cdef Py_ssize_t ndead, dead_cap
+    # popitem: while set, the first entry the policy evicts is handed over (owned refs) instead of counted
+    cdef bint popping
+    cdef PyObject* popped_key
+    cdef PyObject* popped_val
     # stats
     cdef readonly int64_t hits, misses, evictions, evicted_weight, expirations, rejections
     # policy state
@@ -357,6 +384,13 @@ cdef class CacheCore:
         self.lvl_wt[p] -= w
         if self.expires != NULL and self.wprv[i] != W_NONE:
             _wheel_unlink(self, i)
+        if cause == 1 and self.popping:
+            if self.popped_key == NULL:
+                Py_INCREF(<object>self.kv[i].key)
+                Py_INCREF(<object>self.kv[i].val)
+                self.popped_key = self.kv[i].key
+                self.popped_val = self.kv[i].val
+            cause = 0
         if cause == 1:
             self.evictions += 1
             self.evicted_weight += w
@@ -400,10 +434,10 @@ cdef class CacheCore:
         return 0
 
     cdef inline Py_hash_t _hash(self, object key) except? -1:
-        try:
-            return PyObject_Hash(key)
-        except TypeError:
-            raise UnhashableKeyError(f"key must be hashable, got {type(key).__name__} {key!r:.80}") from None
+        cdef Py_hash_t h = _hash_nocheck(key)
+        if h == -1:                 # PyObject_Hash returns -1 only with an exception set
+            _hash_failed(key)
+        return h
 
     cdef inline int32_t _lookup(self, object key, Py_hash_t h) except -2:
         """Resident, unexpired slot of ``key`` or -1 (an expired entry found here is removed)."""
@@ -499,6 +533,49 @@ cdef class CacheCore:
         self._release()
         return value
 
+    def popitem(self):
+        """Remove and return ``(key, value)`` of the entry the policy would evict next; KeyError when empty.
+
+        Priority-0 entries go first, in the policy's eviction order, then the lowest priority level's LRU.
+        Not an eviction: no counter, no ``on_evict``.
+        """
+        cdef PyObject* k
+        cdef PyObject* v
+        if self.n_ttl:
+            _expire(self, _now(self))
+        if self.n_res == 0:
+            self._release()
+            raise KeyError("popitem(): cache is empty")
+        self.popping = True
+        try:
+            if not (self.lvl_cnt[0] and _p_pop_one(self)):
+                _evict_prio(self, NPRIO - 1)
+        finally:
+            self.popping = False
+        k = self.popped_key
+        v = self.popped_val
+        self.popped_key = NULL
+        self.popped_val = NULL
+        if k == NULL:
+            self._release()
+            raise KeyError("popitem(): no entry could be removed")
+        self._defer(k)
+        self._defer(v)
+        result = (<object>k, <object>v)
+        self._release()
+        return result
+
+    def _entry(self, key):
+        """Pickling hook: ``(value, weight, priority, seconds left or None)`` of ``key``, or None."""
+        cdef double now = _now(self) if self.n_ttl else 0.0
+        cdef int32_t i = self._lookup(key, self._hash(key))
+        if i < 0:
+            return None
+        left = None
+        if self.expires != NULL and self.expires[i] != INFINITY:
+            left = max(self.expires[i] - now, 1e-9)
+        return (<object>self.kv[i].val, self._w(i), self.ln[i].prio, left)
+
     def __len__(self):
         return self.n_res
 
@@ -545,7 +622,9 @@ cdef class CacheCore:
         return w
 
     cdef bint _put(self, object key, object value, int64_t w, double ttl, int p) except -1:
-        cdef Py_hash_t h = self._hash(key)
+        return self._put_h(key, self._hash(key), value, w, ttl, p)
+
+    cdef bint _put_h(self, object key, Py_hash_t h, object value, int64_t w, double ttl, int p) except -1:
         cdef int32_t i, g
         cdef double now = 0.0
         cdef int64_t cnt_le = 0, wt_le = 0

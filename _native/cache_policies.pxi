@@ -7,10 +7,15 @@
 cdef inline void _sk_inc(CacheCore self, Py_hash_t h) noexcept:
     cdef uint64_t x = _mix(<uint64_t>h, SEED)
     cdef uint8_t* b = &self.sketch[(((x >> 32) * self.sk_blocks) >> 32) << 6]
-    cdef int r
-    for r in range(4):
-        if b[(r << 4) + ((x >> (r << 2)) & 15)] < 15:
-            b[(r << 4) + ((x >> (r << 2)) & 15)] += 1
+    # unrolled and branch-free (saturating at 15): the hit path's largest cost after the lookup
+    cdef uint8_t* c0 = &b[x & 15]
+    cdef uint8_t* c1 = &b[16 + ((x >> 4) & 15)]
+    cdef uint8_t* c2 = &b[32 + ((x >> 8) & 15)]
+    cdef uint8_t* c3 = &b[48 + ((x >> 12) & 15)]
+    c0[0] = c0[0] + (c0[0] < 15)
+    c1[0] = c1[0] + (c1[0] < 15)
+    c2[0] = c2[0] + (c2[0] < 15)
+    c3[0] = c3[0] + (c3[0] < 15)
     self.sk_add += 1
     if self.sk_add >= self.sk_period:
         _sk_age(self)
@@ -42,10 +47,9 @@ cdef inline int _p_hit(CacheCore self, int32_t i) except -1:
     if self.ln[i].prio:
         _move(self, L_PRIO + self.ln[i].prio - 1, i)
         return 0
-    if self.adaptive and k != K_WTLFU:
-        _sk_inc(self, self.kv[i].hash)    # keep the sketch warm for a switch to W-TinyLFU
-    if k == K_WTLFU:
+    if k == K_WTLFU or self.adaptive:      # adaptive: kept warm for a switch to W-TinyLFU
         _sk_inc(self, self.kv[i].hash)
+    if k == K_WTLFU:
         if self.ln[i].lst == L_PROB:
             _unlink(self, i)
             _push(self, L_MAIN, i)
@@ -143,6 +147,12 @@ cdef bint _p_evict_one(CacheCore self) except -1:
     self._drop(v, 1, -1)
     return True
 
+cdef bint _p_pop_one(CacheCore self) except -1:
+    """popitem's victim: as :func:`_p_evict_one`, also when no bound is exceeded (ARC checks one)."""
+    if self.kind == K_ARC:
+        return _arc_evict(self, False)
+    return _p_evict_one(self)
+
 cdef bint _evict_prio(CacheCore self, int pmax) except -1:
     """Evict the LRU entry of the lowest non-empty priority level in 1..pmax."""
     cdef int p
@@ -236,10 +246,14 @@ cdef bint _s3_evict_main(CacheCore self) except -1:
 
 # --- ARC (Megiddo & Modha 2003, Fig. 4); T1 = L_SMALL, T2 = L_MAIN, B1 = L_G1, B2 = L_G2
 cdef bint _arc_replace(CacheCore self, bint in_b2) except -1:
-    cdef int64_t t1 = self.lcnt[L_SMALL]
-    cdef int32_t v
     if not self._over():
         return False
+    return _arc_evict(self, in_b2)
+
+cdef bint _arc_evict(CacheCore self, bint in_b2) except -1:
+    """ARC's REPLACE: move T1's or T2's LRU entry to its ghost list."""
+    cdef int64_t t1 = self.lcnt[L_SMALL]
+    cdef int32_t v
     if t1 >= 1 and ((in_b2 and t1 == self.arc_p) or t1 > self.arc_p):
         v = self.ltail[L_SMALL]
         _unlink(self, v)

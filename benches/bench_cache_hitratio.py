@@ -26,7 +26,13 @@ import traces
 
 from sutazai_hwopt._native.cache_core import POLICIES, CacheCore
 
-LCS = ("LRU", "LFU", "ARC", "LIRS", "S3FIFO", "Sieve", "WTinyLFU")
+#: libCacheSim's policies: the nine anchors of issue 15 (LRU, ARC, 2Q, LIRS, S3-FIFO, SIEVE, W-TinyLFU, Cacheus, LFU)
+LCS = ("LRU", "LFU", "ARC", "LIRS", "S3FIFO", "Sieve", "WTinyLFU", "TwoQ", "Cacheus")
+#: the traces of ../shared/traces/more (first whitespace-separated field of each line is the key)
+MORE_DIR = Path(__file__).resolve().parents[2] / "shared" / "traces" / "more"
+if not MORE_DIR.is_dir():
+    MORE_DIR = Path("/work/shared/traces/more")
+MORE_MAX_REQUESTS = 1_000_000
 #: our policy -> libCacheSim policy whose hit counts must agree (the "Done when" check).
 AGREE = {"lru": "LRU", "lfu": "LFU", "arc": "ARC", "s3fifo": "S3FIFO", "sieve": "Sieve"}
 
@@ -45,6 +51,24 @@ def lcs_hits(path: str, n: int, size: int, name: str) -> int:
     cache = getattr(lcs, name)(size)
     miss_ratio, _ = cache.process_trace(reader)
     return round((1.0 - miss_ratio) * n)
+
+
+def more_cells(fractions: tuple[float, ...] = (0.01, 0.1)) -> list[tuple[str, int, np.ndarray]]:
+    """(name, cache size, trace) for the traces in ``MORE_DIR`` at 1% and 10% of their distinct keys
+    (unit-size objects; the first million requests; keys renumbered densely)."""
+    import gzip
+
+    cells = []
+    for path in sorted(MORE_DIR.glob("*.trace.gz")):
+        with gzip.open(path, "rt") as fh:
+            keys = [line.split(None, 1)[0] for _, line in zip(range(MORE_MAX_REQUESTS), fh) if line.strip()]
+        _, inv = np.unique(np.array(keys), return_inverse=True)
+        trace = np.ascontiguousarray(inv.astype(np.int64))
+        distinct = int(inv.max()) + 1
+        name = path.name.split(".")[0]
+        for f in fractions:
+            cells.append((name, max(1, int(f * distinct)), trace))
+    return cells
 
 
 def theine_hits(trace: np.ndarray, size: int) -> int:
@@ -139,6 +163,7 @@ def main() -> None:
     ap.add_argument("--no-lcs", action="store_true", help="skip libCacheSim")
     ap.add_argument("--synthetic-only", action="store_true")
     ap.add_argument("--real-only", action="store_true")
+    ap.add_argument("--no-more", action="store_true", help="skip the traces of ../shared/traces/more")
     args = ap.parse_args()
     use_lcs = not args.no_lcs
     t0 = time.perf_counter()
@@ -150,6 +175,12 @@ def main() -> None:
         summarize("Synthetic", cells, rows)
         if use_lcs:
             agreement(cells, rows, [len(t) for _, _, t in syn])
+    if not args.synthetic_only and not args.no_more and MORE_DIR.is_dir():
+        more = more_cells()
+        cells = [(n, s) for n, s, _ in more]
+        rows = [run_cell(n, s, t, use_lcs, args.theine) for n, s, t in more]
+        print_table("More real traces (sizes 1/10% of distinct keys, first 1M requests)", cells, rows)
+        summarize("More real traces", cells, rows)
     if not args.synthetic_only:
         real = traces.lirs_cells()
         cells = [(n, s) for n, s, _ in real]

@@ -12,7 +12,8 @@ Each subclass also inherits the builtin a caller would already catch, so
     │   ├── NotFoundError(KeyError)       unknown pool, block, agent, backend or bottleneck id
     │   ├── AccessDeniedError(PermissionError)  an agent touched a block it holds no grant for
     │   ├── StateError(RuntimeError)      the object is in the wrong state (sealed, freed, closed)
-    │   └── AlreadyExistsError(ValueError) duplicate id / name
+    │   ├── AlreadyExistsError(ValueError) duplicate id / name
+    │   └── SerializationError(TypeError)  a value that cannot be pickled (the message names its key)
     ├── CapacityError                     a bound was hit
     │   ├── PoolExhaustedError(MemoryError)
     │   └── NoBackendAvailableError(RuntimeError)
@@ -37,6 +38,7 @@ __all__ = [
     "ConfigError",
     "InvalidArgumentError",
     "WeightError",
+    "SerializationError",
     "UnhashableKeyError",
     "NotFoundError",
     "AccessDeniedError",
@@ -96,6 +98,10 @@ class WeightError(InvalidArgumentError):
 
 class UnhashableKeyError(InvalidArgumentError, TypeError):
     """A cache key is not hashable (``except TypeError`` still catches it, as for a dict)."""
+
+
+class SerializationError(UsageError, TypeError):
+    """An object cannot be pickled (``except TypeError`` still catches it, as for :mod:`pickle`'s own)."""
 
 
 class NotFoundError(UsageError, KeyError):
