@@ -42,6 +42,8 @@ def _lb(shared: SharedState | None, reference: bool = False) -> DynamicLoadBalan
 
 def _run(benchmark: Any, group: str, name: str, fn: Callable[[], None], target_ns: float | None) -> None:
     benchmark(fn)
+    if benchmark.stats is None:          # --benchmark-disable (CI's smoke run): the body ran once, nothing timed
+        return
     per_call = benchmark.stats.stats.median / LOOPS * 1e9
     if not _anchor.get(group):
         _anchor[group] = per_call
