@@ -68,9 +68,9 @@ def _run(out: Path, *flags: str) -> dict:
 
 
 def test_quick_fleet_report(tmp_path: Path) -> None:
-    """All three setups: the report has every figure, the targets are judged, no answer is wrong."""
-    report = _run(tmp_path / "out", "--agents", "4")
-    assert report["args"]["agents"] == 4 and report["blas_threads_per_process"] == 1
+    """The 16-agent --quick version, all three setups: every figure, the targets judged, no answer wrong."""
+    report = _run(tmp_path / "out")
+    assert report["args"]["agents"] == 16 and report["blas_threads_per_process"] == 1
     summary = report["summary"]["light"]
     assert set(summary) == {"naive", "savvy", "library"}
     for setup, figures in summary.items():
