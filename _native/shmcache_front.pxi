@@ -75,9 +75,10 @@ cdef class TieredFront:
     def __init__(self, object owner, object l1_get, object index, dict keys, dict agents, object slow,
                  object after, object marks, object miss):
         """``owner``: the system (held weakly: the system holds the front, so no reference cycle keeps it alive);
-        ``slow`` and ``after``: functions called with the owner first; ``l1_get``: the L1 ``Cache.get`` or None; ``index``: L2's ShmIndex or None; ``keys``: the memo of
+        ``slow``: a function called with the owner first; ``l1_get``: the L1 ``Cache.get`` or None; ``index``: L2's ShmIndex or None; ``keys``: the memo of
         :meth:`remember` (the system's Python path reads it too); ``agents``: the system's dict of
-        :class:`AgentStats`; ``after``: called ``after(owner, agent_id, key_bytes)`` after each hit, or None;
+        :class:`AgentStats`; ``after``: the prefetch governor (its current ``observe(agent_id, key_bytes, miss)``
+        is called after each hit, straight from here: it is rebound when the governor changes state), or None;
         ``marks``: a sized container (prefetched keys) whose non-emptiness sends hits to ``slow``; ``miss``: the
         sentinel ``l1_get`` returns for a missing key."""
         self.l1_get = l1_get
@@ -127,7 +128,7 @@ cdef class TieredFront:
         (<AgentStats>st).gets += 1
         (<AgentStats>st).hits[0] += 1
         if self.after is not None:
-            self.after(self._owner(), agent_id, kb)
+            self.after.observe(agent_id, kb, False)
         return (<object>PyTuple_GET_ITEM(ent, 0), "L1")
 
     cdef object _owner(self):

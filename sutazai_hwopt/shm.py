@@ -30,7 +30,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -90,28 +90,26 @@ _SHARED: dict[str, Sharing] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def _gid(group: int | str) -> int:
-    if isinstance(group, int) and not isinstance(group, bool):
-        return group
-    if isinstance(group, str):
+def _system_id(value: int | str, what: str, lookup: Callable[[str], int]) -> int:
+    """A uid/gid given as a number or a name (resolved with ``lookup``); InvalidArgumentError otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
         try:
-            return grp.getgrnam(group).gr_gid
+            return lookup(value)
         except KeyError:
-            raise InvalidArgumentError(f"no Unix group named {group!r}") from None
-    raise InvalidArgumentError(f"group must be a gid or a group name, got {group!r}")
+            raise InvalidArgumentError(f"no {what} named {value!r}") from None
+    raise InvalidArgumentError(f"a {what} must be given as a number or a name, got {value!r}")
+
+
+def _gid(group: int | str) -> int:
+    return _system_id(group, "Unix group", lambda name: grp.getgrnam(name).gr_gid)
 
 
 def _uid(user: int | str) -> int:
-    if isinstance(user, int) and not isinstance(user, bool):
-        return user
-    if isinstance(user, str):
-        import pwd
+    import pwd
 
-        try:
-            return pwd.getpwnam(user).pw_uid
-        except KeyError:
-            raise InvalidArgumentError(f"no user named {user!r}") from None
-    raise InvalidArgumentError(f"owners must be uids or user names, got {user!r}")
+    return _system_id(user, "user", lambda name: pwd.getpwnam(name).pw_uid)
 
 
 def share_namespace(namespace: str, group: int | str, owners: Iterable[int | str] | None = None, *,

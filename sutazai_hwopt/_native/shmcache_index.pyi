@@ -1,4 +1,4 @@
-from typing import Any
+from typing import Any, Protocol
 
 from typing_extensions import disjoint_base
 
@@ -71,10 +71,16 @@ class AgentStats:
     def count_load(self) -> None: ...
     def as_dict(self, levels: tuple[str, ...]) -> dict[str, Any]: ...
 
+class _Observer(Protocol):
+    """What the front calls after each L1 hit: the prefetch governor."""
+
+    def observe(self, agent: str, key: bytes, miss: bool) -> None: ...
+
 @disjoint_base
 class TieredFront:
     closed: bool
     def __init__(self, owner: object, l1_get: Any, index: ShmIndex | None, keys: dict[Any, tuple[bytes, int]],
-                 agents: dict[str, AgentStats], slow: Any, after: Any, marks: Any, miss: object) -> None: ...
+                 agents: dict[str, AgentStats], slow: Any, after: _Observer | None, marks: Any,
+                 miss: object) -> None: ...
     def remember(self, key: object, kb: bytes, h: int) -> None: ...
     def get(self, key: Any, agent_id: Any = ..., default: Any = ...) -> tuple[Any, str | None]: ...

@@ -150,7 +150,7 @@ class IntelligentCacheSystem:
         self._front = TieredFront(self, self._l1.get if self._l1 is not None else None,
                                   self._l2.index if self._l2 is not None else None, self._keymemo,
                                   self._agents, cls._get_slow,
-                                  cls._after_access if self._prefetcher is not None else None,
+                                  self._prefetcher,
                                   self._prefetched, _MISS)
         if self._l1 is not None:
             # The compiled L1-hit path, bound over the class's get (which it falls back to for the rest).
@@ -438,12 +438,6 @@ class IntelligentCacheSystem:
         return value
 
     # ---- prefetching ------------------------------------------------------------------------------------------
-    def _after_access(self, agent_id: str, kb: bytes) -> None:
-        """The compiled front's hook after an L1 hit: the access is seen by the prefetch governor (a hit)."""
-        pf = self._prefetcher
-        if pf is not None:
-            pf.observe(agent_id, kb, False)
-
     def _pf_signals(self) -> tuple[int, int, int]:
         """(prefetched, used, misses) so far: what the governor's rule compares window by window."""
         misses = sum(a.as_dict(LEVELS)["misses"] for a in list(self._agents.values()))   # once per window

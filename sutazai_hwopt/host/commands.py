@@ -170,6 +170,24 @@ def _print_shm_usage() -> None:
     print("  remove a namespace's segments: sutazai-hwopt clean --namespace NS")
 
 
+def _print_figures(console: Any, title: str, columns: tuple[str, ...], items: dict[str, dict[str, Any]],
+                   cells: Callable[[dict[str, Any]], tuple[str, ...]]) -> None:
+    """One table of per-level or per-pool figures (nothing when empty); an entry with ``error`` says so."""
+    if not items:
+        return
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for name, f in items.items():
+        if "error" in f:
+            table.add_row(name, f"error: {f['error']}", *([""] * (len(columns) - 2)))
+        else:
+            table.add_row(name, *cells(f))
+    console.print(table)
+
+
 def _print_status(data: dict[str, Any], url: str) -> None:
     """Readable tables (each fits 80 columns) of what the host service reports."""
     from rich.console import Console
@@ -201,30 +219,14 @@ def _print_status(data: dict[str, Any], url: str) -> None:
                        f"{cpu:.1f}" if isinstance(cpu, (int, float)) else "-",
                        f"{rss / 2**20:.1f}" if isinstance(rss, (int, float)) else "-")
     console.print(agents)
-    levels = (data.get("cache") or {}).get("levels") or {}
-    if levels:
-        cache = Table(title="shared cache")
-        for col in ("level", "hit ratio", "entries", "used / budget", "evictions"):
-            cache.add_column(col)
-        for level, f in levels.items():
-            if "error" in f:
-                cache.add_row(level, f"error: {f['error']}", "", "", "")
-                continue
-            cache.add_row(level, f"{f['hit_ratio']:.2f}", str(f["entries"]),
-                          f"{format_bytes(f['bytes'])} / {format_bytes(f['budget'])}", str(f["evictions"]))
-        console.print(cache)
-    pools_data = data.get("pools") or {}
-    if pools_data:
-        pools = Table(title="memory pools")
-        for col in ("pool", "used / capacity", "blocks", "dedup", "fragmentation"):
-            pools.add_column(col)
-        for pool_id, f in pools_data.items():
-            if "error" in f:
-                pools.add_row(pool_id, f"error: {f['error']}", "", "", "")
-                continue
-            pools.add_row(pool_id, f"{format_bytes(f['used'])} / {format_bytes(f['capacity'])}", str(f["blocks"]),
-                          f"{f['dedup_ratio']:.1f}x", f"{f['fragmentation']:.0%}")
-        console.print(pools)
+    _print_figures(console, "shared cache", ("level", "hit ratio", "entries", "used / budget", "evictions"),
+                   (data.get("cache") or {}).get("levels") or {},
+                   lambda f: (f"{f['hit_ratio']:.2f}", str(f["entries"]),
+                              f"{format_bytes(f['bytes'])} / {format_bytes(f['budget'])}", str(f["evictions"])))
+    _print_figures(console, "memory pools", ("pool", "used / capacity", "blocks", "dedup", "fragmentation"),
+                   data.get("pools") or {},
+                   lambda f: (f"{format_bytes(f['used'])} / {format_bytes(f['capacity'])}", str(f["blocks"]),
+                              f"{f['dedup_ratio']:.1f}x", f"{f['fragmentation']:.0%}"))
     if data.get("bottlenecks"):
         console.print(f"[bold]bottlenecks[/] {', '.join(b['type'] for b in data['bottlenecks'].values())}")
 
