@@ -79,6 +79,7 @@ cdef extern from "<errno.h>":
         EDEADLK
         ENOTRECOVERABLE
         EOWNERDEAD
+        ETIMEDOUT
 
 
 cdef extern from *:
@@ -193,6 +194,32 @@ cdef uint64_t _as_offset(object offset) except? 0:
     if not isinstance(offset, int) or isinstance(offset, bool) or offset <= 0 or offset >= (1 << 63):
         raise InvalidArgumentError(f"offset must be a positive integer returned by alloc(), got {offset!r}")
     return <uint64_t>offset
+
+
+cdef enum:
+    RECHECK_NS = 100000000     # a waiter re-reads the lock word at least every 100 ms
+
+
+cdef int _lock_rechecking(pthread_mutex_t *m) noexcept nogil:
+    """Lock ``m``, waking at least every 100 ms to look at the lock word again.
+
+    A robust non-PI futex can lose a wake-up: the unlocker wakes one waiter, another process takes the free
+    lock before it (without the WAITERS bit), and the woken waiter is killed before it runs; the kernel then
+    wakes nobody (the word names a live owner) and the barger's unlock sees no waiter to wake. The remaining
+    waiters would sleep forever on a free lock. A bounded wait turns that into a delay of at most
+    RECHECK_NS; uncontended and ordinary contended locking are unchanged (and keep barging, which a PI
+    mutex's strict hand-off would forbid: a convoy behind preempted waiters on an oversubscribed host).
+    """
+    cdef timespec ts
+    cdef int rc = ETIMEDOUT
+    while rc == ETIMEDOUT:
+        clock_gettime(CLOCK_REALTIME, &ts)
+        ts.tv_nsec += RECHECK_NS
+        if ts.tv_nsec >= 1000000000:
+            ts.tv_sec += 1
+            ts.tv_nsec -= 1000000000
+        rc = pthread_mutex_timedlock(m, &ts)
+    return rc
 
 
 cdef class SegmentHeap:
@@ -331,7 +358,7 @@ cdef class SegmentHeap:
         rc = pthread_mutex_trylock(self.mutex)
         if rc == EBUSY:
             with nogil:
-                rc = pthread_mutex_lock(self.mutex)
+                rc = _lock_rechecking(self.mutex)
         if rc == EOWNERDEAD:
             self.owner = me
             self.depth = 1

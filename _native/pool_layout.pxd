@@ -6,6 +6,15 @@
 #           one aligned 8-byte store so that a walk of the heap is valid at every instant (crash consistency).
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    cdef struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    enum:
+        CLOCK_REALTIME
+    int clock_gettime(int clk, timespec *tp)
+
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:
         pass
@@ -22,6 +31,7 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutexattr_settype(pthread_mutexattr_t *attr, int kind)
     int pthread_mutex_init(pthread_mutex_t *m, const pthread_mutexattr_t *attr)
     int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_timedlock(pthread_mutex_t *m, const timespec *abstime)
     int pthread_mutex_trylock(pthread_mutex_t *m)
     int pthread_mutex_unlock(pthread_mutex_t *m)
     int pthread_mutex_consistent(pthread_mutex_t *m)

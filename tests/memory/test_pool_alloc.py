@@ -310,6 +310,57 @@ def test_dead_holder_is_recovered(segment: Any, children: Any) -> None:
     heap.close()
 
 
+LOCK_WORD = 128                 # offset of the robust mutex (its futex word first) in the segment header
+FUTEX_WAITERS = 0x80000000
+
+
+def _hold_until_told(name: str, held: Any, go: Any) -> None:
+    shm = attach_segment(name)
+    heap = SegmentHeap(shm.buf)
+    heap.acquire()
+    held.set()
+    go.wait(120)
+    os._exit(0)                 # exits "holding" a lock word that no longer names it: the kernel wakes nobody
+
+
+def _take_lock(name: str, got: Any) -> None:
+    shm = attach_segment(name)
+    heap = SegmentHeap(shm.buf)
+    with heap:
+        got.set()
+    os._exit(0)
+
+
+def test_waiter_survives_a_lost_wakeup(segment: Any, children: Any) -> None:
+    """A waiter asleep on a lock word that became free without a wake-up still gets the lock.
+
+    This is the state a robust non-PI futex reaches when a woken waiter is SIGKILLed before it runs while
+    another process barges in and later unlocks without seeing the WAITERS bit (seen as a stress-test hang).
+    The test produces it directly: a holder, a sleeping waiter, the word reset to 0 behind their backs, and
+    the holder gone. A waiter that only sleeps until woken never returns; ours re-checks the word.
+    """
+    from .conftest import FORK
+
+    name, shm = segment()
+    word = np.frombuffer(shm.buf, dtype=np.uint32, count=1, offset=LOCK_WORD)
+    held, go, got = FORK.Event(), FORK.Event(), FORK.Event()
+    holder = children(_hold_until_told, name, held, go)
+    assert held.wait(60)
+    waiter = children(_take_lock, name, got)
+    for _ in range(60_000):                    # until the waiter has announced itself and sleeps
+        if int(word[0]) & FUTEX_WAITERS:
+            break
+        threading.Event().wait(0.001)
+    assert int(word[0]) & FUTEX_WAITERS, "the waiter never blocked on the lock"
+    word[0] = 0                                # the lock is free, and nobody will wake the sleeper
+    go.set()
+    holder.join(60)
+    assert got.wait(60), "a waiter slept forever on a free lock"
+    waiter.join(60)
+    assert waiter.exitcode == 0
+    del word
+
+
 def _churn(name: str, seed: int, started: Any) -> None:
     shm = attach_segment(name)
     heap = SegmentHeap(shm.buf)
