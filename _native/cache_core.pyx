@@ -190,6 +190,8 @@ cdef class CacheCore:
     cdef Py_ssize_t ndead, dead_cap
     # popitem: while set, the first entry the policy evicts is handed over (owned refs) instead of counted
     cdef bint popping
+    # expire(collect=True): expirations are recorded as events even without on_evict
+    cdef bint collecting
     cdef PyObject* popped_key
     cdef PyObject* popped_val
     # stats
@@ -396,7 +398,7 @@ cdef class CacheCore:
             self.evicted_weight += w
         elif cause == 2:
             self.expirations += 1
-        if cause and self.on_evict is not None:
+        if cause and (self.on_evict is not None or (cause == 2 and self.collecting)):
             if self.nev == self.ev_cap:
                 self.ev_cap = max(8, 2 * self.ev_cap)
                 self.ev = <Event*>_re(self.ev, self.ev_cap * sizeof(Event))
@@ -704,12 +706,33 @@ cdef class CacheCore:
         self._release()
         return stored
 
-    def expire(self):
-        """Remove the entries whose TTL has passed; return how many were removed."""
+    def expire(self, now=None, bint collect=False):
+        """Remove the entries whose TTL has passed by ``now`` (default: the cache's clock).
+
+        Returns how many were removed, or with ``collect=True`` the removed ``(key, value)`` pairs (what
+        cachetools' ``TTLCache.expire`` returns). ``on_evict`` still fires for each.
+        """
         cdef int64_t before = self.expirations
+        cdef double t
+        cdef Py_ssize_t j
+        cdef list out = []
+        if now is not None and (isinstance(now, bool) or not isinstance(now, (int, float))
+                                or not math.isfinite(now)):
+            raise InvalidArgumentError(f"now must be a finite number of seconds or None, got {now!r}")
         if self.n_ttl:
-            _expire(self, _now(self))
+            t = _now(self) if now is None else float(now)
+            self.collecting = collect
+            try:
+                _expire(self, t)
+            finally:
+                self.collecting = False
+            if collect:
+                for j in range(self.nev):
+                    if self.ev[j].cause == 2:
+                        out.append((<object>self.ev[j].key, <object>self.ev[j].val))
             self._release()
+        if collect:
+            return out
         return self.expirations - before
 
     def clear(self):

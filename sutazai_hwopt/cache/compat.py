@@ -52,10 +52,6 @@ class TTLCache(Cache):
         return self._timer
 
     def expire(self, time: float | None = None) -> list[tuple[Any, Any]]:  # type: ignore[override]
-        """Remove the expired entries and return them as ``(key, value)`` pairs (cachetools' return).
-
-        ``time`` other than ``None`` is not supported (the cache reads its own clock) and is ignored.
-        """
-        before = dict(self.items())
-        super().expire()
-        return [(k, v) for k, v in before.items() if k not in self]
+        """Remove the entries expired by ``time`` (default: now, on ``timer``) and return them as
+        ``(key, value)`` pairs, as cachetools does."""
+        return super().expire(time, collect=True)

@@ -298,3 +298,26 @@ def test_callables_are_set_by_the_constructor_only(attr: str) -> None:
     c["a"] = 1
     c["b"] = 2          # evicts "a": the wrapper logs boom's exception instead of raising it
     assert seen == ["a"] and list(c) == ["b"]
+
+
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(1, 20)), max_size=40), st.integers(0, 60))
+def test_expire_at_a_time_matches_a_model(puts: list[tuple[int, int]], at: int) -> None:
+    """expire(now, collect=True) returns exactly the entries whose deadline is <= now, and only removes those."""
+    clock = [0.0]
+    c = Cache(100, "lru", clock=lambda: clock[0])
+    model: dict[int, float] = {}
+    for key, ttl in puts:
+        c.put(key, key, ttl=ttl)
+        model[key] = clock[0] + ttl
+    removed = c.expire(float(at), collect=True)
+    assert sorted(removed) == sorted((k, k) for k, d in model.items() if d <= at)
+    assert sorted(c.keys()) == sorted(k for k, d in model.items() if d > at)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "5", True])
+def test_expire_refuses_a_bad_time(bad: object) -> None:
+    c = Cache(10, "lru", ttl=1)
+    c["k"] = 1
+    with pytest.raises(InvalidArgumentError, match="now must be"):
+        c.expire(bad)  # type: ignore[call-overload]
+    assert c["k"] == 1

@@ -75,6 +75,20 @@ def test_ttl_cache_form(ct: types.ModuleType) -> None:
 
 
 @pytest.mark.parametrize("ct", BACKENDS)
+def test_ttl_cache_expire_at_a_given_time(ct: types.ModuleType) -> None:
+    """TTLCache.expire(time) removes what has expired by ``time`` (not by the timer) and returns the pairs."""
+    now = [0.0]
+    c = ct.TTLCache(maxsize=100, ttl=5, timer=lambda: now[0])
+    c["a"] = 1
+    now[0] = 2.0
+    c["b"] = 2
+    now[0] = 0.0
+    assert list(c.expire(4.0)) == [] and len(c) == 2
+    assert sorted(c.expire(5.5)) == [("a", 1)] and "b" in c
+    assert sorted(c.expire(100.0)) == [("b", 2)] and len(c) == 0
+
+
+@pytest.mark.parametrize("ct", BACKENDS)
 def test_cached_decorator_form(ct: types.ModuleType) -> None:
     """@cached(cache, key=hashkey, lock=Lock(), info=True): one call per key, cache_info, cache_clear."""
     calls: list[int] = []
