@@ -233,6 +233,8 @@ class BalancerSection(_Section):
     half_open_probes: int = _opt(1, lo=1, hi=1000, doc="requests admitted to a backend after its ejection")
     ewma_tau_s: float = _opt(1.0, lo=0.001, hi=3600.0, doc="decay time of the peak-EWMA latency")
     failure_penalty_s: float = _opt(1.0, lo=0.0, hi=3600.0, doc="latency a failed request counts as")
+    namespace: str = _opt("", doc="share ejections, outstanding counts and published load with every "
+                                  "balancer of this namespace on the host ('' = this process only)")
 
 
 @dataclass(frozen=True)

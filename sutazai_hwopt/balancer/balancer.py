@@ -38,6 +38,7 @@ from .algorithms import (
 )
 from .health import HealthChecker
 from .lease import Lease
+from .shared import SharedState
 from .state import EJECTED, HEALTHY, PROBING, STATE_NAMES, Backend, OutlierPolicy, backend_as_dict
 from .types import BackendService, RequestType
 
@@ -132,6 +133,9 @@ class DynamicLoadBalancer:
         seed: seeds the randomised algorithms (P2C, adaptive) for reproducible runs.
         shared: optional :class:`~.shared.SharedState` publishing ejections and outstanding counts to other
             processes on the host.
+        namespace: share them with every balancer of this namespace (overrides ``config.namespace``): the
+            namespace's table is attached, or created by the first balancer, and closed by :meth:`close`.
+            Without ``shared`` or a namespace the balancer sees only its own process.
         reference: take the pure-Python path (:class:`ReferenceCore`, the reference model the tests compare
             the compiled fast path with) instead of the compiled one.
 
@@ -149,8 +153,12 @@ class DynamicLoadBalancer:
     def __init__(self, config: BalancerSection | ConfigSource = None, *, algorithm: str | Algorithm | None = None,
                  algorithms: Mapping[RequestType, str | Algorithm] | None = None,
                  clock: Callable[[], float] | None = None, seed: int | None = None,
-                 shared: SharedTable | None = None, reference: bool = False) -> None:
+                 shared: SharedTable | None = None, reference: bool = False, namespace: str | None = None) -> None:
         cfg = section_of(config, BalancerSection)
+        ns = cfg.namespace if namespace is None else namespace
+        self._own_table: SharedState | None = None
+        if shared is None and ns:
+            shared = self._own_table = SharedState.open(ns)
         self.config = cfg
         self._clock: Callable[[], float] = clock if clock is not None else time.monotonic
         self._rng = random.Random(seed)
@@ -651,6 +659,18 @@ class DynamicLoadBalancer:
         h = self._health or HealthChecker(self, interval_s=self.config.health_check_interval_s,
                                           timeout_s=self.config.health_check_timeout_s)
         await h.run_once()
+
+    def close(self) -> None:
+        """Stop sharing: unmap the namespace table this balancer attached itself (idempotent; a table passed as
+        ``shared=`` is the caller's to close). The balancer keeps routing on its own process's view."""
+        table, self._own_table = self._own_table, None
+        if table is None:
+            return
+        with self._lock:
+            self._shared = None
+            self._c.shared = None
+            self._c.words = None
+        table.close()
 
     async def stop(self) -> None:
         """Stop the health checks (idempotent)."""

@@ -41,7 +41,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from .._native.balancer_core import SHARED_LAYOUT, AtomicWords, Backend, shared_begin, shared_end, shared_view
-from ..errors import IncompatibleLayoutError, InvalidArgumentError, PoolExhaustedError
+from ..errors import (
+    AlreadyExistsError,
+    IncompatibleLayoutError,
+    InvalidArgumentError,
+    NotFoundError,
+    PoolExhaustedError,
+)
 from ..logs import get_logger
 from ..procid import is_same_process
 from ..shm import Segment, attach_segment, close_quietly, create_segment, segment_name, unlink_segment, validate_name
@@ -133,6 +139,23 @@ class SharedState:
             self.close()
             raise IncompatibleLayoutError(f"shared segment {name!r} is shorter than its {self.nslots} slots")
         return self
+
+    @classmethod
+    def open(cls, name: str, slots: int = 1024) -> SharedState:
+        """Attach to the table ``name``, creating it if this user has none (what a namespace's balancers do).
+
+        Safe when several processes race: the loser of the creation attaches to the winner's table.
+        """
+        for _ in range(3):
+            try:
+                return cls.attach(name)
+            except NotFoundError:
+                pass
+            try:
+                return cls.create(name, slots)
+            except AlreadyExistsError:
+                continue                 # created between our attach and our create: attach to it
+        return cls.attach(name)
 
     def close(self) -> None:
         """Unmap the segment in this process (idempotent)."""

@@ -115,3 +115,55 @@ def test_segment_private_and_checked(shared: SharedState) -> None:
         shared.slot(f"s{i}")
     with pytest.raises(PoolExhaustedError):
         shared.slot("one-too-many")
+
+
+def _namespace_failer(ns: str, ready: mp.Event) -> None:  # type: ignore[valid-type]
+    """Child: a balancer configured only with the namespace (no table handed in) fails b1 until it ejects it."""
+    from sutazai_hwopt.config import load_config
+
+    lb = DynamicLoadBalancer(load_config(overrides={"balancer": {"namespace": ns,
+                                                                 "algorithm": "round_robin"}}))
+    for i in range(4):
+        lb.register_service(BackendService(service_id=f"b{i}", port=8000 + i))
+    while lb.state_of("b1") != "ejected":
+        s = lb.select_backend_sync()
+        lb.record_result(s.service_id, 0.001, s.service_id != "b1")
+    ready.set()  # type: ignore[attr-defined]
+    lb.close()
+
+
+def test_balancers_of_one_namespace_share_by_default() -> None:
+    """Balancers given only a namespace (config key or argument) attach one host-wide table: a spawned
+    process's ejection reaches this one, in-flight counts are seen by both, close() unmaps and stops sharing."""
+    from sutazai_hwopt.testing import throwaway_namespace
+
+    with throwaway_namespace("lbns") as ns:
+        lb = DynamicLoadBalancer(algorithm="round_robin", namespace=ns)
+        other = DynamicLoadBalancer(algorithm="round_robin", namespace=ns)
+        private = DynamicLoadBalancer(algorithm="round_robin")
+        for b in (lb, other, private):
+            for i in range(4):
+                b.register_service(BackendService(service_id=f"b{i}", port=8000 + i))
+        ctx = mp.get_context("spawn")
+        ready = ctx.Event()
+        p = ctx.Process(target=_namespace_failer, args=(ns, ready))
+        p.start()
+        assert ready.wait(120)
+        p.join(120)
+        assert p.exitcode == 0
+        picks = {lb.select_backend_sync().service_id for _ in range(8)}
+        assert "b1" not in picks                         # the child's ejection, seen through the namespace
+        assert "b1" in {private.select_backend_sync().service_id for _ in range(8)}   # not shared
+        assert other._shared is not None and sum(other._shared.outstanding(f"b{i}") for i in range(4)) == 8
+        lb.close()
+        lb.close()                                       # idempotent
+        assert lb._shared is None
+        lb.select_backend_sync()                         # still routes, on its own view
+        other.close()
+
+
+def test_bad_balancer_namespace_is_refused() -> None:
+    from sutazai_hwopt.errors import HwoptError
+
+    with pytest.raises(HwoptError, match="name"):
+        DynamicLoadBalancer(namespace="../etc")
