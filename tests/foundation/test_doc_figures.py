@@ -2,7 +2,8 @@
 
 A page marks the lines that quote benchmark figures with ``<!-- figures -->`` ... ``<!-- /figures -->``; every
 timing (a number with ns / µs / us / ms), ratio (``3.8x``) and percentage inside a marked block must appear in
-docs/benchmarks.md, so a figure cannot drift from the run that produced it. The pages whose figures are not
+docs/benchmarks.md, so a figure cannot drift from the run that produced it. A block opened with
+``<!-- figures: <group> -->`` is written by ``benches/report.py`` and must equal that group's table there. The pages whose figures are not
 converted yet are listed in ``NOT_CONVERTED`` (their remaining figures come from the scripts named next to them).
 """
 
@@ -25,7 +26,8 @@ NOT_CONVERTED = ("memory.md", "resources.md", "balancer.md", "cache.md", "cache_
 TIME = re.compile(r"(?<![\w.])(\d[\d,]*(?:\.\d+)?)\s*(ns|µs|us|ms)\b")
 RATIO = re.compile(r"(?<![\w.])(\d[\d,]*(?:\.\d+)?)x\b")
 PERCENT = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*%")
-BLOCK = re.compile(r"<!-- figures -->(.*?)<!-- /figures -->", re.S)
+BLOCK = re.compile(r"<!-- figures(?:: [^>]*?)? -->(.*?)<!-- /figures -->", re.S)
+INCLUDE = re.compile(r"<!-- figures: (?P<group>[^>]*?) -->\n(?P<body>.*?)<!-- /figures -->", re.S)
 
 
 def _norm(number: str, unit: str = "x") -> str:
@@ -74,3 +76,28 @@ def test_every_page_is_either_converted_or_listed() -> None:
         text = page.read_text()
         stray = {_norm(n, u) for n, u in TIME.findall(text)}
         assert not stray or BLOCK.search(text), f"docs/{page.name} quotes timings {sorted(stray)} outside any mark"
+
+
+def group_tables(text: str) -> dict[str, str]:
+    """docs/benchmarks.md's table (and its note line) under each ``## <group>`` heading."""
+    out = {}
+    for m in re.finditer(r"^## (?P<group>.+)\n\n(?P<body>(?:\|.*\n)+\n.*\n)", text, re.M):
+        out[m.group("group")] = m.group("body")
+    return out
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md") if p.name != "benchmarks.md"))
+def test_included_groups_match_benchmarks_md(page: str) -> None:
+    """Every ``<!-- figures: <group> -->`` block is exactly that group's table in docs/benchmarks.md."""
+    tables = group_tables(BENCHMARKS.read_text())
+    for m in INCLUDE.finditer((DOCS / page).read_text()):
+        group = m.group("group")
+        assert group in tables, f"docs/{page} includes group {group!r}, which docs/benchmarks.md does not have"
+        assert m.group("body") == tables[group], (f"docs/{page}'s block for {group!r} differs from "
+                                                   "docs/benchmarks.md: run benches/report.py")
+
+
+def test_group_tables_parse() -> None:
+    page = "## a: b\n\n| x |\n| --- |\n| 1 |\n\nRounds per contender: 5.\n\n## c\n\n| y |\n\nnote\n"
+    assert group_tables(page) == {"a: b": "| x |\n| --- |\n| 1 |\n\nRounds per contender: 5.\n",
+                                  "c": "| y |\n\nnote\n"}
