@@ -3,8 +3,9 @@
 A page marks the lines that quote benchmark figures with ``<!-- figures -->`` ... ``<!-- /figures -->``; every
 timing (a number with ns / µs / us / ms), ratio (``3.8x``) and percentage inside a marked block must appear in
 docs/benchmarks.md, so a figure cannot drift from the run that produced it. A block opened with
-``<!-- figures: <group> -->`` is written by ``benches/report.py`` and must equal that group's table there. The pages whose figures are not
-converted yet are listed in ``NOT_CONVERTED`` (their remaining figures come from the scripts named next to them).
+``<!-- figures: <group> -->`` is written by ``benches/report.py`` and must equal that group's table there. The
+pages whose figures are not converted yet are listed in ``NOT_CONVERTED`` (their remaining figures come from the
+scripts named next to them).
 """
 
 from __future__ import annotations
