@@ -63,7 +63,10 @@ def fmt_value(seconds: float, info: dict[str, Any]) -> str:
 
 
 def label(bench: dict[str, Any]) -> str:
-    """The contender's name: the parameters that the group name does not already say."""
+    """The contender's name: ``extra_info["what"]``, else the parameters that the group name does not already say."""
+    what = (bench.get("extra_info") or {}).get("what")
+    if what:
+        return str(what)
     params = bench.get("params") or {}
     group = bench.get("group") or ""
     parts = [str(v) for v in params.values() if str(v) not in group]

@@ -40,7 +40,13 @@ def _lb(shared: SharedState | None, reference: bool = False) -> DynamicLoadBalan
     return lb
 
 
-def _run(benchmark: Any, group: str, name: str, fn: Callable[[], None], target_ns: float | None) -> None:
+UNITS = {"sr": "one select + record_result", "rep": "one request's bookkeeping"}
+
+
+def _run(benchmark: Any, group: str, name: str, fn: Callable[[], None], target_ns: float | None,
+         anchor: bool = False) -> None:
+    # what benches/report.py reads: per-call figures (LOOPS calls per round), the contender's name and role
+    benchmark.extra_info.update(loops=LOOPS, unit=UNITS[group], role="anchor" if anchor else "ours")
     benchmark(fn)
     if benchmark.stats is None:          # --benchmark-disable (CI's smoke run): the body ran once, nothing timed
         return
@@ -64,13 +70,13 @@ def _select_record(lb: DynamicLoadBalancer) -> Callable[[], None]:
     return run
 
 
-@pytest.mark.benchmark(group="select+record, sync, 128 backends")
+@pytest.mark.benchmark(group="balancer: published load, select+record n=128")
 def test_local_anchor(benchmark: Any) -> None:
     """Anchor: the compiled path with no shared table (one client's view)."""
-    _run(benchmark, "sr", "local", _select_record(_lb(None)), None)
+    _run(benchmark, "sr", "local", _select_record(_lb(None)), None, anchor=True)
 
 
-@pytest.mark.benchmark(group="select+record, sync, 128 backends")
+@pytest.mark.benchmark(group="balancer: published load, select+record n=128")
 def test_shared_counts(benchmark: Any, table: SharedState) -> None:
     """Host-wide outstanding counts and work, no reporter."""
     _run(benchmark, "sr", "shared counts", _select_record(_lb(table)), None)
@@ -88,7 +94,7 @@ def reporters(table: SharedState) -> Iterator[list[Reporter]]:
         r.close()
 
 
-@pytest.mark.benchmark(group="select+record, sync, 128 backends")
+@pytest.mark.benchmark(group="balancer: published load, select+record n=128")
 def test_published_load(benchmark: Any, table: SharedState, reporters: list[Reporter]) -> None:
     """Every backend publishes its load (the compiled path reads the compared slots)."""
     lb = _lb(table)
@@ -96,13 +102,13 @@ def test_published_load(benchmark: Any, table: SharedState, reporters: list[Repo
     _run(benchmark, "sr", "published load", _select_record(lb), 1500.0)
 
 
-@pytest.mark.benchmark(group="select+record, sync, 128 backends")
+@pytest.mark.benchmark(group="balancer: published load, select+record n=128")
 def test_published_load_python_path(benchmark: Any, table: SharedState, reporters: list[Reporter]) -> None:
     """The same on the pure-Python reference path (what the shared path cost before it was compiled)."""
     _run(benchmark, "sr", "published load, Python path", _select_record(_lb(table, reference=True)), None)
 
 
-@pytest.mark.benchmark(group="reporter bookkeeping per request")
+@pytest.mark.benchmark(group="balancer: reporter bookkeeping")
 def test_nullcontext_anchor(benchmark: Any) -> None:
     """Anchor: an empty ``with`` block (what any per-request context manager costs at least)."""
     cm = contextlib.nullcontext
@@ -111,10 +117,10 @@ def test_nullcontext_anchor(benchmark: Any) -> None:
         for _ in range(LOOPS):
             with cm():
                 pass
-    _run(benchmark, "rep", "with nullcontext()", run, None)
+    _run(benchmark, "rep", "with nullcontext()", run, None, anchor=True)
 
 
-@pytest.mark.benchmark(group="reporter bookkeeping per request")
+@pytest.mark.benchmark(group="balancer: reporter bookkeeping")
 def test_reporter_serving(benchmark: Any, table: SharedState) -> None:
     rep = Reporter(table, "bench_serving", workers=2)
     serving = rep.serving
@@ -129,7 +135,7 @@ def test_reporter_serving(benchmark: Any, table: SharedState) -> None:
         rep.close()
 
 
-@pytest.mark.benchmark(group="reporter bookkeeping per request")
+@pytest.mark.benchmark(group="balancer: reporter bookkeeping")
 def test_reporter_begin_done(benchmark: Any, table: SharedState) -> None:
     """The two calls the ASGI middleware makes per request."""
     rep = Reporter(table, "bench_begin", workers=2)
