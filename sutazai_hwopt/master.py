@@ -306,10 +306,17 @@ class HardwareOptimizationMaster:
         self._last_profile = report
         for b in report.get("bottlenecks", []):
             level = "critical" if b.get("severity") in ("critical", "high") else "warning"
-            self._alert(level, "bottleneck", str(b.get("description") or b.get("type")), bottleneck=b)
+            self._alert(level, "bottleneck", str(b.get("message") or b.get("description") or b.get("type")),
+                        bottleneck=b)
         self._emit_metrics({"kind": "profile", "timestamp": time.time(),
                             "system_metrics": report.get("system_metrics", {})})
         return report
+
+    def register_detector(self, name: str, fn: Callable[..., Any]) -> None:
+        """Add the bottleneck type ``name``, found by ``fn(system_metrics, agent_profiles)``, to this master's
+        profiler (see :meth:`PerformanceProfiler.register_detector`): :meth:`profile_system` reports its findings
+        and raises an alert for each, like the built-in ones."""
+        self._profiler_instance().register_detector(name, fn)
 
     def profile_system(self, duration: float = 60.0) -> dict[str, Any]:
         """Profile for ``duration`` seconds and return the profiler's report (blocking).

@@ -59,3 +59,19 @@ def test_seed_callbacks_are_called(state_dir: str) -> None:
             master.register_alert_callback("not callable")     # type: ignore[arg-type]
     finally:
         master.close()
+
+
+def test_register_detector_on_the_master_alerts(state_dir: str) -> None:
+    """A detector registered on the master runs in profile_system; its finding is reported and alerted."""
+    cfg = load_config(overrides={"hardware": {"sample_interval_s": 0.05}})
+    master = HardwareOptimizationMaster(cfg, state_dir=state_dir)
+    alerts: list[Alert] = []
+    try:
+        master.register_alert_callback(alerts.append)
+        master.register_detector("queue_backlog", lambda sm, ap: {"severity": "high", "message": "queue backs up"})
+        report = master.profile_system(duration=0.1)
+        assert "queue_backlog" in [b["type"] for b in report["bottlenecks"]]
+        assert any(a.kind == "bottleneck" and a.level == "critical" and a.message == "queue backs up"
+                   for a in alerts)
+    finally:
+        master.close()
