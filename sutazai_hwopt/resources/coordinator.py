@@ -10,6 +10,7 @@ the side effects (applying, remembering the last plan).
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -87,14 +88,17 @@ class ResourcePoolCoordinator:
 
     # -- registry ------------------------------------------------------------------------------------------
     def register_agent(self, agent_id: str, requirements: Mapping[str, Any] | Requirements | None = None,
-                       *, pid: int) -> Agent:
+                       *, pid: int | None = None) -> Agent:
         """Register process ``pid`` as agent ``agent_id``; nothing is changed on the process yet.
+
+        ``pid`` defaults to the calling process, as in the seed's ``coordinator.register_agent("agent_001", {...})``
+        (an agent registering itself; the same default as ``HardwareOptimizationMaster.assign_cores``).
 
         Raises:
             InvalidArgumentError: unknown/negative/impossible requirement (the message names the field).
             AlreadyExistsError: ``agent_id`` is taken. NotFoundError: ``pid`` is not a live process.
         """
-        agent = self.registry.register(agent_id, requirements, pid)
+        agent = self.registry.register(agent_id, requirements, os.getpid() if pid is None else pid)
         log.info("registered %s pid %d %s", agent_id, agent.pid, agent.requirements.to_dict())
         return agent
 
