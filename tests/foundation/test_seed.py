@@ -166,7 +166,8 @@ with PerformanceProfiler() as _p:
     _p.sample(); _p.sample()
     system_metrics = _p.system_metrics()
 ''', epilogue='''
-assert eliminator.settings.auto_fix and eliminator.settings.prediction_enabled and eliminator.settings.mode == "balanced"
+settings = eliminator.settings
+assert settings.auto_fix and settings.prediction_enabled and settings.mode == "balanced"
 '''),
     Spec("class CustomBottleneckStrategy", prelude='''
 from sutazai_hwopt.eliminator import Action, EliminationStrategy
