@@ -130,3 +130,31 @@ def test_every_process_of_the_namespace_reads_the_weights(pm: MemoryPoolManager,
     pm.free_memory("loader", bid)
     pm.free_memory("loader", private)
     assert pm.stats("weights")["ids"] == 0 and pm.check("weights")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a process as another user")
+def test_other_users_are_refused_before_the_grant_is_seen(pm: MemoryPoolManager, ns: str) -> None:
+    """A process of another user naming the same namespace (and pool) cannot open the 0600 segment: TrustError,
+    a PermissionError; the namespace grant never reaches beyond the owner's processes."""
+    bid = pm.put_bytes("loader", b"weights" * 100, pool_id="weights")
+    pm.grant_namespace_read("loader", bid)
+    owner = os.geteuid()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child, as "nobody"
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.geteuid = lambda: owner           # name the segments as the owner's processes do
+            from sutazai_hwopt.errors import TrustError
+
+            try:
+                MemoryPoolManager(namespace=ns).read("agent_intruder", bid)
+            except TrustError as exc:
+                code = 0 if isinstance(exc, PermissionError) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "another user's process read a namespace-granted block"
+    assert pm.block_info("loader", bid)["refs"] == 1          # and took no reference
