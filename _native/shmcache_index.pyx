@@ -95,8 +95,11 @@ def layout_for(uint64_t nslots):
     return (size + 4095) // 4096 * 4096, nstripes
 
 
-def format_index(object buffer, uint64_t meta_off, uint64_t meta_size, uint64_t nslots):
+def format_index(object buffer, uint64_t meta_off, uint64_t meta_size, uint64_t nslots, uint64_t max_entries=0):
     """Write an empty index into the meta area ``[meta_off, meta_off + meta_size)`` of a formatted segment.
+
+    ``max_entries`` caps the entries the index holds (what the tier was configured for); 0, or anything above
+    the load-factor limit of 3/4 of ``nslots``, means that limit.
 
     Raises:
         InvalidArgumentError: ``nslots`` is not a power of two >= 64 or the meta area is too small.
@@ -122,6 +125,8 @@ def format_index(object buffer, uint64_t meta_off, uint64_t meta_size, uint64_t 
         ih.procs_off = ih.stripes_off + nstripes * 8
         ih.pstats_off = ih.procs_off + MAXPROC * sizeof(proc_t)
         ih.max_entries = nslots - nslots // 4
+        if 0 < max_entries < ih.max_entries:
+            ih.max_entries = max_entries
         ih.magic = IDX_MAGIC
     finally:
         PyBuffer_Release(&view)

@@ -26,6 +26,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar, TypeAlias, TypeVar
 
@@ -50,9 +51,12 @@ _T = TypeVar("_T", bound="_Section")
 
 
 def _opt(default: Any, *, lo: float | None = None, hi: float | None = None,
-         choices: tuple[Any, ...] | None = None, doc: str = "") -> Any:
-    """A dataclass field with validation metadata (range or choices) and a one-line meaning."""
-    meta = {"lo": lo, "hi": hi, "choices": choices, "doc": doc}
+         choices: tuple[Any, ...] | None = None, doc: str = "", usage: bool = False) -> Any:
+    """A dataclass field with validation metadata (range or choices) and a one-line meaning.
+
+    ``usage``: a usage limit, given as a fraction or a percent and stored as a percent (:func:`_usage_percent`).
+    """
+    meta = {"lo": lo, "hi": hi, "choices": choices, "doc": doc, "usage": usage}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -70,7 +74,9 @@ class _Section:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            _check_value(type(self), f, getattr(self, f.name), file=None)
+            value = _check_value(type(self), f, getattr(self, f.name), file=None)
+            if f.metadata.get("usage"):  # a fraction given to the constructor is stored as its percent
+                object.__setattr__(self, f.name, value)
 
     @classmethod
     def from_mapping(cls: type[_T], data: Mapping[str, Any], *, file: str | None = None,
@@ -116,6 +122,8 @@ def _check_value(cls: type, f: dataclasses.Field[Any], value: Any, *, file: str 
         if not math.isfinite(value):
             raise ConfigError(f"expected a finite number, got {value!r}", file=file, key=key)
         value = float(value)
+        if f.metadata.get("usage"):
+            value = _usage_percent(value, file=file, key=key)
     if tp is str and not isinstance(value, str):
         raise ConfigError(f"expected a string, got {value!r}", file=file, key=key)
     lo, hi, choices = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("choices")
@@ -124,6 +132,34 @@ def _check_value(cls: type, f: dataclasses.Field[Any], value: Any, *, file: str 
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
         raise ConfigError(f"{value!r} is out of range; allowed {rng}", file=file, key=key)
+    return value
+
+
+#: Usage limits (``max_cpu_usage``, ``max_memory_usage``) are stored as percents in this range; a value in
+#: ``(0, 1]`` is read as a fraction of one (the seed's ``0.85``) and converted exactly to its percent.
+USAGE_PERCENT_MIN = 5.0
+
+
+def _usage_percent(value: float, *, file: str | None, key: str) -> float:
+    """A usage limit as a percent: ``(0, 1]`` is a fraction (x 100, exact in decimal), ``[5, 100]`` a percent.
+
+    Anything else is refused: ``<= 0`` and ``> 100`` are out of range; ``(1, 5)`` is ambiguous (a fraction above
+    one, or a limit of a few percent, which no host runs at) and the message says how to write either.
+    Percents are canonical because every stored limit is one, so converting twice changes nothing.
+    """
+    if 0.0 < value <= 1.0:
+        percent = float(Decimal(repr(value)) * 100)   # 0.85 -> 85.0, not 85.00000000000001
+        if value < USAGE_PERCENT_MIN / 100:
+            raise ConfigError(f"fraction {value!r} is {percent:g}%, below the {USAGE_PERCENT_MIN:g}% minimum of a "
+                              f"usage limit; allowed a fraction in [0.05, 1] or a percent in "
+                              f"[{USAGE_PERCENT_MIN:g}, 100]", file=file, key=key)
+        return percent
+    if 1.0 < value < USAGE_PERCENT_MIN:
+        raise ConfigError(f"{value!r} is ambiguous: write a fraction in (0, 1] (e.g. 0.85) or a percent in "
+                          f"[{USAGE_PERCENT_MIN:g}, 100] (e.g. 85)", file=file, key=key)
+    if not USAGE_PERCENT_MIN <= value <= 100.0:
+        raise ConfigError(f"{value!r} is out of range; allowed a fraction in (0, 1] or a percent in "
+                          f"[{USAGE_PERCENT_MIN:g}, 100]", file=file, key=key)
     return value
 
 
@@ -138,8 +174,9 @@ class HardwareSection(_Section):
     FILE: ClassVar[str] = "hardware_optimization.json"
 
     mode: str = _opt("balanced", choices=MODE_NAMES, doc="named preset applied before the files")
-    max_cpu_usage: float = _opt(85.0, lo=1.0, hi=100.0, doc="host CPU %% above which the eliminator acts")
-    max_memory_usage: float = _opt(85.0, lo=1.0, hi=100.0, doc="host memory %% above which it acts")
+    max_cpu_usage: float = _opt(85.0, doc="host CPU %% above which the eliminator acts (0.85 means 85)",
+                                usage=True)
+    max_memory_usage: float = _opt(85.0, doc="host memory %% above which it acts (0.8 means 80)", usage=True)
     cache_size_mb: int = _opt(256, lo=1, hi=1 << 20, doc="total cache budget, all levels")
     shared_memory_size_mb: int = _opt(1024, lo=1, hi=1 << 22, doc="default shared pool size")
     prefetch_depth: int = _opt(3, lo=0, hi=64, doc="keys prefetched after each access")

@@ -34,11 +34,22 @@ if TYPE_CHECKING:  # types only: the memory manager and the profiler are importe
     from .profiler import PerformanceProfiler
     from .resources import ChangeHandle, Drift, KnobResult, Plan
 
-__all__ = ["Alert", "HardwareOptimizationMaster"]
+__all__ = ["Alert", "HardwareOptimizationMaster", "auto_pool_bytes"]
 
 log = get_logger("master")
 
 ALERT_LEVELS = ("info", "warning", "critical")
+
+
+def auto_pool_bytes(size_mb: int) -> int:
+    """Heap bytes of a pool :meth:`HardwareOptimizationMaster.allocate_memory` creates: ``size_mb`` MiB plus
+    headroom for the allocator's per-chunk headers (64 bytes each), so one block of the whole configured size fits
+    (the seed allocates 1024 MiB in balanced mode, whose ``shared_memory_size_mb`` is 1024).
+
+    The headroom is 1/256 of the size, at least 1 MiB: room for the headers of 16,384 blocks per MiB of it.
+    """
+    size = int(size_mb) * 1024**2
+    return size + max(1024**2, size // 256)
 
 
 @dataclass(frozen=True)
@@ -244,7 +255,8 @@ class HardwareOptimizationMaster:
     def allocate_memory(self, agent_id: str, size_mb: int, pool: str = "shared") -> str:
         """Allocate ``size_mb`` MiB for an agent in shared-memory pool ``pool``; returns the block id.
 
-        The pool is created on first use with the mode's ``shared_memory_size_mb``. Fill the block through
+        The pool is created on first use with the mode's ``shared_memory_size_mb`` plus allocator headroom
+        (:func:`auto_pool_bytes`), so a block of the whole configured size fits. Fill the block through
         ``master.memory.view(agent_id, block_id)`` and seal it (see docs/memory.md).
 
         Raises:
@@ -265,7 +277,7 @@ class HardwareOptimizationMaster:
             if pool in manager.pools():
                 raise
         try:
-            manager.create_pool(pool)
+            manager.create_pool(pool, size=auto_pool_bytes(self.config.hardware.shared_memory_size_mb))
         except AlreadyExistsError:
             pass  # another process created it meanwhile
         return manager.allocate_memory(agent_id, size_mb * 1024**2, pool_id=pool)
@@ -294,10 +306,17 @@ class HardwareOptimizationMaster:
         self._last_profile = report
         for b in report.get("bottlenecks", []):
             level = "critical" if b.get("severity") in ("critical", "high") else "warning"
-            self._alert(level, "bottleneck", str(b.get("description") or b.get("type")), bottleneck=b)
+            self._alert(level, "bottleneck", str(b.get("message") or b.get("description") or b.get("type")),
+                        bottleneck=b)
         self._emit_metrics({"kind": "profile", "timestamp": time.time(),
                             "system_metrics": report.get("system_metrics", {})})
         return report
+
+    def register_detector(self, name: str, fn: Callable[..., Any]) -> None:
+        """Add the bottleneck type ``name``, found by ``fn(system_metrics, agent_profiles)``, to this master's
+        profiler (see :meth:`PerformanceProfiler.register_detector`): :meth:`profile_system` reports its findings
+        and raises an alert for each, like the built-in ones."""
+        self._profiler_instance().register_detector(name, fn)
 
     def profile_system(self, duration: float = 60.0) -> dict[str, Any]:
         """Profile for ``duration`` seconds and return the profiler's report (blocking).

@@ -195,7 +195,10 @@ class SharedTier:
 
     def _create(self, size: int, max_entries: int | None) -> Any:
         size = size // 4096 * 4096
-        nslots = _pow2_at_least((max_entries if max_entries else max(48, size // 1024)) * 4 // 3 + 1)
+        entries = max_entries if max_entries else max(48, size // 1024)
+        # The table has a power-of-two slot count at most 3/4 full; the index is capped at `entries` itself, so
+        # a tier holds what it was configured for (8,192 entries, not the 12,288 the 16,384 slots could).
+        nslots = _pow2_at_least(entries * 4 // 3 + 1)
         meta, _ = shmcache_index.layout_for(nslots)
         hdr = pool_alloc.header_bytes_for(size)
         if hdr + meta + 2 * pool_alloc.SLAB_BYTES > size:
@@ -209,7 +212,7 @@ class SharedTier:
             assert buf is not None
             pool_alloc.format_segment(buf, meta)
             heap = pool_alloc.SegmentHeap(buf)
-            shmcache_index.format_index(buf, heap.meta_offset, heap.meta_size, nslots)
+            shmcache_index.format_index(buf, heap.meta_offset, heap.meta_size, nslots, entries)
             heap.close()
             del buf
             try:

@@ -28,6 +28,7 @@ from ..config import EliminatorSection, HwoptConfig, section_of
 from ..errors import HwoptError, InvalidArgumentError, StateError
 from ..logs import get_logger
 from ..profiler.detect import BOTTLENECK_TYPES
+from ..resources import plugin_name
 from .actions import MODE_RISKS, RISK_LEVELS, Action, ActionOutcome, EliminationResult
 from .context import EliminationContext
 from .strategies import EliminationStrategy, builtin_strategies
@@ -88,8 +89,9 @@ class BottleneckEliminator:
     # -- plug-ins ---------------------------------------------------------------------------------------
     @staticmethod
     def _check_strategy(s: Any) -> None:
-        if not isinstance(s, EliminationStrategy):
-            raise InvalidArgumentError(f"strategy {s!r} lacks name/can_handle/generate_actions "
+        # ``name`` is optional (it defaults to the class name, as the seed's CustomBottleneckStrategy has none)
+        if not (callable(getattr(s, "can_handle", None)) and callable(getattr(s, "generate_actions", None))):
+            raise InvalidArgumentError(f"strategy {s!r} lacks can_handle/generate_actions "
                                        "(the EliminationStrategy protocol)")
 
     def add_strategy(self, strategy: EliminationStrategy) -> None:
@@ -141,6 +143,27 @@ class BottleneckEliminator:
             raise InvalidArgumentError(f"register_metric needs a non-empty name and a callable, got {name!r}")
         self._custom_metrics[name] = fn
 
+    def register_detector(self, name: str, fn: Callable[..., Any]) -> None:
+        """Add the bottleneck type ``name`` to this eliminator's profiler (see
+        :meth:`PerformanceProfiler.register_detector`): its findings then come with every detection pass and
+        ``eliminate_bottleneck(name, ...)`` accepts the type.
+
+        Raises:
+            StateError: the eliminator has no profiler (pass ``profiler=``, or register on the profiler).
+        """
+        register = getattr(self.profiler, "register_detector", None)
+        if register is None:
+            raise StateError("this eliminator has no profiler to run detectors; pass profiler= or call "
+                             "PerformanceProfiler.register_detector")
+        register(name, fn)
+
+    @property
+    def known_types(self) -> tuple[str, ...]:
+        """Bottleneck types accepted by name: the built-in ones and those of the profiler's detectors. A type
+        outside these is accepted when a strategy says it can handle it (a custom strategy adds its type)."""
+        detectors = getattr(self.profiler, "detectors", None)
+        return (*KNOWN_TYPES, *getattr(detectors, "names", ()))
+
     @property
     def custom_metrics(self) -> Mapping[str, Callable[[], float]]:
         """The ``custom:<name>`` metrics registered so far (a live read-only view, for metric sources)."""
@@ -149,9 +172,8 @@ class BottleneckEliminator:
     # -- context and planning ---------------------------------------------------------------------------
     def _context(self, bottleneck_type: str, metrics: Any) -> EliminationContext:
         """Validate the caller's metrics and add what strategies need (agents' pids, priorities, hooks, cpus)."""
-        if not isinstance(bottleneck_type, str) or bottleneck_type not in KNOWN_TYPES:
-            raise InvalidArgumentError(f"bottleneck_type {bottleneck_type!r} is unknown; known types: "
-                                       f"{', '.join(KNOWN_TYPES)}")
+        if not isinstance(bottleneck_type, str) or not bottleneck_type:
+            raise InvalidArgumentError(f"bottleneck_type {bottleneck_type!r} is unknown: not a non-empty string")
         if metrics is None:
             metrics = {}
         if not isinstance(metrics, Mapping):
@@ -188,17 +210,32 @@ class BottleneckEliminator:
             cpus = tuple(sorted(os.sched_getaffinity(0)))
         except OSError:
             cpus = ()
-        return EliminationContext(
+        ctx = EliminationContext(
             bottleneck_type, agents=tuple(agents), agent_profiles=profiles, agent_pids=pids,
             agent_priorities=prios, hooks=frozenset(self._hooks), cpus=cpus,
             background_nice=self.settings.background_nice, boost_nice=self.settings.boost_nice,
             exclusive_priority=int(getattr(hw, "exclusive_priority", 8)), backend=metrics.get("backend"),
             target_metric=metrics.get("target_metric"), metrics=dict(metrics))
+        if bottleneck_type not in self.known_types and not self._claimed(bottleneck_type, ctx):
+            raise InvalidArgumentError(f"bottleneck_type {bottleneck_type!r} is unknown; known types: "
+                                       f"{', '.join(self.known_types)}, or any type a registered strategy "
+                                       "can_handle")
+        return ctx
+
+    def _claimed(self, bottleneck_type: str, ctx: EliminationContext) -> bool:
+        """Whether a strategy says it handles this (custom) type; one that raises counts as no."""
+        for s in self._strategies:
+            try:
+                if s.can_handle(bottleneck_type, ctx):
+                    return True
+            except Exception:
+                continue
+        return False
 
     def _plan(self, bottleneck_type: str, ctx: EliminationContext) -> list[Action]:
         actions: list[Action] = []
         for s in self._strategies:
-            name = getattr(s, "name", type(s).__name__)
+            name = plugin_name(s)
             try:
                 if not s.can_handle(bottleneck_type, ctx):
                     continue

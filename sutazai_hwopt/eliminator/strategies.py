@@ -27,7 +27,13 @@ __all__ = ["BackendOverloadStrategy", "CpuContentionStrategy", "EliminationStrat
 
 @runtime_checkable
 class EliminationStrategy(Protocol):
-    """Proposes actions for the bottleneck types it handles."""
+    """Proposes actions for the bottleneck types it handles.
+
+    A strategy may handle types no detector of the library reports (the seed's ``CustomBottleneckStrategy``
+    handles ``"custom_pattern..."``): the eliminator accepts any type some strategy's ``can_handle`` claims, and
+    types added with ``register_detector`` reach it from the profiler. ``name`` is optional; without it the
+    strategy goes by its class name (:func:`~sutazai_hwopt.resources.plugin_name`).
+    """
 
     name: str
 

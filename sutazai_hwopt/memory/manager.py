@@ -10,6 +10,12 @@ plain string that can be sent to another process.
 Life of a block: ``allocate_memory`` (writable through ``view``) -> ``seal`` (immutable; deduplicated by
 XXH3-128 plus a byte-for-byte comparison) -> ``get_array`` / ``read`` by any agent holding a reference ->
 ``free_memory`` by each holder; the memory is reused when the last reference goes.
+
+Sharing: ``share_memory`` grants one agent a reference; ``grant_namespace_read`` lets *every* agent of the
+namespace take one by reading the sealed block (weights stored once, read by the whole fleet, with no call per
+agent). Either way the reader holds a counted reference (released by ``free_memory`` or, for a dead process, by
+``collect_garbage``), and sealed blocks are immutable, so a grant never gives write access. Other users never
+reach the pool at all: its segment is 0600 and owner-checked on attach (:mod:`sutazai_hwopt.trust`).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .._native import pool_alloc
-from .._native.pool_table import alloc_fast, free_fast
+from .._native.pool_table import NO_ACCESS, alloc_fast, free_fast
 from .._validate import round_up as _round_up
 from ..errors import (
     IncompatibleLayoutError,
@@ -47,7 +53,7 @@ from .compression import CODEC_NAMES, decode_into, encode
 from .dedup import FUSED_MIN, compare_or_digest, digest, head_key
 from .dedup import split as split_digest
 from .pool import AttachedPool as _Pool
-from .tables import ALIAS, F_DEDUP, FREE, SEALED, STATE_NAMES, WRITING, Tables, meta_bytes, table_sizes
+from .tables import ALIAS, F_DEDUP, F_NS_READ, FREE, SEALED, STATE_NAMES, WRITING, Tables, meta_bytes, table_sizes
 
 __all__ = ["MemoryPoolManager", "process_start_time"]
 
@@ -58,12 +64,13 @@ _MAX_POOL = 1 << 44
 class _LockedBlock:
     """``with manager._locked_block(agent, block_id) as (pool, slot, agent_index):`` — the block id checked and
     resolved for the agent, under the pool lock (a class, not a generator context manager, because it runs on
-    every call)."""
+    every call). With ``read``, an agent without a reference to a block granted to the namespace
+    (``grant_namespace_read``) takes one here."""
 
-    __slots__ = ("agent_id", "block_id", "manager", "pool")
+    __slots__ = ("agent_id", "block_id", "manager", "pool", "read")
 
-    def __init__(self, manager: MemoryPoolManager, agent_id: object, block_id: object) -> None:
-        self.manager, self.agent_id, self.block_id = manager, agent_id, block_id
+    def __init__(self, manager: MemoryPoolManager, agent_id: object, block_id: object, read: bool = False) -> None:
+        self.manager, self.agent_id, self.block_id, self.read = manager, agent_id, block_id, read
 
     def __enter__(self) -> tuple[_Pool, int, int]:
         agent_id = check_agent(self.agent_id)
@@ -75,6 +82,10 @@ class _LockedBlock:
                 raise NotFoundError(f"pool {pool_id!r} was destroyed")
             agent = self.manager._agent(pool, agent_id)
             state = pool.t.core.resolve(slot, gen, agent)
+            if state == NO_ACCESS and self.read and int(pool.t.flags[slot]) & F_NS_READ:
+                pool.t.holder_add(slot, agent, 1)      # the namespace grant: this reader now holds a reference
+                pool.t.core.add_refs(slot, 1)
+                state = pool.t.core.resolve(slot, gen, agent)
             if state < 0:
                 raise resolve_error(state, str(self.block_id), agent_id, len(pool.t.state))
         except BaseException:
@@ -277,10 +288,10 @@ class MemoryPoolManager:
         pool.agents[agent_id] = idx
         return idx
 
-    def _locked_block(self, agent_id: object, block_id: object) -> _LockedBlock:
+    def _locked_block(self, agent_id: object, block_id: object, *, read: bool = False) -> _LockedBlock:
         """Context manager: parse and check a block id for an agent; yields (pool, slot, agent index) under the
-        pool lock."""
-        return _LockedBlock(self, agent_id, block_id)
+        pool lock. ``read``: a read of a sealed block, which a namespace grant lets any agent make."""
+        return _LockedBlock(self, agent_id, block_id, read)
 
     @staticmethod
     def _physical(t: Tables, slot: int) -> int:
@@ -422,7 +433,7 @@ class MemoryPoolManager:
             StateError: not sealed, or compressed (use :meth:`read`). InvalidArgumentError: dtype/shape do not
             match the block's size.
         """
-        with self._locked_block(agent_id, block_id) as (pool, slot, _agent):
+        with self._locked_block(agent_id, block_id, read=True) as (pool, slot, _agent):
             off, _size, nbytes, codec, _shuf = self._sealed_region(pool, slot, block_id)
             if codec:
                 raise StateError(f"block {block_id!r} is compressed ({CODEC_NAMES[codec]}); use read()")
@@ -443,7 +454,7 @@ class MemoryPoolManager:
         """The block's logical content (decompressed). With ``out`` (a writable buffer) it is written there and
         the byte count returned; otherwise a new ``bytes``.
         """
-        with self._locked_block(agent_id, block_id) as (pool, slot, _agent):
+        with self._locked_block(agent_id, block_id, read=True) as (pool, slot, _agent):
             off, size, nbytes, codec, shuf = self._sealed_region(pool, slot, block_id)
             payload = pool.view(off, size)
         target = bytearray(nbytes) if out is None else out
@@ -521,13 +532,14 @@ class MemoryPoolManager:
 
     def block_info(self, agent_id: str, block_id: str) -> dict[str, Any]:
         """State, sizes, codec and holders of a block (as seen by an agent holding it)."""
-        with self._locked_block(agent_id, block_id) as (pool, slot, agent):
+        with self._locked_block(agent_id, block_id, read=True) as (pool, slot, agent):
             t = pool.t
             p = self._physical(t, slot)
             return {"state": STATE_NAMES[int(t.state[slot])], "nbytes": int(t.nbytes[p]),
                     "stored_bytes": int(t.size[p]), "compression": CODEC_NAMES[int(t.codec[p])],
                     "shuffle": int(t.shuffle[p]), "deduplicated": p != slot,
-                    "refs": int(t.refs[slot]), "held_by_agent": t.holder_count(slot, agent)}
+                    "refs": int(t.refs[slot]), "held_by_agent": t.holder_count(slot, agent),
+                    "namespace_read": bool(int(t.flags[slot]) & F_NS_READ)}
 
     # ---- sharing and release --------------------------------------------------------------------------------
     def share_memory(self, owner_id: str, target_id: str, block_id: str) -> None:
@@ -543,6 +555,30 @@ class MemoryPoolManager:
                                          f"({len(pool.t.agents)} agents max)")
             pool.t.holder_add(slot, other, 1)
             pool.t.core.add_refs(slot, 1)
+
+    def grant_namespace_read(self, owner_id: str, block_id: str) -> None:
+        """Let every agent of this namespace read a sealed block ``owner_id`` holds, without a call per agent.
+
+        An agent's first :meth:`get_array` / :meth:`read` / :meth:`block_info` of the id takes a counted
+        reference for it (as :meth:`share_memory` would), which it drops with :meth:`free_memory` and which
+        :meth:`collect_garbage` drops when its process dies; the block lives while anyone holds it. Read only:
+        sealed blocks are immutable and :meth:`view` refuses them. Processes of other users cannot attach the
+        pool's segment at all (0600, owner-checked; see docs/trust.md).
+
+        Raises:
+            StateError: the block is not sealed yet (seal it first: what is shared must not change).
+            AccessDeniedError / NotFoundError: ``owner_id`` holds no reference / no such block.
+        """
+        with self._locked_block(owner_id, block_id) as (pool, slot, _agent):
+            if int(pool.t.state[slot]) == WRITING:
+                raise StateError(f"block {block_id!r} is not sealed; seal it before granting it to the namespace")
+            pool.t.flags[slot] = int(pool.t.flags[slot]) | F_NS_READ
+
+    def revoke_namespace_read(self, owner_id: str, block_id: str) -> None:
+        """End a :meth:`grant_namespace_read`: agents without a reference can no longer take one (those that
+        already read the block keep theirs until they free it)."""
+        with self._locked_block(owner_id, block_id) as (pool, slot, _agent):
+            pool.t.flags[slot] = int(pool.t.flags[slot]) & ~F_NS_READ
 
     def free_memory(self, agent_id: str, block_id: str) -> None:
         """Drop one of the agent's references; the block is released when nobody holds it."""

@@ -34,8 +34,15 @@ from .._native.pool_table import (
 )
 from ..errors import CorruptionError, IncompatibleLayoutError
 
-__all__ = ["AGENT_DTYPE", "ALIAS", "BLOCK_DTYPE", "FREE", "F_DEDUP", "F_INDEXED", "HEADER_DTYPE", "META_MAGIC",
-           "META_VERSION", "SEALED", "SLOT_DTYPE", "STATE_NAMES", "WRITING", "Tables", "meta_bytes", "table_sizes"]
+__all__ = ["AGENT_DTYPE", "ALIAS", "BLOCK_DTYPE", "FREE", "F_DEDUP", "F_INDEXED", "F_NS_READ", "HEADER_DTYPE",
+           "META_MAGIC", "META_VERSION", "SEALED", "SLOT_DTYPE", "STATE_NAMES", "WRITING", "Tables", "meta_bytes",
+           "table_sizes"]
+
+#: Block flag set by ``MemoryPoolManager.grant_namespace_read``: any agent of the namespace may take a reference
+#: to this sealed block by reading it. Only the Python layer reads it; the compiled core keeps bits 1 (dedup) and
+#: 2 (indexed) and clears every bit when the slot is retired, so a grant ends with its block.
+F_NS_READ = 4
+assert not F_NS_READ & (F_DEDUP | F_INDEXED), "F_NS_READ collides with a flag of pool_table_layout.pxd"
 
 #: numpy type of each C field type used in pool_table_layout.pxd (the segment is little-endian: x86-64, arm64).
 NUMPY_OF_C = {"uint8_t": "u1", "int32_t": "<i4", "uint32_t": "<u4", "uint64_t": "<u8", "char [48]": "S48"}

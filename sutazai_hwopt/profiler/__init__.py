@@ -6,6 +6,8 @@ See docs/profiler.md. The hot path is the compiled scanner :mod:`sutazai_hwopt._
 from __future__ import annotations
 
 from .detect import BOTTLENECK_TYPES, Bottleneck, Thresholds, detect_bottlenecks
+from .detectors import Detector, DetectorRegistry
 from .profiler import PerformanceProfiler, Sample
 
-__all__ = ["BOTTLENECK_TYPES", "Bottleneck", "PerformanceProfiler", "Sample", "Thresholds", "detect_bottlenecks"]
+__all__ = ["BOTTLENECK_TYPES", "Bottleneck", "Detector", "DetectorRegistry", "PerformanceProfiler", "Sample",
+           "Thresholds", "detect_bottlenecks"]

@@ -25,6 +25,7 @@ from ..config import ConfigSource, HardwareSection, section_of
 from ..errors import InvalidArgumentError, NotFoundError
 from ..logs import get_logger
 from .detect import SEVERITIES, Bottleneck, Thresholds, detect_bottlenecks
+from .detectors import Detector, DetectorRegistry, most_severe_first
 from .host import HOST_COLUMNS, H, HostSampler
 from .predict import anomaly_scores, time_to_exhaustion
 from .ring import Ring
@@ -145,6 +146,7 @@ class PerformanceProfiler:
         self.interval_s = float(interval_s)
         self.thresholds = thresholds or Thresholds()
         self.seed = seed
+        self.detectors = DetectorRegistry()   # custom bottleneck types (register_detector)
         self._clock = clock
         self._host = HostSampler(disk_paths=tuple(disk_paths), clock=clock)
         self._agents = AgentSampler(capacity=max(16, 2 * len(agents or {})), slow_budget_s=slow_budget_s,
@@ -289,7 +291,15 @@ class PerformanceProfiler:
         without arguments, over the latest pass."""
         if system_metrics is None and agent_profiles is None:
             system_metrics, agent_profiles = self._last_metrics, self.agent_profiles()
-        return detect_bottlenecks(system_metrics, agent_profiles, self.thresholds)
+        found = detect_bottlenecks(system_metrics, agent_profiles, self.thresholds)
+        if len(self.detectors):
+            found = most_severe_first(found + self.detectors.run(system_metrics, agent_profiles))
+        return found
+
+    def register_detector(self, name: str, fn: Detector) -> None:
+        """Add the bottleneck type ``name``, found by ``fn(system_metrics, agent_profiles)`` on every detection
+        pass (see :mod:`.detectors`); a detector that raises is logged and skipped, the others still run."""
+        self.detectors.register(name, fn)
 
     def predict(self, window: int = 120, *, anomalies: bool = True) -> dict[str, Any]:
         """Time to exhaustion of memory and disk from the recent trend, per-agent RSS trends, anomaly scores."""

@@ -13,7 +13,7 @@ from .journal import Journal, JournalEntry, default_state_dir
 from .knobs import Knob, set_thp_disabled
 from .planning import Plan
 from .registry import Agent, Requirements
-from .strategies import Allocator, SchedSettings, Scheduler
+from .strategies import Allocator, SchedSettings, Scheduler, plugin_name
 from .topology import NumaNode, Topology, read_topology
 from .transactions import Change, ChangeHandle, KnobResult, Transactor
 from .verify import Drift
@@ -22,5 +22,5 @@ __all__ = [
     "Agent", "AgentDemand", "AgentProcess", "Allocation", "Allocator", "Change", "ChangeHandle", "Drift",
     "Journal", "JournalEntry", "Knob", "KnobResult", "NumaNode", "Placement", "Plan", "Requirements",
     "ResourcePoolCoordinator", "SchedSettings", "Scheduler", "Topology", "Transactor", "default_state_dir",
-    "read_topology", "set_thp_disabled",
+    "plugin_name", "read_topology", "set_thp_disabled",
 ]

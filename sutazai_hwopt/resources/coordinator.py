@@ -10,6 +10,7 @@ the side effects (applying, remembering the last plan).
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -24,7 +25,14 @@ from .journal import Journal
 from .knobs import AVAILABLE, Knob, default_knobs
 from .planning import Plan, exited_agents, make_plan
 from .registry import Agent, AgentRegistry, Requirements
-from .strategies import Allocator, ProcLoadSampler, Scheduler, builtin_allocators, builtin_schedulers
+from .strategies import (
+    Allocator,
+    ProcLoadSampler,
+    Scheduler,
+    builtin_allocators,
+    builtin_schedulers,
+    plugin_name,
+)
 from .topology import Topology, read_topology
 from .transactions import Change, ChangeHandle, KnobResult, Transactor
 from .verify import Drift, SettingKey, find_drifts, heal_changes, read_settings
@@ -80,14 +88,17 @@ class ResourcePoolCoordinator:
 
     # -- registry ------------------------------------------------------------------------------------------
     def register_agent(self, agent_id: str, requirements: Mapping[str, Any] | Requirements | None = None,
-                       *, pid: int) -> Agent:
+                       *, pid: int | None = None) -> Agent:
         """Register process ``pid`` as agent ``agent_id``; nothing is changed on the process yet.
+
+        ``pid`` defaults to the calling process, as in the seed's ``coordinator.register_agent("agent_001", {...})``
+        (an agent registering itself; the same default as ``HardwareOptimizationMaster.assign_cores``).
 
         Raises:
             InvalidArgumentError: unknown/negative/impossible requirement (the message names the field).
             AlreadyExistsError: ``agent_id`` is taken. NotFoundError: ``pid`` is not a live process.
         """
-        agent = self.registry.register(agent_id, requirements, pid)
+        agent = self.registry.register(agent_id, requirements, os.getpid() if pid is None else pid)
         log.info("registered %s pid %d %s", agent_id, agent.pid, agent.requirements.to_dict())
         return agent
 
@@ -192,25 +203,31 @@ class ResourcePoolCoordinator:
         return out
 
     # -- planning and applying -----------------------------------------------------------------------------
-    def register_custom_allocator(self, name: str, allocator: Any) -> None:
-        """Add an allocation strategy usable as ``rebalance_resources(strategy=name)``.
+    def register_custom_allocator(self, name: Any, allocator: Any = None) -> str:
+        """Add an allocation strategy usable as ``rebalance_resources(strategy=name)``; returns the name.
 
+        Two forms: ``register_custom_allocator(name, allocator)``, or the seed's ``register_custom_allocator(
+        allocator)``, whose name is the object's ``name`` attribute, else its ``__name__``, else its class name.
         ``allocator`` follows :class:`~.strategies.Allocator`: ``allocate(topology, demands, config)`` returns
         an :class:`~.allocation.Allocation`. Its result is validated (CPUs allowed, none empty, exclusive CPUs
         not shared) before anything is applied.
         """
-        self._register(self._allocators, "allocator", name, allocator, Allocator)
+        return self._register(self._allocators, "allocator", name, allocator, Allocator)
 
-    def register_custom_scheduler(self, name: str, scheduler: Any) -> None:
-        """Add a scheduling strategy (nice / policy / I/O class per agent), chosen by ``scheduler=name``.
+    def register_custom_scheduler(self, name: Any, scheduler: Any = None) -> str:
+        """Add a scheduling strategy (nice / policy / I/O class per agent), chosen by ``scheduler=name``;
+        returns the name.
 
+        Two forms, as :meth:`register_custom_allocator`: ``(name, scheduler)`` or the seed's ``(scheduler)``.
         ``scheduler`` follows :class:`~.strategies.Scheduler`: ``settings(demand, placement, config)`` returns
         :class:`~.strategies.SchedSettings`.
         """
-        self._register(self._schedulers, "scheduler", name, scheduler, Scheduler)
+        return self._register(self._schedulers, "scheduler", name, scheduler, Scheduler)
 
     @staticmethod
-    def _register(table: dict[str, Any], kind: str, name: str, obj: Any, proto: Any) -> None:
+    def _register(table: dict[str, Any], kind: str, name: Any, obj: Any, proto: Any) -> str:
+        if obj is None and not isinstance(name, str):   # the one-argument form: the name comes from the object
+            name, obj = plugin_name(name), name
         if not isinstance(name, str) or not name:
             raise InvalidArgumentError(f"{kind} name must be a non-empty string, got {name!r}")
         if name in table:
@@ -219,6 +236,7 @@ class ResourcePoolCoordinator:
             raise InvalidArgumentError(f"{kind} {name!r} ({type(obj).__name__}) does not follow the "
                                        f"{proto.__name__} protocol")
         table[name] = obj
+        return name
 
     def strategies(self) -> dict[str, list[str]]:
         """Names of the allocators and schedulers available."""

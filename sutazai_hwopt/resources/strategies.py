@@ -25,8 +25,18 @@ from .topology import Topology
 
 __all__ = [
     "Allocator", "LoadBasedAllocator", "NumaAllocator", "PriorityAllocator", "PriorityScheduler",
-    "ProcLoadSampler", "SchedSettings", "Scheduler", "builtin_allocators", "builtin_schedulers",
+    "ProcLoadSampler", "SchedSettings", "Scheduler", "builtin_allocators", "builtin_schedulers", "plugin_name",
 ]
+
+
+def plugin_name(obj: object) -> str:
+    """The name a plug-in registered without one goes by: its ``name`` attribute, else its ``__name__`` (a
+    function or class), else its class name (the seed's ``register_custom_allocator(gpu_allocator)``)."""
+    for attr in ("name", "__name__"):
+        value = getattr(obj, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return type(obj).__name__
 
 
 @runtime_checkable

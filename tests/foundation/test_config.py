@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sutazai_hwopt.config import MODES, SECTION_FILES, HwoptConfig, load_config
+from sutazai_hwopt.config import MODES, SECTION_FILES, HardwareSection, HwoptConfig, load_config
 from sutazai_hwopt.errors import ConfigError, HwoptError
 
 
@@ -153,13 +154,38 @@ def test_roundtrip_through_files(tmp_path: Path) -> None:
 
 @given(st.floats(allow_nan=False, allow_infinity=False))
 def test_range_check_matches_bounds(value: float) -> None:
-    """max_cpu_usage is accepted exactly when it lies in [1, 100]."""
+    """max_cpu_usage is accepted exactly as a fraction in [0.05, 1] or a percent in [5, 100]; stored as percent."""
     try:
         cfg = load_config(overrides={"hardware": {"max_cpu_usage": value}})
     except ConfigError:
-        assert not 1.0 <= value <= 100.0
+        assert not (0.05 <= value <= 1.0 or 5.0 <= value <= 100.0)
     else:
-        assert 1.0 <= value <= 100.0 and cfg.hardware.max_cpu_usage == value
+        if value <= 1.0:
+            assert value >= 0.05 and cfg.hardware.max_cpu_usage == float(Decimal(repr(value)) * 100)
+        else:
+            assert 5.0 <= value <= 100.0 and cfg.hardware.max_cpu_usage == value
+
+
+@pytest.mark.parametrize(("given", "stored"), [(0.85, 85.0), (0.8, 80.0), (1, 100.0), (0.05, 5.0), (85, 85.0),
+                                               (5, 5.0), (100, 100.0), (0.07, 7.0), (0.29, 29.0)])
+def test_usage_limits_fraction_or_percent(given: float, stored: float, tmp_path: Path) -> None:
+    """The seed's fractions convert exactly to the canonical percent; percents stay; a file and a section agree."""
+    write(tmp_path, "hardware_optimization.json", {"max_cpu_usage": given, "max_memory_usage": given})
+    cfg = load_config(tmp_path)
+    assert cfg.hardware.max_cpu_usage == stored and cfg.hardware.max_memory_usage == stored
+    assert HardwareSection(max_cpu_usage=given).max_cpu_usage == stored
+    assert load_config(overrides={"hardware": cfg.hardware.to_dict()}) == cfg   # converting again changes nothing
+
+
+@pytest.mark.parametrize(("given", "reason"), [(0, "out of range"), (-0.5, "out of range"), (150, "out of range"),
+                                               (1.5, "ambiguous"), (3, "ambiguous"), (0.01, "below the 5%"),
+                                               (True, "expected a number")])
+def test_usage_limits_refused(given: object, reason: str, tmp_path: Path) -> None:
+    """Out-of-range and ambiguous usage limits raise ConfigError naming the file, key and what is allowed."""
+    write(tmp_path, "hardware_optimization.json", {"max_memory_usage": given})
+    with pytest.raises(ConfigError, match=reason) as info:
+        load_config(tmp_path)
+    assert "max_memory_usage" in str(info.value) and "hardware_optimization.json" in str(info.value)
 
 
 def test_for_mode_rejects_unknown() -> None:
@@ -174,7 +200,6 @@ from sutazai_hwopt.config import (  # noqa: E402
     CacheSection,
     EliminatorSection,
     HardwareConfig,
-    HardwareSection,
     section_of,
 )
 

@@ -184,6 +184,38 @@ def test_custom_allocator_and_scheduler(coord, spawn, kstate):
     assert "first_cpu" in coord.strategies()["allocators"]
 
 
+class GpuAllocator(OneCpuEach):
+    """Named by its ``name`` attribute when registered with one argument (the seed's form)."""
+
+    name = "gpu"
+
+
+def ml_scheduler(demand, placement, config):
+    """A bare function: it has a ``__name__`` but no ``settings`` method, so it is not a Scheduler."""
+    return SchedSettings(nice=7)
+
+
+class MlScheduler:
+    def settings(self, demand, placement, config):
+        return SchedSettings(nice=7)
+
+
+def test_custom_strategies_one_argument_form(coord, spawn, kstate):
+    """The seed's register_custom_allocator(obj) / register_custom_scheduler(obj): the name comes from the object
+    (``name``, else ``__name__``, else the class name), and the registered strategies are the ones applied."""
+    assert coord.register_custom_allocator(GpuAllocator()) == "gpu"
+    assert coord.register_custom_scheduler(MlScheduler()) == "MlScheduler"
+    assert coord.register_custom_allocator("also_first_cpu", OneCpuEach()) == "also_first_cpu"   # two-arg form
+    p = spawn()
+    coord.register_agent("a", {}, pid=p.pid)
+    plan = coord.rebalance_resources(strategy="gpu", scheduler="MlScheduler")
+    assert plan.strategy == "gpu" and kstate(p.pid)[:2] == (frozenset({CPUS[0]}), 7)
+    with pytest.raises(errors.AlreadyExistsError):
+        coord.register_custom_allocator(GpuAllocator())
+    with pytest.raises(errors.InvalidArgumentError, match="protocol"):
+        coord.register_custom_scheduler(ml_scheduler)       # named "ml_scheduler", but not a Scheduler
+
+
 def test_bad_custom_strategies_are_refused(coord, spawn, kstate):
     """A non-conforming strategy, a duplicate name, or an invalid allocation raise and change nothing."""
     with pytest.raises(errors.InvalidArgumentError, match="protocol"):
