@@ -263,6 +263,9 @@ class AgentRestarter:
         log.warning("restarted leaking agent %s (pid %d) with the operator's consent", agent, pid)
         return HookResult(True, _nothing_to_undo(f"restarting {agent}"), {"agent": agent, "pid": pid})
 
+    def close(self) -> None:
+        """Nothing to release (every provider has ``close()``)."""
+
 
 def host_providers(config: Any, *, memory: Any, namespace: str,
                    pid_of: Callable[[str], int | None]) -> list[Any]:
