@@ -9,9 +9,10 @@ validate / keep-or-roll-back path. The host service attaches them (:func:`host_p
 hook                risk  what it does (undo)
 ==================  ====  =======================================================================================
 pool.collect_dead   low   references of dead agents and expired grants in every pool of the namespace, and the
-                          cache pins of dead processes in L2/L3 (nothing to undo: their owners are gone)
-cache.shrink        low   evicts ``cache_shrink_fraction`` of the shared L2/L3 entries (nothing to restore: a
-                          cache reloads on demand)
+                          cache pins of dead processes in L2/L3; freed pages go back to the kernel (nothing to
+                          undo: their owners are gone)
+cache.shrink        low   evicts ``cache_shrink_fraction`` of the shared L2/L3 entries and returns the freed
+                          pages to the kernel (nothing to restore: a cache reloads on demand)
 balancer.shed       med.  adds phantom outstanding requests to the backend in the host-wide balancer table, so
                           every process's load-aware algorithm sends it less (undo: removes them)
 balancer.drain      high  publishes an ejection of ``drain_s`` in the table: every process stops sending to it
@@ -114,9 +115,13 @@ class MemoryRemedies:
         return {k: v for k, v in self._tiers.items() if k in present}
 
     def collect(self) -> dict[str, int]:
-        """Reclaim now: dead agents' pool references and expired grants, dead processes' cache pins."""
+        """Reclaim now: dead agents' pool references and expired grants, dead processes' cache pins; then
+        return the freed pages to the kernel (``released_bytes``) when anything was reclaimed."""
         out = dict(self.memory.collect_garbage())
-        out["pins"] = sum(int(t.reclaim_dead()) for t in self.tiers().values())
+        tiers = self.tiers().values()
+        out["pins"] = sum(int(t.reclaim_dead()) for t in tiers)
+        out["released_bytes"] = (int(self.memory.trim()) + sum(int(t.heap.trim()) for t in tiers)
+                                 if any(out.values()) else 0)
         return out
 
     def collect_dead(self, **_: Any) -> HookResult:
@@ -129,12 +134,14 @@ class MemoryRemedies:
         """The ``cache.shrink`` remedy (low risk): evict a share of L2's and L3's entries."""
         frac = self.shrink_fraction if fraction is None else float(fraction)
         evicted: dict[str, int] = {}
+        released = 0
         for level, tier in self.tiers().items():
             n = int(len(tier.index) * frac)
             if n > 0:
                 evicted[level] = int(tier.index.evict(n))
+                released += int(tier.heap.trim())
         return HookResult(any(evicted.values()), _nothing_to_undo("evicting cache entries (they reload on demand)"),
-                          {"evicted": evicted})
+                          {"evicted": evicted, "released_bytes": released})
 
     def close(self) -> None:
         for tier in self._tiers.values():

@@ -52,7 +52,7 @@ class Upkeep:
         self._next_predict = -math.inf
         self._next_anomaly = -math.inf
         self.gc_last: dict[str, Any] = {}
-        self.gc_totals = {"agents": 0, "blocks": 0, "pins": 0, "passes": 0}
+        self.gc_totals = {"agents": 0, "blocks": 0, "pins": 0, "released_bytes": 0, "passes": 0}
         self._pool_history: dict[str, deque[tuple[float, float]]] = {}
         self.predictions: dict[str, Any] = {"memory": None, "pools": {}}
         self.anomalies: dict[str, float] = {}
@@ -82,7 +82,7 @@ class Upkeep:
             log.warning("periodic garbage collection failed: %s", exc)
             return None
         self.gc_totals["passes"] += 1
-        for k in ("agents", "blocks", "pins"):
+        for k in ("agents", "blocks", "pins", "released_bytes"):
             self.gc_totals[k] += int(got.get(k, 0))
         self.gc_last = {"at": time.time(), **got}
         if any(got.values()):

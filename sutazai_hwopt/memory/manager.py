@@ -653,6 +653,25 @@ class MemoryPoolManager:
                 pool.agents.clear()
         return agents, blocks
 
+    def trim(self) -> int:
+        """Return the pages of every pool's free heap space to the kernel; returns the bytes released.
+
+        Frees of big blocks already do this; the small blocks' space stays resident until trimmed (it counts
+        in every mapper's memory). The eliminator's memory remedies call it after reclaiming.
+        """
+        done = 0
+        for pool_id in self.pools():
+            try:
+                pool = self._pool(pool_id)
+            except (NotFoundError, IncompatibleLayoutError):
+                continue
+            with pool.heap:
+                if pool.t.destroyed:
+                    continue
+                pool.sync()
+                done += sum(int(seg.heap.trim()) for seg in pool.segs)
+        return done
+
     # ---- integrity and stats --------------------------------------------------------------------------------
     def check(self, pool_id: str) -> bool:
         """Verify the allocator's and the tables' invariants; True, or CorruptionError naming what is wrong."""

@@ -244,3 +244,49 @@ def test_steps_undo_newest_first_and_keep_going_when_an_undo_fails() -> None:
     assert done == ["a", "b", "c", "undo c", "undo a"]
     s.undo_all()   # idempotent
     assert done[-1] == "undo a" and os.getpid() > 0
+
+
+def _resident(path: str) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+def test_cache_shrink_evicts_and_returns_the_pages(ns: str) -> None:
+    """cache.shrink evicts part of L2 and the tier's segment really shrinks in /dev/shm (pages returned)."""
+    from sutazai_hwopt.cache.shared_index import SharedTier
+    from sutazai_hwopt.shm import SHM_DIR, segment_name
+
+    tier = SharedTier(ns, "l2", 32 * MiB)
+    try:
+        for i in range(20):
+            tier.put(key=f"k{i}".encode(), key_hash=i + 1, kind=0, priority=0, head=b"", body=[b"v" * 512 * 1024])
+        assert len(tier.index) == 20
+        path = os.path.join(SHM_DIR, segment_name(ns, "cache", "l2"))
+        with MemoryPoolManager(namespace=ns) as pm:
+            mem = MemoryRemedies(pm, namespace=ns, shrink_fraction=0.5)
+            before = _resident(path)
+            out = mem.shrink_cache()
+            assert out.changed and out.details["evicted"] == {"l2": 10} and len(tier.index) == 10
+            assert out.details["released_bytes"] >= 4 * MiB
+            assert _resident(path) <= before - 4 * MiB
+            assert tier.check()
+            mem.close()
+    finally:
+        tier.destroy()
+
+
+def test_trim_returns_small_freed_blocks_pages(ns: str) -> None:
+    """Small blocks' freed space stays resident until trim() gives it back; the pool stays consistent."""
+    from sutazai_hwopt.shm import SHM_DIR, segment_name
+
+    with MemoryPoolManager(namespace=ns) as pm:
+        pm.create_pool("data", size=32 * MiB)
+        bids = [pm.put_bytes("a", os.urandom(64 * 1024), pool_id="data") for _ in range(200)]
+        path = os.path.join(SHM_DIR, segment_name(ns, "pool", "data"))
+        for b in bids:
+            pm.free_memory("a", b)
+        before = _resident(path)
+        released = pm.trim()
+        assert released >= 8 * MiB and _resident(path) <= before - 8 * MiB
+        assert pm.check("data")
+        again = pm.put_bytes("a", b"z" * 100_000, pool_id="data")      # the space is usable again
+        assert pm.read("a", again) == b"z" * 100_000
