@@ -290,3 +290,52 @@ def test_trim_returns_small_freed_blocks_pages(ns: str) -> None:
         assert pm.check("data")
         again = pm.put_bytes("a", b"z" * 100_000, pool_id="data")      # the space is usable again
         assert pm.read("a", again) == b"z" * 100_000
+
+
+def _agent_balancer(name: str, algorithm: str, conn: Any) -> None:
+    """Another agent process: on each request, 30 selections (each completed at once); sends the ids chosen."""
+    from sutazai_hwopt.balancer import BackendService, DynamicLoadBalancer
+
+    shared = SharedState.attach(name)
+    lb = DynamicLoadBalancer(algorithm=algorithm, shared=shared)
+    for i in range(3):
+        lb.register_service(BackendService(service_id=f"b{i}", port=8000 + i))
+    while conn.recv() == "go":
+        chosen = set()
+        for _ in range(30):
+            s = lb.select_backend_sync()
+            lb.record_result(s.service_id, 0.001, True)
+            chosen.add(s.service_id)
+        conn.send(sorted(chosen))
+    shared.close()
+
+
+@pytest.mark.parametrize("algorithm, hook", [("round_robin", "drain"), ("least_connections", "shed")])
+def test_another_processs_balancer_sees_the_remedy_and_its_undo(table: SharedState, ns: str, algorithm: str,
+                                                                 hook: str) -> None:
+    """What the provider writes into the host-wide table changes another process's routing (drained / shed
+    backend not chosen), and the undo gives the backend back."""
+    here, there = FORK.Pipe()
+    child = FORK.Process(target=_agent_balancer, args=(ns, algorithm, there))
+    child.start()
+    prov = BalancerRemedies(ns, drain_s=3.0)
+    try:
+        def chosen() -> list[str]:
+            here.send("go")
+            assert here.poll(60)
+            return list(here.recv())
+
+        assert "b1" in chosen()
+        out = prov.drain(backend="b1") if hook == "drain" else prov.shed(backend="b1")
+        assert out.changed and "b1" not in chosen()
+        out.undo()     # a drain's undo stops further adoption; the child probes b1 when its own copy ends
+        deadline = time.monotonic() + 120
+        while "b1" not in chosen():
+            assert time.monotonic() < deadline, "b1 never came back after the undo"
+            time.sleep(0.2)
+    finally:
+        here.send("stop")
+        child.join(60)
+        here.close()
+        there.close()
+        prov.close()
