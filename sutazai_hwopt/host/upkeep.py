@@ -118,28 +118,31 @@ class Upkeep:
         """The ``memory_exhaustion_predicted`` findings of this pass (profiler Bottleneck objects).
 
         Runs the predictions every ``PREDICT_EVERY_S`` (pools: on every call), alerts on each new one, and
-        keeps the anomaly scores fresh.
+        refreshes the anomaly scores every ``anomaly_interval_s`` (with prediction off too).
         """
         from ..profiler.detect import Bottleneck
 
         elim = self.service.eliminator
-        if not elim.settings.prediction_enabled:
-            self._predicted = []
-            return []
+        enabled = elim.settings.prediction_enabled
         now = self._clock()
-        pools = self._pool_predictions(now)
-        if now >= self._next_predict:
-            self._next_predict = now + PREDICT_EVERY_S
-            scoring = self.anomaly_interval_s > 0 and now >= self._next_anomaly
+        predicting = enabled and now >= self._next_predict
+        scoring = self.anomaly_interval_s > 0 and now >= self._next_anomaly
+        if predicting or scoring:
             try:
                 pred = self.service.profiler.predict(_PREDICT_WINDOW, anomalies=scoring)
             except HwoptError as exc:
                 log.warning("prediction failed: %s", exc)
                 pred = {}
-            self.predictions["memory"] = pred.get("memory")
+            if predicting:
+                self._next_predict = now + PREDICT_EVERY_S
+                self.predictions["memory"] = pred.get("memory")
             if scoring:
                 self._next_anomaly = now + self.anomaly_interval_s
                 self.anomalies = {a: float(s) for a, s in (pred.get("anomalies") or {}).items()}
+        if not enabled:
+            self._predicted = []
+            return []
+        pools = self._pool_predictions(now)
         self.predictions["pools"] = pools
         horizon = elim.settings.prediction_horizon_s
         found = []

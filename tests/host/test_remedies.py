@@ -194,3 +194,33 @@ def test_predicted_pool_exhaustion_triggers_an_early_low_risk_remedy(ns: str, tm
                     filler.kill()
                     filler.join()
             svc.close()
+
+
+def test_anomaly_score_is_shown_beside_the_finding_it_explains(ns: str, tmp_path: Path) -> None:
+    """A leaking agent's finding carries its IsolationForest score (next to those of no idle agent)."""
+    from sutazai_hwopt.profiler.faults import FaultAgent
+
+    svc = HostService(_config(ns, anomaly_interval_s=1.0), state_dir=str(tmp_path / "j"))
+    agents = {"leaker": FaultAgent("memory", params={"step_mb": 2, "period_s": 0.1, "max_mb": 1500}),
+              "idle_0": FaultAgent("idle"), "idle_1": FaultAgent("idle")}
+    try:
+        for name, agent in agents.items():
+            svc.register_agent(name, agent.pid, {"cpu_cores": 1, "priority": 5})
+        svc.establish_baseline()
+        agents["leaker"].start()
+        seen: list[dict[str, Any]] = []
+
+        def explained() -> bool:
+            seen.extend(f for f in svc.bottlenecks().values()
+                        if "leaker" in (f.get("agents") or []) and "anomaly_scores" in f)
+            return bool(seen)
+
+        with sampling(svc, 0.2):
+            wait_for(explained, "a finding about the leaking agent with its anomaly score")
+        score = seen[0]["anomaly_scores"]["leaker"]
+        assert 0.0 <= score <= 1.0
+        assert svc.dashboard_data()["predictions"]["anomaly_scores"]
+    finally:
+        svc.close()
+        for agent in agents.values():
+            agent.stop()
