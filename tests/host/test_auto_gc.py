@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,22 +13,10 @@ from typing import Any
 from sutazai_hwopt.memory import MemoryPoolManager
 from sutazai_hwopt.testing import throwaway_namespace
 
+from .test_daemon import cli, wait_for
+
 FORK = multiprocessing.get_context("fork")
 MiB = 1024**2
-
-
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sutazai_hwopt", *args], capture_output=True, text=True,
-                          timeout=timeout, env=os.environ.copy())
-
-
-def wait_for(predicate: Any, what: str, limit: float = 90.0) -> None:
-    """Poll until ``predicate()`` holds; the bound only keeps a broken build from hanging the suite."""
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.1)
 
 
 def _agent(ns: str, ready: Any, leave: Any) -> None:

@@ -15,7 +15,6 @@ import multiprocessing
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,17 +28,10 @@ from sutazai_hwopt.host.service import HostService
 from sutazai_hwopt.memory import MemoryPoolManager
 from sutazai_hwopt.testing import throwaway_namespace
 
+from .test_daemon import wait_for
+
 FORK = multiprocessing.get_context("fork")
 MiB = 1024**2
-
-
-def wait_for(predicate: Any, what: str, limit: float = 120.0) -> None:
-    """Poll until ``predicate()`` holds; the bound only keeps a broken build from hanging the suite."""
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.1)
 
 
 @contextmanager
@@ -118,7 +110,7 @@ def test_memory_pressure_gets_the_pool_remedy_applied_and_validated(ns: str, tmp
             svc.profiler.thresholds = dataclasses.replace(svc.profiler.thresholds, mem_used_pct=budget)
             with sampling(svc, 0.2):
                 wait_for(lambda: _action(svc, "memory_pressure") is not None,
-                         "the service to act on memory pressure")
+                         "the service to act on memory pressure", 120)
             act = _action(svc, "memory_pressure")
             assert act is not None and act["auto"]
             first = act["outcomes"][0]
@@ -170,9 +162,9 @@ def test_predicted_pool_exhaustion_triggers_an_early_low_risk_remedy(ns: str, tm
                 return bool(shown)
 
             with sampling(svc, 0.2):
-                wait_for(predicted_on_dashboard, "a predicted exhaustion on the dashboard")
+                wait_for(predicted_on_dashboard, "a predicted exhaustion on the dashboard", 120)
                 wait_for(lambda: _action(svc, "memory_exhaustion_predicted") is not None,
-                         "the service to act on the predicted exhaustion")
+                         "the service to act on the predicted exhaustion", 120)
             data = shown[0]
             finding = data["predictions"]["acting_on"][0]
             assert finding["type"] == "memory_exhaustion_predicted"
@@ -216,7 +208,7 @@ def test_anomaly_score_is_shown_beside_the_finding_it_explains(ns: str, tmp_path
             return bool(seen)
 
         with sampling(svc, 0.2):
-            wait_for(explained, "a finding about the leaking agent with its anomaly score")
+            wait_for(explained, "a finding about the leaking agent with its anomaly score", 120)
         score = seen[0]["anomaly_scores"]["leaker"]
         assert 0.0 <= score <= 1.0
         assert svc.dashboard_data()["predictions"]["anomaly_scores"]
