@@ -25,6 +25,8 @@ from cpython.pycapsule cimport PyCapsule_New
 from cpython.pythread cimport PyThread_get_thread_ident
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memset
+from posix.mman cimport MADV_REMOVE, madvise
+from posix.unistd cimport _SC_PAGESIZE, sysconf
 
 from debug cimport HWOPT_DEBUG
 from pool_heap_api cimport HEAP_API_NAME, heap_api_t
@@ -822,6 +824,19 @@ cdef class SegmentHeap:
         self._acquire()
         try:
             return _heap_allocations(self)
+        finally:
+            self._release()
+
+    def trim(self):
+        """Return the pages inside free chunks to the kernel (``madvise(MADV_REMOVE)``); returns the bytes.
+
+        Only a free chunk's 64-byte header is state, so its other whole pages can go: on a shared tmpfs
+        segment they stop counting as memory in use for every process, and read back as zeros when the
+        chunk is allocated again. Nothing is released on a mapping that does not support it.
+        """
+        self._acquire()
+        try:
+            return _heap_trim(self)
         finally:
             self._release()
 

@@ -227,6 +227,27 @@ cdef object _heap_allocations(SegmentHeap self):
         self._release()
     return np.array(out, dtype=np.int64)
 
+cdef uint64_t _heap_trim(SegmentHeap self) except? 0:
+    """The walk of :meth:`SegmentHeap.trim` (under the lock)."""
+    cdef uint64_t hoff = self.h.heap_off, end = self.h.heap_off + self.h.heap_size, off, size, lo, hi, done = 0
+    cdef uint64_t page = <uint64_t>sysconf(_SC_PAGESIZE)
+    cdef uint64_t base = <uint64_t><size_t>self.base
+    cdef chunk_t *c
+    off = hoff
+    while off < end:
+        c = <chunk_t *>(self.base + off)
+        size = c.word & ~(<uint64_t>STATE_MASK)
+        if size < CHUNK_HDR:
+            raise CorruptionError(f"chunk at offset {off} has size {size}")
+        if (c.word & STATE_MASK) == ST_FREE:
+            lo = (base + off + CHUNK_HDR + page - 1) // page * page
+            hi = (base + off + size) // page * page
+            if hi > lo and madvise(<void *><size_t>lo, <size_t>(hi - lo), MADV_REMOVE) == 0:
+                done += hi - lo
+        off += size
+    return done
+
+
 cdef object _heap_stats(SegmentHeap self):
     cdef uint64_t hoff, end, off, size, free_bytes = 0, largest = 0, n_free = 0
     cdef chunk_t *c

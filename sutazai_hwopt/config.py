@@ -205,6 +205,11 @@ class HardwareSection(_Section):
     port: int = _opt(8731, lo=0, hi=65535, doc="HTTP port (taken: the next free one; 0: any free one)")
     log_dir: str | None = _opt(None, doc="directory for <component>.log files; None: no files")
     log_level: str = _opt("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), doc="log level")
+    gc_interval_s: float = _opt(10.0, lo=0.0, hi=86400.0,
+                                doc="the host service reclaims dead agents' pool blocks and cache pins this "
+                                    "often; 0: never (pools still reclaim when full)")
+    grant_grace_s: float = _opt(300.0, lo=0.0, hi=30 * 86400.0,
+                                doc="a block granted to an agent that never attaches is reclaimed after this")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -291,6 +296,15 @@ class EliminatorSection(_Section):
     boost_nice: int = _opt(-5, lo=-20, hi=0, doc="nice given to a starved agent (medium risk)")
     prediction_horizon_s: float = _opt(600.0, lo=1.0, hi=86400.0, doc="act when exhaustion is predicted sooner")
     audit_size: int = _opt(1000, lo=1, hi=1_000_000, doc="decisions kept in the in-memory audit list")
+    restart_leaking_agents: bool = _opt(False, doc="operator's consent: a leaking agent may be restarted "
+                                               "through the agent.restart hook (high risk)")
+    cache_shrink_fraction: float = _opt(0.5, lo=0.05, hi=0.95,
+                                        doc="share of the shared cache tiers' entries the cache.shrink remedy evicts")
+    balancer_table: str | None = _opt(None, doc="host-wide balancer table shed/drain act on; None: the cache "
+                                                "namespace")
+    drain_s: float = _opt(60.0, lo=1.0, hi=86400.0, doc="how long a drained backend stays out (its undo ends it)")
+    anomaly_interval_s: float = _opt(30.0, lo=0.0, hi=86400.0,
+                                     doc="the host service scores agents with IsolationForest this often; 0: never")
 
 
 #: The former name of :class:`HardwareSection`, kept for code that imports it.

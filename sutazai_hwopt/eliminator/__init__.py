@@ -5,7 +5,7 @@ See docs/eliminator.md. Kernel changes go through the resource coordinator's jou
 
 from __future__ import annotations
 
-from .actions import MODE_RISKS, RISK_LEVELS, Action, ActionOutcome, EliminationResult, KernelChange
+from .actions import MODE_RISKS, RISK_LEVELS, Action, ActionOutcome, EliminationResult, HookResult, KernelChange
 from .context import EliminationContext
 from .eliminator import KNOWN_TYPES, BottleneckEliminator
 from .strategies import (
@@ -21,6 +21,6 @@ from .validation import MetricSource, ProfilerSource, judge, metric_value
 __all__ = [
     "KNOWN_TYPES", "MODE_RISKS", "RISK_LEVELS", "Action", "ActionOutcome", "BackendOverloadStrategy",
     "BottleneckEliminator", "CpuContentionStrategy", "EliminationContext", "EliminationResult", "EliminationStrategy",
-    "IoSaturationStrategy", "KernelChange", "MemoryPressureStrategy", "MetricSource", "ProfilerSource",
+    "HookResult", "IoSaturationStrategy", "KernelChange", "MemoryPressureStrategy", "MetricSource", "ProfilerSource",
     "builtin_strategies", "judge", "metric_value",
 ]

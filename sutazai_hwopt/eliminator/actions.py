@@ -9,6 +9,7 @@ automatically; the rest are recommended.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ from .._validate import finite
 from ..errors import InvalidArgumentError
 from ..resources import Change
 
-__all__ = ["MODE_RISKS", "RISK_LEVELS", "Action", "ActionOutcome", "EliminationResult", "KernelChange"]
+__all__ = ["MODE_RISKS", "RISK_LEVELS", "Action", "ActionOutcome", "EliminationResult", "HookResult", "KernelChange"]
 
 RISK_LEVELS = ("low", "medium", "high")
 #: mode -> risks that may run automatically (the rest are only recommended).
@@ -95,6 +96,20 @@ class Action:
                 "changes": [change_dict(c) for c in self.changes], "hook": self.hook, "hook_args": self.hook_args,
                 "agents": list(self.agents), "guards": list(self.guards), "advisory": self.advisory,
                 "strategy": self.strategy}
+
+
+@dataclass
+class HookResult:
+    """What a remedy hook may return: whether it changed anything, how to undo it, and what it did.
+
+    ``changed=False`` makes the action ``not_applied`` (nothing to validate or undo); otherwise ``undo()`` is
+    called if validation rejects the action. A hook that raises must leave nothing applied (see
+    :class:`~sutazai_hwopt.eliminator.providers.Steps`).
+    """
+
+    changed: bool
+    undo: Callable[[], Any]
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from ..errors import HwoptError, InvalidArgumentError, StateError
 from ..logs import get_logger
 from ..profiler.detect import BOTTLENECK_TYPES
 from ..resources import plugin_name
-from .actions import MODE_RISKS, RISK_LEVELS, Action, ActionOutcome, EliminationResult
+from .actions import MODE_RISKS, RISK_LEVELS, Action, ActionOutcome, EliminationResult, HookResult
 from .context import EliminationContext
 from .strategies import EliminationStrategy, builtin_strategies
 from .validation import MetricSource, ProfilerSource, judge
@@ -137,6 +137,19 @@ class BottleneckEliminator:
                 added.append(f"balancer.{name}")
         return added
 
+    def attach_provider(self, provider: Any) -> list[str]:
+        """Register what a remedy provider offers: its ``hooks()`` (name -> fn returning a
+        :class:`~.actions.HookResult`) and, if it has them, its ``metrics()`` (name -> fn); returns the hook
+        names. See :mod:`sutazai_hwopt.eliminator.providers`.
+        """
+        hooks = dict(provider.hooks())
+        for name, fn in hooks.items():
+            self.register_hook(name, fn)
+        metrics = getattr(provider, "metrics", None)
+        for name, fn in (dict(metrics()) if callable(metrics) else {}).items():
+            self.register_metric(name, fn)
+        return list(hooks)
+
     def register_metric(self, name: str, fn: Callable[[], float]) -> None:
         """Make ``custom:<name>`` measurable (e.g. the load balancer's backend load)."""
         if not isinstance(name, str) or not name or not callable(fn):
@@ -205,6 +218,9 @@ class BottleneckEliminator:
         if unknown:
             raise InvalidArgumentError(f"metrics['agents'] names unknown agents {unknown}; known: "
                                        f"{sorted(pids)[:10]}")
+        target = metrics.get("target_metric")
+        if target is None and metrics.get("backend") and "balancer.backend_load" in self._custom_metrics:
+            target = f"custom:balancer.backend_load:{metrics['backend']}"  # a balancer provider is attached
         hw = getattr(self.coordinator, "config", None)
         try:
             cpus = tuple(sorted(os.sched_getaffinity(0)))
@@ -215,7 +231,7 @@ class BottleneckEliminator:
             agent_priorities=prios, hooks=frozenset(self._hooks), cpus=cpus,
             background_nice=self.settings.background_nice, boost_nice=self.settings.boost_nice,
             exclusive_priority=int(getattr(hw, "exclusive_priority", 8)), backend=metrics.get("backend"),
-            target_metric=metrics.get("target_metric"), metrics=dict(metrics))
+            target_metric=target, metrics=dict(metrics))
         if bottleneck_type not in self.known_types and not self._claimed(bottleneck_type, ctx):
             raise InvalidArgumentError(f"bottleneck_type {bottleneck_type!r} is unknown; known types: "
                                        f"{', '.join(self.known_types)}, or any type a registered strategy "
@@ -261,14 +277,23 @@ class BottleneckEliminator:
         return self._plan(bottleneck_type, self._context(bottleneck_type, metrics))
 
     def predicted_bottlenecks(self, predictions: Mapping[str, Any]) -> list[str]:
-        """Types to act on now from ``PerformanceProfiler.predict()``: exhaustion sooner than the horizon."""
+        """Types to act on now from ``PerformanceProfiler.predict()``: exhaustion sooner than the horizon.
+
+        Host memory (``predictions["memory"]``) and, when given, shared pools (``predictions["pools"]``: pool
+        id -> the same ``{"seconds": ...}`` form) count; the host service calls it on every detection pass
+        and acts on what it returns with the low-risk remedies only (see :meth:`eliminate_bottleneck`).
+        """
         if not self.settings.prediction_enabled or not isinstance(predictions, Mapping):
             return []
-        mem = predictions.get("memory")
-        if isinstance(mem, Mapping) and isinstance(mem.get("seconds"), (int, float)) \
-                and mem["seconds"] < self.settings.prediction_horizon_s:
+        pools = predictions.get("pools")
+        candidates = [predictions.get("memory"), *(pools.values() if isinstance(pools, Mapping) else ())]
+        if any(self._within_horizon(p) for p in candidates):
             return ["memory_exhaustion_predicted"]
         return []
+
+    def _within_horizon(self, prediction: Any) -> bool:
+        return isinstance(prediction, Mapping) and isinstance(prediction.get("seconds"), (int, float)) \
+            and prediction["seconds"] < self.settings.prediction_horizon_s
 
     # -- elimination ------------------------------------------------------------------------------------
     async def eliminate_bottleneck(self, bottleneck_type: str,
@@ -304,6 +329,10 @@ class BottleneckEliminator:
                 why = ("advisory only" if action.advisory else "auto_fix is off" if not self.settings.auto_fix
                        else f"risk {action.risk} is not automatic in mode {self.settings.mode}")
                 res.outcomes.append(self._outcome(btype, ActionOutcome(action, "recommended", why)))
+                continue
+            if btype in _PREDICTED and action.risk != "low":
+                res.outcomes.append(self._outcome(btype, ActionOutcome(
+                    action, "recommended", "predicted, not yet happening: only low-risk remedies run early")))
                 continue
             if res.kept:
                 res.outcomes.append(self._outcome(btype, ActionOutcome(action, "recommended",
@@ -373,6 +402,9 @@ class BottleneckEliminator:
             raise StateError(f"hook {action.hook!r} is not registered")
         fn, undo = entry
         out = fn(**action.hook_args)
+        if isinstance(out, HookResult):
+            results = [{"hook": action.hook, **out.details}]
+            return (out.undo if out.changed else None), results
         if undo is not None:
             return (lambda: undo(out)), [{"hook": action.hook, "result": repr(out)[:200]}]
         if callable(out):

@@ -126,6 +126,11 @@ class MemoryPressureStrategy:
                for h, risk, desc in self.HOOKS if h in hooks]
         if bottleneck_type == "memory_leak":
             for a in agents:
+                if "agent.restart" in hooks:  # registered only with the operator's consent
+                    out.append(Action("restart_agent", f"{a} keeps growing; restart it", "high",
+                                      f"agents:{a}:rss_bytes", agents=[a], hook="agent.restart",
+                                      hook_args={"agent": a}))
+                    continue
                 out.append(Action("restart_agent", f"{a} keeps growing; restart it or find the leak", "high",
                                   f"agents:{a}:rss_bytes", agents=[a], advisory=True))
         return out

@@ -7,8 +7,8 @@ Metric keys:
 * ``agents:<id1,id2>:<field>`` — the sum of one agent-profile field over those agents;
 * ``agents_except:<id1,id2>:<field>`` — the sum over every other live agent (e.g. how long everyone else
   waited for a CPU, the metric that deprioritising a hog should lower);
-* ``custom:<name>`` — a value from a function another component registered (e.g. the load balancer's
-  backend load).
+* ``custom:<name>`` — a value from a function another component registered; ``custom:<name>:<arg>`` calls
+  it with one argument (e.g. ``custom:balancer.load:<backend>``, one backend's host-wide load).
 
 The verdict (:func:`judge`) keeps an action only when its target moved the right way by more than the noise
 floor and by at least ``min_improvement`` (relative), and no guard metric got worse by more than
@@ -38,7 +38,12 @@ def metric_value(key: str, system_metrics: Mapping[str, Any], agent_profiles: Ma
     """The value of ``key`` in one pass's metrics; NaN when it cannot be measured."""
     try:
         if key.startswith("custom:"):
-            fn = (custom or {}).get(key[7:])
+            name = key[7:]
+            fn = (custom or {}).get(name)
+            if fn is None and ":" in name:  # custom:<name>:<arg> calls the metric <name> with <arg>
+                base, arg = name.split(":", 1)
+                fn2 = (custom or {}).get(base)
+                return float(fn2(arg)) if fn2 is not None else math.nan  # type: ignore[call-arg]
             return float(fn()) if fn is not None else math.nan
         if key.startswith(("agents:", "agents_except:")):
             kind, ids, fld = key.split(":", 2)

@@ -79,6 +79,10 @@ class HostService:
         #: them instead of rebuilding trends over 131 agents on every dashboard poll or scrape.
         self._latest_profiles: dict[str, dict[str, Any]] = {}
         self._last_acted: dict[str, float] = {}
+        from .upkeep import Upkeep
+
+        #: remedy providers (attached to the eliminator), periodic GC, predictions, anomaly scores
+        self.upkeep = Upkeep(self)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def _make_eliminator(self) -> Any:
@@ -126,6 +130,7 @@ class HostService:
             for tier in self._cache_tiers.values():
                 tier.close()
             self._cache_tiers.clear()
+            self.upkeep.close()
             self.profiler.close()
             self.master.close()
             self.coordinator.close()
@@ -142,6 +147,7 @@ class HostService:
             if self._placement_dirty and self.coordinator.agents():
                 self._placement_dirty = False
                 self.coordinator.rebalance_resources(strategy="priority", dry_run=False)
+            self.upkeep.collect_if_due()
             sample = self.profiler.sample()
             metrics = sample.system_metrics
             self.ticks += 1
@@ -153,8 +159,9 @@ class HostService:
                 self._measured.append((self._clock(), metrics, profiles))
             self._pass_done.notify_all()
             if detect and self.ticks >= 3 and profiles is not None and self.ticks % DETECT_EVERY == 0:
-                found = self.profiler.detect_bottlenecks(metrics, profiles)
+                found = [*self.profiler.detect_bottlenecks(metrics, profiles), *self.upkeep.predicted()]
                 self._bottlenecks = self._keyed(found)
+                self.upkeep.annotate(self._bottlenecks)
                 if self.auto_fix and self._bottlenecks:
                     self._auto_eliminate()
 
@@ -320,6 +327,7 @@ class HostService:
                 "agents": self.agents(), "load": self.latest_profiles(),
                 "bottlenecks": self._bottlenecks, "actions": list(self.actions)[-50:],
                 "cache": self._cache_figures(), "pools": self._pool_figures(),
+                "predictions": self.upkeep.view(),
             })
 
     def _cache_figures(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -119,7 +120,10 @@ class MemoryPoolManager:
         self.namespace = validate_name("namespace", namespace)
         from ..config import HardwareSection, section_of
 
-        self.default_pool_size = section_of(config, HardwareSection).shared_memory_size_mb * 1024**2
+        hw = section_of(config, HardwareSection)
+        self.default_pool_size = hw.shared_memory_size_mb * 1024**2
+        #: seconds a block granted to an agent that never attached stays granted (see collect_garbage)
+        self.grant_grace_s = hw.grant_grace_s
         self._pools: dict[str, _Pool] = {}
         self._mutex = threading.RLock()
         self._pid = os.getpid()
@@ -313,7 +317,7 @@ class MemoryPoolManager:
 
         Raises:
             InvalidArgumentError: bad agent id or size. NotFoundError: unknown pool.
-            PoolExhaustedError: no room (the pool is unchanged).
+            PoolExhaustedError: no room even after reclaiming the pool's dead agents (the pool is unchanged).
         """
         # Fast path: agent id already checked, pool and agent index cached in this process: one compiled
         # call, one lock round trip. Any refusal changed nothing; the checked path below reports it.
@@ -326,6 +330,29 @@ class MemoryPoolManager:
 
     def _allocate(self, agent_id: str, size: int, pool_id: str, dedup: bool, codec: int, shuf: int,
                   nbytes: int) -> str:
+        try:
+            return self._allocate_once(agent_id, size, pool_id, dedup, codec, shuf, nbytes)
+        except PoolExhaustedError:
+            if not self._reclaim(pool_id):
+                raise
+        return self._allocate_once(agent_id, size, pool_id, dedup, codec, shuf, nbytes)
+
+    def _reclaim(self, pool_id: str) -> bool:
+        """A full pool's last resort before PoolExhaustedError: collect its dead agents and expired grants.
+
+        True when that released a block or an agent entry (worth one more try).
+        """
+        try:
+            agents, blocks = self._collect_pool(pool_id, time.time())
+        except (NotFoundError, IncompatibleLayoutError):
+            return False
+        if agents or blocks:
+            log.info("pool %s was full: reclaimed %d block(s) of %d dead or never-attached agent(s) before "
+                     "retrying", pool_id, blocks, agents)
+        return bool(agents or blocks)
+
+    def _allocate_once(self, agent_id: str, size: int, pool_id: str, dedup: bool, codec: int, shuf: int,
+                       nbytes: int) -> str:
         pool = self._pool(pool_id)
         t = pool.t
         with pool.heap:
@@ -485,7 +512,12 @@ class MemoryPoolManager:
             raise InvalidArgumentError("data must not be empty (blocks hold at least one byte)")
         codec, shuf, payload = encode(mv, compression, _itemsize)
         if enable_dedup and len(payload) >= FUSED_MIN:
-            bid = self._put_existing(agent_id, memoryview(payload), pool_id, codec, shuf, mv.nbytes)
+            try:
+                bid = self._put_existing(agent_id, memoryview(payload), pool_id, codec, shuf, mv.nbytes)
+            except PoolExhaustedError:
+                if not self._reclaim(pool_id):
+                    raise
+                bid = self._put_existing(agent_id, memoryview(payload), pool_id, codec, shuf, mv.nbytes)
             if bid is not None:
                 return bid
         bid = self._allocate(agent_id, len(payload), pool_id, bool(enable_dedup), codec, shuf, mv.nbytes)
@@ -549,10 +581,14 @@ class MemoryPoolManager:
             raise InvalidArgumentError(f"target_id must differ from owner_id, got {target_id!r} twice")
         with self._locked_block(owner_id, block_id) as (pool, slot, _agent):
             # Do not bind the target to this process: it may live elsewhere (or not have started yet).
-            other = pool.t.register_agent(target_id.encode(), 0, 0, rebind=False)
+            # An unbound agent's start word holds the time of its latest grant (collect_garbage's grace period).
+            now = int(time.time())
+            other = pool.t.register_agent(target_id.encode(), 0, now, rebind=False)
             if other < 0:
                 raise PoolExhaustedError(f"pool {pool.pool_id!r} has no room for agent {target_id!r} "
                                          f"({len(pool.t.agents)} agents max)")
+            if int(pool.t.agents["pid"][other]) == 0:
+                pool.t.agents["start"][other] = now
             pool.t.holder_add(slot, other, 1)
             pool.t.core.add_refs(slot, 1)
 
@@ -596,33 +632,81 @@ class MemoryPoolManager:
         for off, size in pool.t.core.unref(slot, n):
             pool.release(off, size)
 
-    def collect_garbage(self) -> dict[str, int]:
-        """Release every reference held by agents whose process is gone (pid + start time); returns counts."""
+    def collect_garbage(self, *, grace_s: float | None = None) -> dict[str, int]:
+        """Release every reference held by agents whose process is gone (pid + start time), and by agents that
+        were granted blocks but never attached within ``grace_s`` (default: the config's ``grant_grace_s``);
+        returns counts (``agents`` collected, ``blocks`` released).
+
+        The host service calls it every ``gc_interval_s``, and a full pool calls it (for itself) before it
+        raises PoolExhaustedError, so a crashed agent's memory comes back without anybody asking.
+        """
         agents = blocks = 0
+        now = time.time()
+        for pool_id in self.pools():
+            try:
+                a, b = self._collect_pool(pool_id, now, grace_s)
+            except (NotFoundError, IncompatibleLayoutError):
+                continue
+            agents += a
+            blocks += b
+        return {"agents": agents, "blocks": blocks}
+
+    def _collect_pool(self, pool_id: str, now: float, grace_s: float | None = None) -> tuple[int, int]:
+        """One pool's part of :meth:`collect_garbage`: (agents collected, blocks released)."""
+        grace = self.grant_grace_s if grace_s is None else grace_s
+        pool = self._pool(pool_id)
+        t = pool.t
+        agents = blocks = 0
+        with pool.heap:
+            if t.destroyed:
+                return 0, 0
+            for idx in np.flatnonzero(t.agents["name"] != b"").tolist():
+                pid, start = int(t.agents["pid"][idx]), int(t.agents["start"][idx])
+                if pid == self._pid:
+                    continue
+                if pid == 0:   # granted, never attached: start is the latest grant's time (0: unknown yet)
+                    if start == 0:
+                        t.agents["start"][idx] = int(now)
+                        continue
+                    if now - start < grace:
+                        continue
+                elif process_start_time(pid) == start:
+                    continue
+                for slot, count in t.holders_of_agent(idx):
+                    t.holder_add(slot, idx, -count)
+                    before = int(t.state[slot])
+                    self._unref(pool, slot, count)
+                    if before != FREE and int(t.state[slot]) == FREE:
+                        blocks += 1
+                if pid:
+                    log.info("pool %s: collected dead agent %s (pid %d)", pool_id, t.agent_name(idx), pid)
+                else:
+                    log.info("pool %s: reclaimed the grants of %s, which never attached within %.0f s",
+                             pool_id, t.agent_name(idx), grace)
+                t.unregister_agent(idx)
+                agents += 1
+            if agents:
+                pool.agents.clear()
+        return agents, blocks
+
+    def trim(self) -> int:
+        """Return the pages of every pool's free heap space to the kernel; returns the bytes released.
+
+        Frees of big blocks already do this; the small blocks' space stays resident until trimmed (it counts
+        in every mapper's memory). The eliminator's memory remedies call it after reclaiming.
+        """
+        done = 0
         for pool_id in self.pools():
             try:
                 pool = self._pool(pool_id)
             except (NotFoundError, IncompatibleLayoutError):
                 continue
-            t = pool.t
             with pool.heap:
-                if t.destroyed:
+                if pool.t.destroyed:
                     continue
-                for idx in np.flatnonzero(t.agents["name"] != b"").tolist():
-                    pid, start = int(t.agents["pid"][idx]), int(t.agents["start"][idx])
-                    if pid in (0, self._pid) or process_start_time(pid) == start:
-                        continue
-                    for slot, count in t.holders_of_agent(idx):
-                        t.holder_add(slot, idx, -count)
-                        before = int(t.state[slot])
-                        self._unref(pool, slot, count)
-                        if before != FREE and int(t.state[slot]) == FREE:
-                            blocks += 1
-                    log.info("pool %s: collected dead agent %s (pid %d)", pool_id, t.agent_name(idx), pid)
-                    t.unregister_agent(idx)
-                    agents += 1
-                pool.agents.clear()
-        return {"agents": agents, "blocks": blocks}
+                pool.sync()
+                done += sum(int(seg.heap.trim()) for seg in pool.segs)
+        return done
 
     # ---- integrity and stats --------------------------------------------------------------------------------
     def check(self, pool_id: str) -> bool:
