@@ -60,7 +60,7 @@ class HostService:
         self.master = HardwareOptimizationMaster(config, state_dir=state_dir,
                                                  memory_namespace=config.cache.namespace)
         self.coordinator = self.master.coordinator
-        self.profiler = PerformanceProfiler(coordinator=self.coordinator)
+        self.profiler = PerformanceProfiler(coordinator=self.coordinator, config=config)
         self._measured: deque[tuple[float, dict[str, Any], dict[str, dict[str, Any]]]] = deque(maxlen=_HISTORY)
         self._measuring = 0  # validation windows open: tick() then also keeps agent profiles for them
         self._pass_done = threading.Condition(self._lock)
@@ -79,6 +79,7 @@ class HostService:
         #: them instead of rebuilding trends over 131 agents on every dashboard poll or scrape.
         self._latest_profiles: dict[str, dict[str, Any]] = {}
         self._last_acted: dict[str, float] = {}
+        self.namespace: Any = None   # the OwnedNamespace once own_namespace() ran (the daemon, at deploy)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def _make_eliminator(self) -> Any:
@@ -92,6 +93,25 @@ class HostService:
                                           metric_source=source)
         source.custom = eliminator.custom_metrics
         return eliminator
+
+    def own_namespace(self) -> dict[str, Any]:
+        """Create (or take over) the namespace's shared tiers and default pools (:mod:`.namespace`)."""
+        from .namespace import OwnedNamespace
+
+        with self._lock:
+            if self.namespace is None:
+                self.namespace = OwnedNamespace(self.config)
+            return self.fleet_config()
+
+    def fleet_config(self) -> dict[str, Any]:
+        """The configuration agents of the namespace use (``GET /api/config``), with its tiers and pools."""
+        with self._lock:
+            if self.namespace is not None:
+                return dict(self.namespace.describe())
+            from .namespace import public_config
+
+            return {"namespace": self.config.cache.namespace, "config": public_config(self.config), "tiers": {},
+                    "cache_budget": self.config.hardware.cache_size_mb * 1024**2, "pools": {}}
 
     def establish_baseline(self) -> dict[str, Any]:
         """Take the first samples (rates need two passes) and remember them as the baseline."""
@@ -126,6 +146,8 @@ class HostService:
             for tier in self._cache_tiers.values():
                 tier.close()
             self._cache_tiers.clear()
+            if self.namespace is not None:
+                self.namespace.close()   # the segments stay for a restart; `stop --purge` removes them
             self.profiler.close()
             self.master.close()
             self.coordinator.close()
@@ -320,6 +342,7 @@ class HostService:
                 "agents": self.agents(), "load": self.latest_profiles(),
                 "bottlenecks": self._bottlenecks, "actions": list(self.actions)[-50:],
                 "cache": self._cache_figures(), "pools": self._pool_figures(),
+                "namespace": {k: v for k, v in self.fleet_config().items() if k != "config"},
             })
 
     def _cache_figures(self) -> dict[str, Any]:
