@@ -242,8 +242,8 @@ def _print_namespace(console: Any, owned: dict[str, Any]) -> None:
     tiers = ", ".join(f"{level} {format_bytes(t['size'])}" for level, t in owned["tiers"].items()) or "none"
     pools = ", ".join(f"{p} {format_bytes(f['capacity'])}" if "capacity" in f else f"{p} (error)"
                       for p, f in owned["pools"].items()) or "none"
-    console.print(f"namespace [bold]{owned.get('namespace')}[/] (owned by the host service; "
-                  f"`stop --purge` removes it)")
+    console.print(f"namespace: [bold]{owned.get('namespace')}[/]")   # names are up to 64 characters
+    console.print("  owned by the host service; `stop --purge` removes it")
     console.print(f"  tiers: {tiers} (budget {format_bytes(owned.get('cache_budget', 0))})")
     console.print(f"  pools: {pools}")
 

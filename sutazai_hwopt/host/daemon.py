@@ -18,11 +18,11 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from ..config import load_config
+from ..config import HwoptConfig, load_config
 from ..logs import configure_file_logging, get_logger
 from .runtime import RuntimeDir
 
-__all__ = ["main", "serve"]
+__all__ = ["config_from_args", "main", "serve"]
 
 log = get_logger("master")
 
@@ -66,7 +66,7 @@ async def serve(args: argparse.Namespace) -> int:
 
     runtime = RuntimeDir(args.runtime_dir)
     runtime.ensure()
-    config = load_config(args.config, mode=args.mode, overrides=_overrides(args))
+    config = config_from_args(args)
     log_dir = args.log_dir or config.hardware.log_dir or str(runtime.path / "logs")
     configure_file_logging(log_dir, level=config.hardware.log_level)
     runtime.write_pid(os.getpid())
@@ -117,6 +117,11 @@ async def _sample_forever(service: object, interval: float) -> None:
         except Exception:  # a bad pass must not stop the sampler; it is logged with its traceback
             log.exception("sampling pass failed")
         await asyncio.sleep(interval)
+
+
+def config_from_args(args: argparse.Namespace) -> HwoptConfig:
+    """The configuration a daemon started with ``args`` runs: the mode's preset, then the files, then the flags."""
+    return load_config(args.config, mode=args.mode, overrides=_overrides(args))
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
