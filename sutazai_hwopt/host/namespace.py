@@ -21,8 +21,8 @@ from ..config import HwoptConfig
 from ..errors import AlreadyExistsError, HwoptError
 from ..logs import get_logger
 
-__all__ = ["DEFAULT_POOLS", "ENABLE_ALL", "SECRET_KEYS", "NamespacePlan", "OwnedNamespace", "plan_for",
-           "public_config", "served_config"]
+__all__ = ["DEFAULT_POOLS", "ENABLE_ALL", "SECRET_KEYS", "NamespacePlan", "OwnedNamespace", "describe_unowned",
+           "plan_for", "public_config", "served_config"]
 
 log = get_logger("master")
 MiB = 1024**2
@@ -84,6 +84,12 @@ def public_config(config: HwoptConfig) -> dict[str, dict[str, Any]]:
     for section, key in SECRET_KEYS:
         out[section][key] = None
     return out
+
+
+def describe_unowned(config: HwoptConfig) -> dict[str, Any]:
+    """``GET /api/config`` of a service that owns no namespace (driven in-process): its configuration, no tiers."""
+    return {"namespace": config.cache.namespace, "config": public_config(config), "tiers": {},
+            "cache_budget": config.hardware.cache_size_mb * MiB, "pools": {}}
 
 
 class OwnedNamespace:

@@ -23,12 +23,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._validate import finite as _finite
 from ..config import HwoptConfig
 from ..errors import HwoptError, NotFoundError, StateError
 from ..logs import get_logger
+
+if TYPE_CHECKING:
+    from .namespace import OwnedNamespace
 
 __all__ = ["HostService"]
 
@@ -79,7 +82,7 @@ class HostService:
         #: them instead of rebuilding trends over 131 agents on every dashboard poll or scrape.
         self._latest_profiles: dict[str, dict[str, Any]] = {}
         self._last_acted: dict[str, float] = {}
-        self.namespace: Any = None   # the OwnedNamespace once own_namespace() ran (the daemon, at deploy)
+        self.namespace: OwnedNamespace | None = None   # once own_namespace() ran (the daemon, at deploy)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def _make_eliminator(self) -> Any:
@@ -105,13 +108,10 @@ class HostService:
 
     def fleet_config(self) -> dict[str, Any]:
         """The configuration agents of the namespace use (``GET /api/config``), with its tiers and pools."""
-        with self._lock:
-            if self.namespace is not None:
-                return dict(self.namespace.describe())
-            from .namespace import public_config
+        from .namespace import describe_unowned
 
-            return {"namespace": self.config.cache.namespace, "config": public_config(self.config), "tiers": {},
-                    "cache_budget": self.config.hardware.cache_size_mb * 1024**2, "pools": {}}
+        with self._lock:
+            return self.namespace.describe() if self.namespace is not None else describe_unowned(self.config)
 
     def establish_baseline(self) -> dict[str, Any]:
         """Take the first samples (rates need two passes) and remember them as the baseline."""
