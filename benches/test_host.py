@@ -42,8 +42,8 @@ DAEMON_CPU = ProcessCpu()
 def daemon(sleepers: dict[str, int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[psutil.Process]:
     runtime = str(tmp_path_factory.mktemp("runtime"))
     env = {**os.environ, "SUTAZAI_HWOPT_RUNTIME_DIR": runtime}
-    subprocess.run([sys.executable, "-m", "sutazai_hwopt", "deploy", "--mode", "balanced"], env=env, check=True,
-                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "sutazai_hwopt", "deploy", "--mode", "balanced",
+                    "--namespace", f"bench-host-{os.getpid()}"], env=env, check=True, capture_output=True)
     try:
         from sutazai_hwopt.host import connect
         from sutazai_hwopt.host.runtime import RuntimeDir
@@ -55,7 +55,7 @@ def daemon(sleepers: dict[str, int], tmp_path_factory: pytest.TempPathFactory) -
         DAEMON_CPU.proc = psutil.Process(record.pid)
         yield DAEMON_CPU.proc
     finally:
-        subprocess.run([sys.executable, "-m", "sutazai_hwopt", "stop"], env=env, capture_output=True)
+        subprocess.run([sys.executable, "-m", "sutazai_hwopt", "stop", "--purge"], env=env, capture_output=True)
 
 
 def _window(smoke: bool) -> float:

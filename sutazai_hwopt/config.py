@@ -174,12 +174,14 @@ class HardwareSection(_Section):
     FILE: ClassVar[str] = "hardware_optimization.json"
 
     mode: str = _opt("balanced", choices=MODE_NAMES, doc="named preset applied before the files")
-    max_cpu_usage: float = _opt(85.0, doc="host CPU %% above which the eliminator acts (0.85 means 85)",
-                                usage=True)
-    max_memory_usage: float = _opt(85.0, doc="host memory %% above which it acts (0.8 means 80)", usage=True)
-    cache_size_mb: int = _opt(256, lo=1, hi=1 << 20, doc="total cache budget, all levels")
-    shared_memory_size_mb: int = _opt(1024, lo=1, hi=1 << 22, doc="default shared pool size")
-    prefetch_depth: int = _opt(3, lo=0, hi=64, doc="keys prefetched after each access")
+    max_cpu_usage: float = _opt(85.0, doc="host CPU use (%%) above which detection reports a CPU bottleneck "
+                                          "(0.85 means 85)", usage=True)
+    max_memory_usage: float = _opt(85.0, doc="host memory use (%%) above which detection reports memory pressure "
+                                             "(0.8 means 80)", usage=True)
+    cache_size_mb: int = _opt(1280, lo=1, hi=1 << 20,
+                              doc="budget of the shared tiers (L2 + L3) the host service creates; L3 gives way first")
+    shared_memory_size_mb: int = _opt(1024, lo=1, hi=1 << 22, doc="size of each default pool the host service creates")
+    prefetch_depth: int = _opt(3, lo=0, hi=64, doc="the same setting as cache.prefetch_depth (either file may set it)")
     enable_numa: bool = _opt(True, doc="keep an agent's cores and memory on one NUMA node")
     enable_transparent_hugepages: bool = _opt(False, doc="per-process THP through prctl")
     scheduler_policy: str = _opt("SCHED_OTHER", choices=SCHEDULER_POLICIES, doc="policy for agents")
@@ -319,7 +321,7 @@ MODES: dict[str, dict[str, dict[str, Any]]] = {
                      "enable_transparent_hugepages": False, "exclusive_priority": 10,
                      "affinity_strategy": "shared", "exclusive_pool_fraction": 0.25, "manage_ionice": False,
                      "idle_priority_max": -1, "use_cgroups": False,
-                     "cache_size_mb": 128, "shared_memory_size_mb": 512},
+                     "cache_size_mb": 384, "prefetch_depth": 1, "shared_memory_size_mb": 512},
         "eliminator": {"mode": "conservative", "auto_fix": False},
         "cache": {"l1_size": 32 * 1024**2, "l2_size": 128 * 1024**2, "l3_size": 256 * 1024**2,
                   "prefetch_depth": 1},
@@ -330,7 +332,7 @@ MODES: dict[str, dict[str, dict[str, Any]]] = {
                      "enable_transparent_hugepages": False, "exclusive_priority": 8,
                      "affinity_strategy": "static", "exclusive_pool_fraction": 0.5, "manage_ionice": True,
                      "idle_priority_max": -1, "use_cgroups": False,
-                     "cache_size_mb": 256, "shared_memory_size_mb": 1024},
+                     "cache_size_mb": 1280, "prefetch_depth": 3, "shared_memory_size_mb": 1024},
         "eliminator": {"mode": "balanced", "auto_fix": True},
         "cache": {"l1_size": 64 * 1024**2, "l2_size": 256 * 1024**2, "l3_size": 1024**3,
                   "prefetch_depth": 3},
@@ -341,7 +343,7 @@ MODES: dict[str, dict[str, dict[str, Any]]] = {
                      "enable_transparent_hugepages": True, "exclusive_priority": 7,
                      "affinity_strategy": "static", "exclusive_pool_fraction": 0.75, "manage_ionice": True,
                      "idle_priority_max": 1, "use_cgroups": True,
-                     "cache_size_mb": 1024, "shared_memory_size_mb": 4096},
+                     "cache_size_mb": 5120, "prefetch_depth": 5, "shared_memory_size_mb": 4096},
         "eliminator": {"mode": "aggressive", "auto_fix": True},
         "cache": {"l1_size": 256 * 1024**2, "l2_size": 1024**3, "l3_size": 4 * 1024**3,
                   "prefetch_depth": 5},
@@ -372,6 +374,22 @@ class HwoptConfig:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: getattr(self, name).to_dict() for name in SECTION_FILES}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HwoptConfig:
+        """The configuration of :meth:`to_dict`'s shape (what ``GET /api/config`` serves), validated.
+
+        Raises:
+            ConfigError: an unknown section or key, or a bad value (naming it).
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"expected a mapping of sections, got {type(data).__name__}")
+        unknown = set(data) - set(SECTION_FILES)
+        if unknown:
+            raise ConfigError(f"unknown section; allowed: {', '.join(SECTION_FILES)}", key=sorted(unknown)[0])
+        sections: dict[str, Any] = {name: section_cls.from_mapping(data.get(name, {}), prefix=f"{name}.")
+                                    for name, section_cls in SECTION_FILES.items()}
+        return cls(**sections)
 
     @classmethod
     def for_mode(cls, mode: str) -> HwoptConfig:
@@ -471,4 +489,20 @@ def load_config(config_dir: str | os.PathLike[str] | None = None, *, mode: str |
         if name not in SECTION_FILES:
             raise ConfigError(f"unknown section; allowed: {', '.join(SECTION_FILES)}", key=name)
         sections[name] = SECTION_FILES[name].from_mapping(values, base=sections[name], prefix=f"{name}.")
+    depth = _prefetch_depth(raw, overrides)
+    if depth is not None:
+        sections["hardware"] = dataclasses.replace(sections["hardware"], prefetch_depth=depth)
+        sections["cache"] = dataclasses.replace(sections["cache"], prefetch_depth=depth)
     return HwoptConfig(**sections)
+
+
+def _prefetch_depth(raw: Mapping[str, tuple[Any, str]],
+                    overrides: Mapping[str, Mapping[str, Any]] | None) -> int | None:
+    """``hardware.prefetch_depth`` and ``cache.prefetch_depth`` are one setting (the reference config writes the
+    first, the cache section the second): the value given last wins — overrides over files, and the cache file,
+    the more specific, over the hardware file. ``None``: neither was given (the mode's preset stands)."""
+    for source in ((overrides or {}).get("cache"), (overrides or {}).get("hardware"),
+                   raw.get("cache", ({}, ""))[0], raw.get("hardware", ({}, ""))[0]):
+        if isinstance(source, Mapping) and "prefetch_depth" in source:
+            return int(source["prefetch_depth"])
+    return None

@@ -108,6 +108,9 @@ def create_app(service: HostService, token: str | None) -> Starlette:
     async def dashboard_data(request: Request) -> Response:
         return await call(service.dashboard_data)
 
+    async def fleet_config(request: Request) -> Response:
+        return await call(service.fleet_config)
+
     async def bottlenecks(request: Request) -> Response:
         return await call(service.bottlenecks)
 
@@ -180,6 +183,7 @@ def create_app(service: HostService, token: str | None) -> Starlette:
         Route("/metrics", prometheus, methods=["GET"]),
         Route("/api/status", status, methods=["GET"]),
         Route("/api/metrics", metrics, methods=["GET"]),
+        Route("/api/config", fleet_config, methods=["GET"]),
         Route("/api/dashboard", dashboard_data, methods=["GET"]),
         Route("/api/bottlenecks", bottlenecks, methods=["GET"]),
         Route("/api/agents", agents, methods=["GET"]),

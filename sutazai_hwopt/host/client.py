@@ -1,6 +1,8 @@
 """How agents and the CLI talk to the host service: find it through the runtime directory, call its API.
 
 Standard-library HTTP only (``urllib``), so an agent that embeds the library needs no server extra to register.
+:func:`connect` registers an agent; :func:`fleet_config` gives any process the configuration the daemon
+resolved for its namespace (``GET /api/config``, no token needed), so one place configures the fleet.
 """
 
 from __future__ import annotations
@@ -9,12 +11,15 @@ import json
 import os
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AccessDeniedError, HwoptError, NotFoundError, StateError
 from .runtime import RuntimeDir
 
-__all__ = ["HostClient", "connect"]
+if TYPE_CHECKING:
+    from ..config import HwoptConfig
+
+__all__ = ["HostClient", "connect", "fleet_config"]
 
 
 class HostClient:
@@ -58,12 +63,23 @@ class HostClient:
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, {} if body is None else body)
 
+    def config(self) -> HwoptConfig:
+        """The configuration the daemon serves for its namespace (see :func:`fleet_config`)."""
+        from ..config import HwoptConfig
+
+        data = self.get("/api/config")
+        if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+            raise HwoptError(f"GET /api/config at {self.url}: unexpected answer {data!r:.200}")
+        return HwoptConfig.from_dict(data["config"])
+
 
 def connect(agent_id: str, requirements: dict[str, Any] | None = None, *, pid: int | None = None,
             runtime_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Register this process (or ``pid``) with the host service in one call.
 
-    Returns the agent record the host service keeps (placement included).
+    Returns the agent record the host service keeps (placement included), with ``"config"``: the namespace's
+    configuration as the daemon serves it (``GET /api/config``; :func:`fleet_config` returns it as an
+    :class:`~sutazai_hwopt.config.HwoptConfig` to build this agent's cache and pools from).
 
     Raises:
         StateError: no host service runs. AccessDeniedError: the token file is missing or wrong.
@@ -72,4 +88,19 @@ def connect(agent_id: str, requirements: dict[str, Any] | None = None, *, pid: i
     client = HostClient(runtime_dir)
     result: dict[str, Any] = client.post("/api/agents", {"agent_id": agent_id, "pid": pid or os.getpid(),
                                                          "requirements": requirements or {}})
+    result["config"] = client.get("/api/config")["config"]
     return result
+
+
+def fleet_config(runtime_dir: str | os.PathLike[str] | None = None) -> HwoptConfig:
+    """The configuration the running host service resolved for its namespace (mode, files, deploy flags).
+
+    Build this process's parts from it and they match the fleet: ``IntelligentCacheSystem(cfg)`` gets the
+    daemon's L1 size, prefetching and codec and attaches the tiers it created; ``MemoryPoolManager(
+    cfg.cache.namespace, config=cfg)`` its pools. Only reads: no token is needed. ``cache.redis_hmac_key`` is
+    never served (null): a process that uses Redis keeps its own key.
+
+    Raises:
+        StateError: no host service runs (then build the configuration yourself, as without a daemon).
+    """
+    return HostClient(runtime_dir).config()

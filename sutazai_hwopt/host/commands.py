@@ -50,7 +50,8 @@ def _deploy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the daemon to listen")
 
 
-_FORWARD = ("mode", "config", "log_dir", "host", "port", "l1_size", "l2_size", "prefetch_depth", "pool_size")
+_FORWARD = ("mode", "config", "log_dir", "host", "port", "namespace", "l1_size", "l2_size", "prefetch_depth",
+            "pool_size")
 _FLAGS = ("enable_all", "auto_fix", "enable_ml", "enable_compression")
 
 
@@ -219,6 +220,7 @@ def _print_status(data: dict[str, Any], url: str) -> None:
                        f"{cpu:.1f}" if isinstance(cpu, (int, float)) else "-",
                        f"{rss / 2**20:.1f}" if isinstance(rss, (int, float)) else "-")
     console.print(agents)
+    _print_namespace(console, data.get("namespace") or {})
     _print_figures(console, "shared cache", ("level", "hit ratio", "entries", "used / budget", "evictions"),
                    (data.get("cache") or {}).get("levels") or {},
                    lambda f: (f"{f['hit_ratio']:.2f}", str(f["entries"]),
@@ -231,6 +233,21 @@ def _print_status(data: dict[str, Any], url: str) -> None:
         console.print(f"[bold]bottlenecks[/] {', '.join(b['type'] for b in data['bottlenecks'].values())}")
 
 
+def _print_namespace(console: Any, owned: dict[str, Any]) -> None:
+    """What the daemon created for its namespace at deploy: the shared tiers and the default pools."""
+    from .segments import format_bytes
+
+    if not owned.get("tiers") and not owned.get("pools"):
+        return
+    tiers = ", ".join(f"{level} {format_bytes(t['size'])}" for level, t in owned["tiers"].items()) or "none"
+    pools = ", ".join(f"{p} {format_bytes(f['capacity'])}" if "capacity" in f else f"{p} (error)"
+                      for p, f in owned["pools"].items()) or "none"
+    console.print(f"namespace: [bold]{owned.get('namespace')}[/]")   # names are up to 64 characters
+    console.print("  owned by the host service; `stop --purge` removes it")
+    console.print(f"  tiers: {tiers} (budget {format_bytes(owned.get('cache_budget', 0))})")
+    console.print(f"  pools: {pools}")
+
+
 # -- stop -----------------------------------------------------------------------------------------------------
 def _stop_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime-dir", metavar="DIR")
@@ -241,11 +258,27 @@ def _stop_args(p: argparse.ArgumentParser) -> None:
 
 
 def _stop(args: argparse.Namespace) -> int:
+    if args.purge and args.namespace is None:   # purge the namespace the running daemon owns
+        args.namespace = _owned_namespace(RuntimeDir(args.runtime_dir))
     code = _stop_service(args)
     if args.purge:
         purged = _run_clean(args)
         return purged if purged else (0 if code == NOT_RUNNING else code)
     return code
+
+
+def _owned_namespace(runtime: RuntimeDir) -> str | None:
+    """The namespace the running daemon owns (``GET /api/config``), or None when none runs or it cannot say."""
+    if runtime.running() is None:
+        return None
+    from ..errors import HwoptError
+    from .client import HostClient
+
+    try:
+        namespace = HostClient(runtime.path).get("/api/config").get("namespace")
+    except (HwoptError, AttributeError):
+        return None
+    return namespace if isinstance(namespace, str) else None
 
 
 def _stop_service(args: argparse.Namespace) -> int:

@@ -18,11 +18,11 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from ..config import load_config
+from ..config import HwoptConfig, load_config
 from ..logs import configure_file_logging, get_logger
 from .runtime import RuntimeDir
 
-__all__ = ["main", "serve"]
+__all__ = ["config_from_args", "main", "serve"]
 
 log = get_logger("master")
 
@@ -66,7 +66,7 @@ async def serve(args: argparse.Namespace) -> int:
 
     runtime = RuntimeDir(args.runtime_dir)
     runtime.ensure()
-    config = load_config(args.config, mode=args.mode, overrides=_overrides(args))
+    config = config_from_args(args)
     log_dir = args.log_dir or config.hardware.log_dir or str(runtime.path / "logs")
     configure_file_logging(log_dir, level=config.hardware.log_level)
     runtime.write_pid(os.getpid())
@@ -75,6 +75,7 @@ async def serve(args: argparse.Namespace) -> int:
                                  state_dir=journal_dir(runtime))
     sock = None
     try:
+        service.own_namespace()   # the namespace's shared tiers and default pools, from this configuration
         service.establish_baseline()
         service.apply_mode()
         host = args.host or config.hardware.bind_host
@@ -118,8 +119,19 @@ async def _sample_forever(service: object, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+def config_from_args(args: argparse.Namespace) -> HwoptConfig:
+    """The configuration a daemon started with ``args`` runs: the mode's preset, then the files, then the flags."""
+    return load_config(args.config, mode=args.mode, overrides=_overrides(args))
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    """The deploy flags as configuration overrides (applied after the mode and the files: flags win)."""
+    from .namespace import ENABLE_ALL
+
+    out: dict[str, dict[str, object]] = {k: dict(v) for k, v in ENABLE_ALL.items()} if args.enable_all else {}
     cache: dict[str, object] = {}
+    if args.namespace is not None:
+        cache["namespace"] = args.namespace
     if args.l1_size is not None:
         cache["l1_size"] = args.l1_size
     if args.l2_size is not None:
@@ -133,13 +145,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     hardware: dict[str, object] = {}
     if args.pool_size is not None:
         hardware["shared_memory_size_mb"] = args.pool_size
-    out: dict[str, dict[str, object]] = {}
-    if cache:
-        out["cache"] = cache
-    if hardware:
-        out["hardware"] = hardware
-    if args.auto_fix:
-        out["eliminator"] = {"auto_fix": True}
+    for name, values in (("cache", cache), ("hardware", hardware),
+                         ("eliminator", {"auto_fix": True} if args.auto_fix else {})):
+        if values:
+            out[name] = {**out.get(name, {}), **values}
     return out
 
 
@@ -153,13 +162,16 @@ def add_daemon_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int,
                    help="port (default: hardware.port, 8731, or the next free one when taken)")
-    p.add_argument("--enable-all", action="store_true", help="enable every optimization the mode allows")
+    p.add_argument("--namespace", metavar="NS",
+                   help="the namespace whose shared tiers and pools the daemon owns (default: cache.namespace)")
+    p.add_argument("--enable-all", action="store_true",
+                   help="turn on every optional part: prefetching, L3 compression, auto-fix, prediction, NUMA")
     p.add_argument("--auto-fix", action="store_true", help="let the eliminator act, not only recommend")
     p.add_argument("--l1-size", type=int, metavar="BYTES", help="L1 cache bytes per process")
-    p.add_argument("--l2-size", type=int, metavar="BYTES", help="shared L2 cache bytes")
+    p.add_argument("--l2-size", type=int, metavar="BYTES", help="shared L2 cache bytes (within cache_size_mb)")
     p.add_argument("--enable-ml", action="store_true", help="learned prefetching on")
     p.add_argument("--prefetch-depth", type=int, help="keys prefetched per access")
-    p.add_argument("--pool-size", type=int, metavar="MB", help="default shared pool size")
+    p.add_argument("--pool-size", type=int, metavar="MB", help="size of each default pool the daemon creates")
     p.add_argument("--enable-compression", action="store_true", help="compress the L3 tier (lz4)")
 
 

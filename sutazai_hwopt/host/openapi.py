@@ -60,6 +60,9 @@ def openapi_document() -> dict[str, Any]:
                                     "responses": {"200": _ok("status")}}},
             "/api/metrics": {"get": {"summary": "Latest host and per-agent metrics",
                                      "responses": {"200": _ok("metrics")}}},
+            "/api/config": {"get": {"summary": "The namespace's configuration as the daemon resolved it (mode, "
+                                               "files, flags), with the shared tiers and pools it owns",
+                                    "responses": {"200": _ok("configuration")}}},
             "/api/dashboard": {"get": {"summary": "Everything the dashboard draws, in one object",
                                        "responses": {"200": _ok("dashboard data")}}},
             "/api/bottlenecks": {"get": {"summary": "Bottlenecks detected in the latest pass, by id",

@@ -23,12 +23,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._validate import finite as _finite
 from ..config import HwoptConfig
 from ..errors import HwoptError, NotFoundError, StateError
 from ..logs import get_logger
+
+if TYPE_CHECKING:
+    from .namespace import OwnedNamespace
 
 __all__ = ["HostService"]
 
@@ -60,7 +63,7 @@ class HostService:
         self.master = HardwareOptimizationMaster(config, state_dir=state_dir,
                                                  memory_namespace=config.cache.namespace)
         self.coordinator = self.master.coordinator
-        self.profiler = PerformanceProfiler(coordinator=self.coordinator)
+        self.profiler = PerformanceProfiler(coordinator=self.coordinator, config=config)
         self._measured: deque[tuple[float, dict[str, Any], dict[str, dict[str, Any]]]] = deque(maxlen=_HISTORY)
         self._measuring = 0  # validation windows open: tick() then also keeps agent profiles for them
         self._pass_done = threading.Condition(self._lock)
@@ -83,6 +86,7 @@ class HostService:
 
         #: remedy providers (attached to the eliminator), periodic GC, predictions, anomaly scores
         self.upkeep = Upkeep(self)
+        self.namespace: OwnedNamespace | None = None   # once own_namespace() ran (the daemon, at deploy)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def _make_eliminator(self) -> Any:
@@ -96,6 +100,22 @@ class HostService:
                                           metric_source=source)
         source.custom = eliminator.custom_metrics
         return eliminator
+
+    def own_namespace(self) -> dict[str, Any]:
+        """Create (or take over) the namespace's shared tiers and default pools (:mod:`.namespace`)."""
+        from .namespace import OwnedNamespace
+
+        with self._lock:
+            if self.namespace is None:
+                self.namespace = OwnedNamespace(self.config)
+            return self.fleet_config()
+
+    def fleet_config(self) -> dict[str, Any]:
+        """The configuration agents of the namespace use (``GET /api/config``), with its tiers and pools."""
+        from .namespace import describe_unowned
+
+        with self._lock:
+            return self.namespace.describe() if self.namespace is not None else describe_unowned(self.config)
 
     def establish_baseline(self) -> dict[str, Any]:
         """Take the first samples (rates need two passes) and remember them as the baseline."""
@@ -131,6 +151,8 @@ class HostService:
                 tier.close()
             self._cache_tiers.clear()
             self.upkeep.close()
+            if self.namespace is not None:
+                self.namespace.close()   # the segments stay for a restart; `stop --purge` removes them
             self.profiler.close()
             self.master.close()
             self.coordinator.close()
@@ -328,6 +350,7 @@ class HostService:
                 "bottlenecks": self._bottlenecks, "actions": list(self.actions)[-50:],
                 "cache": self._cache_figures(), "pools": self._pool_figures(),
                 "predictions": self.upkeep.view(),
+                "namespace": {k: v for k, v in self.fleet_config().items() if k != "config"},
             })
 
     def _cache_figures(self) -> dict[str, Any]:

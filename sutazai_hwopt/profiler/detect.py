@@ -20,10 +20,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..config import HardwareSection
 from ..errors import InvalidArgumentError
 
-__all__ = ["AGENT_TYPES", "BOTTLENECK_TYPES", "HOST_TYPES", "SEVERITIES", "Bottleneck", "Thresholds",
-           "detect_bottlenecks"]
+__all__ = ["AGENT_TYPES", "BOTTLENECK_TYPES", "HOST_TYPES", "MODE_PSI_SCALE", "SEVERITIES", "Bottleneck",
+           "Thresholds", "detect_bottlenecks"]
 
 SEVERITIES = ("low", "medium", "high", "critical")
 HOST_TYPES = ("high_cpu_usage", "memory_pressure", "io_saturation", "cpu_steal", "network_errors")
@@ -39,11 +40,11 @@ class Thresholds:
     """Detection thresholds; the defaults are tuned on the fault-injection suite (benches/fault_injection.py)."""
 
     cpu_psi_some_pct: float = 25.0  # share of time some task waited for a CPU
-    cpu_util_pct: float = 85.0  # utilisation that, with any CPU pressure, counts as saturated
+    cpu_util_pct: float = 85.0  # utilisation that, with any CPU pressure, counts as saturated (max_cpu_usage)
     cpu_hog_percent: float = 25.0  # an agent above this (% of one core) is named as a consumer, never starved
     mem_psi_some_pct: float = 10.0
     mem_psi_full_pct: float = 5.0
-    mem_used_pct: float = 90.0
+    mem_used_pct: float = 85.0  # hardware.max_memory_usage of the balanced mode
     io_psi_full_pct: float = 20.0
     io_psi_some_pct: float = 40.0
     io_agent_bps: float = 4 * MiB  # an agent above this is named as an I/O consumer
@@ -65,6 +66,30 @@ class Thresholds:
         for k, v in asdict(self).items():
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise InvalidArgumentError(f"threshold {k} must be a finite number >= 0, got {v!r}")
+
+    @classmethod
+    def for_config(cls, hardware: HardwareSection) -> Thresholds:
+        """The thresholds a configuration implies: the usage limits and the mode's sensitivity.
+
+        ``max_cpu_usage`` is the utilisation that, with CPU pressure, counts as saturated; ``max_memory_usage``
+        the memory use that counts as pressure by itself. The mode scales the pressure (PSI) thresholds:
+        conservative reacts to less stall time, aggressive tolerates more (:data:`MODE_PSI_SCALE`); the defaults
+        are the balanced mode's.
+        """
+        scale = MODE_PSI_SCALE[hardware.mode]
+        psi = {k: getattr(cls, k) * scale for k in ("cpu_psi_some_pct", "mem_psi_some_pct", "mem_psi_full_pct",
+                                                     "io_psi_full_pct", "io_psi_some_pct")}
+        return cls(cpu_util_pct=_percent(hardware.max_cpu_usage), mem_used_pct=_percent(hardware.max_memory_usage),
+                   **psi)
+
+
+#: How each mode scales the pressure thresholds (stall-time shares): below 1 reacts earlier.
+MODE_PSI_SCALE = {"conservative": 0.75, "balanced": 1.0, "aggressive": 1.5}
+
+
+def _percent(limit: float) -> float:
+    """A usage limit as a percentage: a fraction (0.85, as the reference config writes it) or a percent (85)."""
+    return limit * 100.0 if limit <= 1.0 else float(limit)
 
 
 @dataclass

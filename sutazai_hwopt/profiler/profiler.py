@@ -144,7 +144,7 @@ class PerformanceProfiler:
                 raise NotFoundError(f"agents[{aid!r}]: no process with pid {pid}")
         self.coordinator = coordinator
         self.interval_s = float(interval_s)
-        self.thresholds = thresholds or Thresholds()
+        self.thresholds = thresholds or Thresholds.for_config(section_of(config, HardwareSection))
         self.seed = seed
         self.detectors = DetectorRegistry()   # custom bottleneck types (register_detector)
         self._clock = clock

@@ -24,6 +24,15 @@ def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
 
 
 @pytest.fixture
+def daemon_ns() -> Iterator[str]:
+    """A throwaway namespace for a deployed daemon (``deploy --namespace``); its segments are removed afterwards."""
+    from sutazai_hwopt.testing import throwaway_namespace
+
+    with throwaway_namespace("hostd") as ns:
+        yield ns
+
+
+@pytest.fixture
 def sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
     """Real agent processes (sleep), killed at teardown."""
     procs = [subprocess.Popen(["sleep", "600"]) for _ in range(3)]

@@ -33,11 +33,12 @@ def wait_for(predicate, what: str, limit: float = 60.0) -> None:  # type: ignore
         time.sleep(0.1)
 
 
-def test_deploy_register_status_metrics_stop(runtime_dir: Path, sleepers: list[subprocess.Popen[bytes]]) -> None:
+def test_deploy_register_status_metrics_stop(runtime_dir: Path, daemon_ns: str,
+                                            sleepers: list[subprocess.Popen[bytes]]) -> None:
     """Full lifecycle: every setting the daemon applied to real agent processes is back after `stop`."""
     before = {p.pid: (os.sched_getaffinity(p.pid), os.getpriority(os.PRIO_PROCESS, p.pid),
                       os.sched_getscheduler(p.pid)) for p in sleepers}
-    run = cli("deploy", "--mode", "aggressive")
+    run = cli("deploy", "--mode", "aggressive", "--namespace", daemon_ns)
     assert run.returncode == 0, run.stderr
     assert "dashboard: http://127.0.0.1:" in run.stdout
     rt = RuntimeDir(runtime_dir)
@@ -86,12 +87,12 @@ def test_deploy_register_status_metrics_stop(runtime_dir: Path, sleepers: list[s
     assert cli("status").returncode == 3
 
 
-def test_sigkilled_daemon_is_rolled_back_by_next_command(runtime_dir: Path,
+def test_sigkilled_daemon_is_rolled_back_by_next_command(runtime_dir: Path, daemon_ns: str,
                                                          sleepers: list[subprocess.Popen[bytes]]) -> None:
     """A SIGKILLed daemon leaves a stale pid file; `stop` detects it and restores what it had applied."""
     p = sleepers[0]
     before = (os.sched_getaffinity(p.pid), os.getpriority(os.PRIO_PROCESS, p.pid))
-    assert cli("deploy", "--mode", "aggressive").returncode == 0
+    assert cli("deploy", "--mode", "aggressive", "--namespace", daemon_ns).returncode == 0
     connect("victim", {"cpu_cores": 1, "priority": 1}, pid=p.pid, runtime_dir=runtime_dir)
     HostClient(runtime_dir).post("/api/optimize", {"strategy": "priority"})
     wait_for(lambda: os.getpriority(os.PRIO_PROCESS, p.pid) != before[1], "the low-priority agent to be reniced")

@@ -24,10 +24,11 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                                 reason="needs Debian's chromium and chromium-driver (bootstrap.sh --test)")
 
 
-def test_dashboard_renders_live_data_without_console_errors(runtime_dir: Path, tmp_path: Path,
+def test_dashboard_renders_live_data_without_console_errors(runtime_dir: Path, tmp_path: Path, daemon_ns: str,
                                                             sleepers: list[subprocess.Popen[bytes]]) -> None:
     """The page loads with no console error, every chart draws, and the agent table fills from live data."""
-    run = subprocess.run([sys.executable, "-m", "sutazai_hwopt", "deploy"], capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-m", "sutazai_hwopt", "deploy", "--namespace", daemon_ns],
+                         capture_output=True, text=True,
                          timeout=120, env=os.environ.copy())
     assert run.returncode == 0, run.stderr
     connect("agent_dash", {"cpu_cores": 1, "priority": 5}, pid=sleepers[0].pid, runtime_dir=runtime_dir)
