@@ -156,7 +156,19 @@ def create_app(service: HostService, token: str | None) -> Starlette:
 
     @mutating
     async def eliminate(request: Request) -> Response:
-        return await call(service.eliminate, request.path_params["bottleneck_id"])
+        """202 at once with the job; the elimination and its validation run in the background."""
+        try:
+            job = await run_in_threadpool(service.eliminate, request.path_params["bottleneck_id"])
+        except HwoptError as exc:
+            return _error(_status_for(exc), str(exc))
+        location = f"/api/jobs/{job['job_id']}"
+        return JSONResponse({**job, "location": location}, status_code=202, headers={"location": location})
+
+    async def jobs(request: Request) -> Response:
+        return await call(service.jobs.all)
+
+    async def job(request: Request) -> Response:
+        return await call(service.jobs.get, request.path_params["job_id"])
 
     async def prometheus(request: Request) -> Response:
         figures = await run_in_threadpool(service.figures)
@@ -187,6 +199,8 @@ def create_app(service: HostService, token: str | None) -> Starlette:
         Route("/api/agents/{agent_id}", unregister_agent, methods=["DELETE"]),
         Route("/api/optimize", optimize, methods=["POST"]),
         Route("/api/eliminate/{bottleneck_id}", eliminate, methods=["POST"]),
+        Route("/api/jobs", jobs, methods=["GET"]),
+        Route("/api/jobs/{job_id}", job, methods=["GET"]),
     ]
 
     async def server_error(request: Request, exc: Exception) -> Response:

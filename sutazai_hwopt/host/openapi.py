@@ -48,6 +48,24 @@ def openapi_document() -> dict[str, Any]:
                         },
                     },
                 },
+                "Job": {
+                    "type": "object", "required": ["job_id", "bottleneck_id", "state"],
+                    "properties": {
+                        "job_id": {"type": "string"}, "bottleneck_id": {"type": "string"},
+                        "type": {"type": "string", "nullable": True},
+                        "agents": {"type": "array", "items": {"type": "string"}},
+                        "state": {"type": "string", "enum": ["queued", "running", "done", "failed", "dropped"]},
+                        "submitted_at": {"type": "number"},
+                        "started_at": {"type": "number", "nullable": True},
+                        "finished_at": {"type": "number", "nullable": True},
+                        "result": {"type": "object", "nullable": True,
+                                   "description": "the eliminator's result (status, outcomes) when done"},
+                        "validation": {"type": "object", "nullable": True,
+                                       "description": "status, kept, and each tried action's decision"},
+                        "error": {"type": "string", "nullable": True},
+                        "location": {"type": "string"},
+                    },
+                },
                 "OptimizeRequest": {
                     "type": "object", "additionalProperties": False,
                     "properties": {"dry_run": {"type": "boolean"},
@@ -89,11 +107,26 @@ def openapi_document() -> dict[str, Any]:
                                        "422": _ERROR}},
             },
             "/api/eliminate/{bottleneck_id}": {
-                "post": {"summary": "Apply the eliminator to one detected bottleneck; returns its validation",
+                "post": {"summary": "Eliminate one detected bottleneck (an id from /api/bottlenecks), with consent",
+                         "description": "The operator's consent: the actions the mode's risk level allows are "
+                                        "applied even without auto_fix. Answers at once with a job (202, "
+                                        "Location header); GET /api/jobs/{job_id} gives its progress and "
+                                        "validation outcome. Ids are stable across passes (type, resource, "
+                                        "agents); an unknown id is 404.",
                          "security": secured,
                          "parameters": [{"name": "bottleneck_id", "in": "path", "required": True,
                                          "schema": {"type": "string"}}],
-                         "responses": {"200": _ok("result"), "401": _ERROR, "404": _ERROR, "409": _ERROR}},
+                         "responses": {"202": _ok("job queued", {"$ref": "#/components/schemas/Job"}),
+                                       "401": _ERROR, "404": _ERROR, "409": _ERROR}},
+            },
+            "/api/jobs": {"get": {"summary": "Elimination jobs still remembered, oldest first",
+                                  "responses": {"200": _ok("jobs", {"type": "array", "items": {
+                                      "$ref": "#/components/schemas/Job"}})}}},
+            "/api/jobs/{job_id}": {
+                "get": {"summary": "One elimination job: state, and when done the validation outcome",
+                        "parameters": [{"name": "job_id", "in": "path", "required": True,
+                                        "schema": {"type": "string"}}],
+                        "responses": {"200": _ok("job", {"$ref": "#/components/schemas/Job"}), "404": _ERROR}},
             },
             "/metrics": {"get": {"summary": "Prometheus exposition format",
                                  "responses": {"200": {"description": "metrics",

@@ -13,7 +13,6 @@ methods, so the dependency goes from the presentation to the service and never b
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import math
@@ -27,8 +26,9 @@ from typing import Any
 
 from .._validate import finite as _finite
 from ..config import HwoptConfig
-from ..errors import HwoptError, NotFoundError, StateError
+from ..errors import HwoptError, InvalidArgumentError, NotFoundError, StateError
 from ..logs import get_logger
+from .jobs import DroppedError, EliminationJobs, bottleneck_id, without_agents
 
 __all__ = ["HostService"]
 
@@ -79,6 +79,7 @@ class HostService:
         #: them instead of rebuilding trends over 131 agents on every dashboard poll or scrape.
         self._latest_profiles: dict[str, dict[str, Any]] = {}
         self._last_acted: dict[str, float] = {}
+        self.jobs = EliminationJobs(self._run_manual, log=self.log)  # POST /api/eliminate: consent, as a job
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def _make_eliminator(self) -> Any:
@@ -116,6 +117,7 @@ class HostService:
                 return {"rolled_back": 0}
             self.closed = True
             self._pass_done.notify_all()
+        self.jobs.close()
         if self._worker is not None:
             self._work.put(None)
             self._worker.join(timeout=60)
@@ -139,6 +141,7 @@ class HostService:
                 raise StateError("the host service is stopped")
             if self.coordinator.prune_dead():
                 self._placement_dirty = True
+                self._drop_gone()
             if self._placement_dirty and self.coordinator.agents():
                 self._placement_dirty = False
                 self.coordinator.rebalance_resources(strategy="priority", dry_run=False)
@@ -155,6 +158,7 @@ class HostService:
             if detect and self.ticks >= 3 and profiles is not None and self.ticks % DETECT_EVERY == 0:
                 found = self.profiler.detect_bottlenecks(metrics, profiles)
                 self._bottlenecks = self._keyed(found)
+                self.jobs.remember(self._bottlenecks)
                 if self.auto_fix and self._bottlenecks:
                     self._auto_eliminate()
 
@@ -178,13 +182,24 @@ class HostService:
 
     @staticmethod
     def _keyed(found: Any) -> dict[str, dict[str, Any]]:
-        """Findings as JSON-ready dicts keyed by a stable id (type + agents), so a persisting one keeps its id."""
+        """Findings as JSON-ready dicts keyed by a stable id (type, resource, agents): a persisting one keeps it."""
         out = {}
         for b in found:
             d = _finite(b.to_dict())
-            key = json.dumps([d.get("type"), sorted(d.get("agents") or [])])
-            out[hashlib.blake2s(key.encode(), digest_size=6).hexdigest()] = d
+            out[bottleneck_id(d)] = d
         return out
+
+    def _drop_gone(self) -> None:
+        """Forget findings about agents that are all unregistered or dead: they are dropped, never retried."""
+        registered = {a.agent_id for a in self.coordinator.agents()}
+        self._bottlenecks = without_agents(self._bottlenecks, registered)
+        self.jobs.forget_agents(registered)
+
+    def _live_finding(self, finding: dict[str, Any]) -> dict[str, Any] | None:
+        """``finding`` with only its still-registered agents, or None when they are all gone."""
+        with self._lock:
+            registered = {a.agent_id for a in self.coordinator.agents()}
+        return without_agents({"f": finding}, registered).get("f")
 
     def _auto_eliminate(self) -> None:
         """Queue each finding for the eliminator, at most once per cool-down while it persists.
@@ -205,8 +220,12 @@ class HostService:
     def _work_loop(self) -> None:
         while (item := self._work.get()) is not None:
             bid = item.pop("bottleneck_id")
+            live = self._live_finding(item)
+            if live is None:
+                self.log.info("auto elimination of %s (%s) dropped: its agents are gone", bid, item.get("type"))
+                continue
             try:
-                result = self._run_eliminator(item)
+                result = self._run_eliminator(live)
             except HwoptError as exc:
                 self.log.warning("auto elimination of %s (%s) skipped: %s", bid, item.get("type"), exc)
                 continue
@@ -216,12 +235,28 @@ class HostService:
             with self._lock:
                 self.actions.append({"bottleneck_id": bid, "auto": True, **_finite(result)})
 
-    def _run_eliminator(self, finding: dict[str, Any]) -> dict[str, Any]:
+    def _run_eliminator(self, finding: dict[str, Any], *, consent: bool = False) -> dict[str, Any]:
         """One elimination (apply, validate, keep or roll back); call it without holding the lock."""
         with self._lock:
             metrics = {**self.profiler.system_metrics(), "agents": finding.get("agents") or []}
-        result = asyncio.run(self.eliminator.eliminate_bottleneck(finding["type"], metrics))
+        result = asyncio.run(self.eliminator.eliminate_bottleneck(finding["type"], metrics, consent=consent))
         return dict(result.to_dict())
+
+    def _run_manual(self, bid: str, finding: dict[str, Any]) -> dict[str, Any]:
+        """The body of one elimination job (:mod:`.jobs`): the operator consented, so the mode's risks run."""
+        live = self._live_finding(finding)
+        try:
+            if live is None:
+                raise NotFoundError("its agents are gone")
+            result = {"bottleneck_id": bid, "auto": False, **_finite(self._run_eliminator(live, consent=True))}
+        except (NotFoundError, InvalidArgumentError) as exc:
+            if live is not None and self._live_finding(live) == live:
+                raise  # not about departed agents: a real failure
+            raise DroppedError(f"bottleneck {bid} dropped: its agents {finding.get('agents')} are no longer "
+                               f"registered ({exc})") from None
+        with self._lock:
+            self.actions.append(result)
+        return result
 
     # -- API operations -------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -267,6 +302,7 @@ class HostService:
     def unregister_agent(self, agent_id: str) -> dict[str, Any]:
         with self._lock:
             agent = self.coordinator.unregister_agent(agent_id, restore=True)
+            self._drop_gone()
             return _finite(agent.to_dict())
 
     def bottlenecks(self) -> dict[str, Any]:
@@ -300,17 +336,18 @@ class HostService:
         return [a.to_dict() for a in actions]
 
     def eliminate(self, bottleneck_id: str) -> dict[str, Any]:
-        """Apply the eliminator to one detected bottleneck; returns the result with its validation."""
+        """Queue the eliminator on one detected bottleneck, with the operator's consent; returns the job at once.
+
+        The job (``jobs.get(job_id)``, ``GET /api/jobs/{job_id}``) reports the validation outcome when done.
+        Raises NotFoundError for an id that is neither in the latest pass nor seen recently.
+        """
         with self._lock:
             if self.closed:
                 raise StateError("the host service is stopped")
-            finding = self._bottlenecks.get(bottleneck_id)
+            finding = self._bottlenecks.get(bottleneck_id) or self.jobs.recent(bottleneck_id)
             if finding is None:
                 raise NotFoundError(f"unknown bottleneck id {bottleneck_id!r}; GET /api/bottlenecks lists them")
-        result = {"bottleneck_id": bottleneck_id, "auto": False, **_finite(self._run_eliminator(finding))}
-        with self._lock:
-            self.actions.append(result)
-        return result
+        return self.jobs.submit(bottleneck_id, finding)
 
     # -- views ----------------------------------------------------------------------------------------------
     def dashboard_data(self) -> dict[str, Any]:
