@@ -60,10 +60,12 @@ class HostClient:
 
 
 def connect(agent_id: str, requirements: dict[str, Any] | None = None, *, pid: int | None = None,
-            runtime_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+            runtime_dir: str | os.PathLike[str] | None = None, limit_threads: bool = True) -> dict[str, Any]:
     """Register this process (or ``pid``) with the host service in one call.
 
-    Returns the agent record the host service keeps (placement included).
+    Returns the agent record the host service keeps (placement included). With ``limit_threads`` (and no other
+    ``pid``) this process's BLAS/OpenMP thread pools are kept at the size of the CPUs it is placed on, and
+    their sizes are reported to the host service (:mod:`.agent_threads`).
 
     Raises:
         StateError: no host service runs. AccessDeniedError: the token file is missing or wrong.
@@ -72,4 +74,8 @@ def connect(agent_id: str, requirements: dict[str, Any] | None = None, *, pid: i
     client = HostClient(runtime_dir)
     result: dict[str, Any] = client.post("/api/agents", {"agent_id": agent_id, "pid": pid or os.getpid(),
                                                          "requirements": requirements or {}})
+    if limit_threads and (pid is None or pid == os.getpid()):
+        from .agent_threads import govern_threads
+
+        govern_threads(agent_id, lambda path, body: client.request("PUT", path, body))
     return result

@@ -66,6 +66,21 @@ def openapi_document() -> dict[str, Any]:
                         "location": {"type": "string"},
                     },
                 },
+                "AgentReport": {
+                    "type": "object", "additionalProperties": False,
+                    "description": "What an agent reports about itself; fields not given keep their last value.",
+                    "properties": {
+                        "cpus": {"type": "array", "maxItems": 4096,
+                                 "items": {"type": "integer", "minimum": 0, "maximum": 4095}},
+                        "thread_pools": {"type": "array", "maxItems": 64, "items": {
+                            "type": "object", "additionalProperties": False, "required": ["num_threads"],
+                            "properties": {"user_api": {"type": "string", "maxLength": 128},
+                                           "internal_api": {"type": "string", "maxLength": 128},
+                                           "prefix": {"type": "string", "maxLength": 128},
+                                           "num_threads": {"type": "integer", "minimum": 0, "maximum": 65536}}}},
+                        "p99_ms": {"type": "number", "minimum": 0, "nullable": True},
+                    },
+                },
                 "OptimizeRequest": {
                     "type": "object", "additionalProperties": False,
                     "properties": {"dry_run": {"type": "boolean"},
@@ -97,6 +112,16 @@ def openapi_document() -> dict[str, Any]:
                            "parameters": [{"name": "agent_id", "in": "path", "required": True,
                                            "schema": {"type": "string"}}],
                            "responses": {"200": _ok("unregistered"), "401": _ERROR, "404": _ERROR}},
+            },
+            "/api/agents/{agent_id}/report": {
+                "put": {"summary": "An agent's report: its thread-pool sizes after placement, optionally its p99",
+                        "security": secured,
+                        "parameters": [{"name": "agent_id", "in": "path", "required": True,
+                                        "schema": {"type": "string"}}],
+                        "requestBody": {"required": True, "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/AgentReport"}}}},
+                        "responses": {"200": _ok("the agent's report as kept"), "401": _ERROR, "404": _ERROR,
+                                      "422": _ERROR}},
             },
             "/api/optimize": {
                 "post": {"summary": "One optimization pass: placement plus bottleneck detection",

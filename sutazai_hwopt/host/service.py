@@ -80,6 +80,9 @@ class HostService:
         self._latest_profiles: dict[str, dict[str, Any]] = {}
         self._last_acted: dict[str, float] = {}
         self.jobs = EliminationJobs(self._run_manual, log=self.log)  # POST /api/eliminate: consent, as a job
+        #: what each agent reported about itself (host.agent_threads: thread-pool sizes, p99), until it leaves
+        self.agent_reports: dict[str, dict[str, Any]] = {}
+        self.effect_baseline: dict[str, Any] = {}  # host.effectiveness figures at deploy
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def _make_eliminator(self) -> Any:
@@ -100,6 +103,7 @@ class HostService:
             self.tick(detect=False)
             self.tick(detect=False)
             self.baseline = _finite(self.profiler.system_metrics())
+            self.effect_baseline = self._effect_now()
             self.log.info("baseline established: %s", json.dumps(self._headline(self.baseline)))
             return self.baseline
 
@@ -194,6 +198,7 @@ class HostService:
         registered = {a.agent_id for a in self.coordinator.agents()}
         self._bottlenecks = without_agents(self._bottlenecks, registered)
         self.jobs.forget_agents(registered)
+        self.agent_reports = {a: r for a, r in self.agent_reports.items() if a in registered}
 
     def _live_finding(self, finding: dict[str, Any]) -> dict[str, Any] | None:
         """``finding`` with only its still-registered agents, or None when they are all gone."""
@@ -286,11 +291,22 @@ class HostService:
         with self._lock:
             return _finite({"system": self.profiler.system_metrics(),
                             "agents": self.latest_profiles(),
-                            "baseline": self.baseline})
+                            "baseline": self.baseline, "effectiveness": self.effectiveness()})
 
     def agents(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [_finite(a.to_dict()) for a in self.coordinator.agents()]
+            return [_finite({**a.to_dict(), "report": self.agent_reports.get(a.agent_id)})
+                    for a in self.coordinator.agents()]
+
+    def report_agent(self, agent_id: str, report: dict[str, Any]) -> dict[str, Any]:
+        """Keep what a registered agent reports about itself (validated by ``agent_threads.check_report``)."""
+        with self._lock:
+            self.coordinator.agent(agent_id)  # NotFoundError for an unknown agent
+            merged = {**self.agent_reports.get(agent_id, {}), **report, "reported_at": time.time()}
+            if merged.get("p99_ms") is not None:  # the first p99 an agent reports is its baseline
+                merged.setdefault("p99_ms_first", merged["p99_ms"])
+            self.agent_reports[agent_id] = merged
+            return dict(merged)
 
     def register_agent(self, agent_id: str, pid: int, requirements: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -352,12 +368,29 @@ class HostService:
     # -- views ----------------------------------------------------------------------------------------------
     def dashboard_data(self) -> dict[str, Any]:
         with self._lock:
+            cache, pools = self._cache_figures(), self._pool_figures()
             return _finite({
                 "status": self.status(), "history": list(self.history),
                 "agents": self.agents(), "load": self.latest_profiles(),
                 "bottlenecks": self._bottlenecks, "actions": list(self.actions)[-50:],
-                "cache": self._cache_figures(), "pools": self._pool_figures(),
+                "cache": cache, "pools": pools, "effectiveness": self.effectiveness(cache, pools),
             })
+
+    def _effect_now(self, cache: dict[str, Any] | None = None,
+                    pools: dict[str, Any] | None = None) -> dict[str, Any]:
+        from .effectiveness import snapshot
+
+        return snapshot(self.profiler.system_metrics(), self.latest_profiles(),
+                        self._cache_figures() if cache is None else cache,
+                        self._pool_figures() if pools is None else pools)
+
+    def effectiveness(self, cache: dict[str, Any] | None = None,
+                      pools: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The baseline taken at deploy against now (:mod:`.effectiveness`)."""
+        from .effectiveness import compare
+
+        with self._lock:
+            return _finite(compare(self.effect_baseline, self._effect_now(cache, pools), self.agent_reports))
 
     def _cache_figures(self) -> dict[str, Any]:
         """Host-wide figures of the namespace's shared cache tiers (L2, L3), read from their shared counters.
@@ -397,7 +430,7 @@ class HostService:
             return {}
         out = {}
         keep = ("capacity", "used", "free", "largest_free_block", "fragmentation", "blocks", "dedup_ratio",
-                "compression_ratio")
+                "compression_ratio", "logical_bytes", "physical_bytes")
         for pool_id in names:
             try:
                 st = self.master.memory.stats(pool_id)
@@ -413,7 +446,7 @@ class HostService:
             return {"running": not self.closed, "agents": len(self.coordinator.agents()),
                     "host": dict(self.history[-1]) if self.history else {},
                     "profiles": self.latest_profiles(), "bottlenecks": dict(self._bottlenecks),
-                    "actions": len(self.actions)}
+                    "actions": len(self.actions), "effectiveness": self.effectiveness()}
 
     # -- measurement windows (the eliminator's validation) -----------------------------------------------
     def measure_window(self, window_s: float) -> list[tuple[dict[str, Any], dict[str, dict[str, Any]]]]:
