@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -57,6 +59,20 @@ class HostClient:
 
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, {} if body is None else body)
+
+    def eliminate(self, bottleneck_id: str, *, wait_s: float = 120.0, poll_s: float = 0.5) -> dict[str, Any]:
+        """Ask the host service to eliminate one bottleneck and wait for its job (at most ``wait_s``).
+
+        Every request stays within the client's ``timeout``: ``POST /api/eliminate`` answers at once with a
+        job, which is then polled. Returns the job record (``state``, ``validation``, ``result``); a job still
+        running after ``wait_s`` is returned as it stands.
+        """
+        job: dict[str, Any] = self.post(f"/api/eliminate/{urllib.parse.quote(bottleneck_id, safe='')}")
+        deadline = time.monotonic() + wait_s
+        while job.get("state") in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(poll_s)
+            job = self.get(f"/api/jobs/{urllib.parse.quote(str(job['job_id']), safe='')}")
+        return job
 
 
 def connect(agent_id: str, requirements: dict[str, Any] | None = None, *, pid: int | None = None,

@@ -333,6 +333,7 @@ class HostService:
             plan = self.coordinator.rebalance_resources(strategy=strategy, dry_run=dry_run)
             found = self.profiler.detect_bottlenecks() if self.ticks >= 2 else []
             self._bottlenecks = self._keyed(found)
+            self.jobs.remember(self._bottlenecks)
             recommended = []
             for bid, finding in self._bottlenecks.items():
                 advice = self._recommend(finding)

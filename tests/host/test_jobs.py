@@ -151,3 +151,38 @@ def test_a_finding_that_left_the_latest_pass_can_still_be_posted(tmp_path: Path,
                 assert o["decision"] != "recommended" or o["reason"] != "auto_fix is off"
     finally:
         svc.close(rollback=True)
+
+
+def test_the_client_waits_for_the_job_by_polling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HostClient.eliminate posts once and polls the job: no single request waits for the elimination."""
+    from sutazai_hwopt.host.client import HostClient
+
+    calls: list[tuple[str, str]] = []
+    states = iter(["running", "running", "done"])
+
+    def request(self: HostClient, method: str, path: str, body: Any = None) -> Any:
+        calls.append((method, path))
+        if method == "POST":
+            return {"job_id": "job-1-b1", "state": "queued"}
+        return {"job_id": "job-1-b1", "state": next(states), "validation": {"status": "resolved"}}
+
+    monkeypatch.setattr(HostClient, "request", request)
+    client = HostClient.__new__(HostClient)
+    job = client.eliminate("b1", poll_s=0.0)
+    assert job["state"] == "done" and job["validation"]["status"] == "resolved"
+    assert calls == [("POST", "/api/eliminate/b1")] + [("GET", "/api/jobs/job-1-b1")] * 3
+
+
+def test_the_auto_worker_drops_findings_of_departed_agents(tmp_path: Path,
+                                                          sleeper: subprocess.Popen[bytes]) -> None:
+    """A finding queued for auto-fix whose agent left meanwhile is dropped without calling the eliminator."""
+    svc = HostService(load_config(mode="balanced"), auto_fix=True, state_dir=str(tmp_path / "j"))
+    try:
+        called = []
+        svc._run_eliminator = lambda finding, consent=False: called.append(finding) or {}  # type: ignore[method-assign]
+        svc._work.put({"bottleneck_id": "b1", "type": "io_thrashing", "agents": ["gone"]})
+        svc._work.put(None)
+        svc._work_loop()
+        assert called == [] and len(svc.actions) == 0
+    finally:
+        svc.close(rollback=True)
