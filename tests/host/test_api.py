@@ -33,14 +33,6 @@ def client(service: HostService) -> Iterator[TestClient]:
         yield c
 
 
-@pytest.fixture
-def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    p = subprocess.Popen(["sleep", "600"])
-    yield p
-    p.kill()
-    p.wait()
-
-
 def test_reads_need_no_token(client: TestClient) -> None:
     """GET endpoints answer without a token."""
     for path in ("/api/status", "/api/metrics", "/api/agents", "/api/bottlenecks", "/api/dashboard"):

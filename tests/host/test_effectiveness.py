@@ -4,7 +4,6 @@ data and page, and /metrics."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +46,6 @@ def test_compare_says_which_way_each_figure_moved() -> None:
     assert rows["p99_ms:a"]["baseline"] == 10.0 and rows["p99_ms:a"]["better"] is True
     assert "p99_ms:b" not in rows
     assert set(FIGURES) <= set(rows)
-
-
-@pytest.fixture
-def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    p = subprocess.Popen(["sleep", "600"])
-    yield p
-    p.kill()
-    p.wait()
 
 
 def _effect(figures: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,6 @@ from sutazai_hwopt.profiler.detect import Bottleneck
 
 TOKEN = "jobs-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    p = subprocess.Popen(["sleep", "600"])
-    yield p
-    p.kill()
-    p.wait()
 
 
 def test_ids_are_stable_across_passes() -> None:
@@ -105,15 +96,21 @@ def test_a_busy_eliminator_makes_the_job_wait_not_fail() -> None:
         jobs.submit("b2", {"type": "t"})
 
 
+def _an_io_finding_of_agent_a(svc: HostService, pid: int) -> str:
+    """Register agent ``a`` (pid), take the baseline, and make one io_thrashing finding of it; returns its id."""
+    svc.register_agent("a", pid, {"cpu_cores": 1})
+    svc.establish_baseline()
+    svc._bottlenecks = svc._keyed([Bottleneck("io_thrashing", "high", "io", {}, ["a"])])
+    svc.jobs.remember(svc._bottlenecks)
+    (bid,) = svc.bottlenecks()
+    return bid
+
+
 def test_findings_of_unregistered_agents_are_dropped(tmp_path: Path, sleeper: subprocess.Popen[bytes]) -> None:
     """Unregistering an agent removes its findings (then 404); a job about gone agents is dropped, not run."""
     svc = HostService(load_config(mode="balanced"), state_dir=str(tmp_path / "j"))
     try:
-        svc.register_agent("a", sleeper.pid, {"cpu_cores": 1})
-        svc.establish_baseline()
-        svc._bottlenecks = svc._keyed([Bottleneck("io_thrashing", "high", "io", {}, ["a"])])
-        svc.jobs.remember(svc._bottlenecks)
-        (bid,) = svc.bottlenecks()
+        bid = _an_io_finding_of_agent_a(svc, sleeper.pid)
         svc.unregister_agent("a")
         assert svc.bottlenecks() == {}
         with TestClient(create_app(svc, TOKEN)) as c:
@@ -133,11 +130,7 @@ def test_a_finding_that_left_the_latest_pass_can_still_be_posted(tmp_path: Path,
                                                                         "validation_interval_s": 0.05}})
     svc = HostService(config, auto_fix=False, state_dir=str(tmp_path / "j"))
     try:
-        svc.register_agent("a", sleeper.pid, {"cpu_cores": 1})
-        svc.establish_baseline()
-        svc._bottlenecks = svc._keyed([Bottleneck("io_thrashing", "high", "io", {}, ["a"])])
-        svc.jobs.remember(svc._bottlenecks)
-        (bid,) = svc.bottlenecks()
+        bid = _an_io_finding_of_agent_a(svc, sleeper.pid)
         svc._bottlenecks = {}  # the next pass no longer shows it
         with TestClient(create_app(svc, TOKEN)) as c:
             r = c.post(f"/api/eliminate/{bid}", headers=AUTH)
