@@ -375,6 +375,7 @@ class HostService:
                 "agents": self.agents(), "load": self.latest_profiles(),
                 "bottlenecks": self._bottlenecks, "actions": list(self.actions)[-50:],
                 "cache": cache, "pools": pools, "effectiveness": self.effectiveness(cache, pools),
+                "jobs": self.jobs.all()[-20:],
             })
 
     def _effect_now(self, cache: dict[str, Any] | None = None,

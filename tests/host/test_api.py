@@ -194,6 +194,7 @@ def test_eliminate_a_detected_bottleneck_through_the_api(tmp_path: Path, sleeper
             assert body["validation"]["tried"], body
             assert c.get("/api/dashboard").json()["actions"][-1]["bottleneck_id"] == bid
             assert [j["job_id"] for j in c.get("/api/jobs").json()] == [job["job_id"]]
+            assert c.get("/api/dashboard").json()["jobs"][-1]["state"] == "done"
             assert c.get("/api/jobs/job-999-nope").status_code == 404
     finally:
         svc.close(rollback=True)
