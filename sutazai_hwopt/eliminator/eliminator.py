@@ -268,9 +268,10 @@ class BottleneckEliminator:
         rank = {r: i for i, r in enumerate(RISK_LEVELS)}
         return sorted(actions, key=lambda a: rank[a.risk])  # stable: strategy order within a risk
 
-    def allowed(self, action: Action) -> bool:
-        """Whether the mode and ``auto_fix`` let ``action`` run automatically."""
-        return self.settings.auto_fix and not action.advisory and action.risk in MODE_RISKS[self.settings.mode]
+    def allowed(self, action: Action, *, consent: bool = False) -> bool:
+        """Whether the mode and ``auto_fix`` (or the operator's ``consent`` to this one call) let ``action`` run."""
+        return (self.settings.auto_fix or consent) and not action.advisory \
+            and action.risk in MODE_RISKS[self.settings.mode]
 
     def recommend(self, bottleneck_type: str, metrics: Mapping[str, Any] | None = None) -> list[Action]:
         """The actions the strategies propose, least risky first, without applying anything."""
@@ -297,11 +298,14 @@ class BottleneckEliminator:
 
     # -- elimination ------------------------------------------------------------------------------------
     async def eliminate_bottleneck(self, bottleneck_type: str,
-                                   system_metrics: Mapping[str, Any] | None = None) -> EliminationResult:
+                                   system_metrics: Mapping[str, Any] | None = None, *,
+                                   consent: bool = False) -> EliminationResult:
         """Try the allowed actions for one bottleneck; keep the first that helps, roll back the rest.
 
-        ``system_metrics`` may carry ``agents`` (the finding's agents), ``agent_profiles``, ``agent_pids``,
-        ``backend``; missing agent data is taken from the coordinator and the profiler.
+        ``consent`` is an operator's explicit go-ahead for this one call (``POST /api/eliminate``): the
+        actions the mode's risk level allows run even when ``auto_fix`` is off. ``system_metrics`` may carry
+        ``agents`` (the finding's agents), ``agent_profiles``, ``agent_pids``, ``backend``; missing agent data
+        is taken from the coordinator and the profiler.
 
         Raises:
             InvalidArgumentError: unknown type or malformed metrics (nothing was applied).
@@ -311,11 +315,11 @@ class BottleneckEliminator:
         if not self._busy.acquire(blocking=False):
             raise StateError("another eliminate_bottleneck call is in progress on this eliminator")
         try:
-            return await self._eliminate(bottleneck_type, ctx)
+            return await self._eliminate(bottleneck_type, ctx, consent)
         finally:
             self._busy.release()
 
-    async def _eliminate(self, btype: str, ctx: EliminationContext) -> EliminationResult:
+    async def _eliminate(self, btype: str, ctx: EliminationContext, consent: bool = False) -> EliminationResult:
         res = EliminationResult(btype, "no_action", started_at=self._clock())
         if btype in _PREDICTED and not self.settings.prediction_enabled:
             res.status, res.reason = "skipped", "prediction_enabled is false"
@@ -325,8 +329,9 @@ class BottleneckEliminator:
         actions = self._plan(btype, ctx)
         tried = False
         for action in actions:
-            if not self.allowed(action):
-                why = ("advisory only" if action.advisory else "auto_fix is off" if not self.settings.auto_fix
+            if not self.allowed(action, consent=consent):
+                why = ("advisory only" if action.advisory
+                       else "auto_fix is off" if not (self.settings.auto_fix or consent)
                        else f"risk {action.risk} is not automatic in mode {self.settings.mode}")
                 res.outcomes.append(self._outcome(btype, ActionOutcome(action, "recommended", why)))
                 continue

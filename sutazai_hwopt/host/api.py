@@ -32,6 +32,7 @@ from ..errors import (
     StateError,
     UsageError,
 )
+from .agent_threads import check_report
 from .dashboard import plotly_js, render_dashboard
 from .metrics import render as render_metrics
 from .openapi import openapi_document
@@ -159,7 +160,31 @@ def create_app(service: HostService, token: str | None) -> Starlette:
 
     @mutating
     async def eliminate(request: Request) -> Response:
-        return await call(service.eliminate, request.path_params["bottleneck_id"])
+        """202 at once with the job; the elimination and its validation run in the background."""
+        try:
+            job = await run_in_threadpool(service.eliminate, request.path_params["bottleneck_id"])
+        except HwoptError as exc:
+            return _error(_status_for(exc), str(exc))
+        location = f"/api/jobs/{job['job_id']}"
+        return JSONResponse({**job, "location": location}, status_code=202, headers={"location": location})
+
+    @mutating
+    async def report_agent(request: Request) -> Response:
+        """An agent's own figures: thread-pool sizes after placement (agent_threads), optionally its p99."""
+        body = await json_body(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            report = check_report(body)
+        except InvalidArgumentError as exc:
+            return _error(422, str(exc))
+        return await call(service.report_agent, request.path_params["agent_id"], report)
+
+    async def jobs(request: Request) -> Response:
+        return await call(service.jobs.all)
+
+    async def job(request: Request) -> Response:
+        return await call(service.jobs.get, request.path_params["job_id"])
 
     async def prometheus(request: Request) -> Response:
         figures = await run_in_threadpool(service.figures)
@@ -189,8 +214,11 @@ def create_app(service: HostService, token: str | None) -> Starlette:
         Route("/api/agents", agents, methods=["GET"]),
         Route("/api/agents", register_agent, methods=["POST"]),
         Route("/api/agents/{agent_id}", unregister_agent, methods=["DELETE"]),
+        Route("/api/agents/{agent_id}/report", report_agent, methods=["PUT"]),
         Route("/api/optimize", optimize, methods=["POST"]),
         Route("/api/eliminate/{bottleneck_id}", eliminate, methods=["POST"]),
+        Route("/api/jobs", jobs, methods=["GET"]),
+        Route("/api/jobs/{job_id}", job, methods=["GET"]),
     ]
 
     async def server_error(request: Request, exc: Exception) -> Response:

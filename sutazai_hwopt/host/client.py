@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
@@ -72,14 +74,30 @@ class HostClient:
             raise HwoptError(f"GET /api/config at {self.url}: unexpected answer {data!r:.200}")
         return HwoptConfig.from_dict(data["config"])
 
+    def eliminate(self, bottleneck_id: str, *, wait_s: float = 120.0, poll_s: float = 0.5) -> dict[str, Any]:
+        """Ask the host service to eliminate one bottleneck and wait for its job (at most ``wait_s``).
+
+        Every request stays within the client's ``timeout``: ``POST /api/eliminate`` answers at once with a
+        job, which is then polled. Returns the job record (``state``, ``validation``, ``result``); a job still
+        running after ``wait_s`` is returned as it stands.
+        """
+        job: dict[str, Any] = self.post(f"/api/eliminate/{urllib.parse.quote(bottleneck_id, safe='')}")
+        deadline = time.monotonic() + wait_s
+        while job.get("state") in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(poll_s)
+            job = self.get(f"/api/jobs/{urllib.parse.quote(str(job['job_id']), safe='')}")
+        return job
+
 
 def connect(agent_id: str, requirements: dict[str, Any] | None = None, *, pid: int | None = None,
-            runtime_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+            runtime_dir: str | os.PathLike[str] | None = None, limit_threads: bool = True) -> dict[str, Any]:
     """Register this process (or ``pid``) with the host service in one call.
 
     Returns the agent record the host service keeps (placement included), with ``"config"``: the namespace's
     configuration as the daemon serves it (``GET /api/config``; :func:`fleet_config` returns it as an
-    :class:`~sutazai_hwopt.config.HwoptConfig` to build this agent's cache and pools from).
+    :class:`~sutazai_hwopt.config.HwoptConfig` to build this agent's cache and pools from). With
+    ``limit_threads`` (and no other ``pid``) this process's BLAS/OpenMP thread pools are kept at the size of
+    the CPUs it is placed on, and their sizes are reported to the host service (:mod:`.agent_threads`).
 
     Raises:
         StateError: no host service runs. AccessDeniedError: the token file is missing or wrong.
@@ -89,6 +107,10 @@ def connect(agent_id: str, requirements: dict[str, Any] | None = None, *, pid: i
     result: dict[str, Any] = client.post("/api/agents", {"agent_id": agent_id, "pid": pid or os.getpid(),
                                                          "requirements": requirements or {}})
     result["config"] = client.get("/api/config")["config"]
+    if limit_threads and (pid is None or pid == os.getpid()):
+        from .agent_threads import govern_threads
+
+        govern_threads(agent_id, lambda path, body: client.request("PUT", path, body))
     return result
 
 

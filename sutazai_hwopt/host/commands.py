@@ -189,6 +189,14 @@ def _print_figures(console: Any, title: str, columns: tuple[str, ...], items: di
     console.print(table)
 
 
+def _thread_pools(agent: dict[str, Any]) -> str:
+    """The agent's reported math-library pools, e.g. ``blas 2`` (``-`` until it reports)."""
+    pools = (agent.get("report") or {}).get("thread_pools")
+    if not pools:
+        return "-"
+    return ", ".join(f"{p.get('user_api')} {p.get('num_threads')}" for p in pools)
+
+
 def _print_status(data: dict[str, Any], url: str) -> None:
     """Readable tables (each fits 80 columns) of what the host service reports."""
     from rich.console import Console
@@ -207,7 +215,7 @@ def _print_status(data: dict[str, Any], url: str) -> None:
         services.add_row(name, state)
     console.print(services)
     agents = Table(title=f"agents ({len(data['agents'])})")
-    for col in ("agent", "pid", "priority", "cpus", "CPU %", "RSS MiB"):
+    for col in ("agent", "pid", "priority", "cpus", "CPU %", "RSS MiB", "threads"):
         agents.add_column(col, overflow="fold")
     load = data.get("load") or {}
     for a in data["agents"]:
@@ -218,7 +226,7 @@ def _print_status(data: dict[str, Any], url: str) -> None:
         priority = (a.get("requirements") or {}).get("priority")
         agents.add_row(a["agent_id"], str(a.get("pid")), str(priority), ",".join(map(str, cpus)),
                        f"{cpu:.1f}" if isinstance(cpu, (int, float)) else "-",
-                       f"{rss / 2**20:.1f}" if isinstance(rss, (int, float)) else "-")
+                       f"{rss / 2**20:.1f}" if isinstance(rss, (int, float)) else "-", _thread_pools(a))
     console.print(agents)
     _print_namespace(console, data.get("namespace") or {})
     _print_figures(console, "shared cache", ("level", "hit ratio", "entries", "used / budget", "evictions"),

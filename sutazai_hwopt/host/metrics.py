@@ -65,6 +65,23 @@ class _FiguresCollector:
         actions = GaugeMetricFamily("sutazai_hwopt_eliminator_actions", "eliminator results kept in the audit")
         actions.add_metric([], float(f["actions"]))
         yield actions
+        yield from _effectiveness(f.get("effectiveness") or {})
+
+
+def _effectiveness(effect: Mapping[str, Any]) -> Iterator[Metric]:
+    """The baseline at deploy and now, per figure (``at`` = baseline/now), and agents' p99 apart."""
+    fig = GaugeMetricFamily("sutazai_hwopt_effectiveness",
+                            "optimization effectiveness: each figure at deploy (baseline) and now",
+                            labels=["figure", "at"])
+    p99 = GaugeMetricFamily("sutazai_hwopt_agent_p99_ms", "agent-reported p99 latency (ms): first report and now",
+                            labels=["agent", "at"])
+    for key, row in (effect.get("figures") or {}).items():
+        family, label = (p99, key.split(":", 1)[1]) if key.startswith("p99_ms:") else (fig, key)
+        for at in ("baseline", "now"):
+            v = _num(row.get(at))
+            if v is not None:
+                family.add_metric([label, at], v)
+    yield from (fig, p99)
 
 
 def render(figures: Mapping[str, Any]) -> tuple[bytes, str]:

@@ -48,6 +48,39 @@ def openapi_document() -> dict[str, Any]:
                         },
                     },
                 },
+                "Job": {
+                    "type": "object", "required": ["job_id", "bottleneck_id", "state"],
+                    "properties": {
+                        "job_id": {"type": "string"}, "bottleneck_id": {"type": "string"},
+                        "type": {"type": "string", "nullable": True},
+                        "agents": {"type": "array", "items": {"type": "string"}},
+                        "state": {"type": "string", "enum": ["queued", "running", "done", "failed", "dropped"]},
+                        "submitted_at": {"type": "number"},
+                        "started_at": {"type": "number", "nullable": True},
+                        "finished_at": {"type": "number", "nullable": True},
+                        "result": {"type": "object", "nullable": True,
+                                   "description": "the eliminator's result (status, outcomes) when done"},
+                        "validation": {"type": "object", "nullable": True,
+                                       "description": "status, kept, and each tried action's decision"},
+                        "error": {"type": "string", "nullable": True},
+                        "location": {"type": "string"},
+                    },
+                },
+                "AgentReport": {
+                    "type": "object", "additionalProperties": False,
+                    "description": "What an agent reports about itself; fields not given keep their last value.",
+                    "properties": {
+                        "cpus": {"type": "array", "maxItems": 4096,
+                                 "items": {"type": "integer", "minimum": 0, "maximum": 4095}},
+                        "thread_pools": {"type": "array", "maxItems": 64, "items": {
+                            "type": "object", "additionalProperties": False, "required": ["num_threads"],
+                            "properties": {"user_api": {"type": "string", "maxLength": 128},
+                                           "internal_api": {"type": "string", "maxLength": 128},
+                                           "prefix": {"type": "string", "maxLength": 128},
+                                           "num_threads": {"type": "integer", "minimum": 0, "maximum": 65536}}}},
+                        "p99_ms": {"type": "number", "minimum": 0, "nullable": True},
+                    },
+                },
                 "OptimizeRequest": {
                     "type": "object", "additionalProperties": False,
                     "properties": {"dry_run": {"type": "boolean"},
@@ -83,6 +116,16 @@ def openapi_document() -> dict[str, Any]:
                                            "schema": {"type": "string"}}],
                            "responses": {"200": _ok("unregistered"), "401": _ERROR, "404": _ERROR}},
             },
+            "/api/agents/{agent_id}/report": {
+                "put": {"summary": "An agent's report: its thread-pool sizes after placement, optionally its p99",
+                        "security": secured,
+                        "parameters": [{"name": "agent_id", "in": "path", "required": True,
+                                        "schema": {"type": "string"}}],
+                        "requestBody": {"required": True, "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/AgentReport"}}}},
+                        "responses": {"200": _ok("the agent's report as kept"), "401": _ERROR, "404": _ERROR,
+                                      "422": _ERROR}},
+            },
             "/api/optimize": {
                 "post": {"summary": "One optimization pass: placement plus bottleneck detection",
                          "security": secured,
@@ -92,11 +135,26 @@ def openapi_document() -> dict[str, Any]:
                                        "422": _ERROR}},
             },
             "/api/eliminate/{bottleneck_id}": {
-                "post": {"summary": "Apply the eliminator to one detected bottleneck; returns its validation",
+                "post": {"summary": "Eliminate one detected bottleneck (an id from /api/bottlenecks), with consent",
+                         "description": "The operator's consent: the actions the mode's risk level allows are "
+                                        "applied even without auto_fix. Answers at once with a job (202, "
+                                        "Location header); GET /api/jobs/{job_id} gives its progress and "
+                                        "validation outcome. Ids are stable across passes (type, resource, "
+                                        "agents); an unknown id is 404.",
                          "security": secured,
                          "parameters": [{"name": "bottleneck_id", "in": "path", "required": True,
                                          "schema": {"type": "string"}}],
-                         "responses": {"200": _ok("result"), "401": _ERROR, "404": _ERROR, "409": _ERROR}},
+                         "responses": {"202": _ok("job queued", {"$ref": "#/components/schemas/Job"}),
+                                       "401": _ERROR, "404": _ERROR, "409": _ERROR}},
+            },
+            "/api/jobs": {"get": {"summary": "Elimination jobs still remembered, oldest first",
+                                  "responses": {"200": _ok("jobs", {"type": "array", "items": {
+                                      "$ref": "#/components/schemas/Job"}})}}},
+            "/api/jobs/{job_id}": {
+                "get": {"summary": "One elimination job: state, and when done the validation outcome",
+                        "parameters": [{"name": "job_id", "in": "path", "required": True,
+                                        "schema": {"type": "string"}}],
+                        "responses": {"200": _ok("job", {"$ref": "#/components/schemas/Job"}), "404": _ERROR}},
             },
             "/metrics": {"get": {"summary": "Prometheus exposition format",
                                  "responses": {"200": {"description": "metrics",

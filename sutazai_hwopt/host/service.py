@@ -13,7 +13,6 @@ methods, so the dependency goes from the presentation to the service and never b
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import math
@@ -27,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from .._validate import finite as _finite
 from ..config import HwoptConfig
-from ..errors import HwoptError, NotFoundError, StateError
+from ..errors import HwoptError, InvalidArgumentError, NotFoundError, StateError
 from ..logs import get_logger
+from .jobs import DroppedError, EliminationJobs, bottleneck_id, without_agents
 
 if TYPE_CHECKING:
     from .namespace import OwnedNamespace
@@ -87,6 +87,10 @@ class HostService:
         #: remedy providers (attached to the eliminator), periodic GC, predictions, anomaly scores
         self.upkeep = Upkeep(self)
         self.namespace: OwnedNamespace | None = None   # once own_namespace() ran (the daemon, at deploy)
+        self.jobs = EliminationJobs(self._run_manual, log=self.log)  # POST /api/eliminate: consent, as a job
+        #: what each agent reported about itself (host.agent_threads: thread-pool sizes, p99), until it leaves
+        self.agent_reports: dict[str, dict[str, Any]] = {}
+        self.effect_baseline: dict[str, Any] = {}  # host.effectiveness figures at deploy
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def _make_eliminator(self) -> Any:
@@ -123,6 +127,7 @@ class HostService:
             self.tick(detect=False)
             self.tick(detect=False)
             self.baseline = _finite(self.profiler.system_metrics())
+            self.effect_baseline = self._effect_now()
             self.log.info("baseline established: %s", json.dumps(self._headline(self.baseline)))
             return self.baseline
 
@@ -140,6 +145,7 @@ class HostService:
                 return {"rolled_back": 0}
             self.closed = True
             self._pass_done.notify_all()
+        self.jobs.close()
         if self._worker is not None:
             self._work.put(None)
             self._worker.join(timeout=60)
@@ -166,6 +172,7 @@ class HostService:
                 raise StateError("the host service is stopped")
             if self.coordinator.prune_dead():
                 self._placement_dirty = True
+                self._drop_gone()
             if self._placement_dirty and self.coordinator.agents():
                 self._placement_dirty = False
                 self.coordinator.rebalance_resources(strategy="priority", dry_run=False)
@@ -184,6 +191,7 @@ class HostService:
                 found = [*self.profiler.detect_bottlenecks(metrics, profiles), *self.upkeep.predicted()]
                 self._bottlenecks = self._keyed(found)
                 self.upkeep.annotate(self._bottlenecks)
+                self.jobs.remember(self._bottlenecks)
                 if self.auto_fix and self._bottlenecks:
                     self._auto_eliminate()
 
@@ -207,13 +215,25 @@ class HostService:
 
     @staticmethod
     def _keyed(found: Any) -> dict[str, dict[str, Any]]:
-        """Findings as JSON-ready dicts keyed by a stable id (type + agents), so a persisting one keeps its id."""
+        """Findings as JSON-ready dicts keyed by a stable id (type, resource, agents): a persisting one keeps it."""
         out = {}
         for b in found:
             d = _finite(b.to_dict())
-            key = json.dumps([d.get("type"), sorted(d.get("agents") or [])])
-            out[hashlib.blake2s(key.encode(), digest_size=6).hexdigest()] = d
+            out[bottleneck_id(d)] = d
         return out
+
+    def _drop_gone(self) -> None:
+        """Forget findings about agents that are all unregistered or dead: they are dropped, never retried."""
+        registered = {a.agent_id for a in self.coordinator.agents()}
+        self._bottlenecks = without_agents(self._bottlenecks, registered)
+        self.jobs.forget_agents(registered)
+        self.agent_reports = {a: r for a, r in self.agent_reports.items() if a in registered}
+
+    def _live_finding(self, finding: dict[str, Any]) -> dict[str, Any] | None:
+        """``finding`` with only its still-registered agents, or None when they are all gone."""
+        with self._lock:
+            registered = {a.agent_id for a in self.coordinator.agents()}
+        return without_agents({"f": finding}, registered).get("f")
 
     def _auto_eliminate(self) -> None:
         """Queue each finding for the eliminator, at most once per cool-down while it persists.
@@ -234,8 +254,12 @@ class HostService:
     def _work_loop(self) -> None:
         while (item := self._work.get()) is not None:
             bid = item.pop("bottleneck_id")
+            live = self._live_finding(item)
+            if live is None:
+                self.log.info("auto elimination of %s (%s) dropped: its agents are gone", bid, item.get("type"))
+                continue
             try:
-                result = self._run_eliminator(item)
+                result = self._run_eliminator(live)
             except HwoptError as exc:
                 self.log.warning("auto elimination of %s (%s) skipped: %s", bid, item.get("type"), exc)
                 continue
@@ -245,12 +269,28 @@ class HostService:
             with self._lock:
                 self.actions.append({"bottleneck_id": bid, "auto": True, **_finite(result)})
 
-    def _run_eliminator(self, finding: dict[str, Any]) -> dict[str, Any]:
+    def _run_eliminator(self, finding: dict[str, Any], *, consent: bool = False) -> dict[str, Any]:
         """One elimination (apply, validate, keep or roll back); call it without holding the lock."""
         with self._lock:
             metrics = {**self.profiler.system_metrics(), "agents": finding.get("agents") or []}
-        result = asyncio.run(self.eliminator.eliminate_bottleneck(finding["type"], metrics))
+        result = asyncio.run(self.eliminator.eliminate_bottleneck(finding["type"], metrics, consent=consent))
         return dict(result.to_dict())
+
+    def _run_manual(self, bid: str, finding: dict[str, Any]) -> dict[str, Any]:
+        """The body of one elimination job (:mod:`.jobs`): the operator consented, so the mode's risks run."""
+        live = self._live_finding(finding)
+        try:
+            if live is None:
+                raise NotFoundError("its agents are gone")
+            result = {"bottleneck_id": bid, "auto": False, **_finite(self._run_eliminator(live, consent=True))}
+        except (NotFoundError, InvalidArgumentError) as exc:
+            if live is not None and self._live_finding(live) == live:
+                raise  # not about departed agents: a real failure
+            raise DroppedError(f"bottleneck {bid} dropped: its agents {finding.get('agents')} are no longer "
+                               f"registered ({exc})") from None
+        with self._lock:
+            self.actions.append(result)
+        return result
 
     # -- API operations -------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -280,11 +320,22 @@ class HostService:
         with self._lock:
             return _finite({"system": self.profiler.system_metrics(),
                             "agents": self.latest_profiles(),
-                            "baseline": self.baseline})
+                            "baseline": self.baseline, "effectiveness": self.effectiveness()})
 
     def agents(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [_finite(a.to_dict()) for a in self.coordinator.agents()]
+            return [_finite({**a.to_dict(), "report": self.agent_reports.get(a.agent_id)})
+                    for a in self.coordinator.agents()]
+
+    def report_agent(self, agent_id: str, report: dict[str, Any]) -> dict[str, Any]:
+        """Keep what a registered agent reports about itself (validated by ``agent_threads.check_report``)."""
+        with self._lock:
+            self.coordinator.agent(agent_id)  # NotFoundError for an unknown agent
+            merged = {**self.agent_reports.get(agent_id, {}), **report, "reported_at": time.time()}
+            if merged.get("p99_ms") is not None:  # the first p99 an agent reports is its baseline
+                merged.setdefault("p99_ms_first", merged["p99_ms"])
+            self.agent_reports[agent_id] = merged
+            return dict(merged)
 
     def register_agent(self, agent_id: str, pid: int, requirements: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -296,6 +347,7 @@ class HostService:
     def unregister_agent(self, agent_id: str) -> dict[str, Any]:
         with self._lock:
             agent = self.coordinator.unregister_agent(agent_id, restore=True)
+            self._drop_gone()
             return _finite(agent.to_dict())
 
     def bottlenecks(self) -> dict[str, Any]:
@@ -310,6 +362,7 @@ class HostService:
             plan = self.coordinator.rebalance_resources(strategy=strategy, dry_run=dry_run)
             found = self.profiler.detect_bottlenecks() if self.ticks >= 2 else []
             self._bottlenecks = self._keyed(found)
+            self.jobs.remember(self._bottlenecks)
             recommended = []
             for bid, finding in self._bottlenecks.items():
                 advice = self._recommend(finding)
@@ -329,29 +382,47 @@ class HostService:
         return [a.to_dict() for a in actions]
 
     def eliminate(self, bottleneck_id: str) -> dict[str, Any]:
-        """Apply the eliminator to one detected bottleneck; returns the result with its validation."""
+        """Queue the eliminator on one detected bottleneck, with the operator's consent; returns the job at once.
+
+        The job (``jobs.get(job_id)``, ``GET /api/jobs/{job_id}``) reports the validation outcome when done.
+        Raises NotFoundError for an id that is neither in the latest pass nor seen recently.
+        """
         with self._lock:
             if self.closed:
                 raise StateError("the host service is stopped")
-            finding = self._bottlenecks.get(bottleneck_id)
+            finding = self._bottlenecks.get(bottleneck_id) or self.jobs.recent(bottleneck_id)
             if finding is None:
                 raise NotFoundError(f"unknown bottleneck id {bottleneck_id!r}; GET /api/bottlenecks lists them")
-        result = {"bottleneck_id": bottleneck_id, "auto": False, **_finite(self._run_eliminator(finding))}
-        with self._lock:
-            self.actions.append(result)
-        return result
+        return self.jobs.submit(bottleneck_id, finding)
 
     # -- views ----------------------------------------------------------------------------------------------
     def dashboard_data(self) -> dict[str, Any]:
         with self._lock:
+            cache, pools = self._cache_figures(), self._pool_figures()
             return _finite({
                 "status": self.status(), "history": list(self.history),
                 "agents": self.agents(), "load": self.latest_profiles(),
                 "bottlenecks": self._bottlenecks, "actions": list(self.actions)[-50:],
-                "cache": self._cache_figures(), "pools": self._pool_figures(),
-                "predictions": self.upkeep.view(),
+                "cache": cache, "pools": pools, "effectiveness": self.effectiveness(cache, pools),
+                "jobs": self.jobs.all()[-20:], "predictions": self.upkeep.view(),
                 "namespace": {k: v for k, v in self.fleet_config().items() if k != "config"},
             })
+
+    def _effect_now(self, cache: dict[str, Any] | None = None,
+                    pools: dict[str, Any] | None = None) -> dict[str, Any]:
+        from .effectiveness import snapshot
+
+        return snapshot(self.profiler.system_metrics(), self.latest_profiles(),
+                        self._cache_figures() if cache is None else cache,
+                        self._pool_figures() if pools is None else pools)
+
+    def effectiveness(self, cache: dict[str, Any] | None = None,
+                      pools: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The baseline taken at deploy against now (:mod:`.effectiveness`)."""
+        from .effectiveness import compare
+
+        with self._lock:
+            return _finite(compare(self.effect_baseline, self._effect_now(cache, pools), self.agent_reports))
 
     def _cache_figures(self) -> dict[str, Any]:
         """Host-wide figures of the namespace's shared cache tiers (L2, L3), read from their shared counters.
@@ -391,7 +462,7 @@ class HostService:
             return {}
         out = {}
         keep = ("capacity", "used", "free", "largest_free_block", "fragmentation", "blocks", "dedup_ratio",
-                "compression_ratio")
+                "compression_ratio", "logical_bytes", "physical_bytes")
         for pool_id in names:
             try:
                 st = self.master.memory.stats(pool_id)
@@ -407,7 +478,7 @@ class HostService:
             return {"running": not self.closed, "agents": len(self.coordinator.agents()),
                     "host": dict(self.history[-1]) if self.history else {},
                     "profiles": self.latest_profiles(), "bottlenecks": dict(self._bottlenecks),
-                    "actions": len(self.actions)}
+                    "actions": len(self.actions), "effectiveness": self.effectiveness()}
 
     # -- measurement windows (the eliminator's validation) -----------------------------------------------
     def measure_window(self, window_s: float) -> list[tuple[dict[str, Any], dict[str, dict[str, Any]]]]:

@@ -33,14 +33,6 @@ def client(service: HostService) -> Iterator[TestClient]:
         yield c
 
 
-@pytest.fixture
-def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    p = subprocess.Popen(["sleep", "600"])
-    yield p
-    p.kill()
-    p.wait()
-
-
 def test_reads_need_no_token(client: TestClient) -> None:
     """GET endpoints answer without a token."""
     for path in ("/api/status", "/api/metrics", "/api/agents", "/api/bottlenecks", "/api/dashboard"):
@@ -171,23 +163,39 @@ def test_openapi_document_is_valid(client: TestClient) -> None:
 
 
 def test_eliminate_a_detected_bottleneck_through_the_api(tmp_path: Path, sleeper: subprocess.Popen[bytes]) -> None:
-    """A bottleneck the service holds is handed to the eliminator; the result carries its validation."""
+    """An id read from GET /api/bottlenecks is accepted at once (202) and, without auto_fix, the job applies
+    what the mode's risk level allows (the operator consented) and reports the validation outcome."""
+    from sutazai_hwopt.profiler.detect import Bottleneck
+
     config = load_config(mode="aggressive", overrides={"eliminator": {"validation_window_s": 0.2,
                                                                       "validation_interval_s": 0.05}})
-    svc = HostService(config, auto_fix=True, state_dir=str(tmp_path / "j"))
+    svc = HostService(config, auto_fix=False, state_dir=str(tmp_path / "j"))
     try:
         svc.register_agent("io_agent", sleeper.pid, {"cpu_cores": 1, "priority": 1})
         svc.establish_baseline()
-        finding = {"type": "io_thrashing", "severity": "high", "agents": ["io_agent"], "evidence": {}}
-        svc._bottlenecks = {"b1": finding}
+        svc._bottlenecks = svc._keyed([Bottleneck("io_thrashing", "high", "io", {}, ["io_agent"])])
         with TestClient(create_app(svc, TOKEN)) as c:
-            r = c.post("/api/eliminate/b1", headers=AUTH)
-            assert r.status_code == 200, r.text
-            body = r.json()
-            assert body["bottleneck_id"] == "b1" and body["auto"] is False
-            assert body["status"] in ("resolved", "not_resolved", "recommended", "no_action")
-            assert body["outcomes"], body
-            assert c.get("/api/dashboard").json()["actions"][-1]["bottleneck_id"] == "b1"
+            (bid,) = c.get("/api/bottlenecks").json()
+            r = c.post(f"/api/eliminate/{bid}", headers=AUTH)
+            assert r.status_code == 202, r.text
+            job = r.json()
+            assert job["bottleneck_id"] == bid and job["state"] in ("queued", "running")
+            assert r.headers["location"] == f"/api/jobs/{job['job_id']}"
+            done = svc.jobs.wait(job["job_id"], timeout=60)
+            assert done["state"] == "done", done
+            body = c.get(r.headers["location"]).json()
+            assert body["state"] == "done" and body["validation"]["status"] == body["result"]["status"]
+            result = body["result"]
+            assert result["bottleneck_id"] == bid and result["auto"] is False
+            assert result["status"] in ("resolved", "not_resolved"), result
+            decisions = [o["decision"] for o in result["outcomes"]]
+            assert set(decisions) & {"kept", "rolled_back", "not_applied"}, decisions
+            assert not any(o["reason"] == "auto_fix is off" for o in result["outcomes"])
+            assert body["validation"]["tried"], body
+            assert c.get("/api/dashboard").json()["actions"][-1]["bottleneck_id"] == bid
+            assert [j["job_id"] for j in c.get("/api/jobs").json()] == [job["job_id"]]
+            assert c.get("/api/dashboard").json()["jobs"][-1]["state"] == "done"
+            assert c.get("/api/jobs/job-999-nope").status_code == 404
     finally:
         svc.close(rollback=True)
 

@@ -44,7 +44,7 @@ def _schema(modes: list[GenerationMode]) -> schemathesis.BaseSchema:
 
 
 positive = _schema([GenerationMode.POSITIVE])
-negative = (_schema([GenerationMode.NEGATIVE]).include(method=["POST", "DELETE"])  # the operations with inputs
+negative = (_schema([GenerationMode.NEGATIVE]).include(method=["POST", "PUT", "DELETE"])  # the operations with inputs
             .exclude(method="POST", path="/api/agents"))
 
 

@@ -57,6 +57,9 @@ def test_dashboard_renders_live_data_without_console_errors(runtime_dir: Path, t
         rows = driver.execute_script("return [...document.querySelectorAll('#agents tbody tr td:first-child')]"
                                      ".map(td => td.textContent)")
         assert "agent_dash" in rows
+        effect = driver.execute_script("return [...document.querySelectorAll('#effectiveness tbody tr')]"
+                                       ".map(tr => [...tr.children].map(td => td.textContent))")
+        assert len(effect) >= 7 and any(r[0].startswith("memory in use") and "MiB" in r[1] for r in effect), effect
         points = driver.execute_script("return document.getElementById('chart-host').data[0].x.length")
         assert points >= 1
         ARTIFACTS.mkdir(exist_ok=True)
