@@ -63,10 +63,11 @@ def test_the_governor_limits_blas_to_the_affinity_and_follows_changes() -> None:
 
 
 @pytest.fixture
-def blas_agent(runtime_dir: Path) -> Iterator[subprocess.Popen[str]]:
-    """A daemon (aggressive mode) and a real agent process: numpy loaded, connect()ed, printing its affinity and
-    BLAS pools (the runtime_dir fixture stops the daemon)."""
-    deploy = subprocess.run([sys.executable, "-m", "sutazai_hwopt", "deploy", "--mode", "aggressive"],
+def blas_agent(runtime_dir: Path, daemon_ns: str) -> Iterator[subprocess.Popen[str]]:
+    """A daemon (aggressive mode, its own throwaway namespace) and a real agent process: numpy loaded, connect()ed,
+    printing its affinity and BLAS pools (the runtime_dir fixture stops the daemon)."""
+    deploy = subprocess.run([sys.executable, "-m", "sutazai_hwopt", "deploy", "--mode", "aggressive",
+                             "--namespace", daemon_ns],
                             capture_output=True, text=True, timeout=120, env=os.environ.copy())
     assert deploy.returncode == 0, deploy.stderr
     proc = _python("""
