@@ -84,4 +84,24 @@ cdef _check(CacheCore self):
         raise CorruptionError(f"counts: {n} resident / weight {wsum}, recorded {self.n_res} / {self.weight}")
     if self._over():
         raise CorruptionError("a bound is exceeded")
+    if self.kind == K_LIRS:
+        _check_lirs(self)
     return True
+
+
+cdef _check_lirs(CacheCore self):
+    """LIRS: S's bottom is a LIR block, Q holds only resident HIR blocks, the LIR count is exact and bounded."""
+    from sutazai_hwopt.errors import CorruptionError
+    cdef int32_t i, b = self.ltail[L_MAIN], lir = 0
+    if b >= 0 and not (self.ln[b].freq & F_LIR):
+        raise CorruptionError(f"LIRS: the bottom of S (slot {b}) is not a LIR block")
+    i = self.lhead[L_SMALL]
+    while i >= 0:
+        if self.kv[i].key == NULL or (self.ln[i].freq & F_LIR):
+            raise CorruptionError(f"LIRS: slot {i} in Q is not a resident HIR block")
+        i = self.lnxt[i]
+    for i in range(self.cap):
+        if self.kv[i].key != NULL and (self.ln[i].freq & F_LIR):
+            lir += 1
+    if lir != self.lcnt[L_PROB] or lir > self.lir_max:
+        raise CorruptionError(f"LIRS: {lir} LIR blocks, recorded {self.lcnt[L_PROB]}, at most {self.lir_max}")

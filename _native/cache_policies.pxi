@@ -382,7 +382,9 @@ cdef void _lirs_prune(CacheCore self) noexcept:
 
 cdef void _lirs_demote_bottom(CacheCore self) noexcept:
     """The LIR block at the bottom of S becomes resident HIR at the end of Q."""
-    cdef int32_t b = self.ltail[L_MAIN]
+    cdef int32_t b
+    _lirs_prune(self)                  # the bottom of S is a LIR block (an invariant; check() verifies it)
+    b = self.ltail[L_MAIN]
     if b < 0:
         return
     _unlink(self, b)
@@ -405,6 +407,11 @@ cdef void _lirs_hit(CacheCore self, int32_t i) noexcept:
         _move(self, L_MAIN, i)
         if self.lcnt[L_PROB] > self.lir_max:
             _lirs_demote_bottom(self)
+    elif self.lcnt[L_PROB] < self.lir_max:   # resident HIR not in S while the LIR set is short (entries were
+        _qunlink(self, L_SMALL, i)           # deleted): becomes LIR, as a new block would in warm-up, so S never
+        self.ln[i].freq = F_LIR              # holds a non-LIR block below every LIR one
+        self.lcnt[L_PROB] += 1
+        _push(self, L_MAIN, i)
     else:                              # resident HIR not in S
         _push(self, L_MAIN, i)
         _qunlink(self, L_SMALL, i)

@@ -498,6 +498,7 @@ class ReferenceCache:
                 self.nonres[:] = [x for x in self.nonres if x is not b]
 
     def _lirs_demote_bottom(self) -> None:
+        self._lirs_prune()
         S = self.lists[MAIN]
         if not S:
             return
@@ -525,6 +526,11 @@ class ReferenceCache:
             self._push(MAIN, e)
             if self.lir_n > self.lir_max:
                 self._lirs_demote_bottom()
+        elif self.lir_n < self.lir_max:   # not in S while the LIR set is short (entries were deleted): LIR
+            self.queue[:] = [x for x in self.queue if x is not e]
+            e.lir = True
+            self.lir_n += 1
+            self._push(MAIN, e)
         else:
             self._push(MAIN, e)
             self.queue[:] = [x for x in self.queue if x is not e]

@@ -90,3 +90,24 @@ def test_core_matches_model(policy: str) -> None:
 def test_core_matches_model_weights_priorities_ttl(policy: str) -> None:
     """With weights, a byte bound, priorities and TTLs mixed in, core and model still agree exactly."""
     SETTINGS(_machine(policy, weighted=True, prio=True, ttl=True)).TestCase().runTest()
+
+
+@pytest.mark.parametrize("policy", ["lirs", "adaptive"])
+def test_lirs_after_the_only_lir_entry_is_deleted(policy: str) -> None:
+    """Deleting the only LIR block, then hitting a HIR block outside S, once left S with a non-LIR block at the
+    bottom; a later promotion demoted a ghost into Q (a NULL-key slot among resident entries). Found by the
+    state machine above; core and model must agree and check() must hold at every step."""
+    clock = FakeClock(100.0)
+    core = CacheCore(2, policy, -1, None, None, None, clock, 0.01, 7)
+    model = ReferenceCache(2, policy, None, clock, None, 0.01, 7)
+    for op, key in [("put", 7), ("put", 4), ("del", 7), ("get", 4), ("put", 7), ("put", 13), ("put", 12),
+                    ("put", 11), ("put", 12), ("get", 4), ("get", 12), ("put", 4)]:
+        if op == "put":
+            assert core.put(key, key) == model.put(key, key, 1, None, 0)
+        elif op == "del":
+            del core[key]
+            assert model.delete(key)
+        else:
+            assert core.get(key, "miss") == model.get(key, "miss")
+        assert core._policy_state() == model.policy_state()
+        assert core.check()
