@@ -734,8 +734,8 @@ cdef class ShmIndex:
                     status[0] = 0
                 return None
             if sz_ld64(&s.hash) == h and sz_ld32(&s.klen) == klen:
-                if off < self.lo or off >= self.hi or self.hi - off < BLK_HDR + <uint64_t>klen:
-                    return None
+                if off & 63 or off < self.lo or off >= self.hi or self.hi - off < BLK_HDR + <uint64_t>klen:
+                    return None     # blocks are 64-byte aligned inside the heap: anything else is not a block
                 if memcmp(self.base + off + BLK_HDR, key, klen) == 0:
                     break
             n += 1

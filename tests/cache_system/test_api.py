@@ -476,6 +476,7 @@ def test_debug_build_counters_balance(ns: str) -> None:
     if not buildinfo.DEBUG_BUILD:
         pytest.skip("counters are compiled in only with SUTAZAI_HWOPT_DEBUG=1")
     cache = IntelligentCacheSystem(_cfg(ns, l1_size=0))
+    cache._l2.index.copy_max = 0     # every read zero-copy (pinned), however small
     before = shmcache_index.debug_counters()
     views = []
     for i in range(50):
