@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from sutazai_hwopt._native import shmcache_index
 from sutazai_hwopt._native.shmcache_index import COPY_MAX
 from sutazai_hwopt.cache.codec import key_hash
 from sutazai_hwopt.cache.shared_index import SharedTier
-from sutazai_hwopt.errors import PoolExhaustedError
+from sutazai_hwopt.errors import IncompatibleLayoutError, PoolExhaustedError
 from sutazai_hwopt.shm import list_segment_names
 from sutazai_hwopt.testing import throwaway_namespace
 
@@ -209,6 +211,26 @@ def test_reads_of_a_stripe_left_odd_fall_back_to_the_locked_path(ns: str) -> Non
     assert tier.index.epoch(HASHES[3]) % 2 == 0 and tier.heap.recoveries >= 1
     assert tier.get(key=KEYS[3], key_hash=HASHES[3]) is not None
     assert tier.index.read_counters()["fast"] == mid["fast"] + 1
+    assert tier.check()
+    tier.destroy()
+
+
+def test_an_index_of_the_previous_layout_is_refused(ns: str) -> None:
+    """Version 2 bumped stripes by one per change (no odd/even meaning): attaching to it is refused."""
+    tier = SharedTier(ns, "l2", 4 << 20)
+    buf = tier._att.shm.buf if tier._att is not None else None
+    assert buf is not None
+    pos = tier.heap.meta_offset + 8          # ihdr_t.version
+    word = buf[pos:pos + 8].cast("Q")
+    assert word[0] == 3
+    word[0] = 2
+    try:
+        with pytest.raises(IncompatibleLayoutError, match="version 2 is not 3"):
+            shmcache_index.ShmIndex(buf, tier.heap)
+    finally:
+        word[0] = 3
+        word.release()
+        del buf
     assert tier.check()
     tier.destroy()
 
