@@ -100,6 +100,8 @@ cdef object _index_repair(ShmIndex self):
     cdef int p, freed = 0
     self._lock()
     try:
+        # Every stripe odd for the rebuild (a dead writer's are already odd); the unlock makes them all even.
+        self._wopen_all()
         best = {}
         for off_obj in self.heap.allocations().tolist():
             off = <uint64_t>off_obj
@@ -156,8 +158,6 @@ cdef object _index_repair(ShmIndex self):
             if b.state == S_DEAD:
                 self.ih.zombies += 1
                 self.ih.zombie_bytes += b.size
-        for i in range(self.ih.nstripes):
-            self.stripes[i] += 1
         self.ih.st_repairs += 1
         return freed
     finally:

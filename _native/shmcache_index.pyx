@@ -22,9 +22,18 @@ Algorithms:
   block that is still pinned becomes DEAD (a "zombie"): out of the index, freed by its last unpinner.
 * L1 coherence: an array of epoch stripes (one u64 per hash stripe) is bumped on every change of a key of the
   stripe; a process validates its private copy by one lock-free read of the stripe.
+* Lock-free reads: the same stripe words are sequence locks (Lameter's seqlock; the memory-model recipe of
+  Boehm, MSPC 2012). A writer, already holding the lock, makes each stripe it touches odd before changing an
+  entry of it (a slot, a shifted slot, a block leaving the index and so its memory) and even again when the
+  operation ends. :meth:`ShmIndex.get` reads the stripe (odd: retry), probes and copies head and body with
+  every offset and length checked against the heap, re-reads the stripe and returns the copy only when it is
+  unchanged; after ``READ_TRIES`` failed attempts it takes the locked path. Readers write nothing but their
+  own counters and the slot's visited bit, so a reader killed mid-read leaves nothing to repair; a writer
+  killed mid-write leaves stripes odd, and the next locker's repair makes every stripe even again.
 """
 
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_FillInfo, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 
@@ -55,9 +64,42 @@ cdef extern from *:
     #else
     static inline void sz_pause(void) { }
     #endif
+    /* Sequence lock of the stripes (Boehm, "Can seqlocks get along with programming language memory models?",
+       MSPC 2012): a writer, holding the pool lock, stores the odd value then issues a release fence before
+       touching entries, and publishes the next even value with a release store; a reader loads the word with
+       acquire, reads, issues an acquire fence and reloads it. Fields a reader uses are loaded exactly once
+       (relaxed atomics), so a bounds check cannot be undone by a second read of a changing field. */
+    static inline uint64_t sz_seq_begin(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    static inline uint64_t sz_seq_end(const uint64_t *p) {
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        return __atomic_load_n(p, __ATOMIC_RELAXED);
+    }
+    static inline void sz_seq_open(uint64_t *p) {
+        __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+    }
+    static inline void sz_seq_close(uint64_t *p) {
+        __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + 1, __ATOMIC_RELEASE);
+    }
+    static inline uint64_t sz_ld64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+    static inline uint32_t sz_ld32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+    static inline uint16_t sz_ld16(const uint16_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+    static inline uint8_t sz_ld8(const uint8_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+    static inline void sz_st8(uint8_t *p, uint8_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+    static inline void sz_add64(uint64_t *p, uint64_t v) { __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
     """
     bint sz_mutex_busy(const char *m) nogil
     void sz_pause() nogil
+    uint64_t sz_seq_begin(const uint64_t *p) nogil
+    uint64_t sz_seq_end(const uint64_t *p) nogil
+    void sz_seq_open(uint64_t *p) nogil
+    void sz_seq_close(uint64_t *p) nogil
+    uint64_t sz_ld64(const uint64_t *p) nogil
+    uint32_t sz_ld32(const uint32_t *p) nogil
+    uint16_t sz_ld16(const uint16_t *p) nogil
+    uint8_t sz_ld8(const uint8_t *p) nogil
+    void sz_st8(uint8_t *p, uint8_t v) nogil
+    void sz_add64(uint64_t *p, uint64_t v) nogil
 
 # Debug-build resource counters (SUTAZAI_HWOPT_DEBUG=1), per process.
 cdef uint64_t dbg_views_made = 0
@@ -76,6 +118,8 @@ def debug_counters():
 MAX_PROCESSES = MAXPROC
 #: Bytes of block header before the key.
 BLOCK_HEADER = BLK_HDR
+#: Default ``ShmIndex.copy_max``: a pinned get copies values up to this size lock-free, larger ones are pinned.
+COPY_MAX = 65536
 #: Block states (Python names of the C enum).
 ST_WRITING = S_WRITING
 ST_VALID = S_VALID
@@ -185,6 +229,14 @@ cdef class ShmIndex:
     cdef proc_t *procs
     cdef uint64_t *pstats
     cdef uint64_t mask
+    cdef uint64_t nstripes
+    cdef uint64_t lo          # the heap: every block offset a reader follows must lie in [lo, hi)
+    cdef uint64_t hi
+    cdef uint32_t opened[OPEN_MAX]
+    cdef int nopen
+    cdef bint open_all
+    cdef uint64_t n_fast, n_retries, n_fallbacks
+    cdef public uint64_t copy_max
     cdef readonly object heap
     cdef readonly int proc_slot
     cdef dict local_pins
@@ -198,6 +250,7 @@ cdef class ShmIndex:
         self.proc_slot = -1
         self.local_pins = {}
         self.pending = []
+        self.copy_max = COPY_MAX
 
     def __init__(self, object buffer, object heap):
         """Attach to the index in the meta area of ``heap`` (a SegmentHeap over the same ``buffer``).
@@ -228,6 +281,12 @@ cdef class ShmIndex:
         self.procs = <proc_t *>(self.base + self.ih.procs_off)
         self.pstats = <uint64_t *>(self.base + self.ih.pstats_off)
         self.mask = self.ih.nslots - 1
+        self.nstripes = self.ih.nstripes
+        self.lo = heap.heap_offset
+        self.hi = self.lo + <uint64_t>heap.heap_size
+        if self.hi > <uint64_t>self.view.len:
+            self.close()
+            raise IncompatibleLayoutError("the pool heap lies outside its segment")
 
     def close(self):
         """Release this handle's buffer (views still alive keep their pins until they die). Idempotent."""
@@ -263,8 +322,46 @@ cdef class ShmIndex:
 
     cdef int _unlock(self) except -1:
         self.depth -= 1
+        if self.depth == 0 and (self.nopen or self.open_all):
+            self._wclose()
         self.heap.release()
         return 0
+
+    # ---- writer side of the stripe sequence locks (under the lock) ------------------------------------------
+    cdef inline void _wopen(self, uint64_t h) noexcept:
+        # Make h's stripe odd before changing one of its entries. Under the lock an odd stripe is ours (a dead
+        # writer's odd stripes were reset by the repair that ran when we took the lock), so odd = already open.
+        cdef uint64_t k = h & (self.nstripes - 1)
+        if self.stripes[k] & 1:
+            return
+        sz_seq_open(&self.stripes[k])
+        if self.nopen < OPEN_MAX:
+            self.opened[self.nopen] = <uint32_t>k
+            self.nopen += 1
+        else:
+            self.open_all = True        # closed by a scan of every stripe
+
+    cdef void _wopen_all(self) noexcept:
+        cdef uint64_t k
+        for k in range(self.nstripes):
+            if not (self.stripes[k] & 1):
+                sz_seq_open(&self.stripes[k])
+        self.open_all = True
+
+    cdef void _wclose(self) noexcept:
+        # End the write: every stripe this operation opened becomes even (the index is consistent again).
+        cdef uint64_t k
+        cdef int j
+        if self.open_all:
+            for k in range(self.nstripes):
+                if self.stripes[k] & 1:
+                    sz_seq_close(&self.stripes[k])
+        else:
+            for j in range(self.nopen):
+                if self.stripes[self.opened[j]] & 1:
+                    sz_seq_close(&self.stripes[self.opened[j]])
+        self.nopen = 0
+        self.open_all = False
 
     cdef int _drain_pending(self) except -1:
         cdef list todo = self.pending
@@ -327,8 +424,8 @@ cdef class ShmIndex:
         cdef blk_t *b
         cdef int n = 0
         # Fold the slot's counters into the shared ones before the slot changes hands.
-        self.ih.st_hits += self.pstats[i * PSTAT_WORDS]
-        self.ih.st_misses += self.pstats[i * PSTAT_WORDS + 1]
+        sz_add64(&self.ih.st_hits, self.pstats[i * PSTAT_WORDS])     # lock-free readers add to these too
+        sz_add64(&self.ih.st_misses, self.pstats[i * PSTAT_WORDS + 1])
         self.pstats[i * PSTAT_WORDS] = 0
         self.pstats[i * PSTAT_WORDS + 1] = 0
         for off in self.heap.allocations().tolist():
@@ -357,17 +454,18 @@ cdef class ShmIndex:
                 return <int64_t>i
             i = (i + 1) & self.mask
 
-    cdef int _insert_slot(self, uint64_t off) except -1:
+    cdef int _insert_slot(self, uint64_t off, bint visited=False) except -1:
         cdef blk_t *b = <blk_t *>(self.base + off)
         cdef uint64_t i = b.hash & self.mask
+        self._wopen(b.hash)
         while self.slots[i].off:
             i = (i + 1) & self.mask
         self.slots[i].hash = b.hash
         self.slots[i].klen = b.klen
         self.slots[i].prio = b.prio
-        self.slots[i].ref = 0
+        self.slots[i].ref = visited
         self.slots[i].off = off
-        # SIEVE: a new entry goes to the head (newest end) of its priority's queue, unvisited.
+        # SIEVE: a new entry goes to the head (newest end) of its priority's queue; its visited bit is the slot's.
         b.visited = 0
         b.qprev = self.ih.q_head[b.prio]
         b.qnext = 0
@@ -387,6 +485,7 @@ cdef class ShmIndex:
         cdef uint64_t off = self.slots[i].off
         cdef blk_t *b = <blk_t *>(self.base + off)
         cdef int p = b.prio
+        self._wopen(self.slots[i].hash)
         if self.ih.q_hand[p] == off:
             self.ih.q_hand[p] = b.qnext
         if b.qprev:
@@ -409,6 +508,7 @@ cdef class ShmIndex:
                 break
             k = self.slots[j].hash & self.mask
             if ((j - k) & self.mask) >= ((j - i) & self.mask):
+                self._wopen(self.slots[j].hash)     # the shifted entry's readers must not miss it mid-move
                 self.slots[i] = self.slots[j]
                 i = j
         memset(&self.slots[i], 0, sizeof(slot_t))
@@ -417,7 +517,7 @@ cdef class ShmIndex:
     cdef int _retire(self, uint64_t off, bint evicted) except -1:
         # A block left the index: free it now, or leave it DEAD until its last pin goes.
         cdef blk_t *b = <blk_t *>(self.base + off)
-        self._bump(b.hash)
+        self._wopen(b.hash)     # its memory may be reused before this operation ends
         if b.pins:
             b.state = S_DEAD
             self.ih.zombies += 1
@@ -433,14 +533,12 @@ cdef class ShmIndex:
         self.heap.free(off)
         return 0
 
-    cdef inline void _bump(self, uint64_t h) noexcept:
-        self.stripes[h & (self.ih.nstripes - 1)] += 1
-
     def epoch(self, uint64_t h):
-        """The change counter of ``h``'s stripe (read without the lock)."""
+        """The sequence word of ``h``'s stripe (read without the lock): it changes whenever an entry of the
+        stripe changes (odd while a writer is changing one), so an unchanged epoch means an unchanged entry."""
         if self.base == NULL:
             raise StateError("the cache index handle is closed")
-        return self.stripes[h & (self.ih.nstripes - 1)]
+        return sz_seq_begin(&self.stripes[h & (self.nstripes - 1)])
 
     # ---- eviction ------------------------------------------------------------------------------------------
     cdef int64_t _victim(self) except -2:
@@ -456,28 +554,34 @@ cdef class ShmIndex:
         if p == NPRIO:
             raise CorruptionError("index count is positive but every priority level is empty")
         off = self.ih.q_hand[p] or self.ih.q_tail[p]
-        while steps <= 2 * self.ih.prio_count[p]:
+        while True:
             if off == 0:
                 off = self.ih.q_tail[p]
+                if off == 0:
+                    raise CorruptionError(f"SIEVE queue {p} is empty but counts {self.ih.prio_count[p]} entries")
             b = <blk_t *>(self.base + off)
-            if b.visited:
-                b.visited = 0
+            i = self._find(<const uint8_t *>(self.base + off + BLK_HDR), b.klen, b.hash)
+            if i < 0 or self.slots[i].off != off:
+                raise CorruptionError(f"SIEVE queue {p} holds block {off}, which the table does not index")
+            # The visited bit is the slot's (lock-free readers set it). They may set it again behind the hand,
+            # so after two rounds the hand takes the entry it stands on whatever its bit.
+            if sz_ld8(&self.slots[i].ref) and steps <= 2 * self.ih.prio_count[p]:
+                sz_st8(&self.slots[i].ref, 0)
                 off = b.qnext
                 steps += 1
                 continue
             self.ih.q_hand[p] = b.qnext
-            i = self._find(<const uint8_t *>(self.base + off + BLK_HDR), b.klen, b.hash)
-            if i < 0 or self.slots[i].off != off:
-                raise CorruptionError(f"SIEVE queue {p} holds block {off}, which the table does not index")
             return i
-        raise CorruptionError(f"SIEVE found no victim in queue {p} in two rounds")
 
     cdef object _evict_one(self, bint keep):
         # Evict one entry; with keep, return a copy (key, kind, prio, head, body) for demotion.
-        cdef int64_t i = self._victim()
+        cdef int64_t i
         cdef uint64_t off
         cdef blk_t *b
         cdef object rec = None
+        if self.nopen or self.open_all:
+            self._wclose()      # between evictions the index is consistent: readers of earlier stripes go on
+        i = self._victim()
         if i < 0:
             return False
         off = self.slots[i].off
@@ -599,10 +703,7 @@ cdef class ShmIndex:
                 self._remove_slot(<uint64_t>i)
                 self._retire(old, False)
                 self.ih.st_updates += 1
-            else:
-                self._bump(h)
-            self._insert_slot(off)
-            b.visited = visited
+            self._insert_slot(off, visited)
             self.ih.st_inserts += 1
             return victims
         finally:
@@ -613,19 +714,121 @@ cdef class ShmIndex:
             raise InvalidArgumentError("key must not be empty")
         return self._find(&key[0], <uint32_t>key.shape[0], h)
 
-    def get(self, const uint8_t[::1] key, uint64_t h, bint pin=True, bint count=True):
+    cdef object _read_fast(self, const uint8_t *key, uint32_t klen, uint64_t h, uint64_t limit, int *status):
+        # One optimistic attempt without the lock. status: 1 hit (returns the record), 0 miss, 2 the value is
+        # longer than ``limit`` (validated; the caller pins it under the lock), -1 the stripe changed or was
+        # odd, or something read was inconsistent (retry). Nothing read from shared memory is trusted before the
+        # final sequence check: every offset and length is bounds-checked against the heap first.
+        cdef uint64_t *sp = &self.stripes[h & (self.nstripes - 1)]
+        cdef uint64_t s1, i, off, n = 0, hoff, vlen
+        cdef uint32_t hlen
+        cdef slot_t *s
+        cdef blk_t *b
+        cdef bytes head, body
+        cdef int kind, prio
+        status[0] = -1
+        s1 = sz_seq_begin(sp)
+        if s1 & 1:
+            return None
+        i = h & self.mask
+        while True:
+            s = &self.slots[i]
+            off = sz_ld64(&s.off)
+            if off == 0:
+                if sz_seq_end(sp) == s1:
+                    status[0] = 0
+                return None
+            if sz_ld64(&s.hash) == h and sz_ld32(&s.klen) == klen:
+                if off & 63 or off < self.lo or off >= self.hi or self.hi - off < BLK_HDR + <uint64_t>klen:
+                    return None     # blocks are 64-byte aligned inside the heap: anything else is not a block
+                if memcmp(self.base + off + BLK_HDR, key, klen) == 0:
+                    break
+            n += 1
+            if n > self.mask:
+                return None
+            i = (i + 1) & self.mask
+        b = <blk_t *>(self.base + off)
+        if sz_ld32(&b.magic) != BLK_MAGIC or sz_ld64(&b.hash) != h or sz_ld32(&b.klen) != klen:
+            return None
+        if sz_ld32(&b.state) != S_VALID:         # a loading marker or a failure reads as a miss
+            if sz_seq_end(sp) == s1:
+                status[0] = 0
+            return None
+        hlen = sz_ld32(&b.hlen)
+        vlen = sz_ld64(&b.vlen)
+        hoff = off + BLK_HDR + r64(klen)
+        if vlen > self.hi or hoff + r64(hlen) > self.hi or self.hi - (hoff + r64(hlen)) < vlen:
+            return None
+        if vlen > limit:
+            if sz_seq_end(sp) == s1:
+                status[0] = 2
+            return None
+        kind = sz_ld16(&b.kind)
+        prio = sz_ld8(&b.prio)
+        head = PyBytes_FromStringAndSize(self.base + hoff, hlen)
+        body = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>vlen)
+        memcpy(PyBytes_AS_STRING(body), self.base + hoff + r64(hlen), vlen)
+        if sz_seq_end(sp) != s1:
+            return None
+        if not sz_ld8(&s.ref):      # SIEVE visited bit; a slot shifted meanwhile only costs a policy hint
+            sz_st8(&s.ref, 1)
+        status[0] = 1
+        return (kind, prio, head, body)
+
+    def get(self, object key, uint64_t h, bint pin=True, bint count=True):
         """Look ``key`` up; on a hit set its visited bit and return ``(kind, prio, head, body)``.
 
-        ``body`` is a pinned :class:`BlockView` (zero-copy) when ``pin`` and this process holds a process
-        slot, else a ``bytes`` copy. Loading markers and failures read as misses. Returns None on a miss.
+        Lock-free first: the value is copied under the stripe's sequence lock (``body`` is ``bytes``) when
+        ``pin`` is false, this process holds no process slot, or it is at most :attr:`copy_max` bytes. A
+        larger value with ``pin`` is a pinned :class:`BlockView` (zero-copy), taken under the lock. After
+        ``READ_TRIES`` attempts that saw a writer, the read takes the lock. Loading markers and failures read as
+        misses. Returns None on a miss.
         """
         cdef int64_t i
         cdef blk_t *b
         cdef uint64_t off
         cdef char *hd
         cdef BlockView v = None
-        # Python objects are made outside the lock (the critical section is only the lookup and the pin);
-        # the head is read after unlocking, from a block our pin keeps alive.
+        cdef const uint8_t[::1] kv
+        cdef const uint8_t *kp
+        cdef uint32_t klen
+        cdef uint64_t limit = self.copy_max if (pin and self.proc_slot >= 0) else <uint64_t>-1
+        cdef int status = -1, k
+        cdef object r
+        if self.base == NULL:
+            raise StateError("the cache index handle is closed")
+        if type(key) is bytes:      # the common case, without a typed-memoryview acquisition
+            kp = <const uint8_t *>PyBytes_AS_STRING(key)
+            klen = <uint32_t>len(<bytes>key)
+        else:
+            kv = key
+            klen = <uint32_t>kv.shape[0]
+            kp = &kv[0] if klen else NULL
+            key = kv
+        if klen == 0:
+            raise InvalidArgumentError("key must not be empty")
+        for k in range(READ_TRIES):
+            r = self._read_fast(kp, klen, h, limit, &status)
+            if status == 1 or status == 0:
+                self.n_fast += 1
+                if count:
+                    if self.proc_slot >= 0:    # this process's own line: exact (the GIL orders our threads)
+                        self.pstats[self.proc_slot * PSTAT_WORDS + 1 - status] += 1
+                    elif status:
+                        sz_add64(&self.ih.st_hits, 1)
+                    else:
+                        sz_add64(&self.ih.st_misses, 1)
+                return r
+            if status == 2:
+                break
+            self.n_retries += 1
+            sz_pause()
+        else:
+            self.n_fallbacks += 1
+        # The locked path: a value to pin, or a stripe that kept changing (or stays odd: a dead writer, whose
+        # stripes the repair run by this lock resets). Python objects are made outside the lock (the critical
+        # section is only the lookup and the pin); the head is read after unlocking, from a block our pin keeps
+        # alive.
         if pin and self.proc_slot >= 0:
             v = BlockView.__new__(BlockView)
         self._lock()
@@ -636,24 +839,30 @@ cdef class ShmIndex:
                     if self.proc_slot >= 0:
                         self.pstats[self.proc_slot * PSTAT_WORDS + 1] += 1
                     else:
-                        self.ih.st_misses += 1
+                        sz_add64(&self.ih.st_misses, 1)
                 return None
             off = self.slots[i].off
             b = <blk_t *>(self.base + off)
-            if not b.visited:   # a hot entry's header line is not dirtied by every reader
-                b.visited = 1
+            if not self.slots[i].ref:   # a hot entry's slot line is not dirtied by every reader
+                sz_st8(&self.slots[i].ref, 1)
             if count:
                 if self.proc_slot >= 0:
                     self.pstats[self.proc_slot * PSTAT_WORDS] += 1
                 else:
-                    self.ih.st_hits += 1
+                    sz_add64(&self.ih.st_hits, 1)
             hd = self.base + off + BLK_HDR + r64(b.klen)
-            if v is None:
+            if v is None or b.vlen <= limit:    # a value the fast path would have copied is copied here too
                 return (b.kind, b.prio, hd[:b.hlen], (hd + r64(b.hlen))[:b.vlen])
             self._pin_into(off, v)
         finally:
             self._unlock()
         return (b.kind, b.prio, hd[:b.hlen], v)
+
+    def read_counters(self):
+        """This handle's lock-free reads: ``{"fast": answered without the lock, "retries": attempts that saw a
+        writer, "fallbacks": reads that gave up and took the lock}`` (a read of a value pinned because it is
+        larger than :attr:`copy_max` is none of these)."""
+        return {"fast": self.n_fast, "retries": self.n_retries, "fallbacks": self.n_fallbacks}
 
     cdef int _pin_into(self, uint64_t off, BlockView v) except -1:
         # Under the lock. No GC-tracked object is allocated between reading and writing the local count (a
@@ -820,6 +1029,7 @@ cdef class ShmIndex:
         cdef uint64_t i, off
         self._lock()
         try:
+            self._wopen_all()
             for i in range(self.ih.nslots):
                 off = self.slots[i].off
                 if off:
@@ -833,8 +1043,6 @@ cdef class ShmIndex:
                 self.ih.q_head[i] = 0
                 self.ih.q_tail[i] = 0
                 self.ih.q_hand[i] = 0
-            for i in range(self.ih.nstripes):
-                self.stripes[i] += 1
         finally:
             self._unlock()
 

@@ -1,8 +1,11 @@
 # Shared layout of a cache tier's index (in the pool segment's meta area) and of its value blocks.
 # Only structs, externs, constants and `cdef inline` helpers live here (no runtime import is generated).
 #
-# Meta area: [ ihdr_t (4 KiB) | slots (nslots x slot_t) | epoch stripes (u64) | process slots | per-process
-#              counters (one 64-byte line per process slot) ]
+# Meta area: [ ihdr_t (4 KiB) | slots (nslots x slot_t) | stripe sequence words (u64) | process slots |
+#              per-process counters (one 64-byte line per process slot) ]
+# A stripe word is both the L1-coherence epoch of its keys and the sequence lock of lock-free readers: odd while
+# a writer (holding the pool lock) changes an entry of the stripe, even otherwise (version 3; version 2 bumped
+# it by one per change and had no odd/even meaning, so a version-2 segment is refused).
 # Block:     [ blk_t (128 bytes) | key | head | body ], each part 64-byte aligned.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
@@ -16,7 +19,7 @@ cdef extern from *:
     int __builtin_popcountll(unsigned long long) nogil
 
 cdef enum:
-    IDX_VERSION = 2
+    IDX_VERSION = 3
     PSTAT_WORDS = 8       # per-process counters: one 64-byte line per process slot
     IHDR_BYTES = 4096
     BLK_HDR = 128
@@ -24,6 +27,8 @@ cdef enum:
     NPRIO = 10
     COPY_NOGIL = 65536
     PENDING_MAX = 16
+    OPEN_MAX = 64         # stripes a writer tracks individually per operation before it closes them all by a scan
+    READ_TRIES = 4        # optimistic read attempts before falling back to the locked path
     SPIN_MAX = 200        # pause iterations before a contended lock falls back to a futex wait
 
 # Block states.
@@ -69,7 +74,7 @@ ctypedef struct slot_t:
     uint64_t hash
     uint64_t off
     uint32_t klen
-    uint8_t ref
+    uint8_t ref         # SIEVE visited bit of the entry (set by readers with a relaxed atomic store)
     uint8_t prio
     uint16_t pad
 
@@ -97,7 +102,7 @@ ctypedef struct blk_t:
     uint64_t size       # bytes requested from the heap for this block
     uint64_t qprev      # SIEVE queue links (towards the older / newer entry); derived, rebuilt by repair
     uint64_t qnext
-    uint64_t visited
+    uint64_t visited    # unused since version 3 (the visited bit lives in the slot: readers never write a block)
 
 
 cdef inline uint64_t r64(uint64_t n) noexcept nogil:

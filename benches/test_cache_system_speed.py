@@ -12,7 +12,13 @@ Groups, each with its anchor first; every subject records ``ratio_to_<anchor>`` 
   public ``get`` with L1 off and through ``SharedTier.get``, vs LMDB's zero-copy get (``buffers=True``, one
   long read transaction, as in ``bench_cache_system.py``) in a tmpfs directory;
 * ``cs-put-100B`` / ``cs-put-64KiB``: ``IntelligentCacheSystem.put`` (L1 + L2) vs an LMDB write transaction with
-  ``sync=False``.
+  ``sync=False``;
+* ``cs-l2-scaling-100B`` / ``cs-l2-scaling-64KiB``: 1, 2 and 8 reader *processes* (forked and waiting before the
+  timer starts) each doing a fixed number of random ``SharedTier.get`` hits (the lock-free read path), without and
+  with one writer process putting 100 B values continuously; the timing is the wall time of the whole batch, so
+  the aggregate throughput is ``readers x gets / median``. ``extra_info`` holds the throughput, the ratio to one
+  reader without a writer and, with a writer, the ratio to the same readers without one. (On 2 cores a writer
+  process takes CPU from the readers whenever they are more than one.)
 
 The 1 MiB first read is a one-off per process, so it is not a pytest-benchmark timing: fresh forked processes each
 time their first ``get`` of a 1 MiB value another process put, and the median of their later gets; the report
@@ -42,6 +48,7 @@ lmdb = pytest.importorskip("lmdb")
 SIZES = {"100B": 100, "64KiB": 65536}
 CTX = mp.get_context("fork")
 MEDIANS: dict[str, float] = {}
+THROUGHPUT: dict[str, float] = {}    # aggregate gets/s of the read-scaling batches
 L2_SIZE = 64 << 20
 
 
@@ -49,12 +56,51 @@ def _cfg(ns: str, l1: int) -> dict[str, Any]:
     return {"namespace": ns, "l1_size": l1, "l2_size": L2_SIZE, "l3_size": 0, "enable_prefetch": False}
 
 
+SCALE_KEYS = 200
+SCALE_GETS = {"100B": 40_000, "64KiB": 8_000}     # per reader and batch
+SCALE_READERS = (1, 2, 8)
+
+
 def _writer(ns: str) -> None:
     cache = IntelligentCacheSystem(_cfg(ns, 0))
     for name, size in SIZES.items():
         cache.put(name, os.urandom(size), "writer", priority=9)
+        for i in range(SCALE_KEYS):
+            cache.put(f"scale-{name}-{i}", os.urandom(size), "writer", priority=9)
     cache.put("1MiB", os.urandom(1 << 20), "writer", priority=9)
     cache.close()
+
+
+def _scale_reader(ns: str, size: str, n: int, ready: Any, start: Any, out: Any) -> None:
+    import random
+
+    tier = SharedTier(ns, "l2", L2_SIZE)
+    rng = random.Random(os.getpid())
+    keys = [key_bytes(f"scale-{size}-{i}") for i in range(SCALE_KEYS)]
+    pairs = [(keys[i], key_hash(keys[i])) for i in (rng.randrange(SCALE_KEYS) for _ in range(n))]
+    get = tier.get
+    ready.put(1)
+    start.wait()
+    misses = 0
+    for kb, h in pairs:
+        if get(key=kb, key_hash=h) is None:
+            misses += 1
+    out.put(misses)
+    tier.close()
+
+
+def _scale_writer(ns: str, ready: Any, stop: Any) -> None:
+    tier = SharedTier(ns, "l2", L2_SIZE)
+    keys = [key_bytes(f"scale-w-{i}") for i in range(1000)]
+    hashes = [key_hash(k) for k in keys]
+    value = [os.urandom(100)]
+    i = 0
+    while not stop[0]:
+        tier.put(key=keys[i], key_hash=hashes[i], kind=1, priority=5, head=b"", body=value)
+        i = (i + 1) % 1000
+        if i == 1:
+            ready.put(1)
+    tier.close()
 
 
 def _first_read(ns: str, conn: Any) -> None:
@@ -192,6 +238,58 @@ def test_put_system(benchmark: Any, world: dict[str, Any], size: str) -> None:
     _record(benchmark, f"put.{size}.system.put", (f"put.{size}.lmdb",))
 
 
+# ---- read scaling across processes -----------------------------------------------------------------------------
+def _scale_id(readers: int, writer: bool) -> str:
+    return f"{readers}r{'+w' if writer else ''}"
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("writer", [False, True], ids=["no-writer", "writer"])
+@pytest.mark.parametrize("readers", SCALE_READERS)
+def test_l2_read_scaling(benchmark: Any, world: dict[str, Any], size: str, readers: int, writer: bool) -> None:
+    benchmark.group = f"cs-l2-scaling-{size}"
+    ns, n = world["ns"], SCALE_GETS[size]
+    live: list[Any] = []
+    state: dict[str, Any] = {}
+
+    def setup() -> None:
+        for p in live:
+            p.join(60)
+        live.clear()
+        start, ready, out, stop = CTX.Event(), CTX.Queue(), CTX.Queue(), CTX.RawArray("b", 1)
+        ps = [CTX.Process(target=_scale_reader, args=(ns, size, n, ready, start, out)) for _ in range(readers)]
+        if writer:
+            ps.append(CTX.Process(target=_scale_writer, args=(ns, ready, stop)))
+        for p in ps:
+            p.start()
+        live.extend(ps)
+        for _ in ps:             # every reader attached and waiting, the writer running: then the timer starts
+            ready.get(timeout=120)
+        state.update(start=start, out=out, stop=stop)
+
+    def batch() -> None:
+        state["start"].set()
+        misses = sum(state["out"].get(timeout=300) for _ in range(readers))
+        state["stop"][0] = 1
+        assert misses == 0
+
+    benchmark.pedantic(batch, setup=setup, rounds=3, iterations=1)
+    for p in live:
+        p.join(60)
+        assert p.exitcode == 0
+    name = f"scale.{size}.{_scale_id(readers, writer)}"
+    _record(benchmark, name)
+    if name in MEDIANS:
+        thr = readers * n / MEDIANS[name]
+        THROUGHPUT[name] = thr
+        benchmark.extra_info["gets_per_s"] = round(thr)
+        base = THROUGHPUT.get(f"scale.{size}.1r")
+        if base:
+            benchmark.extra_info["ratio_to_1_reader"] = round(thr / base, 3)
+        if writer and f"scale.{size}.{readers}r" in THROUGHPUT:
+            benchmark.extra_info["ratio_to_no_writer"] = round(thr / THROUGHPUT[f"scale.{size}.{readers}r"], 3)
+
+
 # ---- targets ---------------------------------------------------------------------------------------------------
 def _first_reads(ns: str, n: int = 5) -> tuple[float, float]:
     firsts, laters = [], []
@@ -228,7 +326,19 @@ def test_zz_targets(world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -
     first, later = _first_reads(world["ns"])
     rows.append(("1 MiB first read, fresh process (median of 5)", f"{first * 1e6:.1f} us (limit 5 us)", first < 5e-6))
     rows.append(("1 MiB later reads (median)", f"{later * 1e6:.2f} us (limit 2 us)", later < 2e-6))
-    rows.append(("read scaling 2/8 readers, writer interference", "not measured here: bench_cache_system.py", None))
+    for size in SIZES:
+        for readers in SCALE_READERS[1:]:
+            for writer in (False, True):
+                a, b = f"scale.{size}.{_scale_id(readers, writer)}", f"scale.{size}.1r"
+                r = THROUGHPUT[a] / THROUGHPUT[b] if a in THROUGHPUT and b in THROUGHPUT else None
+                rows.append((f"read scaling {size}: {_scale_id(readers, writer)} / 1 reader",
+                             "n/a" if r is None else f"{r:.2f}x (limit >= 1.85x)",
+                             None if r is None or writer else r >= 1.85))
+        for readers in SCALE_READERS:
+            a, b = f"scale.{size}.{_scale_id(readers, True)}", f"scale.{size}.{readers}r"
+            r = THROUGHPUT[a] / THROUGHPUT[b] if a in THROUGHPUT and b in THROUGHPUT else None
+            rows.append((f"read scaling {size}: {readers} reader(s), with a writer / without",
+                         "n/a" if r is None else f"{r:.2f}x (limit >= 0.90x)", None if r is None else r >= 0.90))
     with capsys.disabled():
         print("\nissue 14 targets (medians of this run; the machine is shared, figures are noisy)")
         for label, figure, met in rows:

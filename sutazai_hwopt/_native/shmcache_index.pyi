@@ -7,6 +7,7 @@ from .pool_alloc import SegmentHeap
 __test__: dict[str, str]
 MAX_PROCESSES: int
 BLOCK_HEADER: int
+COPY_MAX: int
 STATES: dict[int, str]
 ST_WRITING: int
 ST_VALID: int
@@ -28,6 +29,7 @@ _Record = tuple[bytes, int, int, bytes, bytes]
 
 @disjoint_base
 class ShmIndex:
+    copy_max: int
     @property
     def heap(self) -> SegmentHeap: ...
     @property
@@ -43,6 +45,7 @@ class ShmIndex:
             demote: bool = ..., owner_pid: int = ..., owner_start: int = ..., gen: int = ...,
             visited: bool = ...) -> list[_Record]: ...
     def get(self, key: Any, h: int, pin: bool = ..., count: bool = ...) -> tuple[int, int, bytes, Any] | None: ...
+    def read_counters(self) -> dict[str, int]: ...
     def contains(self, key: Any, h: int) -> bool: ...
     def entry_state(self, key: Any, h: int) -> tuple[int, int, int, int, bytes] | None: ...
     def begin_load(

@@ -8,6 +8,10 @@ Creation race: a creator formats the segment under a temporary name and publishe
 ``/dev/shm`` (atomic, fails if the name exists), so an attacher never sees a half-formatted segment and two
 processes starting at once agree on one segment. The first creator's sizes win.
 
+Reads: a get takes no lock. The index's stripe words are sequence locks; a reader copies a value of up to
+``index.copy_max`` bytes (default 64 KiB) and keeps the copy only when no writer touched its stripe meanwhile
+(else it retries, then falls back to the lock). A larger value is pinned under the lock and returned zero-copy.
+
 Process slots: each process that reads zero-copy takes one of 256 slots (pid + start time); a slot whose
 process is gone is reclaimed (its pins released) by the next process that attaches or runs out of space.
 """
@@ -93,7 +97,7 @@ class _Attachment:
         end = self.heap.meta_offset + self.heap.meta_size
         bytes(buf[0:end:4096])
         del buf
-        self.index.get(b"\0", 0, False, False)    # and warm the read path (lock word, probe): a miss
+        self.index.get(b"\0", 0, False, False)    # and warm the (lock-free) read path: a miss
 
     def _on_recover(self) -> None:
         freed = self.index.repair()
@@ -259,7 +263,8 @@ class SharedTier:
             return self.index.put(key, key_hash, kind, priority, head, parts, 2, demote, 0, 0, 0, visited)
 
     def get(self, *, key: bytes, key_hash: int) -> Encoded | None:
-        """``(kind, priority, head, body)`` with a pinned zero-copy body, or None."""
+        """``(kind, priority, head, body)``, or None. ``body`` is a ``bytes`` copy read without the lock when the
+        value is at most ``index.copy_max`` bytes, else a pinned zero-copy view."""
         att = self._att
         if att is not None and att.needs_slot:
             att.claim_slot(scan=False)

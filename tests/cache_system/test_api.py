@@ -45,14 +45,14 @@ def test_seed_api_levels(cache: IntelligentCacheSystem, ns: str) -> None:
 
 
 def test_bytes_and_arrays_are_zero_copy_read_only(cache: IntelligentCacheSystem) -> None:
-    """Bytes and numpy values from L2 are read-only views of shared memory."""
-    cache.put("b", b"abc" * 1000, "a")
-    cache.put("n", np.arange(12, dtype=np.int32).reshape(3, 4), "a")
+    """Bytes and numpy values from L2 larger than the tier's copy_max are read-only views of shared memory."""
+    cache.put("b", b"abc" * 30000, "a")
+    cache.put("n", np.arange(3 * 6000, dtype=np.int32).reshape(3, 6000), "a")
     cache._l1.clear()
     v, level = cache.get("b", "a")
-    assert level == "L2" and isinstance(v, memoryview) and v.readonly and v == b"abc" * 1000
+    assert level == "L2" and isinstance(v, memoryview) and v.readonly and v == b"abc" * 30000
     arr, level = cache.get("n", "a")
-    assert level == "L2" and arr.shape == (3, 4) and not arr.flags.writeable
+    assert level == "L2" and arr.shape == (3, 6000) and not arr.flags.writeable
     with pytest.raises(ValueError):
         arr[0, 0] = 5
     assert cache._l2.index.local_pin_count() == 2
@@ -272,12 +272,12 @@ def test_two_handles_in_one_process_share_one_attachment(ns: str) -> None:
     """Two caches of one process pin the same block without conflict; pins go when both views die."""
     a = IntelligentCacheSystem(_cfg(ns, l1_size=0))
     b = IntelligentCacheSystem(_cfg(ns, l1_size=0))
-    a.put("k", b"v" * 5000, "a")
+    a.put("k", b"v" * 70000, "a")
     va, vb = a.get("k", "a")[0], b.get("k", "b")[0]
-    assert va == vb == b"v" * 5000
+    assert va == vb == b"v" * 70000
     assert a._l2.index is b._l2.index and a._l2.index.local_pin_count() == 1
     b.close()
-    assert bytes(va) == b"v" * 5000
+    assert bytes(va) == b"v" * 70000
     del va, vb
     gc.collect()
     assert a._l2.index.local_pin_count() == 0
@@ -476,6 +476,7 @@ def test_debug_build_counters_balance(ns: str) -> None:
     if not buildinfo.DEBUG_BUILD:
         pytest.skip("counters are compiled in only with SUTAZAI_HWOPT_DEBUG=1")
     cache = IntelligentCacheSystem(_cfg(ns, l1_size=0))
+    cache._l2.index.copy_max = 0     # every read zero-copy (pinned), however small
     before = shmcache_index.debug_counters()
     views = []
     for i in range(50):

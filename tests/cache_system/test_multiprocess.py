@@ -103,7 +103,7 @@ def test_sigkill_leaves_tier_usable_and_consistent(ns: str, mode: str) -> None:
     cache = IntelligentCacheSystem(_cfg(ns))
     for i in range(30):
         cache.put(i, _value(i, 0, i), "a")
-    cache.put("pinned", b"p" * 3000, "a")
+    cache.put("pinned", b"p" * 70000, "a")   # above copy_max: read zero-copy, so pinned
     p = CTX.Process(target=_die_holding_lock, args=(ns, mode))
     p.start()
     p.join(60)
