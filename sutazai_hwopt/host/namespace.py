@@ -73,9 +73,12 @@ def plan_for(config: HwoptConfig) -> NamespacePlan:
 
 
 def served_config(config: HwoptConfig, tiers: dict[str, int]) -> HwoptConfig:
-    """``config`` as agents should use it: the tier sizes replaced by those of the tiers that exist."""
+    """``config`` as agents should use it: the tier sizes replaced by those of the tiers that exist, and the
+    balancers sharing the namespace's host-wide table unless the configuration names another one."""
     cache = dataclasses.replace(config.cache, l2_size=tiers.get("l2", 0), l3_size=tiers.get("l3", 0))
-    return dataclasses.replace(config, cache=cache)
+    balancer = (config.balancer if config.balancer.namespace
+                else dataclasses.replace(config.balancer, namespace=config.cache.namespace))
+    return dataclasses.replace(config, cache=cache, balancer=balancer)
 
 
 def public_config(config: HwoptConfig) -> dict[str, dict[str, Any]]:

@@ -14,6 +14,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from sutazai_hwopt import IntelligentCacheSystem, MemoryPoolManager
+from sutazai_hwopt.balancer import BackendService, DynamicLoadBalancer
 from sutazai_hwopt.config import HwoptConfig, load_config
 from sutazai_hwopt.host import HostClient, connect, fleet_config
 from sutazai_hwopt.host.api import create_app
@@ -76,6 +77,14 @@ def test_service_owns_tiers_and_pools_and_serves_them(ns: str, tmp_path: Path) -
         assert served["pools"] == {p: {"capacity": 2 * MiB} for p in DEFAULT_POOLS}
         agent_cfg = HwoptConfig.from_dict(served["config"])
         assert agent_cfg.cache.namespace == ns and agent_cfg.cache.l1_size == MiB
+        assert agent_cfg.balancer.namespace == ns              # the agents' balancers share one table
+        lb_a, lb_b = DynamicLoadBalancer(agent_cfg), DynamicLoadBalancer(agent_cfg)
+        for lb in (lb_a, lb_b):
+            lb.register_service(BackendService(service_id="agent_x", port=1))
+        lb_a.select_backend_sync()                             # in flight, not recorded
+        assert lb_b._shared is not None and lb_b._shared.outstanding("agent_x") == 1
+        lb_a.close()
+        lb_b.close()
         # a process naming the namespace with other sizes gets the daemon's tiers (and sees its pools)
         with IntelligentCacheSystem({"namespace": ns, "l2_size": 64 * MiB, "l3_size": 32 * MiB,
                                      "enable_prefetch": False}) as cache:
@@ -86,7 +95,7 @@ def test_service_owns_tiers_and_pools_and_serves_them(ns: str, tmp_path: Path) -
             assert pm.stats("shared")["capacity"] == 2 * MiB
     finally:
         svc.close()
-    assert len(list_segment_names(ns)) == 4            # stop leaves the data
+    assert len(list_segment_names(ns)) == 5            # stop leaves the data (tiers, pools, the balancers' table)
     again = HostService(load_config(mode="balanced", overrides=small(ns, l2_size=8 * MiB)),
                         state_dir=str(tmp_path / "j2"))
     try:
@@ -97,7 +106,7 @@ def test_service_owns_tiers_and_pools_and_serves_them(ns: str, tmp_path: Path) -
     finally:
         again.close()
     removed, busy = purge(ns)
-    assert len(removed) == 4 and not busy and list_segment_names(ns) == []
+    assert len(removed) == 5 and not busy and list_segment_names(ns) == []
 
 
 def test_without_a_daemon_a_process_builds_its_own_tiers(ns: str, tmp_path: Path) -> None:
