@@ -35,9 +35,10 @@ EXPECTED: dict[str, str | None] = {"cpu": "high_cpu_usage", "memory": "memory_le
                                    "ctx": "context_switch_storm", "starved": "cpu_starvation", "idle": None}
 #: fault kind -> other findings that are true of such an agent too: a ping-pong storm burns CPU (it may be named
 #: a consumer while the host is saturated); a burner with more spinners than cores waits on its run queue; a
-#: starved agent is itself a spinner, so whenever the scheduler does give it a CPU it is one of the consumers.
+#: starved agent is itself a spinner, so whenever the scheduler does give it a CPU it is one of the consumers; an
+#: I/O thrasher on a small disk stalls the host's I/O, and as its top reader/writer it is named in that finding.
 CONSISTENT: dict[str, frozenset[str]] = {"ctx": frozenset({"high_cpu_usage"}), "cpu": frozenset({"cpu_starvation"}),
-                                         "starved": frozenset({"high_cpu_usage"})}
+                                         "starved": frozenset({"high_cpu_usage"}), "io": frozenset({"io_saturation"})}
 
 _SCRIPT = r'''
 import json, os, sys, time

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import mmap
 import os
 import stat
 import subprocess
@@ -164,7 +165,9 @@ def test_memory_growth_trend_is_computed_from_the_ring() -> None:
         held = []
         for _ in range(3):
             clock.advance(1.0)
-            held.append(bytearray(24 * 1024 * 1024))
+            # fresh anonymous pages: a bytearray may reuse heap memory the process already has resident (glibc
+            # raises its mmap threshold after large frees), and then RSS does not grow
+            held.append(mmap.mmap(-1, 24 * 1024 * 1024))
             for i in range(0, len(held[-1]), 4096):
                 held[-1][i] = 1
             prof.sample()
