@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,3 +92,12 @@ def nothing_left_behind() -> Iterator[None]:
         print(f"\nWARNING: {message}")
     else:
         pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """One real agent process (sleep), killed at teardown."""
+    p = subprocess.Popen(["sleep", "600"])
+    yield p
+    p.kill()
+    p.wait()

@@ -33,15 +33,6 @@ def daemon_ns() -> Iterator[str]:
 
 
 @pytest.fixture
-def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    """One real agent process (sleep), killed at teardown."""
-    p = subprocess.Popen(["sleep", "600"])
-    yield p
-    p.kill()
-    p.wait()
-
-
-@pytest.fixture
 def sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
     """Real agent processes (sleep), killed at teardown."""
     procs = [subprocess.Popen(["sleep", "600"]) for _ in range(3)]

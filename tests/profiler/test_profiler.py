@@ -36,14 +36,6 @@ sys.stdin.read()
 
 
 @pytest.fixture
-def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    p = subprocess.Popen(["sleep", "600"])
-    yield p
-    p.kill()
-    p.wait()
-
-
-@pytest.fixture
 def parent() -> Iterator[subprocess.Popen[bytes]]:
     p = subprocess.Popen([sys.executable, "-c", PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          start_new_session=True)
