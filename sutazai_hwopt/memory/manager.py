@@ -330,12 +330,16 @@ class MemoryPoolManager:
 
     def _allocate(self, agent_id: str, size: int, pool_id: str, dedup: bool, codec: int, shuf: int,
                   nbytes: int) -> str:
+        return self._reclaiming(pool_id, self._allocate_once, agent_id, size, pool_id, dedup, codec, shuf, nbytes)
+
+    def _reclaiming(self, pool_id: str, op: Any, *args: Any) -> Any:
+        """``op(*args)``; when the pool is full, reclaim its dead agents once (:meth:`_reclaim`) and retry."""
         try:
-            return self._allocate_once(agent_id, size, pool_id, dedup, codec, shuf, nbytes)
+            return op(*args)
         except PoolExhaustedError:
             if not self._reclaim(pool_id):
                 raise
-        return self._allocate_once(agent_id, size, pool_id, dedup, codec, shuf, nbytes)
+        return op(*args)
 
     def _reclaim(self, pool_id: str) -> bool:
         """A full pool's last resort before PoolExhaustedError: collect its dead agents and expired grants.
@@ -512,12 +516,8 @@ class MemoryPoolManager:
             raise InvalidArgumentError("data must not be empty (blocks hold at least one byte)")
         codec, shuf, payload = encode(mv, compression, _itemsize)
         if enable_dedup and len(payload) >= FUSED_MIN:
-            try:
-                bid = self._put_existing(agent_id, memoryview(payload), pool_id, codec, shuf, mv.nbytes)
-            except PoolExhaustedError:
-                if not self._reclaim(pool_id):
-                    raise
-                bid = self._put_existing(agent_id, memoryview(payload), pool_id, codec, shuf, mv.nbytes)
+            bid = self._reclaiming(pool_id, self._put_existing, agent_id, memoryview(payload), pool_id, codec,
+                                   shuf, mv.nbytes)
             if bid is not None:
                 return bid
         bid = self._allocate(agent_id, len(payload), pool_id, bool(enable_dedup), codec, shuf, mv.nbytes)
