@@ -96,13 +96,54 @@ def iqr_per_call(bench: dict[str, Any]) -> float:
     return float(bench["stats"].get("iqr", 0.0)) / loops
 
 
+def _cell(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _md_table(head: list[str], rows: list[list[Any]], numeric_from: int = 1) -> list[str]:
+    out = ["| " + " | ".join(head) + " |",
+           "| " + " | ".join(["---"] * numeric_from + ["---:"] * (len(head) - numeric_from)) + " |"]
+    out += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
+    return out
+
+
+def is_timed(rows: list[dict[str, Any]]) -> bool:
+    """False for a group whose benchmark only runs a scripted measurement (``extra_info["timing"] = False``): its
+    figures are the tables it records, not its wall time."""
+    return not all(b.get("extra_info", {}).get("timing") is False for b in rows)
+
+
 def group_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The group's section: the timing table (unless the group is not timed), then every table a benchmark recorded
+    (``extra_info["figures"]``: ``{"caption", "columns", "rows"}``, non-timing figures such as hit ratios), then the
+    targets it judged (``extra_info["targets"]``: ``[target, measured, "MET" | "NOT MET"]`` rows)."""
+    out: list[str] = []
+    if is_timed(rows):
+        out += timing_table(rows)
+    for b in sorted(rows, key=lambda b: b["name"]):
+        info = b.get("extra_info", {})
+        for fig in info.get("figures", []):
+            out += ([""] if out else []) + [f"{fig['caption']}:", "", *_md_table(list(fig["columns"]), fig["rows"])]
+        if info.get("targets"):
+            out += ([""] if out else []) + ["Targets:", "",
+                                            *_md_table(["target", "measured", "verdict"], info["targets"], 3)]
+    return out
+
+
+def timing_table(rows: list[dict[str, Any]]) -> list[str]:
     anchors = [b for b in rows if b.get("extra_info", {}).get("role") == "anchor"]
     head = ["contender", "role", "median", "IQR"] + [f"x {label(a)}" for a in anchors]
     extra_keys = [k for k in ("compression_ratio", "GB/s") if any(k in b.get("extra_info", {}) or
                                                                  (k == "GB/s" and "bytes" in b.get("extra_info", {}))
                                                                  for b in rows)]
-    head += extra_keys
+    columns = list(dict.fromkeys(k for b in rows for k in b.get("extra_info", {}).get("columns", {})))
+    head += extra_keys + columns
     out = ["| " + " | ".join(head) + " |", "| --- | --- | " + " | ".join(["---:"] * (len(head) - 2)) + " |"]
     for b in sorted(rows, key=median_per_call):
         info = b.get("extra_info", {})
@@ -114,6 +155,7 @@ def group_table(rows: list[dict[str, Any]]) -> list[str]:
                 cells.append(f"{info['bytes'] / m / 1e9:.2f}" if "bytes" in info and m > 0 else "")
             else:
                 cells.append(f"{info[k]:.2f}" if k in info else "")
+        cells += [_cell(info["columns"][c]) if c in info.get("columns", {}) else "" for c in columns]
         out.append("| " + " | ".join(cells) + " |")
     units = sorted({str(b.get("extra_info", {}).get("unit", "")) for b in rows} - {""})
     rounds = sorted({int(b["stats"]["rounds"]) for b in rows})
@@ -180,7 +222,8 @@ def plot(groups: dict[str, list[dict[str, Any]]], out_dir: Path) -> set[str]:
     drawn = set()
     for g, rows in groups.items():
         rows = sorted(rows, key=median_per_call)
-        if any(str(b.get("extra_info", {}).get("unit", "")).startswith("share of one core") for b in rows):
+        if not is_timed(rows) or any(str(b.get("extra_info", {}).get("unit", "")).startswith("share of one core")
+                                     for b in rows):
             continue                     # not a time
         fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.1))
         names = [label(b) for b in rows]

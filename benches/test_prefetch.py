@@ -94,8 +94,9 @@ def verdict(ok: bool) -> str:
     return "MET" if ok else "NOT MET"
 
 
-def table(quick: bool, reps: int = 3) -> tuple[list[str], dict[str, float]]:
-    """Run every stream in every mode; the printed lines and the ratios (for pytest-benchmark's extra_info)."""
+def table(quick: bool, reps: int = 3) -> dict[str, Any]:
+    """Run every stream in every mode: the printed ``lines``, the CPU ``ratios``, and for ``benches/report.py`` the
+    ``rows`` of the figures table and the ``targets`` judged (``[target, measured, verdict]``)."""
     n = 30_000 if quick else 80_000
     streams: list[tuple[str, list[tuple[str, str]] | None, bool, bool]] = [
         ("zipf-0.7", zipf_stream(0.7, n), False, False), ("zipf-0.9", zipf_stream(0.9, n), False, False),
@@ -104,6 +105,8 @@ def table(quick: bool, reps: int = 3) -> tuple[list[str], dict[str, float]]:
     lines = [f"{'stream':14s} {'mode':10s} {'CPU µs/req':>10s} {'x off':>6s} {'hit %':>7s} {'avoided':>8s} "
              f"{'precision':>9s} {'state':>6s}  target"]
     ratios: dict[str, float] = {}
+    rows: list[list[Any]] = []
+    targets: list[list[str]] = []
     for name, stream, big, workflow in streams:
         if stream is None:
             lines.append(f"{name:14s} (trace not present in {SHARED_TRACES})")
@@ -120,22 +123,29 @@ def table(quick: bool, reps: int = 3) -> tuple[list[str], dict[str, float]]:
             avoided = (off["misses"] - r["misses"]) / off["misses"] if off["misses"] else 0.0
             prec = r["used"] / r["prefetched"] if r["prefetched"] else float("nan")
             ratios[f"{name}:{mode}:cpu_x_off"] = round(x, 3)
-            target = ""
+            judged: list[list[str]] = []
             if mode in ("default", "auto-inl") and not workflow:
-                target = (f"CPU <= 1.1x off: {verdict(x <= 1.1)}; hit ratio >= off: "
-                          f"{verdict(r['hit_ratio'] >= off['hit_ratio'])}")
+                judged = [[f"{name}, {mode}: CPU <= 1.1x off", f"{x:.2f}x", verdict(x <= 1.1)],
+                          [f"{name}, {mode}: hit ratio >= off", f"{r['hit_ratio'] * 100:.2f} against "
+                           f"{off['hit_ratio'] * 100:.2f}", verdict(r["hit_ratio"] >= off["hit_ratio"])]]
             elif mode in ("default", "auto-inl"):
-                target = f"CPU <= 1.5x off: {verdict(x <= 1.5)}"
+                judged = [[f"{name}, {mode}: CPU <= 1.5x off", f"{x:.2f}x", verdict(x <= 1.5)]]
                 if name == "workflow":
-                    target += (f"; avoided >= {TODAY_AVOIDED:.0%}: {verdict(avoided >= TODAY_AVOIDED)}; precision"
-                               f" >= {TODAY_PRECISION:.0%}: {verdict(prec >= TODAY_PRECISION)}")
+                    judged += [[f"{name}, {mode}: misses avoided >= {TODAY_AVOIDED:.0%}", f"{avoided * 100:.1f}",
+                                verdict(avoided >= TODAY_AVOIDED)],
+                               [f"{name}, {mode}: precision >= {TODAY_PRECISION:.0%}", f"{prec * 100:.1f}",
+                                verdict(prec >= TODAY_PRECISION)]]
+            targets += judged
+            target = "; ".join(f"{j[0].split(': ', 1)[1]}: {j[2]}" for j in judged)
+            rows.append([name, mode, round(x, 2), round(r["hit_ratio"] * 100, 2), round(avoided * 100, 1),
+                         "-" if prec != prec else round(prec * 100, 1), r["state"]])
             lines.append(f"{name:14s} {mode:10s} {r['cpu_us']:10.2f} {x:6.2f} {r['hit_ratio'] * 100:7.2f} "
                          f"{avoided * 100:7.1f}% {prec * 100:8.1f}% {r['state']:>6s}  {target}")
-    lines += switching(10_000 if quick else 20_000)
-    return lines, ratios
+    switch_lines, switch_targets = switching(10_000 if quick else 20_000)
+    return {"lines": lines + switch_lines, "ratios": ratios, "rows": rows, "targets": targets + switch_targets}
 
 
-def switching(n: int) -> list[str]:
+def switching(n: int) -> tuple[list[str], list[list[str]]]:
     """Zipf -> workflow -> Zipf in auto mode (inline, so the figures do not depend on thread scheduling):
     requests from each change to the model's switch."""
     stream = zipf_stream(0.9, n, seed=11, prefix="r") + workflow_trace(n) + zipf_stream(0.9, n, seed=12, prefix="s")
@@ -146,10 +156,14 @@ def switching(n: int) -> list[str]:
     if off is None and before and before[-1] == "off":
         off = 0   # already off when the random part started (backed off during the workflow)
     early = [s for s in sw if s["at"] < n]
+    targets = [["switching: on within 5,000 requests of the workflow starting", f"{on} requests",
+                verdict(on is not None and on <= 5000)],
+               ["switching: off within 5,000 requests of the random stream resuming", f"{off} requests",
+                verdict(off is not None and off <= 5000)]]
     return [f"switching ({n} random, {n} workflow, {n} random; auto mode, inline):",
             f"  switches during the first random part: {len(early)}",
-            f"  on after {on} requests of workflow: <= 5000: {verdict(on is not None and on <= 5000)}",
-            f"  off after {off} requests of random: <= 5000: {verdict(off is not None and off <= 5000)}"]
+            f"  on after {on} requests of workflow: <= 5000: {targets[0][2]}",
+            f"  off after {off} requests of random: <= 5000: {targets[1][2]}"], targets
 
 
 def test_prefetch_figures(benchmark: Any) -> None:
@@ -159,11 +173,18 @@ def test_prefetch_figures(benchmark: Any) -> None:
     out: dict[str, Any] = {}
 
     def once() -> None:
-        out["lines"], out["ratios"] = table(quick=True, reps=1)
+        out.update(table(quick=True, reps=1))
 
     benchmark.group = "prefetch: off / default / forced"
     benchmark.pedantic(once, rounds=1, iterations=1)
     benchmark.extra_info.update(out["ratios"])
+    benchmark.extra_info["timing"] = False        # the figures are the tables below, not this run's wall time
+    benchmark.extra_info["figures"] = [{
+        "caption": "Per stream and mode (quick streams, one repetition): CPU per request over prefetching off, hit "
+                   "ratio (%), misses avoided against off (%), precision of the prefetches (%), the model's state",
+        "columns": ["stream", "mode", "CPU x off", "hit %", "avoided %", "precision %", "state"],
+        "rows": out["rows"]}]
+    benchmark.extra_info["targets"] = out["targets"]
     print("\n".join(out["lines"]))
 
 
@@ -172,8 +193,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="shorter streams")
     ap.add_argument("--reps", type=int, default=3, help="runs of off / default / auto-inl per stream (median)")
     args = ap.parse_args()
-    lines, _ = table(args.quick, args.reps)
-    for line in lines:
+    for line in table(args.quick, args.reps)["lines"]:
         print(line, flush=True)
 
 

@@ -80,10 +80,13 @@ def test_every_page_is_either_converted_or_listed() -> None:
 
 
 def group_tables(text: str) -> dict[str, str]:
-    """docs/benchmarks.md's table (and its note line) under each ``## <group>`` heading."""
+    """docs/benchmarks.md's section under each ``## <group>`` heading: its tables and notes, without the plot."""
     out = {}
-    for m in re.finditer(r"^## (?P<group>.+)\n\n(?P<body>(?:\|.*\n)+\n.*\n)", text, re.M):
-        out[m.group("group")] = m.group("body")
+    sections = re.split(r"^## ", text, flags=re.M)[1:]
+    for section in sections:
+        group, _, body = section.partition("\n\n")
+        body = re.sub(r"\n*!\[[^\]]*\]\([^)]*\)\n*$", "\n", body.rstrip("\n") + "\n")
+        out[group] = body.rstrip("\n") + "\n"
     return out
 
 
@@ -99,6 +102,7 @@ def test_included_groups_match_benchmarks_md(page: str) -> None:
 
 
 def test_group_tables_parse() -> None:
-    page = "## a: b\n\n| x |\n| --- |\n| 1 |\n\nRounds per contender: 5.\n\n## c\n\n| y |\n\nnote\n"
+    page = ("## a: b\n\n| x |\n| --- |\n| 1 |\n\nRounds per contender: 5.\n\n![a: b](benchmarks/a-b.png)\n\n"
+            "## c\n\n| y |\n\nnote\n\nTargets:\n\n| t |\n")
     assert group_tables(page) == {"a: b": "| x |\n| --- |\n| 1 |\n\nRounds per contender: 5.\n",
-                                  "c": "| y |\n\nnote\n"}
+                                  "c": "| y |\n\nnote\n\nTargets:\n\n| t |\n"}
