@@ -23,6 +23,7 @@ import argparse
 import random
 import statistics
 import time
+from typing import Any
 
 from sutazai_hwopt.profiler.faults import run_trial
 
@@ -37,6 +38,53 @@ def psi_cpu_avg60() -> float:
         return float("nan")
 
 
+def evaluate(seeds: range, interval_s: float = 1.0) -> dict[str, Any]:
+    """Run every scenario for every seed: per fault kind ``[fault, trials, detected, recall, median ttd s, max ttd
+    s, within 3 s]`` rows, the precision (plain and strict), recall, the false findings and the run's facts."""
+    tp = fp = sec = 0
+    ttd: dict[str, list[float | None]] = {}
+    false: list[tuple[Any, ...]] = []
+    t0 = time.monotonic()
+    for seed in seeds:
+        order = list(SCENARIOS)
+        random.Random(seed).shuffle(order)
+        for name in order:
+            r = run_trial(SCENARIOS[name], seed=seed, interval_s=interval_s)
+            tp += r.true_positives
+            fp += r.false_positives
+            sec += r.secondary
+            for agent, t in r.time_to_detect.items():
+                ttd.setdefault(agent.rsplit("_", 1)[0], []).append(t)
+            false += [(seed, name, *f) for f in r.false_findings]
+    rows: list[list[Any]] = []
+    hits = total = within = 0
+    for kind, vals in sorted(ttd.items()):
+        got = [v for v in vals if v is not None]
+        hits += len(got)
+        total += len(vals)
+        within += sum(1 for v in got if v <= 3.0)
+        rows.append([kind, len(vals), len(got), round(len(got) / len(vals), 2),
+                     round(statistics.median(got), 2) if got else "-", round(max(got), 2) if got else "-",
+                     sum(1 for v in got if v <= 3.0)])
+    return {"rows": rows, "tp": tp, "fp": fp, "secondary": sec, "false": false,
+            "precision": tp / (tp + fp) if tp + fp else float("nan"),
+            "strict": tp / (tp + fp + sec) if tp + fp + sec else float("nan"),
+            "recall": hits / total if total else float("nan"), "hits": hits, "total": total, "within": within,
+            "seconds": time.monotonic() - t0, "psi_cpu_avg60": psi_cpu_avg60()}
+
+
+def targets(r: dict[str, Any]) -> list[list[str]]:
+    """Issue 7's targets as ``[target, measured, verdict]`` rows."""
+    def v(ok: bool) -> str:
+        return "MET" if ok else "NOT MET"
+
+    return [["precision >= 0.95", f"{r['precision']:.3f} ({r['tp']} true / {r['fp']} false; strict "
+             f"{r['strict']:.3f})", v(r["precision"] >= 0.95)],
+            ["recall >= 0.90", f"{r['recall']:.3f} ({r['hits']}/{r['total']})", v(r["recall"] >= 0.90)],
+            ["every fault detected within 3 s of its onset", f"{r['within']}/{r['total']}",
+             v(r["within"] == r["total"])]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
@@ -44,40 +92,16 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=1.0)
     args = ap.parse_args()
     seeds = range(2 if args.quick else args.seeds)
-    tp = fp = sec = 0
-    ttd: dict[str, list[float | None]] = {}
-    false: list[tuple[int, str, float, str, str]] = []
-    t0 = time.monotonic()
-    for seed in seeds:
-        order = list(SCENARIOS)
-        random.Random(seed).shuffle(order)
-        for name in order:
-            r = run_trial(SCENARIOS[name], seed=seed, interval_s=args.interval)
-            tp += r.true_positives
-            fp += r.false_positives
-            sec += r.secondary
-            for agent, t in r.time_to_detect.items():
-                ttd.setdefault(agent.rsplit("_", 1)[0], []).append(t)
-            false += [(seed, name, *f) for f in r.false_findings]
+    r = evaluate(seeds, args.interval)
     print(f"{len(seeds)} seeds x {len(SCENARIOS)} scenarios, sampling every {args.interval:g} s, "
-          f"{time.monotonic() - t0:.0f} s; host CPU PSI some avg60 at the end: {psi_cpu_avg60():.0f}%")
+          f"{r['seconds']:.0f} s; host CPU PSI some avg60 at the end: {r['psi_cpu_avg60']:.0f}%")
     print(f"{'fault':<9} {'trials':>6} {'detected':>8} {'recall':>7} {'median ttd s':>12} {'max ttd s':>9} "
           f"{'<= 3 s':>6}")
-    hits = total = within = 0
-    for kind, vals in sorted(ttd.items()):
-        got = [v for v in vals if v is not None]
-        hits += len(got)
-        total += len(vals)
-        within += sum(1 for v in got if v <= 3.0)
-        print(f"{kind:<9} {len(vals):>6} {len(got):>8} {len(got) / len(vals):>7.2f} "
-              f"{statistics.median(got) if got else float('nan'):>12.2f} {max(got) if got else float('nan'):>9.2f} "
-              f"{sum(1 for v in got if v <= 3.0):>6}")
-    precision = tp / (tp + fp) if tp + fp else float("nan")
-    strict = tp / (tp + fp + sec) if tp + fp + sec else float("nan")
-    print(f"precision {precision:.3f} ({tp} true / {fp} false findings; strict, counting the {sec} secondary "
-          f"findings as false: {strict:.3f})   recall {hits / total:.3f} ({hits}/{total})   "
-          f"detected within 3 s: {within}/{total}")
-    for f in false[:20]:
+    for kind, n, got, recall, med, mx, within in r["rows"]:
+        print(f"{kind:<9} {n:>6} {got:>8} {recall:>7.2f} {med!s:>12} {mx!s:>9} {within:>6}")
+    for target, measured, verdict in targets(r):
+        print(f"TARGET {target}: {measured} -> {verdict}")
+    for f in r["false"][:20]:
         print("  false:", f)
 
 
