@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fault_injection
 
 
+@pytest.mark.timeout(3600)   # 5 seeds x 4 scenarios of real processes: minutes
 @pytest.mark.benchmark(group="profiler: fault injection")
 def test_fault_injection(benchmark: Any, smoke: bool) -> None:
     if smoke:

@@ -44,11 +44,13 @@ def _record(benchmark: Any, title: str, cells: list[tuple[str, int, Any]], use_l
         targets=hr.targets(title, j))
 
 
+@pytest.mark.timeout(3600)   # a full table takes minutes; the suite's 300 s limit is for tests
 @pytest.mark.benchmark(group="cache: hit ratio, synthetic traces")
 def test_hitratio_synthetic(benchmark: Any, smoke: bool) -> None:
     _record(benchmark, "synthetic" + (" (quick)" if smoke else ""), traces.synthetic(quick=smoke), not smoke)
 
 
+@pytest.mark.timeout(3600)   # a full table takes minutes; the suite's 300 s limit is for tests
 @pytest.mark.benchmark(group="cache: hit ratio, LIRS traces")
 def test_hitratio_lirs(benchmark: Any, smoke: bool) -> None:
     if smoke or not traces.lirs_names():
@@ -56,6 +58,7 @@ def test_hitratio_lirs(benchmark: Any, smoke: bool) -> None:
     _record(benchmark, "LIRS traces", traces.lirs_cells(), True)
 
 
+@pytest.mark.timeout(3600)   # a full table takes minutes; the suite's 300 s limit is for tests
 @pytest.mark.benchmark(group="cache: hit ratio, more real traces")
 def test_hitratio_more(benchmark: Any, smoke: bool) -> None:
     if smoke or not hr.MORE_DIR.is_dir():
