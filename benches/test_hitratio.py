@@ -4,10 +4,11 @@ Run:  python -m pytest benches/test_hitratio.py --benchmark-only --benchmark-jso
       python benches/report.py /tmp/hr.json ...   (with the other suites' JSON: one page, docs/benchmarks.md)
 
 Each group runs one table of ``bench_cache_hitratio.py`` (synthetic traces, the LIRS suite, the traces of
-``../shared/traces/more``) once and records, for ``benches/report.py``, the default (adaptive) per cell against the
-best of the anchors (libCacheSim's nine policies, our LRU and LFU) and Belady's optimum, and the two targets with
-MET / NOT MET. The wall time of the run is not a figure (``timing`` is false): hit ratios do not depend on the
-machine. Smoke mode (``--benchmark-disable``, as in CI) runs the quick synthetic table without libCacheSim.
+``../shared/traces/more``) once and records, for ``benches/report.py``, the default (adaptive) per cell against
+the best of the anchors (libCacheSim's nine policies, theine's W-TinyLFU, our LRU and LFU) and Belady's optimum,
+and the two targets with MET / NOT MET. The wall time of the run is not a figure (``timing`` is false): hit
+ratios do not depend on the machine. Smoke mode (``--benchmark-disable``, as in CI) runs the quick synthetic
+table without libCacheSim and theine.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def _record(benchmark: Any, title: str, cells: list[tuple[str, int, Any]], use_l
     out: dict[str, Any] = {}
 
     def run() -> None:
-        rows = [hr.run_cell(n, s, t, use_lcs, False) for n, s, t in cells]
+        rows = [hr.run_cell(n, s, t, use_lcs, use_lcs) for n, s, t in cells]   # theine with the full anchors
         out["judged"] = hr.judge([(n, s) for n, s, _ in cells], rows)
 
     benchmark.pedantic(run, rounds=1, iterations=1)
