@@ -3,8 +3,10 @@
 One ``test_key__<section>__<key>`` function per key (a guard finds them by name). Each writes the key into a JSON
 file in a temporary configuration directory, resolves it with :func:`load_config` (the path a user's files take)
 and builds the part from that configuration, then observes the key's effect on behaviour: what is evicted, what
-another process would read, what is prefetched, which backend is chosen, when one is ejected. Time comes from a
-``FakeClock`` wherever the part takes one; only the health-check loop runs on a real (short) event loop.
+another process would read, what is prefetched, which backend is chosen, when one is ejected. Each test compares
+two values of its key, so it fails if the key stopped acting (or stopped being read from the file). Time comes from
+a ``FakeClock`` wherever the part takes one, and the health-check period is observed on an event loop of virtual
+time; only the health-check timeout runs against a real (0.3 s) slow answer.
 """
 
 from __future__ import annotations
@@ -325,6 +327,14 @@ def test_key__cache__l3_directory(tmp_path: Path, ns: str) -> None:
             shutil.rmtree(directory)
 
 
+def _die_with_parent() -> None:
+    """prctl(PR_SET_PDEATHSIG, SIGTERM): the server goes away even if the test process is killed."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A redis-server of this module on a free loopback port (skips when it is not installed)."""
@@ -337,7 +347,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         port = s.getsockname()[1]
     proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly",
                              "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     client = redis.Redis(host="127.0.0.1", port=port)
     try:
         for _ in range(1000):
