@@ -383,10 +383,13 @@ def test_key__hardware__nice_min(tmp_path: Path, sleeper: subprocess.Popen[bytes
     assert applied(tmp_path, {"nice_min": 2, "nice_max": 10}, 10, sleeper.pid)[0] == 2
 
 
-def test_key__hardware__state_dir(tmp_path: Path, sleeper: subprocess.Popen[bytes]) -> None:
+def test_key__hardware__state_dir(tmp_path: Path, sleeper: subprocess.Popen[bytes],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The journal lives in state_dir: a coordinator of the same configuration (after a crash) rolls back what
     another one applied; one with another state_dir knows nothing of it."""
     from sutazai_hwopt.resources.transactions import Change
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))   # the default, should the key be ignored
 
     journal = tmp_path / "journal-here"
     journal.mkdir(mode=0o700)
@@ -440,7 +443,8 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         (conf / "cache_system.json").write_text(json.dumps({"namespace": ns, "l2_size": MiB, "l3_size": 0,
                                                              "enable_prefetch": False}))
         try:
-            run = _cli("deploy", "--config", str(conf), "--runtime-dir", str(rt), "--mode", "conservative", env=env)
+            run = _cli("deploy", "--config", str(conf), "--runtime-dir", str(rt), "--namespace", ns,
+                       "--mode", "conservative", env=env)
             assert run.returncode == 0, run.stderr
             yield {"host": host, "port": port, "logs": logs, "namespace": ns,
                    "endpoint": RuntimeDir(rt).read_endpoint()}
