@@ -16,7 +16,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -29,11 +28,13 @@ from sutazai_hwopt import BottleneckEliminator, IntelligentCacheSystem
 from sutazai_hwopt.config import SECTION_FILES, HwoptConfig, load_config
 from sutazai_hwopt.errors import ConfigError
 from sutazai_hwopt.host.runtime import RuntimeDir
-from sutazai_hwopt.profiler import PerformanceProfiler, detect_bottlenecks
+from sutazai_hwopt.profiler import PerformanceProfiler
 from sutazai_hwopt.resources import ResourcePoolCoordinator, Topology
 from sutazai_hwopt.resources.cgroups import CgroupHierarchy, CgroupLayout
 from sutazai_hwopt.resources.planning import Plan
 from sutazai_hwopt.testing import FakeClock, throwaway_namespace
+
+from .test_switches import _found, _predicted_per_access, cli
 
 MiB = 1 << 20
 #: two NUMA nodes of four single-thread cores: CPUs 0-3 on node 0, 4-7 on node 1 (plans only, never applied)
@@ -56,14 +57,6 @@ def ns() -> Iterator[str]:
 
 
 # == hardware: detection ======================================================================================
-def _found(config: HwoptConfig, metrics: dict[str, Any]) -> set[str]:
-    profiler = PerformanceProfiler(agents={}, config=config)
-    try:
-        return {b.type for b in detect_bottlenecks(metrics, {}, profiler.thresholds)}
-    finally:
-        profiler.close()
-
-
 def test_key__hardware__mode(tmp_path: Path) -> None:
     """The file's mode picks the preset: conservative reports memory stall time that aggressive tolerates."""
     stalled = {"pressure": {"memory": {"some": 9.0}}}
@@ -131,17 +124,6 @@ def test_key__hardware__shared_memory_size_mb(tmp_path: Path, ns: str) -> None:
             assert pm.stats("mine")["capacity"] == 3 * MiB
     finally:
         owned.close()
-
-
-def _predicted_per_access(cache: IntelligentCacheSystem) -> int:
-    """Keys the prefetcher predicts from one access, once it has learnt a cycle of 8 keys."""
-    keys = [f"k{i}" for i in range(8)]
-    for _ in range(5):
-        for k in keys:
-            cache.get_or_load(k, "agent_a", lambda k: k.encode())
-    before = cache.stats()["prefetch"]["predicted"]
-    cache.get("k0", "agent_a")
-    return int(cache.stats()["prefetch"]["predicted"] - before)
 
 
 def test_key__hardware__prefetch_depth(tmp_path: Path, ns: str) -> None:
@@ -415,11 +397,6 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sutazai_hwopt", *args], capture_output=True, text=True,
-                          timeout=120, env=env)
-
-
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """One daemon deployed with a configuration file naming bind_host, port, log_dir and log_level=WARNING.
@@ -443,14 +420,14 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         (conf / "cache_system.json").write_text(json.dumps({"namespace": ns, "l2_size": MiB, "l3_size": 0,
                                                              "enable_prefetch": False}))
         try:
-            run = _cli("deploy", "--config", str(conf), "--runtime-dir", str(rt), "--namespace", ns,
+            run = cli("deploy", "--config", str(conf), "--runtime-dir", str(rt), "--namespace", ns,
                        "--mode", "conservative", env=env)
             assert run.returncode == 0, run.stderr
             yield {"host": host, "port": port, "logs": logs, "namespace": ns,
                    "endpoint": RuntimeDir(rt).read_endpoint()}
         finally:
             if RuntimeDir(rt).running() is not None:
-                assert _cli("stop", "--runtime-dir", str(rt), "--purge", env=env).returncode == 0
+                assert cli("stop", "--runtime-dir", str(rt), "--purge", env=env).returncode == 0
 
 
 def test_key__hardware__bind_host(deployed: dict[str, Any]) -> None:
