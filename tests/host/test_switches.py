@@ -1,7 +1,7 @@
 """Every documented switch acts: each deploy flag and each configuration key named by the docs has an effect a
-test observes (every configuration key: `test_every_config_key_has_a_behaviour_test`). The daemon's configuration is built as the daemon builds it (:func:`config_from_args` over the
-deploy flags) and run by a real :class:`HostService` in this process; flags that only the CLI handles run the
-CLI."""
+test observes (for the keys: `test_every_config_key_has_a_behaviour_test`). The daemon's configuration is built
+as the daemon builds it (:func:`config_from_args` over the deploy flags) and run by a real :class:`HostService`
+in this process; flags that only the CLI handles run the CLI."""
 
 from __future__ import annotations
 
