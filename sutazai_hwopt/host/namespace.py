@@ -7,6 +7,10 @@ gets the same configuration, so its private L1, prefetching and codecs match; an
 namespace attaches the tiers and pools the daemon created, whatever sizes it asked for (a shared segment keeps
 the size of its creator). A process that builds its own tiers with no daemon running works as before.
 
+The daemon also publishes an L1 budget factor (:mod:`sutazai_hwopt.cache.l1_budget`, served as ``l1_budget``):
+full at deploy, lowered by the ``cache.shrink`` remedy and raised by its undo; processes that took this
+configuration scale their private L1 by it.
+
 The segments outlive the daemon: ``stop`` leaves them for the next ``deploy`` (which attaches them again) and
 ``stop --purge`` removes them.
 """
@@ -15,11 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import HwoptConfig
 from ..errors import AlreadyExistsError, HwoptError
 from ..logs import get_logger
+
+if TYPE_CHECKING:
+    from ..cache.l1_budget import BudgetWord
 
 __all__ = ["DEFAULT_POOLS", "ENABLE_ALL", "SECRET_KEYS", "NamespacePlan", "OwnedNamespace", "describe_unowned",
            "plan_for", "public_config", "served_config"]
@@ -92,7 +99,7 @@ def public_config(config: HwoptConfig) -> dict[str, dict[str, Any]]:
 def describe_unowned(config: HwoptConfig) -> dict[str, Any]:
     """``GET /api/config`` of a service that owns no namespace (driven in-process): its configuration, no tiers."""
     return {"namespace": config.cache.namespace, "config": public_config(config), "tiers": {},
-            "cache_budget": config.hardware.cache_size_mb * MiB, "pools": {}}
+            "cache_budget": config.hardware.cache_size_mb * MiB, "pools": {}, "l1_budget": None}
 
 
 class OwnedNamespace:
@@ -104,6 +111,7 @@ class OwnedNamespace:
     """
 
     def __init__(self, config: HwoptConfig) -> None:
+        from ..cache.l1_budget import BudgetWord
         from ..cache.shared_index import SharedTier
         from ..memory import MemoryPoolManager
 
@@ -111,7 +119,10 @@ class OwnedNamespace:
         self.namespace = self.plan.namespace
         self._tiers: dict[str, SharedTier] = {}
         self.memory = MemoryPoolManager(self.namespace, config=config)
+        self.l1_budget: BudgetWord | None = None
         try:
+            #: the L1 factor agents follow (cache.shrink lowers it); a new deploy starts at the full budget
+            self.l1_budget = BudgetWord.create(self.namespace)
             for level, size, entries in (("l2", self.plan.l2_size, config.cache.l2_max_entries),
                                          ("l3", self.plan.l3_size, config.cache.l3_max_entries)):
                 if size:
@@ -144,13 +155,20 @@ class OwnedNamespace:
                 pools[pool_id] = {"capacity": int(self.memory.stats(pool_id)["capacity"])}
             except HwoptError as exc:   # destroyed by someone meanwhile: say so
                 pools[pool_id] = {"error": str(exc)}
+        l1: dict[str, Any] | None = None
+        if self.l1_budget is not None:
+            state = self.l1_budget.read()
+            l1 = {**state.as_dict(), "bytes": int(self.config.cache.l1_size * state.factor)}
         return {"namespace": self.namespace, "config": public_config(self.config),
                 "tiers": {level.upper(): {"size": size} for level, size in self.tier_sizes().items()},
-                "cache_budget": self.plan.budget, "pools": pools}
+                "cache_budget": self.plan.budget, "pools": pools, "l1_budget": l1}
 
     def close(self) -> None:
         """Unmap the tiers and pools from the daemon; the segments stay."""
         for tier in self._tiers.values():
             tier.close()
         self._tiers.clear()
+        if self.l1_budget is not None:
+            self.l1_budget.close()
+            self.l1_budget = None
         self.memory.close()
