@@ -21,17 +21,14 @@ import struct
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..errors import AlreadyExistsError, CorruptionError, NotFoundError, TrustError
 from ..logs import get_logger
 from ..shm import SHM_DIR, Segment, attach_segment, close_quietly, create_segment, segment_name
 
-if TYPE_CHECKING:
-    from .system import IntelligentCacheSystem
-
-__all__ = ["MIN_FACTOR", "POLL_S", "Budget", "BudgetWord", "follow", "followed", "register", "unfollow",
-           "unregister"]
+__all__ = ["MIN_FACTOR", "POLL_S", "Budget", "BudgetWord", "Scalable", "follow", "followed", "register",
+           "unfollow", "unregister"]
 
 log = get_logger("cache")
 
@@ -46,6 +43,15 @@ _LAYOUT = struct.Struct("<8sQQdI40s")
 _SEQ_OFF = 8
 _SIZE = 4096
 _REASON_BYTES = 40
+
+
+class Scalable(Protocol):
+    """What follows a namespace's budget: an :class:`~.system.IntelligentCacheSystem` with an L1."""
+
+    namespace: str
+    _closed: bool
+
+    def scale_l1(self, factor: float, reason: str | None = None) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,7 @@ class BudgetWord:
 _lock = threading.Lock()
 _wake = threading.Condition(_lock)
 _followed: set[str] = set()
-_caches: dict[str, weakref.WeakSet[IntelligentCacheSystem]] = {}
+_caches: dict[str, weakref.WeakSet[Scalable]] = {}
 _known: dict[str, Budget] = {}
 _thread: threading.Thread | None = None
 
@@ -179,7 +185,7 @@ def followed(namespace: str) -> Budget | None:
         return _known.get(namespace, FULL) if namespace in _followed else None
 
 
-def register(cache: IntelligentCacheSystem) -> None:
+def register(cache: Scalable) -> None:
     """Called by every :class:`IntelligentCacheSystem` with an L1: it takes the known budget of its namespace
     now, and later changes from the polling thread."""
     ns = cache.namespace
@@ -192,7 +198,7 @@ def register(cache: IntelligentCacheSystem) -> None:
         cache.scale_l1(known.factor, known.reason)
 
 
-def unregister(cache: IntelligentCacheSystem) -> None:
+def unregister(cache: Scalable) -> None:
     """Called when a cache closes: it no longer follows, and the thread may end."""
     with _lock:
         got = _caches.get(cache.namespace)
@@ -200,7 +206,7 @@ def unregister(cache: IntelligentCacheSystem) -> None:
             got.discard(cache)
 
 
-def _live(ns: str) -> list[IntelligentCacheSystem]:
+def _live(ns: str) -> list[Scalable]:
     return [c for c in _caches.get(ns, ()) if not c._closed]
 
 
@@ -239,7 +245,7 @@ def _poll_loop() -> None:
             word.close()
 
 
-def _poll_one(ns: str, caches: list[IntelligentCacheSystem], words: dict[str, BudgetWord], *,
+def _poll_one(ns: str, caches: list[Scalable], words: dict[str, BudgetWord], *,
               recheck: bool) -> None:
     word = words.get(ns)
     if word is not None and recheck and word.stale():
