@@ -34,8 +34,9 @@ __all__ = ["DEFAULT_POOLS", "ENABLE_ALL", "SECRET_KEYS", "NamespacePlan", "Owned
 log = get_logger("master")
 MiB = 1024**2
 
-#: The pools the daemon creates at deploy, each of ``hardware.shared_memory_size_mb``: ``default`` is the pool
-#: of :class:`~sutazai_hwopt.memory.MemoryPoolManager`'s calls, ``shared`` that of
+#: The pools the daemon creates at deploy, each of ``hardware.shared_memory_size_mb`` and with
+#: ``cache.compression`` as the codec of puts that name none: ``default`` is the pool of
+#: :class:`~sutazai_hwopt.memory.MemoryPoolManager`'s calls, ``shared`` that of
 #: :meth:`~sutazai_hwopt.master.HardwareOptimizationMaster.allocate_memory`.
 DEFAULT_POOLS = ("default", "shared")
 
@@ -131,10 +132,12 @@ class OwnedNamespace:
                         log.warning("%s tier of namespace %s already exists with %d bytes (asked %d); "
                                     "`stop --purge` then `deploy` to resize it", level, self.namespace,
                                     tier.size, size)
+            codec = config.cache.compression   # the default codec of puts into the daemon's pools, every process
             for pool_id, size in self.plan.pools.items():
                 try:
-                    self.memory.create_pool(pool_id, size)
+                    self.memory.create_pool(pool_id, size, compression=codec)
                 except AlreadyExistsError:
+                    self.memory.set_default_compression(pool_id, codec)
                     log.info("pool %s of namespace %s kept from an earlier deploy", pool_id, self.namespace)
         except BaseException:
             self.close()
