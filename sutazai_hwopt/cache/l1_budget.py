@@ -157,6 +157,19 @@ _known: dict[str, Budget] = {}
 _thread: threading.Thread | None = None
 
 
+def _after_fork_in_child() -> None:
+    """A forked child has no polling thread, and the lock may have been held by it at the fork: start afresh
+    (the child's caches are the parent's copies and keep following; the next register or follow restarts the
+    thread)."""
+    global _lock, _wake, _thread
+    _lock = threading.Lock()
+    _wake = threading.Condition(_lock)
+    _thread = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def follow(namespace: str) -> None:
     """Let the daemon's L1 factor for ``namespace`` scale every L1 of that namespace in this process.
 

@@ -4,25 +4,22 @@ explicit ``compression=`` still wins, and ``"none"`` stays possible."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from sutazai_hwopt.config import HwoptConfig
 from sutazai_hwopt.errors import InvalidArgumentError
-from sutazai_hwopt.host.daemon import add_daemon_arguments, config_from_args
-from sutazai_hwopt.host.segments import purge
 from sutazai_hwopt.host.service import HostService
 from sutazai_hwopt.memory import MemoryPoolManager
 from sutazai_hwopt.testing import throwaway_namespace
 
+from .test_switches import daemon, daemon_config  # the daemon as those tests run it, from deploy flags
+
 MiB = 1 << 20
-PAYLOAD = b"compressible line of text\n" * 40000      # ~1 MiB
+PAYLOAD = b"compressible line of text\n" * 20000      # ~0.5 MiB
 
 
 @pytest.fixture
@@ -33,30 +30,10 @@ def ns() -> Iterator[str]:
 
 @pytest.fixture
 def conf(tmp_path: Path, ns: str) -> Path:
-    """Files that turn compression off, so the flag is what turns it on."""
-    d = tmp_path / "conf"
-    d.mkdir()
-    (d / "cache_system.json").write_text(json.dumps({"namespace": ns, "l2_size": 2 * MiB, "l3_size": 0,
-                                                     "compression": "none", "enable_prefetch": False}))
-    (d / "hardware_optimization.json").write_text(json.dumps({"shared_memory_size_mb": 4, "cache_size_mb": 64}))
-    return d
-
-
-def daemon_config(conf: Path, *flags: str) -> HwoptConfig:
-    parser = argparse.ArgumentParser()
-    add_daemon_arguments(parser)
-    return config_from_args(parser.parse_args(["--config", str(conf), *flags]))
-
-
-@contextmanager
-def daemon(config: HwoptConfig, tmp_path: Path) -> Iterator[HwoptConfig]:
-    """A host service owning its namespace; yields the configuration it serves. Purged afterwards."""
-    svc = HostService(config, state_dir=str(tmp_path / f"journal{time.monotonic_ns()}"))
-    try:
-        yield HwoptConfig.from_dict(svc.own_namespace()["config"])
-    finally:
-        svc.close()
-        purge(config.cache.namespace, force=True)
+    """Files with compression off (the flag turns it on) and 1 MiB pools."""
+    (tmp_path / "cache_system.json").write_text(json.dumps({"namespace": ns, "compression": "none"}))
+    (tmp_path / "hardware_optimization.json").write_text(json.dumps({"shared_memory_size_mb": 1}))
+    return tmp_path
 
 
 def stored(served: HwoptConfig, compression: str | None = None) -> tuple[int, int]:
@@ -71,11 +48,11 @@ def stored(served: HwoptConfig, compression: str | None = None) -> tuple[int, in
 
 
 def test_enable_compression_compresses_puts_into_the_daemons_pools(conf: Path, tmp_path: Path) -> None:
-    with daemon(daemon_config(conf), tmp_path) as served:
+    with daemon(daemon_config(conf), tmp_path) as (_svc, served):
         assert stored(served) == (len(PAYLOAD), len(PAYLOAD))                 # the files said "none"
         small, logical = stored(served, "lz4")                                # a put may still ask for it
         assert logical == len(PAYLOAD) and small < len(PAYLOAD) // 10
-    with daemon(daemon_config(conf, "--enable-compression"), tmp_path) as served:
+    with daemon(daemon_config(conf, "--enable-compression"), tmp_path) as (_svc, served):
         small, logical = stored(served)
         assert logical == len(PAYLOAD) and small < len(PAYLOAD) // 10        # same payload, a tenth of the bytes
         assert stored(served, "none") == (len(PAYLOAD), len(PAYLOAD))         # an explicit codec wins
@@ -90,7 +67,7 @@ def test_a_redeploy_sets_the_codec_of_the_pools_it_keeps(conf: Path, tmp_path: P
         svc.own_namespace()
     finally:
         svc.close()                                                           # the pools stay for a restart
-    with daemon(daemon_config(conf), tmp_path) as served:                     # deployed again without the flag
+    with daemon(daemon_config(conf), tmp_path) as (_svc, served):             # deployed again without the flag
         assert stored(served) == (len(PAYLOAD), len(PAYLOAD))
         with MemoryPoolManager(ns) as pm:
             assert pm.stats("default")["default_compression"] == "none"
