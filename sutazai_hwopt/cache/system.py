@@ -102,6 +102,10 @@ class IntelligentCacheSystem:
         # L2 and L3 are also used for what only they do (epochs, host-wide loads, checks); every level is
         # read and written through the Tier protocol.
         self._l1: Cache | None = None
+        #: L1's byte budget now: ``l1_size`` scaled by the host service's factor (:mod:`.l1_budget`)
+        self._l1_budget = cfg.l1_size
+        self._l1_scale: tuple[float, str | None] = (1.0, None)
+        self._l1_trimmed = 0    # entries dropped to fit a lowered budget (the engine counts them as no eviction)
         self._l2: SharedTier | None = None
         self._l3: L3Tier | None = None
         self._remote: RemoteTier | None = None
@@ -155,6 +159,9 @@ class IntelligentCacheSystem:
         if self._l1 is not None:
             # The compiled L1-hit path, bound over the class's get (which it falls back to for the rest).
             self.get = self._front.get  # type: ignore[method-assign]
+            from .l1_budget import register
+
+            register(self)   # a namespace whose daemon config this process took: follow its L1 factor
 
     # ---- lifecycle --------------------------------------------------------------------------------------------
     def __enter__(self) -> IntelligentCacheSystem:
@@ -169,6 +176,10 @@ class IntelligentCacheSystem:
         Later calls raise StateError. Zero-copy views handed out stay valid until they are released.
         """
         self._closed = True
+        if getattr(self, "_l1", None) is not None:
+            from .l1_budget import unregister
+
+            unregister(self)
         front = getattr(self, "_front", None)
         if front is not None:
             front.closed = True     # a bound front.get kept by a caller now raises StateError too
@@ -235,14 +246,43 @@ class IntelligentCacheSystem:
         if self._l1 is None:
             return
         size = value_size(value)
-        if size > self.config.l1_size:
+        if size > self._l1_budget:   # the configured budget, or less while the host service shrinks L1
             if self._l2 is None and self._l3 is None and self._remote is None:
-                raise WeightError(f"value of about {size} bytes is larger than the L1 budget "
-                                  f"({self.config.l1_size} bytes) and no shared level is enabled")
-            self._l1.pop(kb, None)
-            return
+                if size > self.config.l1_size:
+                    raise WeightError(f"value of about {size} bytes is larger than the L1 budget "
+                                      f"({self.config.l1_size} bytes) and no shared level is enabled")
+            else:
+                self._l1.pop(kb, None)
+                return
         epoch = self._l2.index.epoch(h) if self._l2 is not None else 0
         self._l1.put(kb, (value, epoch), priority=priority)
+        if self._l1_budget < self.config.l1_size:
+            self._trim_l1()
+
+    def _trim_l1(self) -> int:
+        """Evict L1 entries in the policy's order until L1 fits its current budget; returns how many."""
+        l1, n = self._l1, 0
+        while l1 is not None and l1.current_weight > self._l1_budget:
+            try:
+                l1.popitem()
+            except KeyError:
+                break
+            n += 1
+        self._l1_trimmed += n
+        return n
+
+    def scale_l1(self, factor: float, reason: str | None = None) -> dict[str, Any]:
+        """Set L1's byte budget to ``factor`` x ``l1_size`` (``0 < factor <= 1``) and evict down to it now.
+
+        The host service's ``cache.shrink`` remedy does it in every process that follows its namespace
+        (:mod:`.l1_budget`); ``scale_l1(1.0)`` restores the configured budget. ``stats()["levels"]["L1"]``
+        shows the budget, the factor and ``reason``. Returns ``{"budget", "evicted"}``.
+        """
+        if not 0.0 < factor <= 1.0:
+            raise InvalidArgumentError(f"factor must be in (0, 1], got {factor!r}")
+        self._l1_scale = (float(factor), None if factor == 1.0 else reason)
+        self._l1_budget = max(1, int(self.config.l1_size * factor))
+        return {"budget": self._l1_budget, "evicted": self._trim_l1()}
 
     def get(self, key: str | bytes | int, agent_id: str = "default", default: Any = None) -> tuple[Any, str | None]:
         """Return ``(value, level)``: level is ``"L1"``, ``"L2"``, ``"L3"``, ``"remote"``, or None on a miss
@@ -320,8 +360,10 @@ class IntelligentCacheSystem:
         return None, None
 
     def _l1_store(self, kb: bytes, value: Any, epoch: int, prio: int) -> None:
-        if self._l1 is not None and value_size(value) <= self.config.l1_size:
+        if self._l1 is not None and value_size(value) <= self._l1_budget:
             self._l1.put(kb, (value, epoch), priority=prio)
+            if self._l1_budget < self.config.l1_size:
+                self._trim_l1()
 
     def contains(self, key: str | bytes | int) -> bool:
         """True when some level holds ``key`` (no statistics, no promotion)."""
@@ -512,8 +554,11 @@ class IntelligentCacheSystem:
         levels: dict[str, Any] = {}
         if self._l1 is not None:
             s = self._l1.stats()
-            levels["L1"] = {"entries": s.currsize, "bytes": s.current_weight, "budget": self.config.l1_size,
-                            "evictions": s.evictions}
+            factor, reason = self._l1_scale
+            levels["L1"] = {"entries": s.currsize, "bytes": s.current_weight, "budget": self._l1_budget,
+                            "evictions": s.evictions, "configured_budget": self.config.l1_size,
+                            "budget_factor": factor, "budget_reason": reason,
+                            "budget_evictions": self._l1_trimmed}
         if self._l2 is not None:
             levels["L2"] = {**self._l2.index.stats(), "budget": self._l2.size}
         if self._l3 is not None:

@@ -11,8 +11,10 @@ hook                risk  what it does (undo)
 pool.collect_dead   low   references of dead agents and expired grants in every pool of the namespace, and the
                           cache pins of dead processes in L2/L3; freed pages go back to the kernel (nothing to
                           undo: their owners are gone)
-cache.shrink        low   evicts ``cache_shrink_fraction`` of the shared L2/L3 entries and returns the freed
-                          pages to the kernel (nothing to restore: a cache reloads on demand)
+cache.shrink        low   lowers the L1 budget factor the daemon publishes (x ``1 - cache_shrink_fraction``:
+                          every connected agent evicts its L1 down to it), then evicts ``cache_shrink_fraction``
+                          of the shared L2/L3 entries and returns the freed pages to the kernel (undo: the L1
+                          factor goes back up; evicted entries reload on demand)
 balancer.shed       med.  adds phantom outstanding requests to the backend in the host-wide balancer table, so
                           every process's load-aware algorithm sends it less (undo: removes them)
 balancer.drain      high  publishes an ejection of ``drain_s`` in the table: every process stops sending to it
@@ -99,6 +101,12 @@ class MemoryRemedies:
         self.namespace = namespace
         self.shrink_fraction = shrink_fraction
         self._tiers: dict[str, Any] = {}
+        self._l1_word: Any = None
+        #: the L1 shrinks in force (token -> multiplier): the published factor is their product, so undoing
+        #: one in any order leaves exactly the others
+        self._l1_shrinks: dict[int, float] = {}
+        self._l1_reasons: dict[int, str] = {}
+        self._l1_tokens = 0
 
     def hooks(self) -> Mapping[str, Callable[..., HookResult]]:
         return {"pool.collect_dead": self.collect_dead, "cache.shrink": self.shrink_cache}
@@ -130,20 +138,74 @@ class MemoryRemedies:
             got = s.do(self.collect, None)
         return HookResult(any(got.values()), _nothing_to_undo("reclaiming dead agents' memory"), got)
 
-    def shrink_cache(self, fraction: float | None = None, **_: Any) -> HookResult:
-        """The ``cache.shrink`` remedy (low risk): evict a share of L2's and L3's entries."""
+    def l1_word(self) -> Any:
+        """The namespace's L1 budget word (:mod:`~sutazai_hwopt.cache.l1_budget`), or None when no daemon
+        owns the namespace (then no agent follows one, and ``cache.shrink`` acts on the shared tiers only)."""
+        if self._l1_word is None:
+            from ..cache.l1_budget import BudgetWord
+
+            try:
+                self._l1_word = BudgetWord.attach(self.namespace)
+            except NotFoundError:
+                return None
+        return self._l1_word
+
+    def _publish_l1(self) -> dict[str, Any]:
+        word = self.l1_word()
+        factor = 1.0
+        for m in self._l1_shrinks.values():
+            factor *= m
+        reason = "; ".join(dict.fromkeys(self._l1_reasons.values())) or None
+        return dict(word.write(factor, reason).as_dict())
+
+    def _shrink_l1(self, frac: float, why: str) -> int | None:
+        """Lower the published L1 factor by ``1 - frac``; returns the token its undo takes (None: no word)."""
+        if self.l1_word() is None:
+            return None
+        self._l1_tokens += 1
+        token = self._l1_tokens
+        self._l1_shrinks[token] = 1.0 - frac
+        self._l1_reasons[token] = why
+        self._publish_l1()
+        return token
+
+    def _restore_l1(self, token: int | None) -> None:
+        if token is None or self._l1_shrinks.pop(token, None) is None:
+            return
+        self._l1_reasons.pop(token, None)
+        state = self._publish_l1()
+        log.info("L1 budget factor back to %.3g", state["factor"])
+
+    def shrink_cache(self, fraction: float | None = None, bottleneck_type: str | None = None,
+                     **_: Any) -> HookResult:
+        """The ``cache.shrink`` remedy (low risk): lower the agents' L1 budget factor (undone by the
+        result's undo), then evict a share of L2's and L3's entries (they reload on demand)."""
         frac = self.shrink_fraction if fraction is None else float(fraction)
+        if not 0.0 < frac < 1.0:
+            raise InvalidArgumentError(f"fraction must be in (0, 1), got {frac!r}")
         evicted: dict[str, int] = {}
         released = 0
-        for level, tier in self.tiers().items():
-            n = int(len(tier.index) * frac)
-            if n > 0:
-                evicted[level] = int(tier.index.evict(n))
-                released += int(tier.heap.trim())
-        return HookResult(any(evicted.values()), _nothing_to_undo("evicting cache entries (they reload on demand)"),
-                          {"evicted": evicted, "released_bytes": released})
+        with Steps() as s:
+            why = f"cache.shrink ({bottleneck_type})" if bottleneck_type else "cache.shrink"
+            token = s.do(lambda: self._shrink_l1(frac, why), self._restore_l1)
+            for level, tier in self.tiers().items():
+                n = int(len(tier.index) * frac)
+                if n > 0:
+                    evicted[level] = int(tier.index.evict(n))
+                    released += int(tier.heap.trim())
+            l1 = self.l1_word().read().as_dict() if token is not None else None
+            return s.result(token is not None or any(evicted.values()), evicted=evicted, released_bytes=released,
+                            l1_budget=l1)
 
     def close(self) -> None:
+        """Detach; L1 shrinks still in force are withdrawn (agents get their configured budget back)."""
+        if self._l1_shrinks and self._l1_word is not None:
+            self._l1_shrinks.clear()
+            self._l1_reasons.clear()
+            self._publish_l1()
+        if self._l1_word is not None:
+            self._l1_word.close()
+            self._l1_word = None
         for tier in self._tiers.values():
             tier.close()
         self._tiers.clear()

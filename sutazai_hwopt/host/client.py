@@ -72,7 +72,9 @@ class HostClient:
         data = self.get("/api/config")
         if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
             raise HwoptError(f"GET /api/config at {self.url}: unexpected answer {data!r:.200}")
-        return HwoptConfig.from_dict(data["config"])
+        config = HwoptConfig.from_dict(data["config"])
+        _follow_l1_budget(data)
+        return config
 
     def eliminate(self, bottleneck_id: str, *, wait_s: float = 120.0, poll_s: float = 0.5) -> dict[str, Any]:
         """Ask the host service to eliminate one bottleneck and wait for its job (at most ``wait_s``).
@@ -89,6 +91,16 @@ class HostClient:
         return job
 
 
+def _follow_l1_budget(served: dict[str, Any]) -> None:
+    """This process took the daemon's configuration: let the daemon's L1 factor scale its caches' L1 too
+    (:mod:`sutazai_hwopt.cache.l1_budget`; a daemon that owns no namespace publishes none)."""
+    namespace = served.get("namespace")
+    if isinstance(namespace, str) and served.get("l1_budget") is not None:
+        from ..cache.l1_budget import follow
+
+        follow(namespace)
+
+
 def connect(agent_id: str, requirements: dict[str, Any] | None = None, *, pid: int | None = None,
             runtime_dir: str | os.PathLike[str] | None = None, limit_threads: bool = True) -> dict[str, Any]:
     """Register this process (or ``pid``) with the host service in one call.
@@ -98,6 +110,8 @@ def connect(agent_id: str, requirements: dict[str, Any] | None = None, *, pid: i
     :class:`~sutazai_hwopt.config.HwoptConfig` to build this agent's cache and pools from). With
     ``limit_threads`` (and no other ``pid``) this process's BLAS/OpenMP thread pools are kept at the size of
     the CPUs it is placed on, and their sizes are reported to the host service (:mod:`.agent_threads`).
+    The caches of the namespace this process builds follow the daemon's L1 budget factor (``cache.shrink``;
+    :mod:`sutazai_hwopt.cache.l1_budget`).
 
     Raises:
         StateError: no host service runs. AccessDeniedError: the token file is missing or wrong.
@@ -106,7 +120,9 @@ def connect(agent_id: str, requirements: dict[str, Any] | None = None, *, pid: i
     client = HostClient(runtime_dir)
     result: dict[str, Any] = client.post("/api/agents", {"agent_id": agent_id, "pid": pid or os.getpid(),
                                                          "requirements": requirements or {}})
-    result["config"] = client.get("/api/config")["config"]
+    served = client.get("/api/config")
+    result["config"] = served["config"]
+    _follow_l1_budget(served)
     if limit_threads and (pid is None or pid == os.getpid()):
         from .agent_threads import govern_threads
 
@@ -120,7 +136,9 @@ def fleet_config(runtime_dir: str | os.PathLike[str] | None = None) -> HwoptConf
     Build this process's parts from it and they match the fleet: ``IntelligentCacheSystem(cfg)`` gets the
     daemon's L1 size, prefetching and codec and attaches the tiers it created; ``MemoryPoolManager(
     cfg.cache.namespace, config=cfg)`` its pools. Only reads: no token is needed. ``cache.redis_hmac_key`` is
-    never served (null): a process that uses Redis keeps its own key.
+    never served (null): a process that uses Redis keeps its own key. From then on the L1 of every cache of
+    the namespace in this process follows the daemon's L1 budget factor, which its ``cache.shrink`` remedy
+    lowers and its undo restores (:mod:`sutazai_hwopt.cache.l1_budget`).
 
     Raises:
         StateError: no host service runs (then build the configuration yourself, as without a daemon).

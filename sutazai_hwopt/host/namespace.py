@@ -7,6 +7,10 @@ gets the same configuration, so its private L1, prefetching and codecs match; an
 namespace attaches the tiers and pools the daemon created, whatever sizes it asked for (a shared segment keeps
 the size of its creator). A process that builds its own tiers with no daemon running works as before.
 
+The daemon also publishes an L1 budget factor (:mod:`sutazai_hwopt.cache.l1_budget`, served as ``l1_budget``):
+full at deploy, lowered by the ``cache.shrink`` remedy and raised by its undo; processes that took this
+configuration scale their private L1 by it.
+
 The segments outlive the daemon: ``stop`` leaves them for the next ``deploy`` (which attaches them again) and
 ``stop --purge`` removes them.
 """
@@ -15,11 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import HwoptConfig
 from ..errors import AlreadyExistsError, HwoptError
 from ..logs import get_logger
+
+if TYPE_CHECKING:
+    from ..cache.l1_budget import BudgetWord
 
 __all__ = ["DEFAULT_POOLS", "ENABLE_ALL", "SECRET_KEYS", "NamespacePlan", "OwnedNamespace", "describe_unowned",
            "plan_for", "public_config", "served_config"]
@@ -27,8 +34,9 @@ __all__ = ["DEFAULT_POOLS", "ENABLE_ALL", "SECRET_KEYS", "NamespacePlan", "Owned
 log = get_logger("master")
 MiB = 1024**2
 
-#: The pools the daemon creates at deploy, each of ``hardware.shared_memory_size_mb``: ``default`` is the pool
-#: of :class:`~sutazai_hwopt.memory.MemoryPoolManager`'s calls, ``shared`` that of
+#: The pools the daemon creates at deploy, each of ``hardware.shared_memory_size_mb`` and with
+#: ``cache.compression`` as the codec of puts that name none: ``default`` is the pool of
+#: :class:`~sutazai_hwopt.memory.MemoryPoolManager`'s calls, ``shared`` that of
 #: :meth:`~sutazai_hwopt.master.HardwareOptimizationMaster.allocate_memory`.
 DEFAULT_POOLS = ("default", "shared")
 
@@ -92,7 +100,7 @@ def public_config(config: HwoptConfig) -> dict[str, dict[str, Any]]:
 def describe_unowned(config: HwoptConfig) -> dict[str, Any]:
     """``GET /api/config`` of a service that owns no namespace (driven in-process): its configuration, no tiers."""
     return {"namespace": config.cache.namespace, "config": public_config(config), "tiers": {},
-            "cache_budget": config.hardware.cache_size_mb * MiB, "pools": {}}
+            "cache_budget": config.hardware.cache_size_mb * MiB, "pools": {}, "l1_budget": None}
 
 
 class OwnedNamespace:
@@ -104,6 +112,7 @@ class OwnedNamespace:
     """
 
     def __init__(self, config: HwoptConfig) -> None:
+        from ..cache.l1_budget import BudgetWord
         from ..cache.shared_index import SharedTier
         from ..memory import MemoryPoolManager
 
@@ -111,7 +120,10 @@ class OwnedNamespace:
         self.namespace = self.plan.namespace
         self._tiers: dict[str, SharedTier] = {}
         self.memory = MemoryPoolManager(self.namespace, config=config)
+        self.l1_budget: BudgetWord | None = None
         try:
+            #: the L1 factor agents follow (cache.shrink lowers it); a new deploy starts at the full budget
+            self.l1_budget = BudgetWord.create(self.namespace)
             for level, size, entries in (("l2", self.plan.l2_size, config.cache.l2_max_entries),
                                          ("l3", self.plan.l3_size, config.cache.l3_max_entries)):
                 if size:
@@ -120,10 +132,12 @@ class OwnedNamespace:
                         log.warning("%s tier of namespace %s already exists with %d bytes (asked %d); "
                                     "`stop --purge` then `deploy` to resize it", level, self.namespace,
                                     tier.size, size)
+            codec = config.cache.compression   # the default codec of puts into the daemon's pools, every process
             for pool_id, size in self.plan.pools.items():
                 try:
-                    self.memory.create_pool(pool_id, size)
+                    self.memory.create_pool(pool_id, size, compression=codec)
                 except AlreadyExistsError:
+                    self.memory.set_default_compression(pool_id, codec)
                     log.info("pool %s of namespace %s kept from an earlier deploy", pool_id, self.namespace)
         except BaseException:
             self.close()
@@ -144,13 +158,20 @@ class OwnedNamespace:
                 pools[pool_id] = {"capacity": int(self.memory.stats(pool_id)["capacity"])}
             except HwoptError as exc:   # destroyed by someone meanwhile: say so
                 pools[pool_id] = {"error": str(exc)}
+        l1: dict[str, Any] | None = None
+        if self.l1_budget is not None:
+            state = self.l1_budget.read()
+            l1 = {**state.as_dict(), "bytes": int(self.config.cache.l1_size * state.factor)}
         return {"namespace": self.namespace, "config": public_config(self.config),
                 "tiers": {level.upper(): {"size": size} for level, size in self.tier_sizes().items()},
-                "cache_budget": self.plan.budget, "pools": pools}
+                "cache_budget": self.plan.budget, "pools": pools, "l1_budget": l1}
 
     def close(self) -> None:
         """Unmap the tiers and pools from the daemon; the segments stay."""
         for tier in self._tiers.values():
             tier.close()
         self._tiers.clear()
+        if self.l1_budget is not None:
+            self.l1_budget.close()
+            self.l1_budget = None
         self.memory.close()

@@ -50,7 +50,7 @@ from ..shm import (
     validate_name,
 )
 from .access import check_agent, check_int, parse_block_id, resolve_error
-from .compression import CODEC_NAMES, decode_into, encode
+from .compression import CODEC_NAMES, codec_id, decode_into, encode
 from .dedup import FUSED_MIN, compare_or_digest, digest, head_key
 from .dedup import split as split_digest
 from .pool import AttachedPool as _Pool
@@ -145,7 +145,7 @@ class MemoryPoolManager:
             self._pools.clear()
 
     def create_pool(self, pool_id: str, size: int | None = None, *, max_size: int | None = None,
-                    max_blocks: int | None = None, max_agents: int = 1024) -> str:
+                    max_blocks: int | None = None, max_agents: int = 1024, compression: str | None = None) -> str:
         """Create a pool of ``size`` heap bytes (default: ``shared_memory_size_mb`` of the config).
 
         Args:
@@ -155,6 +155,9 @@ class MemoryPoolManager:
                 (default: no growth).
             max_blocks: capacity of the block table (default: one block per 16 KiB, 1024..1M).
             max_agents: how many distinct agent ids may use the pool.
+            compression: the pool's default codec (``"lz4"``, ``"zlib"``; None or ``"none"``: raw) for puts, in
+                any process, that name none (:meth:`set_default_compression`); the host service creates its
+                pools with ``cache.compression``.
 
         Raises:
             AlreadyExistsError: the pool exists. InvalidArgumentError: bad id or size.
@@ -171,6 +174,7 @@ class MemoryPoolManager:
             max_blocks = min(max(size // 16384, 1024), 1 << 20)
         check_int("max_blocks", max_blocks, 1, 1 << 24)
         check_int("max_agents", max_agents, 1, 1 << 16)
+        codec = codec_id(compression)
         sizes = table_sizes(max_blocks, max_agents)
         meta = _round_up(meta_bytes(sizes), 4096)
         total = _round_up(pool_alloc.header_bytes_for(size) + meta + size, 4096)
@@ -183,6 +187,7 @@ class MemoryPoolManager:
             heap = pool_alloc.SegmentHeap(buf)
             tables = Tables(buf, heap.meta_offset, heap.meta_size, sizes,
                             growth=(max_size, size if max_size > heap.heap_size else 0))
+            tables.set_default_codec(codec)
         except BaseException:
             close_quietly(shm)
             unlink_segment(name)
@@ -193,6 +198,16 @@ class MemoryPoolManager:
         log.info("created pool %s (%d bytes heap, %d blocks) in namespace %s", pool_id, heap.heap_size,
                  max_blocks, self.namespace)
         return pool_id
+
+    def set_default_compression(self, pool_id: str, compression: str | None) -> str:
+        """Set the codec of the pool's puts that name none, for every process (stored in the pool); returns
+        the previous one's name. Blocks already stored keep theirs."""
+        codec = codec_id(compression)
+        pool = self._pool(pool_id)
+        with pool.heap:
+            before = pool.t.default_codec
+            pool.t.set_default_codec(codec)
+        return CODEC_NAMES[before]
 
     def pools(self) -> list[str]:
         """Ids of the namespace's pools (every process's, from ``/dev/shm``)."""
@@ -504,9 +519,13 @@ class MemoryPoolManager:
         """Allocate, copy ``data`` (any contiguous buffer), seal; returns the block id.
 
         Args:
-            compression: None, ``"lz4"`` or ``"zlib"``; skipped when a sample shows it would not pay.
+            compression: ``"lz4"``, ``"zlib"`` or ``"none"``; None: the pool's default (raw unless the pool was
+                created with one, as the host service's pools are: ``cache.compression``). Skipped when a sample
+                shows it would not pay. A compressed block is read with :meth:`read`, not ``get_array``.
         """
         check_agent(agent_id)
+        if compression is None:
+            compression = CODEC_NAMES[self._pool(pool_id).t.default_codec]
         try:
             mv = memoryview(data).cast("B")
         except TypeError:

@@ -33,6 +33,7 @@ from .._native.pool_table import (
     TableCore,
 )
 from ..errors import CorruptionError, IncompatibleLayoutError
+from .compression import CODEC_NAMES
 
 __all__ = ["AGENT_DTYPE", "ALIAS", "BLOCK_DTYPE", "FREE", "F_DEDUP", "F_INDEXED", "F_NS_READ", "HEADER_DTYPE",
            "META_MAGIC", "META_VERSION", "SEALED", "SLOT_DTYPE", "STATE_NAMES", "WRITING", "Tables", "meta_bytes",
@@ -221,6 +222,16 @@ class Tables:
         self.hdr["n_ext"] = n
 
     @property
+    def default_codec(self) -> int:
+        """The codec id of puts that name none (``put_bytes(compression=None)``); 0 = raw. It lives in the
+        tables header's spare word (``meta_hdr_t.pad``), zero in pools made before it existed: raw, as then."""
+        codec = int(self.hdr["pad"][0])
+        return codec if codec in CODEC_NAMES else 0
+
+    def set_default_codec(self, codec: int) -> None:
+        self.hdr["pad"] = codec
+
+    @property
     def growth(self) -> tuple[int, int]:
         """(total heap bytes the pool may reach, heap bytes per extension segment; 0 = no growth)."""
         return int(self.hdr["max_heap"][0]), int(self.hdr["ext_size"][0])
@@ -316,7 +327,7 @@ class Tables:
         return {"blocks": len(phys), "ids": len(ids), "logical_bytes": logical, "physical_bytes": physical,
                 "stored_bytes": stored, "dedup_ratio": logical / physical if physical else 1.0,
                 "compression_ratio": physical / stored if stored else 1.0, "blocks_per_agent": per_agent,
-                "block_table_capacity": len(st)}
+                "block_table_capacity": len(st), "default_compression": CODEC_NAMES[self.default_codec]}
 
     # ---- invariants -----------------------------------------------------------------------------------------
     def check(self, allocations: np.ndarray) -> None:

@@ -65,7 +65,7 @@ def test_service_owns_tiers_and_pools_and_serves_them(ns: str, tmp_path: Path) -
     try:
         svc.own_namespace()
         assert sorted(list_segment_names(ns)) == sorted(
-            [f"sutazai_hwopt.u{os.geteuid()}.{ns}.cache.l2", f"sutazai_hwopt.u{os.geteuid()}.{ns}.cache.l3"]
+            [f"sutazai_hwopt.u{os.geteuid()}.{ns}.cache.{c}" for c in ("l1budget", "l2", "l3")]
             + [f"sutazai_hwopt.u{os.geteuid()}.{ns}.pool.{p}" for p in DEFAULT_POOLS])
         with TestClient(create_app(svc, token="secret")) as http:
             answer = http.get("/api/config")         # reads need no token
@@ -95,7 +95,7 @@ def test_service_owns_tiers_and_pools_and_serves_them(ns: str, tmp_path: Path) -
             assert pm.stats("shared")["capacity"] == 2 * MiB
     finally:
         svc.close()
-    assert len(list_segment_names(ns)) == 5            # stop leaves the data (tiers, pools, the balancers' table)
+    assert len(list_segment_names(ns)) == 6   # stop leaves the data (tiers, L1 budget, pools, the balancers' table)
     again = HostService(load_config(mode="balanced", overrides=small(ns, l2_size=8 * MiB)),
                         state_dir=str(tmp_path / "j2"))
     try:
@@ -106,7 +106,7 @@ def test_service_owns_tiers_and_pools_and_serves_them(ns: str, tmp_path: Path) -
     finally:
         again.close()
     removed, busy = purge(ns)
-    assert len(removed) == 5 and not busy and list_segment_names(ns) == []
+    assert len(removed) == 6 and not busy and list_segment_names(ns) == []
 
 
 def test_without_a_daemon_a_process_builds_its_own_tiers(ns: str, tmp_path: Path) -> None:
@@ -163,7 +163,7 @@ def test_deploy_connect_status_stop_and_purge(runtime_dir: Path, daemon_ns: str,
     assert status.returncode == 0, status.stderr
     assert daemon_ns in status.stdout and "L2 3.0 MiB" in status.stdout and "default 2.0 MiB" in status.stdout
     assert cli("stop").returncode == 0
-    assert len(list_segment_names(daemon_ns)) == 4                 # kept for the next deploy
+    assert len(list_segment_names(daemon_ns)) == 5   # kept for the next deploy (tiers, L1 budget, pools)
     assert cli("deploy", "--config", str(conf), "--namespace", daemon_ns).returncode == 0
     assert HostClient(runtime_dir).get("/api/config")["pools"]["default"] == {"capacity": 2 * MiB}
     holder = subprocess.Popen(
@@ -175,7 +175,7 @@ def test_deploy_connect_status_stop_and_purge(runtime_dir: Path, daemon_ns: str,
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
         busy = cli("stop", "--purge")                                # purges the namespace the daemon owned
         assert busy.returncode == 5 and daemon_ns in busy.stderr, busy.stderr
-        assert len(list_segment_names(daemon_ns)) == 4
+        assert len(list_segment_names(daemon_ns)) == 5
         out, _ = holder.communicate("go\n", timeout=60)
         assert holder.returncode == 0 and "still valid" in out
     finally:
@@ -183,15 +183,15 @@ def test_deploy_connect_status_stop_and_purge(runtime_dir: Path, daemon_ns: str,
             holder.kill()
             holder.wait()
     purged = cli("clean", "--namespace", daemon_ns)
-    assert purged.returncode == 0 and "removed 4 segments" in purged.stdout, purged.stdout
+    assert purged.returncode == 0 and "removed 5 segments" in purged.stdout, purged.stdout
     assert list_segment_names(daemon_ns) == []
 
 
 def test_stop_purge_removes_the_daemons_namespace(runtime_dir: Path, daemon_ns: str) -> None:
     """`stop --purge` with no --namespace removes the namespace the daemon owned, not the configured default."""
     assert cli("deploy", "--namespace", daemon_ns, "--l2-size", str(2 * MiB), "--pool-size", "1").returncode == 0
-    assert len(list_segment_names(daemon_ns)) == 4
+    assert len(list_segment_names(daemon_ns)) == 5          # L1 budget, L2, L3, two pools
     stop = cli("stop", "--purge")
     assert stop.returncode == 0, stop.stderr
-    assert f"namespace {daemon_ns}: removed 4 segments" in stop.stdout
+    assert f"namespace {daemon_ns}: removed 5 segments" in stop.stdout
     assert list_segment_names(daemon_ns) == []
