@@ -573,13 +573,16 @@ class MemoryPoolManager:
 
     def put_array(self, agent_id: str, array: Any, pool_id: str = "default", enable_dedup: bool = True,
                   compression: str | None = None) -> str:
-        """Store a numpy array's bytes (C order); numeric arrays are byte-shuffled before compression."""
+        """Store a numpy array's bytes (C order); numeric arrays are byte-shuffled before compression.
+
+        ``compression=None`` stores the array raw whatever the pool's default codec: an array is stored to be
+        viewed zero-copy (:meth:`get_array`), which a compressed block cannot be. Name a codec to compress it."""
         arr = np.ascontiguousarray(array)
         if arr.dtype.hasobject:
             raise InvalidArgumentError(f"array of dtype {arr.dtype} holds Python objects; only plain data fits")
         itemsize = arr.dtype.itemsize if arr.dtype.kind in "iufc" and arr.dtype.itemsize > 1 else 1
-        return self.put_bytes(agent_id, arr.reshape(-1).view(np.uint8), pool_id, enable_dedup, compression,
-                              _itemsize=itemsize)
+        return self.put_bytes(agent_id, arr.reshape(-1).view(np.uint8), pool_id, enable_dedup,
+                              "none" if compression is None else compression, _itemsize=itemsize)
 
     def block_info(self, agent_id: str, block_id: str) -> dict[str, Any]:
         """State, sizes, codec and holders of a block (as seen by an agent holding it)."""

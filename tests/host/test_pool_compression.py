@@ -89,3 +89,20 @@ def test_a_pools_default_codec(ns: str) -> None:
         with pytest.raises(InvalidArgumentError):
             pm.create_pool("bad", size=4 * MiB, compression="brotli")
         assert "bad" not in pm.pools()
+
+
+def test_arrays_stay_raw_for_zero_copy_views_in_a_compressing_pool(ns: str) -> None:
+    """The pool's default codec is for byte puts: an array (highly compressible here) is stored raw unless its put
+    names a codec, so ``get_array`` still views it; naming one compresses it, and then only ``read`` gets it."""
+    np = pytest.importorskip("numpy")
+    weights = np.zeros((256, 256), dtype=np.float32)
+    with MemoryPoolManager(ns) as pm:
+        pm.create_pool("zipped", size=4 * MiB, compression="lz4")
+        raw = pm.put_array("a", weights, pool_id="zipped", enable_dedup=False)
+        assert pm.block_info("a", raw)["compression"] == "none"
+        view = pm.get_array("a", raw, dtype=np.float32, shape=weights.shape)
+        assert np.array_equal(view, weights)
+        del view
+        packed = pm.put_array("a", weights, pool_id="zipped", enable_dedup=False, compression="lz4")
+        assert pm.block_info("a", packed)["compression"] == "lz4"
+        assert pm.read("a", packed) == weights.tobytes()
