@@ -523,6 +523,7 @@ class PrefetchGovernor:
             "model_cpu_s": w.cpu_s, "model_cpu_us_per_access": cost_us,
             "dropped": w.dropped,
             "switches": [{"at": at, "state": st, "reason": r} for at, st, r in self.switches],
+            "switch_count": self.switch_count,
         }
 
     def summary(self) -> dict[str, Any]:

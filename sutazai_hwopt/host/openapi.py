@@ -138,7 +138,8 @@ def openapi_document() -> dict[str, Any]:
                            "responses": {"200": _ok("unregistered"), "401": _ERROR, "404": _ERROR}},
             },
             "/api/agents/{agent_id}/report": {
-                "put": {"summary": "An agent's report: its thread-pool sizes after placement, optionally its p99",
+                "put": {"summary": "An agent's report: its thread-pool sizes after placement, optionally its p99, its "
+                                   "caches' prefetch decisions",
                         "security": secured,
                         "parameters": [{"name": "agent_id", "in": "path", "required": True,
                                         "schema": {"type": "string"}}],
