@@ -3,6 +3,7 @@ dashboard; a real connected agent whose governor switches on for a workflow and 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
@@ -84,6 +85,7 @@ def test_the_reporter_sends_on_a_change_and_not_while_nothing_moves() -> None:
     """Polled by hand (no thread, no clock): a new cache is one report, nothing more while idle; the governor
     switching on is one report with the new state; a closed cache is a report without it; a failing send stays
     inside the reporter."""
+    gc.collect()   # governors other tests dropped: their going away mid-test would be a change (and a report)
     sent: list[dict[str, Any]] = []
     reporter = PrefetchReporter(sent.append, heartbeat_s=1e9)
     rng = random.Random(5)
