@@ -23,8 +23,9 @@ CPU on every access (tens of µs of Python); it pays only when its prefetches ar
 
 * ``off`` — the model is not fed. The caller's thread only counts the access and remembers the agent's last
   key; one access in ``sample_every`` (on average) records the pair (previous key of the agent, key) in a small
-  successor sketch. At the end of each window of ``window`` accesses the sketch's repeat rate (how often a
-  sampled key was followed by the successor the sketch remembered) says whether a pattern exists.
+  successor sketch (all in compiled code, ``_native.prefetch_offpath.OffPath``, which calls back at window
+  ends). At the end of each window of ``window`` accesses the sketch's repeat rate (how often a sampled key was
+  followed by the successor the sketch remembered) says whether a pattern exists.
 * ``trial`` — a pattern appeared (repeat rate >= ``min_repeat``, and the repeats that fell on misses are at least
   ``min_coverage`` of the sampled pairs: a pattern over keys that already hit cannot pay), or a periodic blind
   probe is due: the model is fed for one window (two when the first is precise but its coverage is still low:
@@ -40,17 +41,20 @@ accesses; the model predicts from each agent's last access of the batch.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import random
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
+from .._native.prefetch_offpath import OffPath
 from ..logs import get_logger
 
-__all__ = ["MarkovPredictor", "PrefetchGovernor", "PrefetchWorker"]
+__all__ = ["MarkovPredictor", "PrefetchGovernor", "PrefetchWorker", "live_governors"]
 
 _ALL = "\x00all"   # owner of the shared table that every agent's accesses also train
 _REST = object()   # successor slot holding the weight of dropped successors
@@ -221,6 +225,7 @@ class PrefetchWorker:
         self.done = 0         # batches run (written by the worker only)
         self.ran = 0          # accesses run
         self.cpu_s = 0.0      # worker thread CPU seconds spent running them
+        self.closed = False   # set by close(): its cache no longer prefetches
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -275,6 +280,7 @@ class PrefetchWorker:
 
     def close(self) -> None:
         """Stop the thread (queued batches are dropped)."""
+        self.closed = True
         t = self._thread
         if t is None:
             return
@@ -293,6 +299,33 @@ class PrefetchWorker:
 
 
 OFF, TRIAL, ON = "off", "trial", "on"
+
+#: Why the governor is in its state, as a short code (``reason`` says it in words, with the figures).
+REASON_CODES = ("watching", "pattern", "probe", "learning", "pays", "low_precision", "low_coverage", "forced")
+
+_LIVE: weakref.WeakSet[PrefetchGovernor] = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
+_SEQ = itertools.count(1)
+
+
+def live_governors() -> list[PrefetchGovernor]:
+    """The governors of this process whose cache is still open, oldest first.
+
+    A connected agent reports their decisions to the host service (``host.agent_prefetch``); holding no strong
+    reference, the registry never keeps a cache alive.
+    """
+    with _LIVE_LOCK:
+        found = list(_LIVE)
+    return sorted((g for g in found if not g.worker.closed), key=lambda g: g.seq)
+
+
+def _register(governor: PrefetchGovernor, label: str) -> str:
+    """Add ``governor`` to the registry; returns its label, made unique among the open ones (``ns``, ``ns#3``)."""
+    with _LIVE_LOCK:
+        governor.seq = next(_SEQ)
+        taken = {g.label for g in _LIVE if not g.worker.closed}
+        _LIVE.add(governor)
+    return label if label not in taken else f"{label}#{governor.seq}"
 
 
 class PrefetchGovernor:
@@ -316,7 +349,7 @@ class PrefetchGovernor:
                  mode: str = "auto", batch: int = 8, window: int = 1024, sample_every: int = 16,
                  min_precision: float = 0.4, min_coverage: float = 0.05, min_repeat: float = 0.3,
                  sketch_size: int = 4096, probe_gap: int = 16384, max_probe_gap: int = 1 << 18,
-                 blind_gap: int = 1 << 17, max_blind_gap: int = 1 << 22) -> None:
+                 blind_gap: int = 1 << 17, max_blind_gap: int = 1 << 22, label: str = "cache") -> None:
         self.worker = worker
         self._signals = signals
         self._seed = seed
@@ -331,15 +364,10 @@ class PrefetchGovernor:
         self._probe_gap0, self._max_probe_gap = probe_gap, max_probe_gap
         self._blind_gap, self._max_blind_gap = blind_gap, max_blind_gap
         rng = random.Random(0x5EED)   # strides of mean sample_every, varied so periodic streams do not alias
-        self._strides = [rng.randint(1, 2 * self.sample_every - 1) for _ in range(61)]
-        self._stride_i = 0
-        self._n = 0                       # accesses observed
-        self._mark = 0                    # off: next access that takes the slow path
-        self._next_sample = 0
-        self._window_end = window
-        self._last: dict[str, Hashable] = {}
-        self._sketch: dict[Hashable, list[Any]] = {}   # sampled key -> [successor seen last, times it repeated]
-        self._sampled = self._known = self._repeats = self._miss_repeats = 0
+        strides = [rng.randint(1, 2 * self.sample_every - 1) for _ in range(61)]
+        # The off path, compiled: the access count ``n``, the window's end, each agent's last key, the sketch
+        # (sampled key -> [successor seen last, times it repeated]) and its counts; it calls _window_off.
+        self._path = OffPath(strides, sketch_size, window, self._window_off)
         self._batch_buf: list[Access] = []
         self._fails = 0
         self._extended = False
@@ -349,69 +377,52 @@ class PrefetchGovernor:
         self._on_accesses = 0            # accesses fed to the model
         self.state = OFF
         self.reason = "watching: no pattern seen yet"
+        self.reason_code = "watching"     # one of REASON_CODES
+        self.switch_count = 0             # state changes since construction (``switches`` keeps the last 32)
         self.precision = 0.0              # of the last window with the model on
         self.coverage = 0.0
         self.repeat_rate = 0.0            # of the sketch, last window with the model off
         self.miss_repeat_rate = 0.0       # the same, counting only repeats on accesses that missed
         self.switches: deque[tuple[int, str, str]] = deque(maxlen=32)
-        self.observe: Callable[[str, Hashable, bool], None] = self._observe_off
+        self.observe: Callable[[str, Hashable, bool], None] = self._path.observe
+        self.seq = 0
+        self.label = ""
+        self.label = _register(self, label)   # the name this process reports it under
         if mode == "always":
-            self._switch(ON, "forced on (prefetch_mode='always')")
+            self._switch(ON, "forced", "forced on (prefetch_mode='always')")
 
-    # ---- hot path ---------------------------------------------------------------------------------------------
-    def _observe_off(self, agent: str, key: Hashable, miss: bool) -> None:
-        n = self._n = self._n + 1
-        if n >= self._mark:
-            self._slow_off(agent, key, miss, n)
-        self._last[agent] = key
+    # ---- hot path (off: OffPath.observe, compiled) --------------------------------------------------------
+    @property
+    def _n(self) -> int:
+        """Accesses observed."""
+        return self._path.n
 
     def _observe_on(self, agent: str, key: Hashable, miss: bool) -> None:
-        self._n += 1
+        self._path.n += 1
         b = self._batch_buf
         b.append((agent, key))
         if len(b) >= self.batch:
             self._flush()
 
-    # ---- off: sampling into the sketch --------------------------------------------------------------------
-    def _slow_off(self, agent: str, key: Hashable, miss: bool, n: int) -> None:
-        if n >= self._next_sample:
-            prev = self._last.get(agent)
-            if prev is not None:
-                self._sampled += 1
-                sketch = self._sketch
-                s = sketch.get(prev)
-                if s is None:
-                    if len(sketch) >= self.sketch_size:
-                        del sketch[next(iter(sketch))]
-                    sketch[prev] = [key, 0]
-                else:
-                    self._known += 1
-                    if s[0] == key:
-                        self._repeats += 1
-                        self._miss_repeats += miss
-                        s[1] += 1
-                    else:
-                        s[0], s[1] = key, 0
-            self._stride_i = i = (self._stride_i + 1) % len(self._strides)
-            self._next_sample = n + self._strides[i]
-        if n >= self._window_end:
-            self._window_end = n + self.window
-            pattern = False
-            if self._known >= 16:   # enough evidence (else keep accumulating over the next window)
-                self.repeat_rate = self._repeats / self._known
-                # A pattern pays only if it predicts misses: repeats whose access missed, as a share of known.
-                self.miss_repeat_rate = self._miss_repeats / self._known
-                self._known = self._repeats = self._miss_repeats = 0
-                pattern = self.repeat_rate >= self.min_repeat and self.miss_repeat_rate >= self.min_coverage
-            if n >= self._probe_at and pattern:
-                self._switch(TRIAL, f"pattern: sketch repeat rate {self.repeat_rate:.2f} >= {self.min_repeat}, "
-                                    f"on misses {self.miss_repeat_rate:.2f} >= {self.min_coverage}")
-            elif n >= self._blind_at:
-                self._blind_at = n + self._blind_gap
-                self._blind_gap = min(self._blind_gap * 2, self._max_blind_gap)
-                self._switch(TRIAL, "periodic probe")
-        if self.state == OFF:
-            self._mark = min(self._next_sample, self._window_end)
+    # ---- off: the window's decision (the sampling runs in OffPath) -----------------------------------------
+    def _window_off(self, n: int) -> None:
+        p = self._path
+        p.window_end = n + self.window
+        pattern = False
+        if p.known >= 16:   # enough evidence (else keep accumulating over the next window)
+            self.repeat_rate = p.repeats / p.known
+            # A pattern pays only if it predicts misses: repeats whose access missed, as a share of known.
+            self.miss_repeat_rate = p.miss_repeats / p.known
+            p.known = p.repeats = p.miss_repeats = 0
+            pattern = self.repeat_rate >= self.min_repeat and self.miss_repeat_rate >= self.min_coverage
+        if n >= self._probe_at and pattern:
+            self._switch(TRIAL, "pattern",
+                         f"pattern: sketch repeat rate {self.repeat_rate:.2f} >= {self.min_repeat}, "
+                         f"on misses {self.miss_repeat_rate:.2f} >= {self.min_coverage}")
+        elif n >= self._blind_at:
+            self._blind_at = n + self._blind_gap
+            self._blind_gap = min(self._blind_gap * 2, self._max_blind_gap)
+            self._switch(TRIAL, "probe", "periodic probe")
 
     # ---- on: batches to the worker, and the rule -----------------------------------------------------------
     def _flush(self) -> None:
@@ -419,11 +430,12 @@ class PrefetchGovernor:
         self._batch_buf = []
         self._on_accesses += len(b)
         self.worker.submit(b)
-        if self._n >= self._window_end:
-            self._evaluate(self._n)
+        p = self._path
+        if p.n >= p.window_end:
+            self._evaluate(p.n)
 
     def _evaluate(self, n: int) -> None:
-        self._window_end = n + self.window
+        self._path.window_end = n + self.window
         p, u, m = self._signals()
         dp, du, dm = p - self._base[0], u - self._base[1], m - self._base[2]
         self._base = (p, u, m)
@@ -435,34 +447,38 @@ class PrefetchGovernor:
             # The model started nearly empty: its first window learns. Precise but too few prefetches used yet:
             # judge the coverage on one more window before backing off.
             self._extended = True
+            self.reason_code = "learning"
             self.reason = f"trial extended: precision {self.precision:.2f}, coverage {self.coverage:.2f} (learning)"
             return
         if self.precision >= self.min_precision and self.coverage >= self.min_coverage:
             self._fails = 0
             if self.state != ON:
-                self._switch(ON, f"pays: precision {self.precision:.2f}, coverage {self.coverage:.2f}")
+                self._switch(ON, "pays", f"pays: precision {self.precision:.2f}, coverage {self.coverage:.2f}")
             return
         self._fails += 1
         gap = min(self._probe_gap0 << min(self._fails - 1, 30), self._max_probe_gap)
         self._probe_at = n + gap
-        why = (f"precision {self.precision:.2f} < {self.min_precision}" if self.precision < self.min_precision
+        low_precision = self.precision < self.min_precision
+        why = (f"precision {self.precision:.2f} < {self.min_precision}" if low_precision
                else f"coverage {self.coverage:.2f} < {self.min_coverage}")
-        self._switch(OFF, f"does not pay: {why}; next trial after {gap} accesses")
+        self._switch(OFF, "low_precision" if low_precision else "low_coverage",
+                     f"does not pay: {why}; next trial after {gap} accesses")
 
-    def _switch(self, state: str, reason: str) -> None:
-        self.state, self.reason = state, reason
+    def _switch(self, state: str, code: str, reason: str) -> None:
+        self.state, self.reason, self.reason_code = state, reason, code
+        self.switch_count += 1
         self._extended = False
         self.switches.append((self._n, state, reason))
-        self._window_end = self._n + self.window
+        p = self._path
+        p.window_end = p.n + self.window
         if state == OFF:
             self._batch_buf = []
-            self._known = self._repeats = self._miss_repeats = 0
-            self._mark = min(self._next_sample, self._window_end)
-            self.observe = self._observe_off
+            p.known = p.repeats = p.miss_repeats = 0
+            self.observe = p.observe
         else:
-            if self._seed is not None and self._sketch:
+            if self._seed is not None and p.sketch:
                 # Warm start: the successors the sketch saw repeat, weighted by how often.
-                self._seed([(k, s, 1.0 + r) for k, (s, r) in self._sketch.items() if r > 0])
+                self._seed([(k, s, 1.0 + r) for k, (s, r) in p.sketch.items() if r > 0])
             self._base = self._signals()
             self.observe = self._observe_on
 
@@ -472,13 +488,23 @@ class PrefetchGovernor:
         w = self.worker
         cost_us = w.cpu_s / w.ran * 1e6 if w.ran and not w.inline else None
         return {
-            "mode": self.mode, "state": self.state, "reason": self.reason, "requests": self._n,
+            "mode": self.mode, "state": self.state, "reason": self.reason, "reason_code": self.reason_code,
+            "requests": self._n,
             "precision": self.precision, "coverage": self.coverage, "sketch_repeat_rate": self.repeat_rate,
             "sketch_miss_repeat_rate": self.miss_repeat_rate,
-            "sampled": self._sampled, "model_accesses": self._on_accesses,
+            "sampled": self._path.sampled, "model_accesses": self._on_accesses,
             "next_trial_at": max(self._probe_at, self._n) if self.state == OFF else None,
             "next_probe_at": self._blind_at if self.state == OFF else None,
             "model_cpu_s": w.cpu_s, "model_cpu_us_per_access": cost_us,
             "dropped": w.dropped,
             "switches": [{"at": at, "state": st, "reason": r} for at, st, r in self.switches],
+            "switch_count": self.switch_count,
         }
+
+    def summary(self) -> dict[str, Any]:
+        """The decision and the figures behind it in a few fields: what a connected agent reports to the host
+        service (``host.agent_prefetch``). Safe to call from another thread (it only reads)."""
+        prefetched, used, _ = self._signals()
+        return {"cache": self.label, "mode": self.mode, "state": self.state, "reason": self.reason,
+                "reason_code": self.reason_code, "precision": self.precision, "coverage": self.coverage,
+                "prefetched": prefetched, "used": used, "requests": self._n, "switches": self.switch_count}

@@ -147,7 +147,8 @@ class IntelligentCacheSystem:
             self._prefetcher = PrefetchGovernor(
                 self._worker, self._pf_signals, seed=self._predictor.seed, mode=cfg.prefetch_mode,
                 batch=1 if cfg.prefetch_inline else cfg.prefetch_batch,
-                min_precision=cfg.prefetch_min_precision, min_coverage=cfg.prefetch_min_coverage)
+                min_precision=cfg.prefetch_min_precision, min_coverage=cfg.prefetch_min_coverage,
+                label=self.namespace)
         # Tagged bytes and hash of keys seen (exact str / bytes / int), shared by both paths of get.
         self._keymemo: dict[Any, tuple[bytes, int]] = {}
         cls = type(self)

@@ -1,4 +1,5 @@
-"""An agent's report to the host service: its thread-pool sizes (and, if it measures one, its p99 latency).
+"""An agent's report to the host service: its thread-pool sizes (and, if it measures one, its p99 latency; and
+its caches' prefetch decisions, :mod:`.agent_prefetch`).
 
 Both sides of one small contract live here. In the agent, :func:`govern_threads` starts a
 :class:`~sutazai_hwopt.resources.threads.ThreadPoolGovernor` (``connect()`` does it) that keeps the BLAS/OpenMP
@@ -18,6 +19,7 @@ from typing import Any
 
 from ..errors import InvalidArgumentError
 from ..resources.threads import ThreadPoolGovernor
+from .agent_prefetch import check_prefetch
 
 __all__ = ["check_report", "govern_threads", "report_path", "stop_governing"]
 
@@ -57,16 +59,17 @@ def stop_governing(agent_id: str) -> None:
 
 def check_report(body: Mapping[str, Any]) -> dict[str, Any]:
     """The validated report: ``cpus`` (ints), ``thread_pools`` (``user_api``, ``internal_api``,
-    ``num_threads``, optional ``prefix``), ``p99_ms`` (a number >= 0, or null); each optional, and only the
-    fields given are returned (the daemon keeps the others from earlier reports).
+    ``num_threads``, optional ``prefix``), ``p99_ms`` (a number >= 0, or null), ``prefetch`` (rows of
+    :func:`.agent_prefetch.check_prefetch`); each optional, and only the fields given are returned (the daemon
+    keeps the others from earlier reports).
 
     Raises:
         InvalidArgumentError: an unknown field, a wrong type or an out-of-range value (the API answers 422).
     """
-    unknown = set(body) - {"cpus", "thread_pools", "p99_ms"}
+    unknown = set(body) - {"cpus", "thread_pools", "p99_ms", "prefetch"}
     if unknown:
         raise InvalidArgumentError(f"unknown field(s): {', '.join(sorted(unknown))}; "
-                                   "allowed: cpus, thread_pools, p99_ms")
+                                   "allowed: cpus, thread_pools, p99_ms, prefetch")
     cpus = body.get("cpus", [])
     if not isinstance(cpus, list) or len(cpus) > _MAX_CPUS or not all(
             isinstance(c, int) and not isinstance(c, bool) and 0 <= c < _MAX_CPUS for c in cpus):
@@ -92,4 +95,6 @@ def check_report(body: Mapping[str, Any]) -> dict[str, Any]:
         raise InvalidArgumentError(f"p99_ms must be a number >= 0 or null, got {p99!r}")
     out: dict[str, Any] = {"cpus": sorted(set(cpus)), "thread_pools": out_pools,
                            "p99_ms": None if p99 is None else float(p99)}
+    if "prefetch" in body:
+        out["prefetch"] = check_prefetch(body["prefetch"])
     return {k: v for k, v in out.items() if k in body}  # a report updates only what it names

@@ -170,7 +170,8 @@ def create_app(service: HostService, token: str | None) -> Starlette:
 
     @mutating
     async def report_agent(request: Request) -> Response:
-        """An agent's own figures: thread-pool sizes after placement (agent_threads), optionally its p99."""
+        """An agent's own figures: thread-pool sizes after placement (agent_threads), optionally its p99, and its
+        caches' prefetch decisions (agent_prefetch)."""
         body = await json_body(request)
         if isinstance(body, Response):
             return body

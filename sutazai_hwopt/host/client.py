@@ -102,14 +102,17 @@ def _follow_l1_budget(served: dict[str, Any]) -> None:
 
 
 def connect(agent_id: str, requirements: dict[str, Any] | None = None, *, pid: int | None = None,
-            runtime_dir: str | os.PathLike[str] | None = None, limit_threads: bool = True) -> dict[str, Any]:
+            runtime_dir: str | os.PathLike[str] | None = None, limit_threads: bool = True,
+            report_prefetch: bool = True) -> dict[str, Any]:
     """Register this process (or ``pid``) with the host service in one call.
 
     Returns the agent record the host service keeps (placement included), with ``"config"``: the namespace's
     configuration as the daemon serves it (``GET /api/config``; :func:`fleet_config` returns it as an
     :class:`~sutazai_hwopt.config.HwoptConfig` to build this agent's cache and pools from). With
     ``limit_threads`` (and no other ``pid``) this process's BLAS/OpenMP thread pools are kept at the size of
-    the CPUs it is placed on, and their sizes are reported to the host service (:mod:`.agent_threads`).
+    the CPUs it is placed on, and their sizes are reported to the host service (:mod:`.agent_threads`). With
+    ``report_prefetch`` (and no other ``pid``) the prefetch decisions of this process's caches are reported on
+    each change, from a background thread (:mod:`.agent_prefetch`), for the dashboard and ``/metrics``.
     The caches of the namespace this process builds follow the daemon's L1 budget factor (``cache.shrink``;
     :mod:`sutazai_hwopt.cache.l1_budget`).
 
@@ -123,10 +126,17 @@ def connect(agent_id: str, requirements: dict[str, Any] | None = None, *, pid: i
     served = client.get("/api/config")
     result["config"] = served["config"]
     _follow_l1_budget(served)
-    if limit_threads and (pid is None or pid == os.getpid()):
+    own = pid is None or pid == os.getpid()
+    if limit_threads and own:
         from .agent_threads import govern_threads
 
         govern_threads(agent_id, lambda path, body: client.request("PUT", path, body))
+    if report_prefetch and own:
+        from .agent_prefetch import report_prefetch_state
+        from .agent_threads import report_path
+
+        path = report_path(agent_id)
+        report_prefetch_state(agent_id, lambda body: client.request("PUT", path, body))
     return result
 
 

@@ -228,6 +228,7 @@ def _print_status(data: dict[str, Any], url: str) -> None:
                        f"{cpu:.1f}" if isinstance(cpu, (int, float)) else "-",
                        f"{rss / 2**20:.1f}" if isinstance(rss, (int, float)) else "-", _thread_pools(a))
     console.print(agents)
+    _print_prefetch(console, data["agents"])
     _print_namespace(console, data.get("namespace") or {})
     _print_figures(console, "shared cache", ("level", "hit ratio", "entries", "used / budget", "evictions"),
                    (data.get("cache") or {}).get("levels") or {},
@@ -239,6 +240,25 @@ def _print_status(data: dict[str, Any], url: str) -> None:
                               f"{f['dedup_ratio']:.1f}x", f"{f['fragmentation']:.0%}"))
     if data.get("bottlenecks"):
         console.print(f"[bold]bottlenecks[/] {', '.join(b['type'] for b in data['bottlenecks'].values())}")
+
+
+def _print_prefetch(console: Any, agents: list[dict[str, Any]]) -> None:
+    """Each agent's prefetch decision per cache, as the agent reported it (only when one did)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    rows = [(a["agent_id"], r) for a in agents for r in ((a.get("report") or {}).get("prefetch") or [])]
+    if not rows:
+        return
+    table = Table(title="prefetching (reported by the agents)")
+    for col in ("agent", "cache"):
+        table.add_column(col, overflow="fold")
+    for col in ("state", "prec", "cov", "why"):   # precision, coverage: --json and the dashboard say more
+        table.add_column(col, no_wrap=True)
+    for agent_id, r in rows:
+        table.add_row(escape(agent_id), escape(str(r.get("cache"))), str(r.get("state")),
+                      f"{r.get('precision', 0):.0%}", f"{r.get('coverage', 0):.0%}", str(r.get("reason_code")))
+    console.print(table)
 
 
 def _print_namespace(console: Any, owned: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["render"]
@@ -66,6 +66,7 @@ class _FiguresCollector:
         actions.add_metric([], float(f["actions"]))
         yield actions
         yield from _effectiveness(f.get("effectiveness") or {})
+        yield from _prefetch(f.get("prefetch") or {})
 
 
 def _effectiveness(effect: Mapping[str, Any]) -> Iterator[Metric]:
@@ -82,6 +83,37 @@ def _effectiveness(effect: Mapping[str, Any]) -> Iterator[Metric]:
             if v is not None:
                 family.add_metric([label, at], v)
     yield from (fig, p99)
+
+
+def _prefetch(view: Mapping[str, Any]) -> Iterator[Metric]:
+    """Each agent's prefetch decision per cache (``host.agent_prefetch.prefetch_view``), as the agent reported it."""
+    labels = ["agent", "cache"]
+    enabled = GaugeMetricFamily("sutazai_hwopt_agent_prefetch_enabled",
+                                "1 while the agent's prefetch model runs (state trial or on), 0 while off",
+                                labels=labels)
+    state = GaugeMetricFamily("sutazai_hwopt_agent_prefetch_state",
+                              "the prefetch governor's decision: 1 for the current state and reason code",
+                              labels=[*labels, "state", "reason"])
+    precision = GaugeMetricFamily("sutazai_hwopt_agent_prefetch_precision",
+                                  "prefetched-and-used / prefetched over the last window with the model on",
+                                  labels=labels)
+    coverage = GaugeMetricFamily("sutazai_hwopt_agent_prefetch_coverage",
+                                 "used / (used + misses) over the last window with the model on", labels=labels)
+    loads = CounterMetricFamily("sutazai_hwopt_agent_prefetch_loads", "keys prefetched", labels=labels)
+    used = CounterMetricFamily("sutazai_hwopt_agent_prefetch_used", "prefetched keys later hit", labels=labels)
+    switches = CounterMetricFamily("sutazai_hwopt_agent_prefetch_switches", "prefetch state changes",
+                                   labels=labels)
+    for agent_id, rows in view.items():
+        for row in rows:
+            at = [agent_id, str(row["cache"])]
+            enabled.add_metric(at, 1.0 if row["enabled"] else 0.0)
+            state.add_metric([*at, str(row["state"]), str(row["reason_code"])], 1.0)
+            for family, key in ((precision, "precision"), (coverage, "coverage"), (loads, "prefetched"),
+                                (used, "used"), (switches, "switches")):
+                v = _num(row.get(key))
+                if v is not None:
+                    family.add_metric(at, v)
+    yield from (enabled, state, precision, coverage, loads, used, switches)
 
 
 def render(figures: Mapping[str, Any]) -> tuple[bytes, str]:

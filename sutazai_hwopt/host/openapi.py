@@ -21,6 +21,26 @@ def _ok(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any
             "content": {"application/json": {"schema": schema or {"type": "object"}}}}
 
 
+def _prefetch_rows() -> dict[str, Any]:
+    """The ``prefetch`` field of a report, as ``agent_prefetch.check_prefetch`` accepts it."""
+    from ..cache.prefetch import OFF, ON, REASON_CODES, TRIAL
+    from .agent_prefetch import PREFETCH_FIELDS
+
+    def text(limit: int) -> dict[str, Any]:
+        return {"type": "string", "maxLength": limit, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"}
+
+    fraction = {"type": "number", "minimum": 0, "maximum": 1}
+    count = {"type": "integer", "minimum": 0, "maximum": (1 << 63) - 1}
+    return {"type": "array", "maxItems": 64, "description": "one row per cache of the agent's process with "
+            "prefetching: the governor's decision and the figures behind it (cache names distinct)",
+            "items": {"type": "object", "additionalProperties": False, "required": list(PREFETCH_FIELDS),
+                      "properties": {"cache": {**text(128), "minLength": 1}, "mode": text(32),
+                                     "state": {"type": "string", "enum": [OFF, TRIAL, ON]},
+                                     "reason_code": {"type": "string", "enum": list(REASON_CODES)},
+                                     "reason": text(300), "precision": fraction, "coverage": fraction,
+                                     "prefetched": count, "used": count, "requests": count, "switches": count}}}
+
+
 def openapi_document() -> dict[str, Any]:
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
@@ -79,6 +99,7 @@ def openapi_document() -> dict[str, Any]:
                                            "prefix": {"type": "string", "maxLength": 128},
                                            "num_threads": {"type": "integer", "minimum": 0, "maximum": 65536}}}},
                         "p99_ms": {"type": "number", "minimum": 0, "nullable": True},
+                        "prefetch": _prefetch_rows(),
                     },
                 },
                 "OptimizeRequest": {
@@ -117,7 +138,8 @@ def openapi_document() -> dict[str, Any]:
                            "responses": {"200": _ok("unregistered"), "401": _ERROR, "404": _ERROR}},
             },
             "/api/agents/{agent_id}/report": {
-                "put": {"summary": "An agent's report: its thread-pool sizes after placement, optionally its p99",
+                "put": {"summary": "An agent's report: its thread-pool sizes after placement, optionally its p99, its "
+                                   "caches' prefetch decisions",
                         "security": secured,
                         "parameters": [{"name": "agent_id", "in": "path", "required": True,
                                         "schema": {"type": "string"}}],

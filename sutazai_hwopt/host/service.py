@@ -28,6 +28,7 @@ from .._validate import finite as _finite
 from ..config import HwoptConfig
 from ..errors import HwoptError, InvalidArgumentError, NotFoundError, StateError
 from ..logs import get_logger
+from .agent_prefetch import prefetch_view
 from .jobs import DroppedError, EliminationJobs, bottleneck_id, without_agents
 
 if TYPE_CHECKING:
@@ -320,7 +321,8 @@ class HostService:
         with self._lock:
             return _finite({"system": self.profiler.system_metrics(),
                             "agents": self.latest_profiles(),
-                            "baseline": self.baseline, "effectiveness": self.effectiveness()})
+                            "baseline": self.baseline, "effectiveness": self.effectiveness(),
+                            "prefetch": prefetch_view(self.agent_reports)})
 
     def agents(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -478,7 +480,8 @@ class HostService:
             return {"running": not self.closed, "agents": len(self.coordinator.agents()),
                     "host": dict(self.history[-1]) if self.history else {},
                     "profiles": self.latest_profiles(), "bottlenecks": dict(self._bottlenecks),
-                    "actions": len(self.actions), "effectiveness": self.effectiveness()}
+                    "actions": len(self.actions), "effectiveness": self.effectiveness(),
+                    "prefetch": prefetch_view(self.agent_reports)}
 
     # -- measurement windows (the eliminator's validation) -----------------------------------------------
     def measure_window(self, window_s: float) -> list[tuple[dict[str, Any], dict[str, dict[str, Any]]]]:

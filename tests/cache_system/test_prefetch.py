@@ -251,3 +251,81 @@ def test_governor_off_path_does_not_feed_the_worker() -> None:
     for i in range(5000):
         g.observe("a", i, True)
     assert g.state == "off" and not ran and g.stats()["sampled"] > 0
+
+
+class _ReferenceOffPath:
+    """The governor's off path as it was written in Python before it was compiled (OffPath must match it)."""
+
+    def __init__(self, strides: list[int], sketch_size: int, window_end: int) -> None:
+        self.strides, self.sketch_size, self.window_end = strides, sketch_size, window_end
+        self.n = self.next_sample = self.stride_i = 0
+        self.sampled = self.known = self.repeats = self.miss_repeats = 0
+        self.last: dict[Any, Any] = {}
+        self.sketch: dict[Any, list[Any]] = {}
+        self.windows: list[int] = []
+
+    def observe(self, agent: str, key: Any, miss: bool) -> None:
+        n = self.n = self.n + 1
+        if n >= min(self.next_sample, self.window_end):
+            if n >= self.next_sample:
+                prev = self.last.get(agent)
+                if prev is not None:
+                    self.sampled += 1
+                    s = self.sketch.get(prev)
+                    if s is None:
+                        if len(self.sketch) >= self.sketch_size:
+                            del self.sketch[next(iter(self.sketch))]
+                        self.sketch[prev] = [key, 0]
+                    else:
+                        self.known += 1
+                        if s[0] == key:
+                            self.repeats += 1
+                            self.miss_repeats += miss
+                            s[1] += 1
+                        else:
+                            s[0], s[1] = key, 0
+                self.stride_i = i = (self.stride_i + 1) % len(self.strides)
+                self.next_sample = n + self.strides[i]
+            if n >= self.window_end:
+                self.windows.append(n)
+                self.window_end = n + 100
+        self.last[agent] = key
+
+
+def test_compiled_off_path_matches_the_python_one() -> None:
+    """Same counts, same sketch (order and eviction included), same window calls, on a stream mixing repeats,
+    misses and new keys of three types (int, str, bytes), with a sketch small enough to evict."""
+    from sutazai_hwopt._native.prefetch_offpath import OffPath
+
+    rng = random.Random(11)
+    strides = [rng.randint(1, 7) for _ in range(13)]
+    windows: list[int] = []
+    ref = _ReferenceOffPath(strides, 40, 100)
+
+    def window(n: int) -> None:
+        windows.append(n)
+        path.window_end = n + 100
+
+    path = OffPath(strides, 40, 100, window)
+    chain: list[Any] = [1, "two", b"three", 4, "five"]
+    for i in range(20000):
+        agent = f"a{rng.randrange(3)}"
+        key: Any = chain[i % 5] if rng.random() < 0.5 else rng.choice([rng.randrange(200), f"k{rng.randrange(50)}"])
+        miss = rng.random() < 0.4
+        ref.observe(agent, key, miss)
+        path.observe(agent, key, miss)
+    assert (path.n, path.next_sample, path.window_end) == (ref.n, ref.next_sample, ref.window_end)
+    assert (path.sampled, path.known, path.repeats, path.miss_repeats) == \
+        (ref.sampled, ref.known, ref.repeats, ref.miss_repeats)
+    assert path.known > 100 and path.repeats > 10 and len(path.sketch) == 40
+    assert list(path.sketch.items()) == list(ref.sketch.items()) and path.last == ref.last
+    assert windows == ref.windows
+
+
+def test_compiled_off_path_refuses_to_run_uninitialised() -> None:
+    from sutazai_hwopt._native.prefetch_offpath import OffPath
+
+    with pytest.raises(ValueError):
+        OffPath.__new__(OffPath).observe("a", "k", False)
+    with pytest.raises(ValueError):
+        OffPath([], 10, 10, lambda n: None)

@@ -15,6 +15,7 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 
 from sutazai_hwopt.host import HostClient, connect
+from sutazai_hwopt.host.agent_threads import report_path
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -32,7 +33,12 @@ def test_dashboard_renders_live_data_without_console_errors(runtime_dir: Path, t
                          timeout=120, env=os.environ.copy())
     assert run.returncode == 0, run.stderr
     connect("agent_dash", {"cpu_cores": 1, "priority": 5}, pid=sleepers[0].pid, runtime_dir=runtime_dir)
-    url = HostClient(runtime_dir).url + "/"
+    client = HostClient(runtime_dir)
+    client.request("PUT", report_path("agent_dash"), {"prefetch": [
+        {"cache": "ns1", "mode": "auto", "state": "trial", "reason_code": "pattern",
+         "reason": "pattern: sketch repeat rate 0.60 >= 0.3", "precision": 0.0, "coverage": 0.0, "prefetched": 4,
+         "used": 3, "requests": 5000, "switches": 1}]})
+    url = client.url + "/"
 
     options = Options()
     options.binary_location = CHROMIUM  # type: ignore[assignment]
@@ -57,6 +63,10 @@ def test_dashboard_renders_live_data_without_console_errors(runtime_dir: Path, t
         rows = driver.execute_script("return [...document.querySelectorAll('#agents tbody tr td:first-child')]"
                                      ".map(td => td.textContent)")
         assert "agent_dash" in rows
+        prefetch = driver.execute_script("return [...document.querySelectorAll('#prefetch tbody tr')]"
+                                         ".map(tr => [...tr.children].map(td => td.textContent))")
+        assert prefetch == [["agent_dash", "ns1", "probing", "0.0 %", "0.0 %", "3 / 4",
+                             "pattern: sketch repeat rate 0.60 >= 0.3"]], prefetch
         effect = driver.execute_script("return [...document.querySelectorAll('#effectiveness tbody tr')]"
                                        ".map(tr => [...tr.children].map(td => td.textContent))")
         assert len(effect) >= 7 and any(r[0].startswith("memory in use") and "MiB" in r[1] for r in effect), effect
