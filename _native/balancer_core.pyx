@@ -169,6 +169,8 @@ cdef class Backend:
     cdef public double pworkers  # the requests it serves in parallel, by its own word (0: unknown)
     cdef public double xwork  # cost-weighted work other processes have in flight here (shared mode), else 0
     cdef public long long work_sh  # the work (x WORK_SCALE) this process added to the shared slot
+    cdef public long long pdone  # the backend's published completions when this process last saw them change
+    cdef public long long pstale  # views of it idle since then (its published slowdown ages with them)
     cdef public long long pfail_run  # consecutive failures by the backend's own word (0 without a report)
     cdef public long long slot  # word index of its slot in the shared table, -1 without one
     cdef public bint pub_live  # a live reporter publishes this backend's load (checked by the shell)
@@ -359,11 +361,15 @@ cdef inline bint _slot_ok(AtomicWords w, long long slot):
     return w is not None and w._base != NULL and 0 <= slot and slot + SLOT_WORDS <= w.nwords
 
 
+cdef enum:
+    PSLOW_STALE_VIEWS = 50  # looks at an idle backend, without a new completion, that halve its slowdown's excess
+
+
 cdef void _view_one(Backend b, AtomicWords w):
     """Fill ``b.extra`` / ``b.xwork`` (what others have in flight there, as a count and as cost-weighted work)
     and, from a live reporter, ``b.pslow`` and ``b.pworkers``, from the shared slot of ``b``."""
     cdef long long *p = w._base + b.slot
-    cdef long long g = hwopt_atomic_load(p + S_OUT), pub, fast, base
+    cdef long long g = hwopt_atomic_load(p + S_OUT), pub, fast, base, done
     cdef double xw = <double>(hwopt_atomic_load(p + S_WORK) - b.work_sh) / WORK_SCALE
     if xw < 0.0:
         xw = 0.0
@@ -375,6 +381,17 @@ cdef void _view_one(Backend b, AtomicWords w):
         fast = hwopt_atomic_load(p + S_SVC)
         base = hwopt_atomic_load(p + S_SVC_BASE)
         b.pslow = <double>fast / base if base > 0 and fast > 2 * base else 1.0
+        # A slowdown figure is only refreshed by completions, and a backend everyone avoids has none: an idle
+        # backend's figure ages with each look that finds nothing new (half its excess after PSLOW_STALE_VIEWS),
+        # so a recovered backend gets a request again and its next completion tells the truth either way.
+        done = hwopt_atomic_load(p + S_DONE)
+        if done != b.pdone:
+            b.pdone = done
+            b.pstale = 0
+        elif pub == 0:
+            b.pstale += 1
+        if b.pstale > 0 and b.pslow > 1.0:
+            b.pslow = 1.0 + (b.pslow - 1.0) * PSLOW_STALE_VIEWS / (PSLOW_STALE_VIEWS + b.pstale)
         b.pworkers = <double>hwopt_atomic_load(p + S_WORKERS)
         b.pfail_run = hwopt_atomic_load(p + S_FAIL_RUN)
     else:
@@ -433,7 +450,7 @@ cdef inline double adaptive_cost(Backend b, double peers, double mc):
     cdef double c = (n + mc) / b.weight
     if b.pslow > 0.0:  # the backend's own word on its service time replaces the latency guess
         c *= b.pslow
-    elif b.base > 0.0 and b.ewma > 2.0 * b.base:
+    elif b.slot < 0 and b.base > 0.0 and b.ewma > 2.0 * b.base:  # with a host-wide count, see Adaptive
         c *= sqrt(b.ewma / (2.0 * b.base))
     return c
 
