@@ -788,6 +788,9 @@ cdef extern from *:
     Py_ssize_t PyVectorcall_NARGS(size_t nargsf)
 
 
+cdef str _CM_ARGS = "a context object takes no argument (enter) or three (exit)"
+
+
 @cython.final
 cdef class _SelfMethod:
     """Class attribute ``__enter__`` / ``__exit__``: the plain function on the class, the instance itself on an
@@ -807,7 +810,7 @@ cdef inline int _cm_args(PyObject **args, size_t nargsf, PyObject *kwnames) exce
             return 0
         if n == 3:
             return 1 if args[0] == <PyObject *>None else 2
-    raise TypeError("a context object takes no argument (enter) or three (exit)")
+    raise TypeError(_CM_ARGS)
 
 
 cdef object _serving_vc(object o, PyObject **args, size_t nargsf, PyObject *kwnames):
@@ -847,6 +850,15 @@ def _queued_exit(_Queued cm, et, ev, tb):
     return False
 
 
+cdef object _cm_call(cm, tuple args, enter, exit):
+    if len(args) == 0:
+        enter(cm)
+        return None
+    if len(args) == 3:
+        return exit(cm, *args)
+    raise TypeError(_CM_ARGS)
+
+
 cdef _SelfMethod _self_method(func):
     cdef _SelfMethod m = _SelfMethod.__new__(_SelfMethod)
     m.func = func
@@ -867,12 +879,7 @@ cdef class _Serving:
 
     def __call__(self, *args):
         """Only the ``with`` statement calls this (its vectorcall slot; here for callers without it)."""
-        if len(args) == 0:
-            _serving_enter(self)
-            return None
-        if len(args) == 3:
-            return _serving_exit(self, *args)
-        raise TypeError("a context object takes no argument (enter) or three (exit)")
+        return _cm_call(self, args, _serving_enter, _serving_exit)
 
 
 @cython.final
@@ -888,12 +895,7 @@ cdef class _Queued:
 
     def __call__(self, *args):
         """Only the ``with`` statement calls this (its vectorcall slot; here for callers without it)."""
-        if len(args) == 0:
-            _queued_enter(self)
-            return None
-        if len(args) == 3:
-            return _queued_exit(self, *args)
-        raise TypeError("a context object takes no argument (enter) or three (exit)")
+        return _cm_call(self, args, _queued_enter, _queued_exit)
 
 
 cdef int _enable_vectorcall() except -1:
