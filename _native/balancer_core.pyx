@@ -18,6 +18,7 @@
 # need no lock of their own; every path that calls back into Python takes the shell's lock as before.
 
 cimport cython
+from cpython.object cimport PyObject, PyTypeObject
 from libc.math cimport ceil, exp, log, sqrt
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
@@ -168,6 +169,8 @@ cdef class Backend:
     cdef public double pworkers  # the requests it serves in parallel, by its own word (0: unknown)
     cdef public double xwork  # cost-weighted work other processes have in flight here (shared mode), else 0
     cdef public long long work_sh  # the work (x WORK_SCALE) this process added to the shared slot
+    cdef public long long pdone  # the backend's published completions when this process last saw them change
+    cdef public long long pstale  # views of it idle since then (its published slowdown ages with them)
     cdef public long long pfail_run  # consecutive failures by the backend's own word (0 without a report)
     cdef public long long slot  # word index of its slot in the shared table, -1 without one
     cdef public bint pub_live  # a live reporter publishes this backend's load (checked by the shell)
@@ -358,11 +361,15 @@ cdef inline bint _slot_ok(AtomicWords w, long long slot):
     return w is not None and w._base != NULL and 0 <= slot and slot + SLOT_WORDS <= w.nwords
 
 
+cdef enum:
+    PSLOW_STALE_VIEWS = 50  # looks at an idle backend, without a new completion, that halve its slowdown's excess
+
+
 cdef void _view_one(Backend b, AtomicWords w):
     """Fill ``b.extra`` / ``b.xwork`` (what others have in flight there, as a count and as cost-weighted work)
     and, from a live reporter, ``b.pslow`` and ``b.pworkers``, from the shared slot of ``b``."""
     cdef long long *p = w._base + b.slot
-    cdef long long g = hwopt_atomic_load(p + S_OUT), pub, fast, base
+    cdef long long g = hwopt_atomic_load(p + S_OUT), pub, fast, base, done
     cdef double xw = <double>(hwopt_atomic_load(p + S_WORK) - b.work_sh) / WORK_SCALE
     if xw < 0.0:
         xw = 0.0
@@ -374,6 +381,17 @@ cdef void _view_one(Backend b, AtomicWords w):
         fast = hwopt_atomic_load(p + S_SVC)
         base = hwopt_atomic_load(p + S_SVC_BASE)
         b.pslow = <double>fast / base if base > 0 and fast > 2 * base else 1.0
+        # A slowdown figure is only refreshed by completions, and a backend everyone avoids has none: an idle
+        # backend's figure ages with each look that finds nothing new (half its excess after PSLOW_STALE_VIEWS),
+        # so a recovered backend gets a request again and its next completion tells the truth either way.
+        done = hwopt_atomic_load(p + S_DONE)
+        if done != b.pdone:
+            b.pdone = done
+            b.pstale = 0
+        elif pub == 0:
+            b.pstale += 1
+        if b.pstale > 0 and b.pslow > 1.0:
+            b.pslow = 1.0 + (b.pslow - 1.0) * PSLOW_STALE_VIEWS / (PSLOW_STALE_VIEWS + b.pstale)
         b.pworkers = <double>hwopt_atomic_load(p + S_WORKERS)
         b.pfail_run = hwopt_atomic_load(p + S_FAIL_RUN)
     else:
@@ -432,7 +450,7 @@ cdef inline double adaptive_cost(Backend b, double peers, double mc):
     cdef double c = (n + mc) / b.weight
     if b.pslow > 0.0:  # the backend's own word on its service time replaces the latency guess
         c *= b.pslow
-    elif b.base > 0.0 and b.ewma > 2.0 * b.base:
+    elif b.slot < 0 and b.base > 0.0 and b.ewma > 2.0 * b.base:  # with a host-wide count, see Adaptive
         c *= sqrt(b.ewma / (2.0 * b.base))
     return c
 
@@ -735,38 +753,158 @@ cdef class ReporterCore:
         """``with core.serving(): ...`` counts the block as one request (an exception: a failure)."""
         cdef _Serving cm = _Serving.__new__(_Serving)  # no argument parsing: tp_new of a free-listed type
         cm.core = self
+        cm.vc = <_hwopt_vcf>_serving_vc
         return cm
 
     def queued(self):
         """``with core.queued(): ...`` counts the block as one request waiting in the backend's queue."""
         cdef _Queued cm = _Queued.__new__(_Queued)
         cm.core = self
+        cm.vc = <_hwopt_vcf>_queued_vc
         return cm
 
 
+# The ``with`` statement's own cost. CPython looks ``__enter__`` and ``__exit__`` up on the type and binds each
+# to the instance (two method objects allocated, then freed) and calls ``__exit__`` through argument parsing:
+# about two thirds of ``with reporter.serving():`` before the bookkeeping itself (benches/test_balancer_published.py).
+# So the two context types below keep the ordinary methods for code that reads them from the class (e.g.
+# contextlib.ExitStack: ``type(cm).__enter__(cm)``), but an instance's ``__enter__`` / ``__exit__`` resolve to the
+# instance itself (``_SelfMethod``), which is called through the vectorcall protocol (``_enable_vectorcall``):
+# no argument -> enter, three (exc type, value, traceback) -> exit. Nothing is allocated per ``with`` beyond the
+# free-listed context object.
+
+cdef extern from *:
+    """
+    typedef PyObject *(*hwopt_vcf)(PyObject *, PyObject **, size_t, PyObject *);
+    static int hwopt_enable_vectorcall(PyTypeObject *t, Py_ssize_t offset) {
+        t->tp_vectorcall_offset = offset;
+        t->tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL;
+        PyType_Modified(t);
+        return 0;
+    }
+    """
+    ctypedef object (*_hwopt_vcf "hwopt_vcf")(object, PyObject **, size_t, PyObject *)
+    int hwopt_enable_vectorcall(PyTypeObject *t, Py_ssize_t offset) except -1
+    Py_ssize_t PyVectorcall_NARGS(size_t nargsf)
+
+
+cdef str _CM_ARGS = "a context object takes no argument (enter) or three (exit)"
+
+
+@cython.final
+cdef class _SelfMethod:
+    """Class attribute ``__enter__`` / ``__exit__``: the plain function on the class, the instance itself on an
+    instance (which the vectorcall slot then runs as that method)."""
+
+    cdef object func
+
+    def __get__(self, instance, owner):
+        return self.func if instance is None else instance
+
+
+cdef inline int _cm_args(PyObject **args, size_t nargsf, PyObject *kwnames) except -2:
+    """0 (enter) or 1 (exit, exception type None) or 2 (exit with an exception); TypeError otherwise."""
+    cdef Py_ssize_t n = PyVectorcall_NARGS(nargsf)
+    if kwnames == NULL or len(<object>kwnames) == 0:
+        if n == 0:
+            return 0
+        if n == 3:
+            return 1 if args[0] == <PyObject *>None else 2
+    raise TypeError(_CM_ARGS)
+
+
+cdef object _serving_vc(object o, PyObject **args, size_t nargsf, PyObject *kwnames):
+    cdef _Serving cm = <_Serving>o
+    cdef int what = _cm_args(args, nargsf, kwnames)
+    if what == 0:
+        hwopt_atomic_add(cm.core._ptr() + S_INFL, 1)
+        cm.t0 = _mono_ns()
+        return None
+    cm.core._end(cm.core._ptr(), _mono_ns() - cm.t0, what == 1)
+    return False
+
+
+cdef object _queued_vc(object o, PyObject **args, size_t nargsf, PyObject *kwnames):
+    cdef _Queued cm = <_Queued>o
+    cdef int what = _cm_args(args, nargsf, kwnames)
+    hwopt_atomic_add(cm.core._ptr() + S_QUEUE, 1 if what == 0 else -1)
+    return None if what == 0 else False
+
+
+def _serving_enter(_Serving cm):
+    hwopt_atomic_add(cm.core._ptr() + S_INFL, 1)
+    cm.t0 = _mono_ns()
+
+
+def _serving_exit(_Serving cm, et, ev, tb):
+    cm.core._end(cm.core._ptr(), _mono_ns() - cm.t0, et is None)
+    return False
+
+
+def _queued_enter(_Queued cm):
+    hwopt_atomic_add(cm.core._ptr() + S_QUEUE, 1)
+
+
+def _queued_exit(_Queued cm, et, ev, tb):
+    hwopt_atomic_add(cm.core._ptr() + S_QUEUE, -1)
+    return False
+
+
+cdef object _cm_call(cm, tuple args, enter, exit):
+    if len(args) == 0:
+        enter(cm)
+        return None
+    if len(args) == 3:
+        return exit(cm, *args)
+    raise TypeError(_CM_ARGS)
+
+
+cdef _SelfMethod _self_method(func):
+    cdef _SelfMethod m = _SelfMethod.__new__(_SelfMethod)
+    m.func = func
+    return m
+
+
+@cython.final
+@cython.no_gc  # holds only its reporter, which never refers back: no cycle to collect
 @cython.freelist(64)
 cdef class _Serving:
+    """One ``with reporter.serving():`` block (see the note above on how ``with`` calls it)."""
+
+    cdef _hwopt_vcf vc  # read by CPython at the offset given to hwopt_enable_vectorcall
     cdef ReporterCore core
     cdef long long t0
+    __enter__ = _self_method(_serving_enter)
+    __exit__ = _self_method(_serving_exit)
 
-    def __enter__(self):
-        hwopt_atomic_add(self.core._ptr() + S_INFL, 1)
-        self.t0 = _mono_ns()
-        return None
-
-    def __exit__(self, et, ev, tb):
-        self.core._end(self.core._ptr(), _mono_ns() - self.t0, et is None)
-        return False
+    def __call__(self, *args):
+        """Only the ``with`` statement calls this (its vectorcall slot; here for callers without it)."""
+        return _cm_call(self, args, _serving_enter, _serving_exit)
 
 
+@cython.final
+@cython.no_gc
 @cython.freelist(64)
 cdef class _Queued:
+    """One ``with reporter.queued():`` block."""
+
+    cdef _hwopt_vcf vc
     cdef ReporterCore core
+    __enter__ = _self_method(_queued_enter)
+    __exit__ = _self_method(_queued_exit)
 
-    def __enter__(self):
-        hwopt_atomic_add(self.core._ptr() + S_QUEUE, 1)
-        return None
+    def __call__(self, *args):
+        """Only the ``with`` statement calls this (its vectorcall slot; here for callers without it)."""
+        return _cm_call(self, args, _queued_enter, _queued_exit)
 
-    def __exit__(self, et, ev, tb):
-        hwopt_atomic_add(self.core._ptr() + S_QUEUE, -1)
-        return False
+
+cdef int _enable_vectorcall() except -1:
+    """Point both context types' vectorcall slot at their ``vc`` field (its offset measured on an instance)."""
+    cdef _Serving s = _Serving.__new__(_Serving)
+    cdef _Queued q = _Queued.__new__(_Queued)
+    hwopt_enable_vectorcall(<PyTypeObject *>_Serving, <char *>&s.vc - <char *><void *>s)
+    hwopt_enable_vectorcall(<PyTypeObject *>_Queued, <char *>&q.vc - <char *><void *>q)
+    return 0
+
+
+_enable_vectorcall()

@@ -71,6 +71,8 @@ class Backend:
     xwork: float
     work_sh: int
     pfail_run: int
+    pdone: int
+    pstale: int
     slot: int
     pub_live: bool
     max_conn: int

@@ -89,6 +89,105 @@ def test_reporter_counts_and_service_time(table: SharedState) -> None:
     assert table.published("a") is None and not table.reporter_live("a")
 
 
+def _counts(table: SharedState, sid: str) -> tuple[int, int, int, int, int]:
+    p = table.published(sid)
+    assert p is not None
+    return (p["infl"], p["queue"], p["done"], p["fails"], p["fail_run"])
+
+
+def test_serving_exception_paths(table: SharedState) -> None:
+    """Any exception leaving a ``serving()`` block is one failure and propagates unchanged (never swallowed), a
+    ``queued()`` block is left on any exit, and a success after failures ends the published failure run."""
+    rep = Reporter(table, "e")
+    err = ValueError("boom")
+    with pytest.raises(ValueError) as got, rep.serving():
+        raise err
+    assert got.value is err
+    assert _counts(table, "e") == (0, 0, 1, 1, 1)
+    with pytest.raises(KeyboardInterrupt), rep.serving():  # not only Exception subclasses
+        raise KeyboardInterrupt
+    with pytest.raises(LookupError), rep.queued(), rep.serving():
+        raise KeyError("x")
+    assert _counts(table, "e") == (0, 0, 3, 3, 3)
+    svc = table.published("e")["svc"]  # type: ignore[index]
+    assert svc == 0  # failures are not folded into the service time
+
+    def inner() -> None:
+        with rep.serving():
+            raise RuntimeError("inner")
+
+    # an exception caught inside the block does not make it a failure
+    with rep.serving(), pytest.raises(RuntimeError):
+        inner()
+    assert _counts(table, "e") == (0, 0, 5, 4, 0)
+    rep.close()
+
+
+def test_serving_through_exit_stack_and_as_async_tasks(table: SharedState) -> None:
+    """The context objects work wherever a context manager is expected: contextlib.ExitStack (which calls the
+    methods found on the class) and interleaved asyncio tasks (each block ends its own request)."""
+    import contextlib
+
+    rep = Reporter(table, "x")
+    with contextlib.ExitStack() as stack:
+        assert stack.enter_context(rep.serving()) is None
+        stack.enter_context(rep.queued())
+        assert _counts(table, "x") == (1, 1, 0, 0, 0)
+    assert _counts(table, "x") == (0, 0, 1, 0, 0)
+    with pytest.raises(OSError), contextlib.ExitStack() as stack:
+        stack.enter_context(rep.serving())
+        raise OSError("down")
+    assert _counts(table, "x") == (0, 0, 2, 1, 1)
+
+    inside: list[int] = []
+
+    async def request(fail: bool, gate: asyncio.Event) -> None:
+        with rep.serving():
+            inside.append(table.published("x")["infl"])  # type: ignore[index]
+            await gate.wait()
+            if fail:
+                raise ConnectionError("reset")
+
+    async def run() -> None:
+        gate = asyncio.Event()
+        tasks = [asyncio.create_task(request(i % 2 == 1, gate)) for i in range(4)]
+        await asyncio.sleep(0)
+        assert _counts(table, "x")[0] == 4
+        gate.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert [type(r) for r in results] == [type(None), ConnectionError] * 2
+
+    asyncio.run(run())
+    assert inside == [1, 2, 3, 4]
+    assert _counts(table, "x")[:4] == (0, 0, 6, 3)
+    rep.close()
+
+
+def test_context_objects_refuse_other_calls_and_a_closed_table() -> None:
+    """A context object is entered with no argument and left with three; a reporter whose table was closed
+    raises StateError instead of writing into unmapped memory."""
+    from sutazai_hwopt.errors import StateError
+
+    name = f"hwopt_test_rep_{uuid.uuid4().hex[:12]}"
+    table = SharedState.create(name, slots=4)
+    try:
+        rep = Reporter(table, "c")
+        cm = rep.serving()
+        with pytest.raises(TypeError):
+            cm(1)  # type: ignore[operator]
+        with pytest.raises(TypeError):
+            cm(et=None)  # type: ignore[operator]
+        assert _counts(table, "c") == (0, 0, 0, 0, 0)
+        rep.close()
+    finally:
+        table.close()
+        table.unlink()
+    with pytest.raises(StateError), rep.serving():
+        pass
+    with pytest.raises(StateError), rep.queued():
+        pass
+
+
 def test_asgi_middleware_counts_requests_and_5xx(table: SharedState) -> None:
     rep = Reporter(table, "web")
     seen: list[int] = []
