@@ -128,7 +128,7 @@ def judge(cells: list[tuple[str, int]], rows: list[dict[str, float]]) -> dict[st
         ratio = r["adaptive"] / r["belady"] if r["belady"] else 1.0
         gaps.append(gap)
         ratios.append(ratio)
-        table.append([f"{n} C{s}", round(r["adaptive"], 2), round(r[best], 2), round(gap, 2), round(ratio, 3), best])
+        table.append([f"{n} C{s}", f"{r['adaptive']:.2f}", f"{r[best]:.2f}", f"{gap:+.2f}", f"{ratio:.3f}", best])
     policies = {p: (statistics.fmean(r[p] / r["belady"] for r in rows if r["belady"]),
                     max(max(r[a] for a in anchors) - r[p] for r in rows)) for p in POLICIES}
     return {"anchors": anchors, "cells": table, "worst_gap": max(gaps), "over": sum(g > 1.0 for g in gaps),
@@ -151,7 +151,7 @@ def summarize(title: str, cells: list[tuple[str, int]], rows: list[dict[str, flo
     print("| cell | adaptive | best anchor | gap (points) | adaptive / Belady | best anchor policy |")
     print("|---|---:|---:|---:|---:|---|")
     for cell, ad, best, gap, ratio, who in j["cells"]:
-        print(f"| {cell} | {ad:.2f} | {best:.2f} | {gap:+.2f} | {ratio:.3f} | {who} |")
+        print(f"| {cell} | {ad} | {best} | {gap} | {ratio} | {who} |")
     print()
     for target, measured, verdict in targets(title, j):
         print(f"TARGET {target}: {measured} -> {verdict}")

@@ -35,13 +35,15 @@ def _record(benchmark: Any, title: str, cells: list[tuple[str, int, Any]], use_l
     benchmark.pedantic(run, rounds=1, iterations=1)
     j = out["judged"]
     benchmark.extra_info.update(timing=False, figures=[
-        {"caption": f"{title}: hit ratio (%) of the default (adaptive) against the best anchor ("
-                    f"{', '.join(a.removeprefix('lcs:') for a in j['anchors'])}) and Belady; C = cache size in objects",
+        {"caption": f"{title}: hit ratio (%) of the default (adaptive) against the best anchor (ours: "
+                    f"{', '.join(a for a in j['anchors'] if ':' not in a and a != 'theine')}; libCacheSim's lcs:"
+                    f"{', lcs:'.join(a[4:] for a in j['anchors'] if a.startswith('lcs:'))}; theine) and Belady; "
+                    "C = cache size in objects",
          "columns": ["cell", "default %", "best anchor %", "gap (points)", "default / Belady", "best anchor"],
          "rows": j["cells"]},
         {"caption": f"{title}: every policy of ours, mean hit ratio over Belady's and worst gap to the best anchor",
          "columns": ["policy", "mean / Belady", "worst gap (points)"],
-         "rows": [[p, round(m, 3), round(g, 2)] for p, (m, g) in j["policies"].items()]}],
+         "rows": [[p, f"{m:.3f}", f"{g:+.2f}"] for p, (m, g) in j["policies"].items()]}],
         targets=hr.targets(title, j))
 
 
