@@ -113,18 +113,27 @@ cdef void _tdelete(CacheCore self, int32_t i) noexcept:
     self.version += 1
 
 cdef inline int32_t _probe(CacheCore self, object key, Py_hash_t h) except -2:
-    """Fast path of :meth:`_find` for a resident key found by identity; else defers to it."""
+    """Fast path of :meth:`_find` for a resident key found by identity or as an exact str (no Python code runs);
+    any other candidate with the same hash defers to it."""
     cdef uint64_t mask = self.tsize - 1
     cdef uint64_t pos = _home(self, h)
     cdef int32_t i, g
+    cdef PyObject* k
+    cdef int eq
     while True:
         i = self.table[pos]
         if i < 0:
             return -1
         if self.kv[i].hash == h:
-            if self.kv[i].key == <PyObject*>key:
+            k = self.kv[i].key
+            if k == <PyObject*>key:
                 return i
-            return _find(self, key, h, &g)
+            if k != NULL:                    # (a ghost, k NULL, never matches)
+                eq = _str_eq(k, <PyObject*>key)
+                if eq > 0:
+                    return i
+                if eq < 0:
+                    return _find(self, key, h, &g)
         pos = (pos + 1) & mask
 
 cdef int32_t _find(CacheCore self, object key, Py_hash_t h, int32_t* ghost) except -2:
@@ -150,6 +159,12 @@ cdef int32_t _find(CacheCore self, object key, Py_hash_t h, int32_t* ghost) exce
                 elif k == <PyObject*>key:
                     return i
                 else:
+                    r = _str_eq(k, <PyObject*>key)
+                    if r >= 0:
+                        if r:
+                            return i
+                        pos = (pos + 1) & mask
+                        continue
                     ver = self.version
                     Py_INCREF(<object>k)
                     try:
