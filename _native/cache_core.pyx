@@ -363,12 +363,13 @@ cdef class CacheCore:
 
     # ------------------------------------------------------------------ deferred release
     # (the slot table and the lists are in cache_table.pxi)
-    cdef inline void _defer(self, PyObject* o) except *:
+    cdef inline int _defer(self, PyObject* o) except -1:   # (not `except *`: no PyErr_Occurred per call)
         if self.ndead == self.dead_cap:
             self.dead_cap = max(16, 2 * self.dead_cap)
             self.dead = <PyObject**>_re(self.dead, self.dead_cap * sizeof(PyObject*))
         self.dead[self.ndead] = o
         self.ndead += 1
+        return 0
 
     cdef int _release(self) except -1:
         """Drop deferred references and fire on_evict, now that the structure is consistent.

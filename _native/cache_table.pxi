@@ -203,10 +203,26 @@ cdef inline void _unlink(CacheCore self, int32_t i) noexcept:
     self.ln[i].lst = -1
 
 cdef inline void _move(CacheCore self, int32_t l, int32_t i) noexcept:
-    if self.lhead[l] == i:
+    """Make ``i`` the head of list ``l``. Within one list (every hit but ARC's T1 -> T2) only the links change:
+    no count or list id is rewritten, and ``i`` is not the head, so it has a predecessor."""
+    cdef int32_t h = self.lhead[l], p, n
+    if h == i:
         return
-    _unlink(self, i)
-    _push(self, l, i)
+    if self.ln[i].lst != l:
+        _unlink(self, i)
+        _push(self, l, i)
+        return
+    p = self.ln[i].prv
+    n = self.ln[i].nxt
+    self.ln[p].nxt = n
+    if n >= 0:
+        self.ln[n].prv = p
+    else:
+        self.ltail[l] = p
+    self.ln[i].prv = -1
+    self.ln[i].nxt = h
+    self.ln[h].prv = i
+    self.lhead[l] = i
 
 # LIRS second intrusive list (queue Q of resident HIR blocks, or the FIFO of non-resident ones)
 cdef inline void _qpush(CacheCore self, int32_t l, int32_t i) noexcept:
