@@ -42,10 +42,47 @@ cdef extern from "Python.h":
     object PyList_New(Py_ssize_t n)
     void PyList_SET_ITEM(object l, Py_ssize_t i, object o)
     Py_hash_t PyObject_Hash(object o) except? -1
-    # the same function without Cython's exception check: the hit path tests -1 itself (no try/except state)
-    Py_hash_t _hash_nocheck "PyObject_Hash"(object o)
     int PyObject_RichCompareBool(PyObject* a, PyObject* b, int op) except -1
     int Py_EQ
+
+# The hit path's two per-key steps for the common key type, done as CPython's own dict does them: an exact str
+# carries its hash (computed once, cached in the object), and two exact strs are equal iff their lengths, kinds
+# and code units are (unicode_eq in Objects/stringlib/eq.h). Neither runs Python code, so a lookup that uses
+# them needs no restart check. Anything else (subclasses, other types, a not-ready legacy string of 3.10/3.11)
+# takes the generic PyObject_Hash / PyObject_RichCompareBool path.
+cdef extern from *:
+    """
+    static CYTHON_INLINE Py_hash_t hwopt_key_hash(PyObject *o) {
+    #if !defined(Py_LIMITED_API) && !defined(Py_GIL_DISABLED)
+        if (PyUnicode_CheckExact(o)) {
+            Py_hash_t h = ((PyASCIIObject *)o)->hash;
+            if (h != -1) return h;
+        }
+    #endif
+        return PyObject_Hash(o);
+    }
+    /* 1 equal, 0 unequal, -1 not two exact (ready) strs: the caller must use PyObject_RichCompareBool */
+    static CYTHON_INLINE int hwopt_str_eq(PyObject *a, PyObject *b) {
+    #if !defined(Py_LIMITED_API)
+        Py_ssize_t n;
+        int kind;
+        if (!PyUnicode_CheckExact(a) || !PyUnicode_CheckExact(b)) return -1;
+    #if PY_VERSION_HEX < 0x030C0000
+        if (!PyUnicode_IS_READY(a) || !PyUnicode_IS_READY(b)) return -1;
+    #endif
+        n = PyUnicode_GET_LENGTH(a);
+        if (n != PyUnicode_GET_LENGTH(b)) return 0;
+        kind = PyUnicode_KIND(a);
+        if (kind != (int)PyUnicode_KIND(b)) return 0;
+        return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * (size_t)kind) == 0;
+    #else
+        return -1;
+    #endif
+    }
+    """
+    # no exception check: the hit path tests -1 itself (PyObject_Hash returns -1 only with an exception set)
+    Py_hash_t _key_hash "hwopt_key_hash"(object o)
+    int _str_eq "hwopt_str_eq"(PyObject* a, PyObject* b) noexcept
 
 # policy kinds
 DEF K_LRU = 0
@@ -326,12 +363,13 @@ cdef class CacheCore:
 
     # ------------------------------------------------------------------ deferred release
     # (the slot table and the lists are in cache_table.pxi)
-    cdef inline void _defer(self, PyObject* o) except *:
+    cdef inline int _defer(self, PyObject* o) except -1:   # (not `except *`: no PyErr_Occurred per call)
         if self.ndead == self.dead_cap:
             self.dead_cap = max(16, 2 * self.dead_cap)
             self.dead = <PyObject**>_re(self.dead, self.dead_cap * sizeof(PyObject*))
         self.dead[self.ndead] = o
         self.ndead += 1
+        return 0
 
     cdef int _release(self) except -1:
         """Drop deferred references and fire on_evict, now that the structure is consistent.
@@ -436,7 +474,7 @@ cdef class CacheCore:
         return 0
 
     cdef inline Py_hash_t _hash(self, object key) except? -1:
-        cdef Py_hash_t h = _hash_nocheck(key)
+        cdef Py_hash_t h = _key_hash(key)
         if h == -1:                 # PyObject_Hash returns -1 only with an exception set
             _hash_failed(key)
         return h

@@ -41,7 +41,7 @@ cdef void _set_window(CacheCore self, int64_t w) noexcept:
     self.prot_max = <int64_t>(0.8 * (self.maxsize - w))
 
 # ------------------------------------------------------------------ policy dispatch
-cdef inline int _p_hit(CacheCore self, int32_t i) except -1:
+cdef inline int _p_hit(CacheCore self, int32_t i) noexcept:
     cdef int k = self.kind
     cdef int32_t d
     if self.ln[i].prio:

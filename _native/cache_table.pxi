@@ -113,18 +113,27 @@ cdef void _tdelete(CacheCore self, int32_t i) noexcept:
     self.version += 1
 
 cdef inline int32_t _probe(CacheCore self, object key, Py_hash_t h) except -2:
-    """Fast path of :meth:`_find` for a resident key found by identity; else defers to it."""
+    """Fast path of :meth:`_find` for a resident key found by identity or as an exact str (no Python code runs);
+    any other candidate with the same hash defers to it."""
     cdef uint64_t mask = self.tsize - 1
     cdef uint64_t pos = _home(self, h)
     cdef int32_t i, g
+    cdef PyObject* k
+    cdef int eq
     while True:
         i = self.table[pos]
         if i < 0:
             return -1
         if self.kv[i].hash == h:
-            if self.kv[i].key == <PyObject*>key:
+            k = self.kv[i].key
+            if k == <PyObject*>key:
                 return i
-            return _find(self, key, h, &g)
+            if k != NULL:                    # (a ghost, k NULL, never matches)
+                eq = _str_eq(k, <PyObject*>key)
+                if eq > 0:
+                    return i
+                if eq < 0:
+                    return _find(self, key, h, &g)
         pos = (pos + 1) & mask
 
 cdef int32_t _find(CacheCore self, object key, Py_hash_t h, int32_t* ghost) except -2:
@@ -150,6 +159,12 @@ cdef int32_t _find(CacheCore self, object key, Py_hash_t h, int32_t* ghost) exce
                 elif k == <PyObject*>key:
                     return i
                 else:
+                    r = _str_eq(k, <PyObject*>key)
+                    if r >= 0:
+                        if r:
+                            return i
+                        pos = (pos + 1) & mask
+                        continue
                     ver = self.version
                     Py_INCREF(<object>k)
                     try:
@@ -188,10 +203,26 @@ cdef inline void _unlink(CacheCore self, int32_t i) noexcept:
     self.ln[i].lst = -1
 
 cdef inline void _move(CacheCore self, int32_t l, int32_t i) noexcept:
-    if self.lhead[l] == i:
+    """Make ``i`` the head of list ``l``. Within one list (every hit but ARC's T1 -> T2) only the links change:
+    no count or list id is rewritten, and ``i`` is not the head, so it has a predecessor."""
+    cdef int32_t h = self.lhead[l], p, n
+    if h == i:
         return
-    _unlink(self, i)
-    _push(self, l, i)
+    if self.ln[i].lst != l:
+        _unlink(self, i)
+        _push(self, l, i)
+        return
+    p = self.ln[i].prv
+    n = self.ln[i].nxt
+    self.ln[p].nxt = n
+    if n >= 0:
+        self.ln[n].prv = p
+    else:
+        self.ltail[l] = p
+    self.ln[i].prv = -1
+    self.ln[i].nxt = h
+    self.ln[h].prv = i
+    self.lhead[l] = i
 
 # LIRS second intrusive list (queue Q of resident HIR blocks, or the FIFO of non-resident ones)
 cdef inline void _qpush(CacheCore self, int32_t l, int32_t i) noexcept:

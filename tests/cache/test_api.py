@@ -242,6 +242,33 @@ def test_key_with_custom_eq_and_colliding_hash() -> None:
     assert c.check()
 
 
+@pytest.mark.parametrize("policy", POLICIES)
+def test_str_keys_found_by_value_not_identity(policy: str) -> None:
+    """The str fast path of the lookup: an equal but distinct str of any width finds the entry, a str subclass
+    (its own __eq__ and __hash__) and a str equal to a stored subclass key still compare as Python would."""
+    class Folded(str):
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, str) and self.lower() == other.lower()
+
+        def __hash__(self) -> int:
+            return hash(self.lower())
+
+    words = ["plain", "caf\u00e9", "\u0394\u03b5\u03bb\u03c4\u03b1", "\U0001f600 face", "", "x" * 300]
+    c = Cache(64, policy)
+    for w in words:
+        c["".join(list(w))] = w                 # stored key: a distinct object from every lookup key below
+    c[Folded("MiXeD")] = "folded"
+    c[str(12345)] = "digits"
+    for w in words:
+        probe = "".join(list(w))
+        assert probe is not w or w == ""        # (the empty str is a singleton)
+        assert c.get(probe) == w and c[probe] == w and probe in c
+    assert c.get("mixed") == "folded" and c.get(Folded("MIXED")) == "folded"
+    assert c.get("12345") == "digits" and c.get(Folded("12345")) == "digits"
+    assert c.get("caf\u00e9 ") is None and c.get("plain\x00") is None
+    assert c.check()
+
+
 def test_sizeof_within_budget() -> None:
     """The compiled structure costs at most 64 bytes per entry at full occupancy (adaptive policy)."""
     c = Cache(10_000)
