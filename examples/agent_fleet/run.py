@@ -1,7 +1,7 @@
 """The reference workload: N agents on one host, three setups, two workload shapes, one report.
 
     python -m examples.agent_fleet --out fleet-report            # 131 agents, all setups, both shapes
-    python -m examples.agent_fleet --quick --out /tmp/fleet       # 16 agents, short phases (~1.5 min on 2 cores)
+    python -m examples.agent_fleet --quick --out /tmp/fleet       # 16 agents, short phases (about a minute on 2 cores)
 
 The harness starts each setup's agents (in batches), a load generator process, runs the phases, reads PSS and CPU
 time from /proc, stops everything and writes ``report.json`` and ``report.html`` to ``--out``. See
@@ -77,7 +77,7 @@ class Plan:
     @staticmethod
     def of(quick: bool) -> Plan:
         if quick:
-            return Plan(warmup=1.0, fixed=1.5, ramp_step=0.8, ramp_max_steps=5, constrained=1.5, prewarm=1.0,
+            return Plan(warmup=0.5, fixed=1.0, ramp_step=0.5, ramp_max_steps=5, constrained=1.0, prewarm=0.5,
                         batch=16, drain=10.0, verify=40)
         return Plan(warmup=10.0, fixed=20.0, ramp_step=4.0, ramp_max_steps=7, constrained=15.0, prewarm=6.0,
                     batch=16, drain=45.0, verify=200)
@@ -585,7 +585,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m examples.agent_fleet", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--agents", type=int, default=None, help="agent processes (default 131; --quick: 16)")
-    p.add_argument("--quick", action="store_true", help="16 agents, short phases (~1.5 min on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="16 agents, short phases (about a minute on 2 cores)")
     p.add_argument("--shape", choices=("heavy", "light", "both"), default="both")
     p.add_argument("--setups", default="naive,savvy,library", help="comma-separated subset of naive,savvy,library")
     p.add_argument("--seed", type=int, default=1)
