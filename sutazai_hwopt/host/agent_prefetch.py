@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import InvalidArgumentError
 from ..logs import get_logger
+from ..periodic import PeriodicThread
 
 __all__ = ["PREFETCH_FIELDS", "PrefetchReporter", "check_prefetch", "prefetch_rows", "prefetch_view",
            "report_prefetch_state", "stop_reporting_prefetch"]
@@ -82,8 +83,8 @@ class PrefetchReporter:
         self._sent_at = -math.inf
         self._retry_at = -math.inf
         self._failing = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = PeriodicThread(self.poll, interval_s, name="hwopt-prefetch-report", what="prefetch report",
+                                        log=log)
 
     def poll(self) -> bool:
         """Send now if a decision changed, or if the heartbeat is due and a figure moved; True if delivered."""
@@ -112,24 +113,13 @@ class PrefetchReporter:
 
     def start(self) -> PrefetchReporter:
         """Poll every ``interval_s`` on a daemon thread; returns self."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="hwopt-prefetch-report", daemon=True)
-            self._thread.start()
+        self._periodic.start()
         return self
 
     def stop(self) -> None:
         """Stop reporting (the daemon keeps the last rows until the agent leaves)."""
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-        self._thread = None
+        self._periodic.stop()
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.poll()
-            except Exception:  # never let one failed read end the reports
-                log.exception("prefetch report failed")
 
 
 def report_prefetch_state(agent_id: str, send: Callable[[dict[str, Any]], Any], *,

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..logs import get_logger
+from ..periodic import PeriodicThread
 
 __all__ = ["ThreadPoolGovernor", "affinity_cpus", "limit_thread_pools", "thread_pool_sizes"]
 
@@ -77,8 +78,8 @@ class ThreadPoolGovernor:
         self._pools: list[dict[str, Any]] = []
         self._checks = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = PeriodicThread(self.check, interval_s, name="hwopt-threadpools", what="thread-pool check",
+                                        log=log)
 
     def report(self) -> dict[str, Any]:
         """What the governor applied: the affinity it sized to and each pool's size."""
@@ -108,21 +109,10 @@ class ThreadPoolGovernor:
     def start(self) -> ThreadPoolGovernor:
         """Check now on this thread, then every ``interval_s`` on a daemon thread; returns self."""
         self.check()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="hwopt-threadpools", daemon=True)
-            self._thread.start()
+        self._periodic.start()
         return self
 
     def stop(self) -> None:
         """Stop the background checks (the limits stay as they are)."""
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-        self._thread = None
+        self._periodic.stop()
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.check()
-            except Exception:  # never let a failed check end the agent's checks
-                log.exception("thread-pool check failed")
