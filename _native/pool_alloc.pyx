@@ -53,8 +53,10 @@ HEADER_FIXED = HDR_FIXED
 #: Size of a slab window.
 SLAB_BYTES = SLAB_SPAN
 
-cdef uint64_t CLASS_SIZE[6]
-CLASS_SIZE[:] = [64, 128, 256, 512, 1024, 2048]
+cdef uint64_t CLASS_SIZE[N_CLASSES]
+# Powers of two, with 768 and 1536 between the largest: a cache entry of a 512-byte value and its headers
+# (704 bytes) takes a 768-byte slot, not a 1 KiB one.
+CLASS_SIZE[:] = [64, 128, 256, 512, 768, 1024, 1536, 2048]
 
 # Debug build (SUTAZAI_HWOPT_DEBUG=1): count allocations and frees through this process, and run the full
 # invariant check after every alloc() and free().

@@ -38,13 +38,13 @@ cdef extern from "<pthread.h>" nogil:
 
 # "SZHWPOOL" little-endian.
 cdef enum:
-    POOL_VERSION = 1
+    POOL_VERSION = 2           # 2: size classes 768 and 1536 added (a version-1 segment numbers its classes differently)
     ALIGN = 64
     CHUNK_HDR = 64
     SLAB_SPAN = 65536          # a slab is exactly one 64 KiB window of the heap
     SLAB_SLOTS_OFF = 192       # chunk header (64) + slot bitmap (128)
     SLAB_BITMAP_WORDS = 16     # 1024 bits >= (65536 - 192) / 64 slots
-    N_CLASSES = 6              # 64, 128, 256, 512, 1024, 2048
+    N_CLASSES = 8              # 64, 128, 256, 512, 768, 1024, 1536, 2048 (at most 1/3 of a slot wasted above 512)
     SMALL_MAX = 2048
     N_BINS = 64
     HDR_FIXED = 1024           # the slab-window bitmap starts here

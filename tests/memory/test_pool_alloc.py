@@ -185,6 +185,21 @@ def test_small_blocks_come_from_slabs_and_slabs_return() -> None:
     assert heap.check()
 
 
+@pytest.mark.parametrize(("request_bytes", "slot"), [
+    (1, 64), (64, 64), (65, 128), (512, 512), (513, 768), (704, 768), (768, 768), (769, 1024),
+    (1025, 1536), (1536, 1536), (1537, 2048), (2048, 2048)])
+def test_small_requests_get_the_smallest_class_that_fits(request_bytes: int, slot: int) -> None:
+    """Size classes 768 and 1536 sit between the powers of two: a 704-byte cache entry (a 512-byte value with
+    its headers) takes 768 bytes, not 1 KiB, and the slot never overlaps its neighbours."""
+    _buf, heap = fresh(1 << 20)
+    offs = [heap.alloc(request_bytes) for _ in range(3)]
+    assert {heap.usable_size(o) for o in offs} == {slot}
+    assert sorted(offs)[1] - sorted(offs)[0] == slot and sorted(offs)[2] - sorted(offs)[1] == slot
+    for o in offs:
+        heap.free(o)
+    assert heap.check() and heap.stats()["n_small"] == 0
+
+
 def test_repair_rebuilds_damaged_free_lists() -> None:
     """Wiped free lists and counters fail check(); repair() rebuilds them from the heap walk."""
     buf, heap = fresh(2 << 20)
