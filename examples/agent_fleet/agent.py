@@ -90,6 +90,18 @@ class RedisCache:
         self.client.flushall()
 
 
+def l2_entries_for(budget: int, answer_bytes: int) -> int:
+    """The L2 index capacity for a budget of answers: as many entries as the budget could hold.
+
+    An entry takes its value plus the block header and the key's 64-byte line; the index (slots and stripe
+    words, ~43 bytes per entry) comes out of the same budget, so sizing it for far more entries than fit (as
+    one entry per 256 bytes did for 512-byte answers) spends a quarter of a small budget on empty slots.
+    """
+    from sutazai_hwopt._native.shmcache_index import BLOCK_HEADER
+
+    return max(48, budget // (answer_bytes + BLOCK_HEADER + 64))
+
+
 class LibraryCache:
     """Library: answers in IntelligentCacheSystem (L1 private, L2 shared by every agent of the namespace)."""
 
@@ -101,7 +113,7 @@ class LibraryCache:
         self.agent_id = agent_id
         self.cache = IntelligentCacheSystem({
             "namespace": namespace, "l1_size": l1_size, "l2_size": budget, "l3_size": 0,
-            "enable_prefetch": False, "l2_max_entries": max(48, budget // max(256, answer_bytes // 2)),
+            "enable_prefetch": False, "l2_max_entries": l2_entries_for(budget, answer_bytes),
         })
 
     def get(self, key: bytes) -> tuple[Any, int]:

@@ -19,6 +19,24 @@ def pss_bytes(pid: int) -> int:
     return 0
 
 
+def pss_parts(pid: int) -> dict[str, int]:
+    """A process's PSS split by what backs it (``Pss_Anon``/``Pss_File``/``Pss_Shmem`` of ``smaps_rollup``).
+
+    Tells where a fleet's memory goes: private heaps (interpreters, private caches, naive's weights), files
+    (code, savvy's mapped ``.npy``) and shared memory (the library's pool and cache segments).
+    """
+    parts = {"anon": 0, "file": 0, "shmem": 0}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name.startswith("Pss_") and name[4:].lower() in parts:
+                    parts[name[4:].lower()] += int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return parts
+
+
 def range_pss_bytes(pid: int, start: int, length: int) -> int:
     """PSS of the mappings of ``pid`` that overlap ``[start, start + length)`` (``/proc/<pid>/smaps``).
 

@@ -34,6 +34,10 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
         "pss_total_mib": (_get(res, "pss", "total") or 0) / MIB or None,
         "pss_weights_mib": (_get(res, "pss", "weights") or 0) / MIB or None,
         "pss_redis_mib": (_get(res, "pss", "redis") or 0) / MIB,
+        # the agents' PSS by what backs it: private heaps, files (code, a mapped .npy), shared-memory segments
+        "pss_agents_anon_mib": (_get(res, "pss", "agents_anon") or 0) / MIB or None,
+        "pss_agents_file_mib": (_get(res, "pss", "agents_file") or 0) / MIB or None,
+        "pss_agents_shmem_mib": (_get(res, "pss", "agents_shmem") or 0) / MIB,
         "warmup_p99_ms": _ms(_get(res, "warmup", "p99_s")),
         "fixed_rate": res.get("fixed_rate"),
         "fixed_p50_ms": _ms(_get(res, "fixed", "p50_s")),
@@ -159,6 +163,9 @@ def _figures(report: dict[str, Any]) -> list[Any]:
         fig = go.Figure()
         fig.add_bar(name="fleet PSS", x=setups, y=[summ[k]["pss_total_mib"] for k in setups])
         fig.add_bar(name="weights PSS", x=setups, y=[summ[k]["pss_weights_mib"] for k in setups])
+        for name, key in (("agents' private heaps", "pss_agents_anon_mib"),
+                          ("agents' shared memory", "pss_agents_shmem_mib"), ("redis-server", "pss_redis_mib")):
+            fig.add_bar(name=name, x=setups, y=[summ[k][key] for k in setups])
         fig.update_layout(title=f"{shape}: memory (MiB, PSS)", barmode="group")
         figs.append(fig)
 

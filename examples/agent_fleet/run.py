@@ -68,6 +68,8 @@ class Plan:
     fixed: float
     ramp_step: float
     ramp_max_steps: int
+    #: geometric bisection steps after the doubling: the rate's resolution is 2**(1 / 2**n) - 1 (3: ~9%)
+    bisect_steps: int
     constrained: float
     prewarm: float
     batch: int
@@ -77,10 +79,10 @@ class Plan:
     @staticmethod
     def of(quick: bool) -> Plan:
         if quick:
-            return Plan(warmup=0.5, fixed=1.0, ramp_step=0.5, ramp_max_steps=5, constrained=1.0, prewarm=0.5,
-                        batch=16, drain=10.0, verify=40)
-        return Plan(warmup=10.0, fixed=20.0, ramp_step=4.0, ramp_max_steps=7, constrained=15.0, prewarm=6.0,
-                    batch=16, drain=45.0, verify=200)
+            return Plan(warmup=0.5, fixed=1.0, ramp_step=0.5, ramp_max_steps=5, bisect_steps=2, constrained=1.0,
+                        prewarm=0.5, batch=16, drain=10.0, verify=40)
+        return Plan(warmup=10.0, fixed=20.0, ramp_step=4.0, ramp_max_steps=7, bisect_steps=3, constrained=15.0,
+                    prewarm=6.0, batch=16, drain=45.0, verify=200)
 
 
 #: shared-cache budget of the normal runs, per shape: L2 size, redis maxmemory, naive's total (split per agent)
@@ -275,7 +277,12 @@ class Fleet:
         agents = sum(measure.pss_bytes(p.pid) for _, p in self.live_agents())
         weights = sum(measure.range_pss_bytes(p.pid, *self.weights_at[i]) for i, p in self.live_agents())
         redis_pss = measure.pss_bytes(self.redis.pid) if self.redis else 0
+        parts = {"anon": 0, "file": 0, "shmem": 0}
+        for _, p in self.live_agents():
+            for name, value in measure.pss_parts(p.pid).items():
+                parts[name] += value
         return {"total": agents + redis_pss, "agents": agents, "redis": redis_pss, "weights": weights,
+                "agents_anon": parts["anon"], "agents_file": parts["file"], "agents_shmem": parts["shmem"],
                 "agents_alive": len(self.live_agents())}
 
     def cpu(self) -> dict[str, float]:
@@ -339,6 +346,26 @@ def _terminate(procs: list[subprocess.Popen[str]], grace: float = 5.0) -> None:
             p.wait()
 
 
+def byte_compile_sources() -> dict[str, bool]:
+    """Byte-compile the library and this harness next to their sources, once, before any agent starts.
+
+    Every setup's agents import numpy (and savvy's redis-py) from installed packages, whose bytecode pip wrote at
+    install time; the library (an editable install or a source checkout) and the harness have none, and with
+    ``PYTHONDONTWRITEBYTECODE`` set (as on the CI machines) every agent would compile them from source again:
+    start-up CPU and a few MiB of private heap per agent that an installed wheel never costs. ``compileall``
+    writes the ``__pycache__`` an install would (ignored by git); a directory that cannot be written is skipped.
+    """
+    import compileall
+
+    import sutazai_hwopt
+
+    done: dict[str, bool] = {}
+    for path in (Path(sutazai_hwopt.__file__).parent, Path(__file__).parent):
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            done[str(path)] = bool(compileall.compile_dir(str(path), quiet=2))
+    return done
+
+
 class Harness:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -350,6 +377,7 @@ class Harness:
         self.logs: dict[str, Any] = {}
         self.env = {**os.environ, **ONE_THREAD,
                     "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        self.bytecode = byte_compile_sources()
         self.timers: list[threading.Timer] = []
         self.current: Fleet | None = None
         self.progress: Any = None
@@ -414,7 +442,7 @@ class Harness:
             return {"interrupted": str(exc)}
 
     def ramp(self, fleet: Fleet, start: float) -> dict[str, Any]:
-        """Saturation: double the rate while p99 stays under the bound, then two geometric bisection steps."""
+        """Saturation: double the rate while p99 stays under the bound, then geometric bisection steps."""
         bound = fleet.shape.p99_bound_s
         steps: list[dict[str, Any]] = []
 
@@ -441,7 +469,7 @@ class Harness:
                 if good:
                     break
                 rate /= 2
-        for _ in range(2):
+        for _ in range(self.plan.bisect_steps):
             if good and bad:
                 mid = math.sqrt(good * bad)
                 if passes(mid):
@@ -549,6 +577,7 @@ class Harness:
             "args": {"agents": a.agents, "quick": a.quick, "shape": a.shape, "setups": setups, "seed": a.seed,
                      "kill_agent_at": a.kill_agent_at, "kill_loadgen_at": a.kill_loadgen_at},
             "machine": measure.machine(), "plan": self.plan.__dict__, "budget_bytes": BUDGET,
+            "bytecode_compiled": self.bytecode,
             "blas_threads_per_process": 1, "shapes": {},
         }
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

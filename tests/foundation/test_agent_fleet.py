@@ -83,6 +83,12 @@ def test_quick_fleet_report(tmp_path: Path) -> None:
     for setup in ("savvy", "library"):
         assert summary[setup]["constrained_hit_ratio"] is not None
     assert summary["savvy"]["pss_redis_mib"] > 0 and summary["library"]["pss_redis_mib"] == 0
+    # the split of the agents' PSS: only the library's agents map shared-memory segments (its pool and L2)
+    assert summary["library"]["pss_agents_shmem_mib"] > 0
+    assert summary["naive"]["pss_agents_shmem_mib"] == summary["savvy"]["pss_agents_shmem_mib"] == 0
+    for figures in summary.values():
+        assert figures["pss_agents_anon_mib"] <= figures["pss_total_mib"]
+    assert all(report["bytecode_compiled"].values())
     assert report["wrong_answers"] == 0 and report["verified_answers"] > 0
     assert report["interrupted"] is False
     light = [t for t in report["targets"] if t["shape"] == "light"]
