@@ -453,14 +453,23 @@ cdef class SegmentHeap:
         cdef uint64_t off
         if n > self.h.heap_size:
             raise PoolExhaustedError(f"size {n} exceeds the pool's heap of {self.h.heap_size} bytes")
+        off = self._try_alloc_locked(n)
+        if off == 0:
+            raise PoolExhaustedError(
+                f"no free range for {n} bytes (heap {self.h.heap_size} bytes; see stats())")
+        return off
+
+    cdef uint64_t _try_alloc_locked(self, uint64_t n) except? 0:
+        # As _alloc_locked, but 0 without an exception when no free range is large enough: a cache evicting
+        # until a block fits tries many times under the lock, and building an exception costs ~3 us each time.
+        cdef uint64_t off
+        if n > self.h.heap_size:
+            return 0
         if n <= SMALL_MAX:
             off = self._alloc_small(class_of(n))
         else:
             off = self._alloc_large(n)
-        if off == 0:
-            raise PoolExhaustedError(
-                f"no free range for {n} bytes (heap {self.h.heap_size} bytes; see stats())")
-        if HWOPT_DEBUG:
+        if off and HWOPT_DEBUG:
             global dbg_allocs
             dbg_allocs += 1
             _heap_check(self)
@@ -892,6 +901,16 @@ cdef uint64_t _api_alloc_locked(object heap, uint64_t n) except? 0:
     return h._alloc_locked(n)
 
 
+cdef uint64_t _api_try_alloc_locked(object heap, uint64_t n) except? 0:
+    cdef SegmentHeap h = <SegmentHeap>heap
+    h._ready()
+    if n == 0:
+        raise InvalidArgumentError("size must be a positive integer, got 0")
+    if h.depth <= 0 or h.owner != PyThread_get_thread_ident():
+        raise StateError("try_alloc_locked() needs the pool lock held by this thread")
+    return h._try_alloc_locked(n)
+
+
 cdef int _api_free_locked(object heap, uint64_t offset) except -1:
     cdef SegmentHeap h = <SegmentHeap>heap
     h._ready()
@@ -906,6 +925,7 @@ _HEAP_API.acquire = _api_acquire
 _HEAP_API.release = _api_release
 _HEAP_API.alloc_locked = _api_alloc_locked
 _HEAP_API.free_locked = _api_free_locked
+_HEAP_API.try_alloc_locked = _api_try_alloc_locked
 
 
 def heap_api():

@@ -15,3 +15,4 @@ ctypedef struct heap_api_t:
     int (*release)(object heap) except -1
     uint64_t (*alloc_locked)(object heap, uint64_t n) except? 0    # caller holds the lock; PoolExhaustedError
     int (*free_locked)(object heap, uint64_t offset) except -1     # caller holds the lock
+    uint64_t (*try_alloc_locked)(object heap, uint64_t n) except? 0  # as alloc_locked, 0 (no error) when full

@@ -34,9 +34,11 @@ Algorithms:
 
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_FillInfo, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.pycapsule cimport PyCapsule_GetPointer
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 
+from sutazai_hwopt._native import pool_alloc as _pool_alloc
 from sutazai_hwopt.errors import (
     CorruptionError,
     IncompatibleLayoutError,
@@ -46,6 +48,7 @@ from sutazai_hwopt.errors import (
 )
 
 from debug cimport HWOPT_DEBUG
+from pool_heap_api cimport HEAP_API_NAME, heap_api_t
 from pool_layout cimport hdr_t
 from shmcache_layout cimport *
 
@@ -100,6 +103,10 @@ cdef extern from *:
     uint8_t sz_ld8(const uint8_t *p) nogil
     void sz_st8(uint8_t *p, uint8_t v) nogil
     void sz_add64(uint64_t *p, uint64_t v) nogil
+
+# The heap's C entry points: under the lock the index allocates, frees and locks without a Python call, and a
+# full heap answers 0 instead of raising (an eviction loop tries again after each victim).
+cdef heap_api_t *HEAP = <heap_api_t *>PyCapsule_GetPointer(_pool_alloc.heap_api(), HEAP_API_NAME)
 
 # Debug-build resource counters (SUTAZAI_HWOPT_DEBUG=1), per process.
 cdef uint64_t dbg_views_made = 0
@@ -258,8 +265,11 @@ cdef class ShmIndex:
         Raises:
             IncompatibleLayoutError: the meta area holds no index of this version.
         """
-        cdef uint64_t moff = heap.meta_offset
-        cdef uint64_t msize = heap.meta_size
+        cdef uint64_t moff, msize
+        if type(heap) is not <object>HEAP.heap_type:
+            raise InvalidArgumentError(f"heap must be a pool_alloc.SegmentHeap, got {type(heap).__name__}")
+        moff = heap.meta_offset
+        msize = heap.meta_size
         PyObject_GetBuffer(buffer, &self.view, PyBUF_WRITABLE)
         self.has_view = True
         self.base = <char *>self.view.buf
@@ -310,7 +320,7 @@ cdef class ShmIndex:
             while n < SPIN_MAX and sz_mutex_busy(<const char *>&(<hdr_t *>self.base).mutex_space[0]):
                 sz_pause()
                 n += 1
-        self.heap.acquire()
+        HEAP.acquire(self.heap)
         self.depth += 1
         if self.pending:
             try:
@@ -324,7 +334,7 @@ cdef class ShmIndex:
         self.depth -= 1
         if self.depth == 0 and (self.nopen or self.open_all):
             self._wclose()
-        self.heap.release()
+        HEAP.release(self.heap)
         return 0
 
     # ---- writer side of the stripe sequence locks (under the lock) ------------------------------------------
@@ -530,7 +540,7 @@ cdef class ShmIndex:
 
     cdef int _free_block(self, uint64_t off) except -1:
         (<blk_t *>(self.base + off)).magic = 0
-        self.heap.free(off)
+        HEAP.free_locked(self.heap, off)
         return 0
 
     def epoch(self, uint64_t h):
@@ -601,17 +611,19 @@ cdef class ShmIndex:
         return (k[:b.klen], b.kind, b.prio, hd[:b.hlen], (hd + r64(b.hlen))[:b.vlen])
 
     cdef uint64_t _alloc(self, uint64_t n, list victims, bint keep) except 0:
-        # Allocate n bytes, evicting CLOCK victims until the heap can serve it.
+        # Allocate n bytes, evicting SIEVE victims until the heap can serve it.
         cdef object r
+        cdef uint64_t off
         while True:
-            try:
-                return self.heap.alloc(n)
-            except PoolExhaustedError:
-                r = self._evict_one(keep)
-                if r is False:
-                    raise
-                if keep and r is not None and r is not True:
-                    victims.append(r)
+            off = HEAP.try_alloc_locked(self.heap, n)
+            if off:
+                return off
+            r = self._evict_one(keep)
+            if r is False:
+                raise PoolExhaustedError(f"no free range for {n} bytes even with every unpinned entry evicted "
+                                         f"(heap {self.heap.heap_size} bytes)")
+            if keep and r is not None and r is not True:
+                victims.append(r)
 
     # ---- public operations ---------------------------------------------------------------------------------
     def put(self, const uint8_t[::1] key, uint64_t h, int kind, int prio, const uint8_t[::1] head,

@@ -28,7 +28,7 @@ from sutazai_hwopt._native import shmcache_index
 from sutazai_hwopt._native.shmcache_index import COPY_MAX
 from sutazai_hwopt.cache.codec import key_hash
 from sutazai_hwopt.cache.shared_index import SharedTier
-from sutazai_hwopt.errors import IncompatibleLayoutError, PoolExhaustedError
+from sutazai_hwopt.errors import IncompatibleLayoutError, InvalidArgumentError, PoolExhaustedError, WeightError
 from sutazai_hwopt.shm import list_segment_names
 from sutazai_hwopt.testing import throwaway_namespace
 
@@ -359,3 +359,46 @@ def test_processes_read_while_others_write_and_die(ns: str) -> None:
     tier.reclaim_dead()
     assert tier.check()
     tier.destroy()
+
+
+def test_the_index_needs_a_segment_heap(ns: str) -> None:
+    """The index calls the heap's C entry points under the lock, so anything but a SegmentHeap is refused."""
+    tier = SharedTier(ns, "l2", 4 << 20)
+    buf = tier._att.shm.buf if tier._att is not None else None
+    assert buf is not None
+
+    class LooksLikeAHeap:
+        meta_offset = tier.heap.meta_offset
+        meta_size = tier.heap.meta_size
+
+    try:
+        with pytest.raises(InvalidArgumentError, match="SegmentHeap"):
+            shmcache_index.ShmIndex(buf, LooksLikeAHeap())
+    finally:
+        del buf
+    tier.destroy()
+
+
+def test_a_full_tier_evicts_until_a_large_value_fits(ns: str) -> None:
+    """With the heap full of small entries, a value needing many victims is stored after evicting as many as
+    it takes (the allocation is retried after each victim without raising); one larger than the heap is refused
+    and nothing stored is lost."""
+    tier = SharedTier(ns, "l2", 1 << 20, max_entries=6000)
+    try:
+        for i in range(6000):
+            k = b"%d" % i
+            tier.put(key=k, key_hash=key_hash(k), kind=0, priority=0, head=b"", body=[b"v" * 200])
+        before = tier.index.stats()["entries"]
+        assert 500 < before < 6000                        # the heap, not the index, is what limits it
+        big = b"x" * 300_000
+        tier.put(key=b"big", key_hash=key_hash(b"big"), kind=0, priority=0, head=b"", body=[big])
+        got = tier.get(key=b"big", key_hash=key_hash(b"big"))
+        assert got is not None and bytes(got[3]) == big
+        kept = tier.index.stats()["entries"]
+        assert kept < before
+        with pytest.raises(WeightError):
+            tier.put(key=b"huge", key_hash=key_hash(b"huge"), kind=0, priority=0, head=b"",
+                     body=[b"y" * (2 << 20)])
+        assert tier.index.stats()["entries"] == kept and tier.check()
+    finally:
+        tier.destroy()
