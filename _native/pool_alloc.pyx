@@ -352,22 +352,25 @@ cdef class SegmentHeap:
         return self.base != NULL and bool(self.h.flags & FLAG_FENCED)
 
     # ---- locking --------------------------------------------------------------------------------------------
-    cdef int _acquire(self) except -1:
+    cdef int _acquire(self, bint nowait=False) except -1:
+        # Returns 1 with the lock held; with nowait, 0 (nothing held) when another thread or process holds it.
         cdef unsigned long me = PyThread_get_thread_ident()
         cdef int rc
         self._ready()
         if self.depth > 0 and self.owner == me:
             self.depth += 1
-            return 0
+            return 1
         rc = pthread_mutex_trylock(self.mutex)
         if rc == EBUSY:
+            if nowait:
+                return 0
             with nogil:
                 rc = _lock_rechecking(self.mutex)
         if rc == EOWNERDEAD:
             self.owner = me
             self.depth = 1
             self._recover_locked()
-            return 0
+            return 1
         if rc == EDEADLK:
             raise StateError("this thread already holds the pool lock through another SegmentHeap handle")
         if rc == ENOTRECOVERABLE:
@@ -376,7 +379,7 @@ cdef class SegmentHeap:
             raise OSError(rc, "pthread_mutex_lock failed")
         self.owner = me
         self.depth = 1
-        return 0
+        return 1
 
     cdef int _recover_locked(self) except -1:
         # We hold the mutex in the "inconsistent" state: repair, let the owner reconcile its tables, verify,
@@ -887,6 +890,10 @@ cdef int _api_acquire(object heap) except -1:
     return (<SegmentHeap>heap)._acquire()
 
 
+cdef int _api_try_acquire(object heap) except -1:
+    return (<SegmentHeap>heap)._acquire(True)
+
+
 cdef int _api_release(object heap) except -1:
     return (<SegmentHeap>heap)._release()
 
@@ -926,6 +933,7 @@ _HEAP_API.release = _api_release
 _HEAP_API.alloc_locked = _api_alloc_locked
 _HEAP_API.free_locked = _api_free_locked
 _HEAP_API.try_alloc_locked = _api_try_alloc_locked
+_HEAP_API.try_acquire = _api_try_acquire
 
 
 def heap_api():

@@ -16,3 +16,4 @@ ctypedef struct heap_api_t:
     uint64_t (*alloc_locked)(object heap, uint64_t n) except? 0    # caller holds the lock; PoolExhaustedError
     int (*free_locked)(object heap, uint64_t offset) except -1     # caller holds the lock
     uint64_t (*try_alloc_locked)(object heap, uint64_t n) except? 0  # as alloc_locked, 0 (no error) when full
+    int (*try_acquire)(object heap) except -1                  # 1: the lock is held now; 0: busy, nothing held

@@ -310,7 +310,8 @@ cdef class ShmIndex:
             PyBuffer_Release(&self.view)
 
     # ---- locking -------------------------------------------------------------------------------------------
-    cdef int _lock(self) except -1:
+    cdef int _lock(self, bint nowait=False) except -1:
+        # Returns 1 with the lock held; with nowait, 0 (nothing held) when it is still busy after the spin.
         cdef int n = 0
         if self.base == NULL:
             raise StateError("the cache index handle is closed")
@@ -320,7 +321,11 @@ cdef class ShmIndex:
             while n < SPIN_MAX and sz_mutex_busy(<const char *>&(<hdr_t *>self.base).mutex_space[0]):
                 sz_pause()
                 n += 1
-        HEAP.acquire(self.heap)
+        if nowait:
+            if not HEAP.try_acquire(self.heap):
+                return 0
+        else:
+            HEAP.acquire(self.heap)
         self.depth += 1
         if self.pending:
             try:
@@ -328,7 +333,7 @@ cdef class ShmIndex:
             except BaseException:
                 self._unlock()
                 raise
-        return 0
+        return 1
 
     cdef int _unlock(self) except -1:
         self.depth -= 1
@@ -628,8 +633,11 @@ cdef class ShmIndex:
     # ---- public operations ---------------------------------------------------------------------------------
     def put(self, const uint8_t[::1] key, uint64_t h, int kind, int prio, const uint8_t[::1] head,
             list body, int state=S_VALID, bint demote=False, uint32_t owner_pid=0, uint64_t owner_start=0,
-            uint32_t gen=0, bint visited=False):
+            uint32_t gen=0, bint visited=False, bint nowait=False):
         """Store ``key`` -> (kind, head, concatenated ``body`` buffers), replacing any previous entry.
+
+        ``nowait``: when another process still holds the tier's lock after the short spin (typically a holder
+        the scheduler preempted), store nothing and return None instead of sleeping until it is released.
 
         Evicts SIEVE victims of the lowest priority as needed. ``visited`` inserts the entry as if it had
         been hit once (a prefetched entry then survives one pass of the hand before its first use). Returns the list of evicted records
@@ -664,7 +672,8 @@ cdef class ShmIndex:
             views.append(mv)
             vlen += r64(<uint64_t>mv.shape[0])
         n = BLK_HDR + r64(klen) + r64(hlen) + vlen
-        self._lock()
+        if not self._lock(nowait):
+            return None
         try:
             if n > self.heap.heap_size:
                 raise PoolExhaustedError(f"a value of {n} bytes (with headers) exceeds the tier's heap of "

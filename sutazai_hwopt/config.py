@@ -251,6 +251,8 @@ class CacheSection(_Section):
                                          doc="auto mode: least used/prefetched of a window to stay on")
     prefetch_min_coverage: float = _opt(0.05, lo=0.0, hi=1.0,
                                         doc="auto mode: least used/(used+misses) of a window to stay on")
+    write_behind: bool = _opt(False, doc="a put that finds L2's lock busy returns at once; the entry is written "
+                              "by this process shortly after (many processes per core)")
 
 
 @dataclass(frozen=True)

@@ -249,18 +249,36 @@ class SharedTier:
             WeightError: the value is larger than this tier can ever hold (nothing changed).
             PoolExhaustedError: every remaining block is pinned by live readers.
         """
+        self._check_weight(key, head, body)
+        parts = body if isinstance(body, list) else list(body)
+        stored = self._put(key, key_hash, kind, priority, head, parts, demote, visited, False)
+        assert stored is not None
+        return stored
+
+    def _check_weight(self, key: bytes, head: bytes, body: Sequence[Part]) -> None:
         need = 128 + _r64(len(key)) + _r64(len(head)) + sum(_r64(_nbytes(b)) for b in body)
         if need > self.heap.heap_size:
             raise WeightError(
                 f"value of {need} bytes (with headers) is larger than the {self.level} budget "
                 f"({self.size} bytes, {self.heap.heap_size} bytes of heap)")
-        parts = body if isinstance(body, list) else list(body)
+
+    def try_put(self, *, key: bytes, key_hash: int, kind: int, priority: int, head: bytes, body: Sequence[Part],
+                demote: bool = False) -> list[Demoted] | None:
+        """:meth:`put`, except that when another process still holds the tier's lock after the short spin
+        (typically one the scheduler preempted) it stores nothing and returns None instead of sleeping until
+        the lock is released (:mod:`.write_behind`)."""
+        self._check_weight(key, head, body)
+        return self._put(key, key_hash, kind, priority, head, body if isinstance(body, list) else list(body),
+                         demote, False, True)
+
+    def _put(self, key: bytes, key_hash: int, kind: int, priority: int, head: bytes, parts: list[Part],
+             demote: bool, visited: bool, nowait: bool) -> list[Demoted] | None:
         try:
-            return self.index.put(key, key_hash, kind, priority, head, parts, 2, demote, 0, 0, 0, visited)
+            return self.index.put(key, key_hash, kind, priority, head, parts, 2, demote, 0, 0, 0, visited, nowait)
         except PoolExhaustedError:
             if self.reclaim_dead() == 0:
                 raise
-            return self.index.put(key, key_hash, kind, priority, head, parts, 2, demote, 0, 0, 0, visited)
+            return self.index.put(key, key_hash, kind, priority, head, parts, 2, demote, 0, 0, 0, visited, nowait)
 
     def get(self, *, key: bytes, key_hash: int) -> Encoded | None:
         """``(kind, priority, head, body)``, or None. ``body`` is a ``bytes`` copy read without the lock when the

@@ -37,6 +37,8 @@ from ..logs import get_logger
 from ..procid import process_start_time
 from ..shm import sharing_of, validate_name
 from .codec import KIND_PICKLE, KIND_STR, decode, encode, key_bytes, key_from_bytes, key_hash, value_size
+from .write_behind import MISSING as WRITE_PENDING_MISSING
+from .write_behind import WriteBehind
 
 if TYPE_CHECKING:
     from .engine import Cache
@@ -131,6 +133,9 @@ class IntelligentCacheSystem:
         except BaseException:
             self.close()
             raise
+        #: entries this process owes L2 because its lock was busy (``write_behind``; None when off or no L2)
+        self._behind: WriteBehind | None = (WriteBehind(self._store_now)
+                                            if cfg.write_behind and self._l2 is not None else None)
         self._agents: dict[str, AgentStats] = {}
         self._predictor: Any = None
         self._worker: Any = None
@@ -187,6 +192,9 @@ class IntelligentCacheSystem:
             self.__dict__.pop("get", None)
         if getattr(self, "_worker", None) is not None:
             self._worker.close()
+        behind = getattr(self, "_behind", None)
+        if behind is not None:
+            behind.close()             # what this process still owes L2 is written before it unmaps it
         for tier in (self._l3, self._l2, self._remote):
             if tier is not None:
                 tier.close()
@@ -197,6 +205,10 @@ class IntelligentCacheSystem:
         l2, l3 = self._l2, self._l3
         if getattr(self, "_worker", None) is not None:
             self._worker.close()
+        behind = getattr(self, "_behind", None)
+        if behind is not None:
+            behind.discard()           # nothing owed survives the segments it was owed to
+            behind.close()
         self._l2 = self._l3 = None
         if l3 is not None:
             l3.destroy()
@@ -220,7 +232,10 @@ class IntelligentCacheSystem:
         h = key_hash(kb)
         if self._l2 is not None or self._l3 is not None or self._remote is not None:
             kind, head, body = encode(value)
-            self._store_shared(kb, h, kind, priority, head, body)
+            if self._behind is not None:
+                self._behind.put(kb, h, kind, priority, head, body, value)
+            else:
+                self._store_shared(kb, h, kind, priority, head, body)
         self._l1_put(kb, h, value, priority)
         self._agent(agent_id).count_put()
         self._front.remember(key, kb, h)
@@ -234,6 +249,25 @@ class IntelligentCacheSystem:
             self._l3.put(key=kb, key_hash=h, kind=kind, priority=priority, head=head, body=body)
         if self._remote is not None:
             self._remote.put(key=kb, key_hash=h, kind=kind, priority=priority, head=head, body=body)
+
+    def _store_now(self, kb: bytes, h: int, kind: int, priority: int, head: bytes, body: list[Any],
+                   wait: bool) -> bool:
+        """The write-behind store: L2 (without sleeping on its lock unless ``wait``), then the levels below;
+        False when L2's lock was busy and nothing was written."""
+        assert self._l2 is not None
+        if wait:
+            victims = self._l2.put(key=kb, key_hash=h, kind=kind, priority=priority, head=head, body=body,
+                                   demote=self._l3 is not None)
+        else:
+            tried = self._l2.try_put(key=kb, key_hash=h, kind=kind, priority=priority, head=head, body=body,
+                                     demote=self._l3 is not None)
+            if tried is None:
+                return False
+            victims = tried
+        self._demote(victims)
+        if self._remote is not None:
+            self._remote.put(key=kb, key_hash=h, kind=kind, priority=priority, head=head, body=body)
+        return True
 
     def _demote(self, victims: list[Demoted]) -> None:
         """Hand L2's eviction victims to L3 (compressed there)."""
@@ -311,6 +345,8 @@ class IntelligentCacheSystem:
         a = self._agents.get(agent_id) if type(agent_id) is str else None
         if a is None:
             a = self._agent(_check_agent(agent_id))
+        if self._behind is not None and self._behind.pending:
+            self._behind.try_flush()            # what this process owes L2, while its lock may be free
         value, level = self._lookup(kb, h, ent)
         a.record(-1 if level is None else LEVELS.index(level))
         if level is not None and self._prefetched:
@@ -332,6 +368,10 @@ class IntelligentCacheSystem:
                 if l2 is None or l2.index.epoch(h) == ent[1]:
                     return ent[0], "L1"
                 l1.pop(kb, None)
+        if self._behind is not None and self._behind.pending:
+            value = self._behind.lookup(kb)           # this process's own put, not yet written to L2
+            if value is not WRITE_PENDING_MISSING:
+                return value, "L1"
         if l2 is not None:
             epoch = l2.index.epoch(h) if l1 is not None else 0   # read before the value: L1 coherence
             r = l2.get(key=kb, key_hash=h)
@@ -376,6 +416,8 @@ class IntelligentCacheSystem:
             ent = self._l1.peek(kb, _MISS)
             if ent is not _MISS and (self._l2 is None or self._l2.index.epoch(h) == ent[1]):
                 return True
+        if self._behind is not None and self._behind.lookup(kb) is not WRITE_PENDING_MISSING:
+            return True
         return any(tier is not None and tier.contains(key=kb, key_hash=h) for tier in self._shared_tiers())
 
     __contains__ = contains
@@ -388,17 +430,33 @@ class IntelligentCacheSystem:
         _check_agent(agent_id)
         h = key_hash(kb)
         found = False
+        if self._behind is not None:
+            found = self._behind.lookup(kb) is not WRITE_PENDING_MISSING
+            self._behind.discard(kb)
         if self._l1 is not None:
-            found = self._l1.pop(kb, _MISS) is not _MISS
+            found = self._l1.pop(kb, _MISS) is not _MISS or found
         for tier in self._shared_tiers():
             if tier is not None:
                 found = tier.delete(key=kb, key_hash=h) or found
         return found
 
+    def flush(self) -> None:
+        """Write the L2 entries this process still owes (``write_behind``), waiting for L2's lock if it must.
+
+        A process that stops using the cache but stays alive calls this so the others see its last puts;
+        ``close`` does it too. Without ``write_behind`` nothing is ever owed.
+        """
+        if self._closed:
+            raise StateError("the cache system is closed")
+        if self._behind is not None:
+            self._behind.flush()
+
     def clear(self) -> None:
         """Empty every level — the shared ones for every process of the namespace."""
         if self._closed:
             raise StateError("the cache system is closed")
+        if self._behind is not None:
+            self._behind.discard()
         if self._l1 is not None:
             self._l1.clear()
         for tier in self._shared_tiers():
@@ -562,6 +620,8 @@ class IntelligentCacheSystem:
                             "budget_evictions": self._l1_trimmed}
         if self._l2 is not None:
             levels["L2"] = {**self._l2.index.stats(), "budget": self._l2.size}
+            if self._behind is not None:
+                levels["L2"]["write_behind"] = self._behind.stats()
         if self._l3 is not None:
             levels["L3"] = {**self._l3.store.index.stats(), "budget": self._l3.size,
                             "raw_bytes_in": self._l3.raw_bytes, "stored_bytes_in": self._l3.stored_bytes}
