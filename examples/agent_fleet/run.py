@@ -328,7 +328,8 @@ def agent_costs(c: dict[str, int] | None) -> dict[str, float | None] | None:
     return {"requests": c["requests"], "get_us": c["get_ns"] / c["requests"] / 1e3,
             "get_max_ms": c["get_max_ns"] / 1e6, "gets_over_1ms_share": c["gets_over_1ms"] / c["requests"],
             "compute_us_per_miss": c["compute_ns"] / misses / 1e3, "put_us": c["put_ns"] / misses / 1e3,
-            "put_max_ms": c["put_max_ns"] / 1e6}
+            "put_max_ms": c["put_max_ns"] / 1e6, "gc_us": c.get("gc_ns", 0) / c["requests"] / 1e3,
+            "gc_full_per_1000": 1000.0 * c.get("gc_full", 0) / c["requests"]}
 
 
 def _terminate(procs: list[subprocess.Popen[str]], grace: float = 5.0) -> None:
