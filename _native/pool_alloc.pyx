@@ -898,32 +898,29 @@ cdef int _api_release(object heap) except -1:
     return (<SegmentHeap>heap)._release()
 
 
-cdef uint64_t _api_alloc_locked(object heap, uint64_t n) except? 0:
+cdef SegmentHeap _held(object heap, str call):
+    # The heap of an entry point that needs the lock: usable, and locked by this thread.
     cdef SegmentHeap h = <SegmentHeap>heap
     h._ready()
+    if h.depth <= 0 or h.owner != PyThread_get_thread_ident():
+        raise StateError(f"{call}() needs the pool lock held by this thread")
+    return h
+
+
+cdef uint64_t _api_alloc_locked(object heap, uint64_t n) except? 0:
     if n == 0:
         raise InvalidArgumentError("size must be a positive integer, got 0")
-    if h.depth <= 0 or h.owner != PyThread_get_thread_ident():
-        raise StateError("alloc_locked() needs the pool lock held by this thread")
-    return h._alloc_locked(n)
+    return _held(heap, "alloc_locked")._alloc_locked(n)
 
 
 cdef uint64_t _api_try_alloc_locked(object heap, uint64_t n) except? 0:
-    cdef SegmentHeap h = <SegmentHeap>heap
-    h._ready()
     if n == 0:
         raise InvalidArgumentError("size must be a positive integer, got 0")
-    if h.depth <= 0 or h.owner != PyThread_get_thread_ident():
-        raise StateError("try_alloc_locked() needs the pool lock held by this thread")
-    return h._try_alloc_locked(n)
+    return _held(heap, "try_alloc_locked")._try_alloc_locked(n)
 
 
 cdef int _api_free_locked(object heap, uint64_t offset) except -1:
-    cdef SegmentHeap h = <SegmentHeap>heap
-    h._ready()
-    if h.depth <= 0 or h.owner != PyThread_get_thread_ident():
-        raise StateError("free_locked() needs the pool lock held by this thread")
-    return h._free_locked(offset)
+    return _held(heap, "free_locked")._free_locked(offset)
 
 
 cdef heap_api_t _HEAP_API
