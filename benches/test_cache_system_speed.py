@@ -365,7 +365,8 @@ def test_zz_targets(benchmark: Any, world: dict[str, Any], capsys: pytest.Captur
 
     def ratio_row(label: str, a: str, b: str, limit: float) -> None:
         r = _ratio(a, b)
-        rows.append((label, "n/a" if r is None else f"{r:.2f}x (limit {limit}x)", None if r is None else r <= limit))
+        shown = "n/a" if r is None else f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"    # 0.0036x, not 0.00x
+        rows.append((label, shown if r is None else f"{shown} (limit {limit}x)", None if r is None else r <= limit))
 
     ratio_row("L1 hit: system.get / Cache.get", "l1.system.get", "l1.Cache.get", 1.5)
     for size in SIZES:
