@@ -249,13 +249,14 @@ class SharedTier:
             WeightError: the value is larger than this tier can ever hold (nothing changed).
             PoolExhaustedError: every remaining block is pinned by live readers.
         """
-        self._check_weight(key, head, body)
+        self.check_weight(key, head, body)
         parts = body if isinstance(body, list) else list(body)
         stored = self._put(key, key_hash, kind, priority, head, parts, demote, visited, False)
         assert stored is not None
         return stored
 
-    def _check_weight(self, key: bytes, head: bytes, body: Sequence[Part]) -> None:
+    def check_weight(self, key: bytes, head: bytes, body: Sequence[Part]) -> None:
+        """Raise WeightError when this entry could never fit the tier, however much were evicted."""
         need = 128 + _r64(len(key)) + _r64(len(head)) + sum(_r64(_nbytes(b)) for b in body)
         if need > self.heap.heap_size:
             raise WeightError(
@@ -267,7 +268,7 @@ class SharedTier:
         """:meth:`put`, except that when another process still holds the tier's lock after the short spin
         (typically one the scheduler preempted) it stores nothing and returns None instead of sleeping until
         the lock is released (:mod:`.write_behind`)."""
-        self._check_weight(key, head, body)
+        self.check_weight(key, head, body)
         return self._put(key, key_hash, kind, priority, head, body if isinstance(body, list) else list(body),
                          demote, False, True)
 

@@ -134,7 +134,7 @@ class IntelligentCacheSystem:
             self.close()
             raise
         #: entries this process owes L2 because its lock was busy (``write_behind``; None when off or no L2)
-        self._behind: WriteBehind | None = (WriteBehind(self._store_now)
+        self._behind: WriteBehind | None = (WriteBehind(self._store_shared)
                                             if cfg.write_behind and self._l2 is not None else None)
         self._agents: dict[str, AgentStats] = {}
         self._predictor: Any = None
@@ -232,7 +232,8 @@ class IntelligentCacheSystem:
         h = key_hash(kb)
         if self._l2 is not None or self._l3 is not None or self._remote is not None:
             kind, head, body = encode(value)
-            if self._behind is not None:
+            if self._behind is not None and self._l2 is not None:
+                self._l2.check_weight(kb, head, body)   # refused now, never owed and failing later
                 self._behind.put(kb, h, kind, priority, head, body, value)
             else:
                 self._store_shared(kb, h, kind, priority, head, body)
@@ -241,30 +242,21 @@ class IntelligentCacheSystem:
         self._front.remember(key, kb, h)
 
     def _store_shared(self, kb: bytes, h: int, kind: int, priority: int, head: bytes, body: list[Any],
-                      visited: bool = False) -> None:
+                      visited: bool = False, *, nowait: bool = False) -> bool:
+        """Write an encoded entry to L2 (or L3 without L2) and the remote tier. ``nowait`` (write-behind): when
+        L2's lock is still busy after the spin, write nothing and return False."""
         if self._l2 is not None:
-            self._demote(self._l2.put(key=kb, key_hash=h, kind=kind, priority=priority, head=head, body=body,
-                                      demote=self._l3 is not None, visited=visited))
+            if nowait:
+                victims = self._l2.try_put(key=kb, key_hash=h, kind=kind, priority=priority, head=head,
+                                           body=body, demote=self._l3 is not None)
+                if victims is None:
+                    return False
+            else:
+                victims = self._l2.put(key=kb, key_hash=h, kind=kind, priority=priority, head=head, body=body,
+                                       demote=self._l3 is not None, visited=visited)
+            self._demote(victims)
         elif self._l3 is not None:
             self._l3.put(key=kb, key_hash=h, kind=kind, priority=priority, head=head, body=body)
-        if self._remote is not None:
-            self._remote.put(key=kb, key_hash=h, kind=kind, priority=priority, head=head, body=body)
-
-    def _store_now(self, kb: bytes, h: int, kind: int, priority: int, head: bytes, body: list[Any],
-                   wait: bool) -> bool:
-        """The write-behind store: L2 (without sleeping on its lock unless ``wait``), then the levels below;
-        False when L2's lock was busy and nothing was written."""
-        assert self._l2 is not None
-        if wait:
-            victims = self._l2.put(key=kb, key_hash=h, kind=kind, priority=priority, head=head, body=body,
-                                   demote=self._l3 is not None)
-        else:
-            tried = self._l2.try_put(key=kb, key_hash=h, kind=kind, priority=priority, head=head, body=body,
-                                     demote=self._l3 is not None)
-            if tried is None:
-                return False
-            victims = tried
-        self._demote(victims)
         if self._remote is not None:
             self._remote.put(key=kb, key_hash=h, kind=kind, priority=priority, head=head, body=body)
         return True

@@ -12,9 +12,9 @@ it), and written by this process's next put or read that misses L1 (when the loc
 ``MAX_PENDING`` entries or ``MAX_PENDING_BYTES`` are owed: then the put waits, as a plain put does. This process
 reads its own owed writes; other processes see an entry once it is written, which in an agent serving requests is
 its next request. A process that stops using the cache should call ``flush()`` (``close()`` does). There is no
-background retry thread on purpose: measured with 64 processes on 2 cores, a thread waking every 5-100 ms to
-retry raised the mean put from 1.7 ms to 2.2-3.8 ms, because when the scheduler preempts it while it holds the
-GIL the agent's own thread waits for it, the same stall one level up.
+background retry thread on purpose: tried in development, a thread retrying every few milliseconds made the mean
+put of the contention bench worse, not better, because when the scheduler preempts it while it holds the GIL the
+agent's own thread waits for it, the same stall one level up.
 
 Ordering: an entry is either owed, being written (``_inflight``) or written; a put of a key that is owed or
 being written is owed behind it, so an older value never lands after a newer one. A delete or clear forgets the
@@ -27,8 +27,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = ["MAX_PENDING", "MAX_PENDING_BYTES", "MISSING", "WriteBehind"]
 
@@ -41,8 +40,14 @@ MAX_PENDING_BYTES = 16 << 20
 
 #: (key hash, kind, priority, head, body parts, the value as given, encoded bytes)
 Entry = tuple[int, int, int, bytes, list[Any], Any, int]
-#: store(key, key hash, kind, priority, head, body, wait) -> stored (False: the lock was busy, nothing written)
-Store = Callable[[bytes, int, int, int, bytes, list[Any], bool], bool]
+
+
+class Store(Protocol):
+    """Writes one encoded entry to the shared tiers; False when ``nowait`` and L2's lock was busy (nothing written)."""
+
+    def __call__(self, kb: bytes, h: int, kind: int, priority: int, head: bytes, body: list[Any], *,
+                 nowait: bool) -> bool: ...
+
 
 #: what :meth:`WriteBehind.lookup` returns for a key this process owes nothing
 MISSING: Any = object()
@@ -61,7 +66,7 @@ class WriteBehind:
         self._flushing = False
         self._bytes = 0
         self._pid = os.getpid()
-        self.counts = {"direct": 0, "deferred": 0, "written_later": 0, "waited": 0, "dropped": 0}
+        self.counts = {"direct": 0, "deferred": 0, "written_later": 0, "waited": 0, "dropped": 0, "failed": 0}
 
     # ---- the put path ----------------------------------------------------------------------------------------
     def put(self, kb: bytes, h: int, kind: int, prio: int, head: bytes, body: list[Any], value: Any) -> None:
@@ -76,7 +81,13 @@ class WriteBehind:
                 self._owe(kb, entry, front=False)
                 self.counts["deferred"] += 1
         if direct:
-            ok = self._write(kb, entry, False)
+            try:
+                ok = self._write(kb, entry, False)
+            except BaseException:               # refused (the caller gets the error): nothing is owed
+                with self._mu:
+                    self._inflight.pop(kb, None)
+                    self._mu.notify_all()
+                raise
             with self._mu:
                 self._inflight.pop(kb, None)
                 self._mu.notify_all()
@@ -104,7 +115,7 @@ class WriteBehind:
 
     def _write(self, kb: bytes, entry: Entry, wait: bool) -> bool:
         h, kind, prio, head, body, _value, _n = entry
-        return self._store(kb, h, kind, prio, head, body, wait)
+        return self._store(kb, h, kind, prio, head, body, nowait=not wait)
 
     def _flush(self, *, wait: bool) -> None:
         """Write owed entries oldest first until none is left or (without ``wait``) the lock is busy."""
@@ -123,18 +134,25 @@ class WriteBehind:
                     kb, entry = self._pending.popitem(last=False)
                     self._bytes -= entry[6]
                     self._inflight[kb] = entry
-                ok = False
+                ok = failed = False
                 try:
                     ok = self._write(kb, entry, wait)
+                except Exception:
+                    # A write the tier refuses now (say every block pinned) is dropped, not retried by every
+                    # later call of this process: a cache entry lost, logged and counted, never a poisoned queue.
+                    failed = True
+                    log.exception("write-behind: dropped the owed entry %r", kb)
                 finally:
                     with self._mu:
                         self._inflight.pop(kb, None)
                         if ok:
                             self.counts["written_later"] += 1
+                        elif failed:
+                            self.counts["failed"] += 1
                         elif kb not in self._pending:
                             self._owe(kb, entry, front=True)    # back where it was
                         self._mu.notify_all()
-                if not ok:
+                if not ok and not failed:
                     return
         finally:
             with self._mu:

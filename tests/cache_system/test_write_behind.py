@@ -15,6 +15,8 @@ import pytest
 
 from sutazai_hwopt import IntelligentCacheSystem
 from sutazai_hwopt.cache import write_behind
+from sutazai_hwopt.cache.codec import key_bytes
+from sutazai_hwopt.errors import PoolExhaustedError, WeightError
 
 CFG: dict[str, Any] = {"l1_size": 0, "l2_size": 8 << 20, "l3_size": 0, "enable_prefetch": False}
 
@@ -199,3 +201,44 @@ def _child_debts(cache: IntelligentCacheSystem, q: Any) -> None:
     cache._behind.lookup(b"anything")                  # any call notices the fork
     s = cache._behind.stats()
     q.put({"dropped": s["dropped"], "pending": s["pending"]})
+
+
+def test_a_value_too_big_for_l2_is_refused_and_owes_nothing(
+        pair: tuple[IntelligentCacheSystem, IntelligentCacheSystem]) -> None:
+    """WeightError at the put, whether it would have been written at once or owed: nothing is owed, the key is
+    not reported as held, and a delete of it returns (it used to wait forever for a write that never ran)."""
+    writer, _reader = pair
+    too_big = b"x" * (9 << 20)
+    with pytest.raises(WeightError):
+        writer.put("big", too_big, "a")
+    with HeldLock(writer):
+        writer.put("small", b"v", "a")                 # owed: the next put would be owed behind it
+        with pytest.raises(WeightError):
+            writer.put("big2", too_big, "a")
+    assert "big" not in writer and "big2" not in writer
+    assert writer.delete("big", "a") is False and writer.delete("big2", "a") is False
+    writer.flush()
+    assert owed(writer)["pending"] == 0 and owed(writer)["written_later"] == 1
+
+
+def test_an_owed_write_the_tier_refuses_later_is_dropped_not_retried_forever(
+        pair: tuple[IntelligentCacheSystem, IntelligentCacheSystem], monkeypatch: pytest.MonkeyPatch) -> None:
+    writer, reader = pair
+    with HeldLock(writer):
+        writer.put("a", b"1", "a")
+        writer.put("b", b"2", "a")
+    behind = writer._behind
+    assert behind is not None
+    store = behind._store
+
+    def refuse_a(kb: bytes, *args: Any, **kw: Any) -> bool:
+        if kb == key_bytes("a"):
+            raise PoolExhaustedError("every block pinned (simulated)")
+        return store(kb, *args, **kw)
+
+    monkeypatch.setattr(behind, "_store", refuse_a)
+    writer.flush()
+    assert owed(writer)["failed"] == 1 and owed(writer)["pending"] == 0
+    assert reader.get("a", "b") == (None, None) and bytes(reader.get("b", "b")[0]) == b"2"
+    writer.put("c", b"3", "a")                         # later puts are not held up by the dropped one
+    assert bytes(reader.get("c", "b")[0]) == b"3"
