@@ -9,29 +9,24 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 def pss_bytes(pid: int) -> int:
     """Proportional set size of a process (``/proc/<pid>/smaps_rollup``), 0 if it is gone."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return pss_parts(pid)["total"]
 
 
 def pss_parts(pid: int) -> dict[str, int]:
-    """A process's PSS split by what backs it (``Pss_Anon``/``Pss_File``/``Pss_Shmem`` of ``smaps_rollup``).
+    """A process's PSS (``total``) and its split by what backs it (``Pss_Anon``/``Pss_File``/``Pss_Shmem`` of
+    ``smaps_rollup``), all 0 if it is gone.
 
     Tells where a fleet's memory goes: private heaps (interpreters, private caches, naive's weights), files
     (code, savvy's mapped ``.npy``) and shared memory (the library's pool and cache segments).
     """
-    parts = {"anon": 0, "file": 0, "shmem": 0}
+    parts = {"total": 0, "anon": 0, "file": 0, "shmem": 0}
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
                 name, _, rest = line.partition(":")
-                if name.startswith("Pss_") and name[4:].lower() in parts:
-                    parts[name[4:].lower()] += int(rest.split()[0]) * 1024
+                key = "total" if name == "Pss" else name[4:].lower() if name.startswith("Pss_") else ""
+                if key in parts:
+                    parts[key] += int(rest.split()[0]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return parts

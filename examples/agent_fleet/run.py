@@ -274,16 +274,16 @@ class Fleet:
         return [(i, p) for i, p in enumerate(self.agents) if p.poll() is None]
 
     def pss(self) -> dict[str, int]:
-        agents = sum(measure.pss_bytes(p.pid) for _, p in self.live_agents())
-        weights = sum(measure.range_pss_bytes(p.pid, *self.weights_at[i]) for i, p in self.live_agents())
+        live = self.live_agents()
+        weights = sum(measure.range_pss_bytes(p.pid, *self.weights_at[i]) for i, p in live)
         redis_pss = measure.pss_bytes(self.redis.pid) if self.redis else 0
-        parts = {"anon": 0, "file": 0, "shmem": 0}
-        for _, p in self.live_agents():
+        parts = {"total": 0, "anon": 0, "file": 0, "shmem": 0}
+        for _, p in live:                       # one smaps_rollup read per agent
             for name, value in measure.pss_parts(p.pid).items():
                 parts[name] += value
-        return {"total": agents + redis_pss, "agents": agents, "redis": redis_pss, "weights": weights,
-                "agents_anon": parts["anon"], "agents_file": parts["file"], "agents_shmem": parts["shmem"],
-                "agents_alive": len(self.live_agents())}
+        return {"total": parts["total"] + redis_pss, "agents": parts["total"], "redis": redis_pss,
+                "weights": weights, "agents_anon": parts["anon"], "agents_file": parts["file"],
+                "agents_shmem": parts["shmem"], "agents_alive": len(live)}
 
     def cpu(self) -> dict[str, float]:
         agents = sum(measure.cpu_seconds(p.pid) for _, p in self.live_agents())
